@@ -1,0 +1,66 @@
+//! Command-line definitions (clap derive) and dispatch: one glue function
+//! per subcommand in `commands/`, which maps results onto exit codes.
+
+use clap::{Parser, Subcommand};
+use std::process::ExitCode;
+
+use crate::exit;
+
+const ABOUT: &str = "Run chaos experiments that prove a service survives failure.
+
+chaos splits live HTTP traffic into a small control cohort and an equally
+small experiment cohort, injects faults only into the experiment cohort,
+compares both with proper statistics and always reverts what it injected.";
+
+const AFTER_HELP: &str = "Exit codes: 0 accepted, 1 rejected, 2 invalid input, 3 aborted,
+4 inconclusive, 5 environment error, 130 interrupted (faults reverted).
+
+Start with:  chaos validate experiments/*.toml";
+
+/// Top-level command line.
+#[derive(Debug, Parser)]
+#[command(name = "chaos", version, about = ABOUT, after_help = AFTER_HELP)]
+pub struct Cli {
+    /// Log verbosity for diagnostics on stderr (e.g. "debug", "chaos=trace").
+    #[arg(long, global = true, env = "CHAOS_LOG", default_value = "warn")]
+    pub log: String,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Every subcommand; each variant's arguments live beside its glue code.
+#[derive(Debug, Subcommand)]
+pub enum Command {}
+
+/// Parses the command line, runs the subcommand and returns its exit code.
+#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return match e.kind() {
+                clap::error::ErrorKind::DisplayHelp
+                | clap::error::ErrorKind::DisplayVersion
+                | clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+                    exit::code(exit::OK)
+                }
+                _ => exit::code(exit::INVALID),
+            };
+        }
+    };
+    init_logging(&cli.log);
+    let code: u8 = match cli.command {};
+    exit::code(code)
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,67 @@
+//! Shared test harness: the binary under test, bounded waits, unique names.
+
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+/// Path of the `chaos` binary cargo built for these tests.
+pub fn chaos_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_chaos"))
+}
+
+/// Runs `chaos ARGS` to completion and returns its output.
+pub fn chaos(args: &[&str]) -> Output {
+    Command::new(chaos_bin()).args(args).output().expect("spawn chaos binary")
+}
+
+/// Repository root (for `experiments/`, fixtures).
+pub fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// A name unique to this test process and call, short enough for
+/// interface names (15 chars): `prefix` should be at most 5 characters.
+pub fn unique_name(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    format!("{prefix}{:x}{n:x}", std::process::id() % 0xfffff)
+}
+
+/// Polls `check` until it returns `Some` or `timeout` passes.
+pub fn eventually<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// True when running under CI, where a missing capability must fail a
+/// test instead of skipping it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").map(|v| v == "true" || v == "1").unwrap_or(false)
+}
+
+/// Reports a missing capability loudly. Under CI this panics (the test
+/// fails); locally it prints a SKIPPED line that shows up in the log.
+pub fn require_capability(ok: bool, what: &str) -> bool {
+    if ok {
+        return true;
+    }
+    if in_ci() {
+        panic!("required capability missing in CI: {what}");
+    }
+    eprintln!("SKIPPED (capability missing): {what}");
+    false
+}
