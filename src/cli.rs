@@ -4,6 +4,7 @@
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
+use crate::commands;
 use crate::exit;
 
 const ABOUT: &str = "Run chaos experiments that prove a service survives failure.
@@ -31,10 +32,12 @@ pub struct Cli {
 
 /// Every subcommand; each variant's arguments live beside its glue code.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Check experiment files and report every problem with file:line:col.
+    Validate(commands::validate::ValidateArgs),
+}
 
 /// Parses the command line, runs the subcommand and returns its exit code.
-#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -51,7 +54,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    let code: u8 = match cli.command {};
+    let code = match cli.command {
+        Command::Validate(args) => commands::validate::run(args),
+    };
     exit::code(code)
 }
 

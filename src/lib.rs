@@ -8,6 +8,7 @@ pub mod cli;
 pub mod cohort;
 pub mod commands;
 pub mod exit;
+pub mod experiment;
 pub mod outcome;
 pub mod target;
 pub mod units;

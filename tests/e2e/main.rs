@@ -2,3 +2,4 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod support;
+mod validate;

@@ -1,0 +1,261 @@
+//! Loader tests: the model built from valid files, and a bounded fuzz run
+//! proving that no input panics and every failure is a diagnostic.
+
+use std::path::Path;
+use std::time::Duration;
+
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+
+use super::*;
+use crate::units::Tolerance;
+
+fn load_str(src: &str) -> Loaded {
+    load_bytes(Path::new("test.toml"), src.as_bytes())
+}
+
+const MINIMAL: &str = r#"
+[experiment]
+name = "m"
+duration = "30s"
+
+[traffic]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:9000"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+0.5pp"
+"#;
+
+#[test]
+fn builds_a_model_with_documented_defaults_from_a_minimal_file() {
+    let loaded = load_str(MINIMAL);
+    assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+    let e = loaded.experiment.expect("valid");
+    assert_eq!(e.meta.duration, Duration::from_secs(30));
+    assert_eq!(e.meta.baseline, Duration::from_secs(5));
+    assert_eq!(e.meta.alpha, 0.05);
+    assert_eq!(e.meta.alpha_abort, 0.01);
+    assert_eq!(e.traffic.cohort_key, CohortKeySpec::Header("x-user-id".into()));
+    assert_eq!(e.traffic.experiment_fraction, 0.05);
+    assert_eq!(e.traffic.control_fraction, 0.05);
+    assert_eq!(e.hypotheses[0].tolerance, Tolerance::Absolute { points: 0.005 });
+    assert!(e.faults.is_empty());
+    assert_eq!(e.safety.max_targets, 3);
+}
+
+#[test]
+fn reads_every_fault_kind_with_its_parameters() {
+    let src = format!(
+        "{MINIMAL}
+[[region]]
+name = \"us-east\"
+targets = [\"netns:use1\"]
+
+[[fault]]
+kind = \"latency\"
+delay = \"200ms\"
+jitter = \"50ms\"
+probability = \"20%\"
+
+[[fault]]
+kind = \"process-kill\"
+target = \"name:payments\"
+signal = \"TERM\"
+grace = \"5s\"
+start = \"10s\"
+
+[[fault]]
+kind = \"packet-loss\"
+target = \"iface:veth0@use1\"
+loss = \"10%\"
+destinations = [\"10.0.0.0/24\"]
+ports = [80]
+
+[[fault]]
+kind = \"region-outage\"
+region = \"us-east\"
+"
+    );
+    let loaded = load_str(&src);
+    assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+    let e = loaded.experiment.expect("valid");
+    assert_eq!(
+        e.faults[0].kind,
+        FaultKind::Latency {
+            delay: Duration::from_millis(200),
+            jitter: Duration::from_millis(50)
+        }
+    );
+    assert_eq!(e.faults[0].probability, 0.2);
+    assert_eq!(
+        e.faults[1].kind,
+        FaultKind::ProcessKill {
+            signal: "SIGTERM".into(),
+            grace: Some(Duration::from_secs(5)),
+            interval: None
+        }
+    );
+    assert_eq!(e.faults[1].start, Duration::from_secs(10));
+    assert_eq!(e.faults[1].id, "fault-2");
+    assert_eq!(
+        e.faults[2].kind,
+        FaultKind::PacketLoss {
+            loss: 0.1,
+            destinations: vec!["10.0.0.0/24".into()],
+            ports: vec![80]
+        }
+    );
+    assert_eq!(
+        e.faults[3].kind,
+        FaultKind::RegionOutage {
+            region: "us-east".into(),
+            method: OutageMethod::Blackhole
+        }
+    );
+}
+
+#[test]
+fn reports_all_problems_of_a_file_at_once() {
+    let src = MINIMAL
+        .replace("duration = \"30s\"", "duration = \"-1s\"\nbogus = 1")
+        .replace("+0.5pp", "+5%");
+    let loaded = load_str(&src);
+    let errors: Vec<_> =
+        loaded.diagnostics.iter().filter(|d| d.severity == Severity::Error).collect();
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(loaded.experiment.is_none());
+}
+
+#[test]
+fn rejects_oversized_input_without_parsing_it() {
+    let big = vec![b'#'; MAX_FILE_BYTES + 1];
+    let loaded = load_bytes(Path::new("big.toml"), &big);
+    assert!(loaded.diagnostics[0].message.contains("1 MiB"));
+}
+
+#[test]
+fn survives_deep_nesting() {
+    let deep = format!("a = {}1{}", "[".repeat(5000), "]".repeat(5000));
+    let loaded = load_str(&deep);
+    assert!(loaded.has_errors());
+    let deep_tables = format!("a = {}{}", "{b = ".repeat(3000), "}".repeat(3000));
+    assert!(load_str(&deep_tables).has_errors());
+}
+
+/// Mutations that keep most of a valid file, so the fuzzer reaches the
+/// validator and not only the TOML parser.
+fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
+    const TOKENS: &[&str] = &[
+        "=",
+        "[",
+        "]",
+        "[[",
+        "]]",
+        "\"",
+        "'",
+        "\n",
+        "{",
+        "}",
+        ",",
+        "#",
+        "+10%",
+        "-5%",
+        "0.5pp",
+        "250ms",
+        "${X}",
+        "${CHAOS_NOPE:-1}",
+        "kind",
+        "target",
+        "pid:1",
+        "name:(",
+        "\u{0}",
+        "é",
+        "1e309",
+        "-0",
+        "nan",
+        "inf",
+        "true",
+        "[fault]",
+        "[[hypothesis]]",
+        "metric = \"promql\"",
+    ];
+    let mut v = base.to_vec();
+    for _ in 0..rng.gen_range(1..6) {
+        let pos = if v.is_empty() { 0 } else { rng.gen_range(0..v.len()) };
+        match rng.gen_range(0..6) {
+            0 if !v.is_empty() => v[pos] = rng.gen(),
+            1 => {
+                let t = TOKENS[rng.gen_range(0..TOKENS.len())].as_bytes();
+                v.splice(pos..pos, t.iter().copied());
+            }
+            2 if !v.is_empty() => {
+                let end = (pos + rng.gen_range(1..40)).min(v.len());
+                v.drain(pos..end);
+            }
+            3 => v.truncate(pos),
+            4 if !v.is_empty() => {
+                let end = (pos + rng.gen_range(1..80)).min(v.len());
+                let chunk = v[pos..end].to_vec();
+                let at = rng.gen_range(0..v.len());
+                v.splice(at..at, chunk);
+            }
+            _ => v.extend((0..rng.gen_range(1..30)).map(|_| rng.gen::<u8>())),
+        }
+    }
+    v
+}
+
+#[test]
+fn never_panics_and_every_failure_is_a_located_diagnostic() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
+    let mut bases: Vec<Vec<u8>> = std::fs::read_dir(&dir)
+        .expect("experiments dir")
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "toml"))
+        .filter_map(|e| std::fs::read(e.path()).ok())
+        .collect();
+    bases.push(MINIMAL.as_bytes().to_vec());
+    assert!(bases.len() >= 4, "example experiments missing");
+    let mut rng = ChaCha8Rng::seed_from_u64(0xC4A05);
+    let mut accepted = 0;
+    const CASES: usize = 10_000;
+    for case in 0..CASES {
+        let input = if case % 10 == 0 {
+            (0..rng.gen_range(0..400)).map(|_| rng.gen::<u8>()).collect()
+        } else {
+            let base = &bases[case % bases.len()];
+            mutate(&mut rng, base)
+        };
+        let result =
+            std::panic::catch_unwind(|| load_bytes(Path::new("fuzz.toml"), &input));
+        let loaded = match result {
+            Ok(l) => l,
+            Err(_) => panic!(
+                "loader panicked on case {case}: {:?}",
+                String::from_utf8_lossy(&input)
+            ),
+        };
+        if loaded.has_errors() {
+            assert!(loaded.experiment.is_none());
+            for d in &loaded.diagnostics {
+                assert!(d.line >= 1 && d.column >= 1, "case {case}: {d:?}");
+                assert!(
+                    !d.message.is_empty() && !d.hint.is_empty(),
+                    "case {case}: {d:?}"
+                );
+            }
+        } else {
+            assert!(
+                loaded.experiment.is_some(),
+                "case {case}: no errors but no experiment"
+            );
+            accepted += 1;
+        }
+    }
+    // Some mutations (e.g. in comments) keep a file valid: the fuzzer must
+    // reach both outcomes or it is not exercising the validator.
+    assert!(accepted > 50 && accepted < CASES - 1000, "accepted {accepted}");
+}
