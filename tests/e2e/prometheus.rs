@@ -1,0 +1,403 @@
+//! The PromQL metric source against a real Prometheus server (Debian's
+//! `prometheus` package) scraping a target this test runs, plus auth and
+//! failure modes against small hand-written servers.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use chaos::promql::{self, PromConfig, PromError};
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode};
+
+/// Bounds every await: a hung server must fail the test, not stall it.
+async fn within<T>(
+    secs: u64,
+    what: &str,
+    fut: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), fut)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not finish within {secs}s"))
+}
+
+fn config(url: String) -> PromConfig {
+    PromConfig {
+        url,
+        timeout: Duration::from_secs(2),
+        step: Duration::from_secs(1),
+        bearer_token: None,
+        basic_auth: None,
+    }
+}
+
+/// A gauge value the test changes while Prometheus scrapes it.
+struct Knob(AtomicU64);
+
+impl Knob {
+    fn new(v: f64) -> Arc<Knob> {
+        Arc::new(Knob(AtomicU64::new(v.to_bits())))
+    }
+    fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed)
+    }
+    fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+}
+
+/// The scraped target: per-cohort latency gauges (0.1 s control, 0.3 s
+/// experiment) and an error ratio the test turns up.
+struct DemoTarget {
+    error_ratio: Arc<Knob>,
+    addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for DemoTarget {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Serves the handler on a loopback port until the handle is dropped.
+async fn serve<F>(handler: F) -> (SocketAddr, tokio::task::JoinHandle<()>)
+where
+    F: Fn(Request<hyper::body::Incoming>) -> Response<Full<Bytes>>
+        + Send
+        + Sync
+        + Clone
+        + 'static,
+{
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        while let Ok((stream, _)) = listener.accept().await {
+            let handler = handler.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |req| {
+                    let r = handler(req);
+                    async move { Ok::<_, Infallible>(r) }
+                });
+                let io = hyper_util::rt::TokioIo::new(stream);
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(io, svc)
+                    .await;
+            });
+        }
+    });
+    (addr, task)
+}
+
+async fn demo_target() -> DemoTarget {
+    let r = Knob::new(0.01);
+    let r2 = r.clone();
+    let (addr, task) = serve(move |_req| {
+        let body = format!(
+            "# TYPE demo_latency_seconds gauge\n\
+             demo_latency_seconds{{cohort=\"control\"}} 0.1\n\
+             demo_latency_seconds{{cohort=\"experiment\"}} 0.3\n\
+             # TYPE demo_error_ratio gauge\n\
+             demo_error_ratio {}\n",
+            r2.get()
+        );
+        let mut resp = Response::new(Full::new(Bytes::from(body)));
+        resp.headers_mut()
+            .insert("content-type", "text/plain; version=0.0.4".parse().unwrap());
+        resp
+    })
+    .await;
+    DemoTarget { error_ratio: r, addr, task }
+}
+
+/// A Prometheus process on a free loopback port with its storage in a temp
+/// dir; killed by PID when dropped, even when an assertion fails.
+struct PromProcess {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for PromProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn prometheus_installed() -> bool {
+    Command::new("prometheus")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// Starts Prometheus scraping `target` every second and waits for `/-/ready`.
+/// The port is picked free then handed over, so a lost race is retried.
+async fn start_prometheus(target: SocketAddr) -> PromProcess {
+    for _attempt in 0..3 {
+        let dir = tempfile::tempdir().unwrap();
+        let w = dir.path();
+        std::fs::write(
+            w.join("prometheus.yml"),
+            format!(
+                "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
+                 scrape_configs:\n  - job_name: demo\n    static_configs:\n      \
+                 - targets: ['{target}']\n"
+            ),
+        )
+        .unwrap();
+        let port = free_port();
+        let log = std::fs::File::create(w.join("prometheus.log")).unwrap();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", w.join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", w.join("data").display()))
+            .arg("--storage.tsdb.retention.time=1h")
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg(format!("--web.console.templates={}", w.join("none").display()))
+            .arg(format!("--web.console.libraries={}", w.join("none").display()))
+            .arg("--log.level=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn prometheus");
+        let mut prom =
+            PromProcess { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
+        let cfg = config(prom.url.clone());
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if promql::check_reachable(&cfg).await.is_ok() {
+                return prom;
+            }
+            if let Ok(Some(_)) = prom.child.try_wait() {
+                break; // exited: most likely the port was taken meanwhile
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let log = std::fs::read_to_string(prom._dir.path().join("prometheus.log"))
+            .unwrap_or_default();
+        eprintln!("prometheus did not become ready, retrying; its log:\n{log}");
+    }
+    panic!("prometheus did not become ready in 3 attempts");
+}
+
+/// Polls `query` until its instant value satisfies `ok` (first scrapes
+/// arrive after a few seconds; never a fixed sleep).
+async fn wait_for(cfg: &PromConfig, query: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(v)) = promql::instant(cfg, query).await {
+            if ok(v) {
+                return v;
+            }
+        }
+        assert!(Instant::now() < deadline, "{query} never satisfied the condition");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cohort_samples_returns_aligned_per_step_values_for_both_cohorts() {
+    if !support_prometheus() {
+        return;
+    }
+    let target = demo_target().await;
+    let prom = within(60, "prometheus start", start_prometheus(target.addr)).await;
+    let cfg = config(prom.url.clone());
+    // Four scrapes of each cohort: a 3 s window at 1 s steps is covered.
+    let q = r#"count_over_time(demo_latency_seconds{cohort="experiment"}[1m])"#;
+    within(40, "first scrapes", wait_for(&cfg, q, |n| n >= 4.0)).await;
+
+    let end = SystemTime::now();
+    let start = end - Duration::from_secs(3);
+    let s = within(
+        10,
+        "cohort_samples",
+        promql::cohort_samples(
+            &cfg,
+            r#"demo_latency_seconds{cohort="$cohort"}"#,
+            start,
+            end,
+        ),
+    )
+    .await
+    .unwrap();
+    assert_eq!(s.control.len(), 4, "{s:?}");
+    assert_eq!(s.experiment.len(), s.control.len(), "{s:?}");
+    assert!(s.control.iter().all(|v| (v - 0.1).abs() < 1e-9), "{s:?}");
+    assert!(s.experiment.iter().all(|v| (v - 0.3).abs() < 1e-9), "{s:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_data_is_empty_and_ambiguous_or_invalid_queries_are_errors_naming_the_query() {
+    if !support_prometheus() {
+        return;
+    }
+    let target = demo_target().await;
+    let prom = within(60, "prometheus start", start_prometheus(target.addr)).await;
+    let cfg = config(prom.url.clone());
+    within(
+        40,
+        "first scrape",
+        wait_for(&cfg, "count(demo_latency_seconds)", |n| n >= 2.0),
+    )
+    .await;
+    let end = SystemTime::now();
+    let start = end - Duration::from_secs(2);
+
+    let none = promql::cohort_samples(
+        &cfg,
+        r#"demo_latency_seconds{cohort="$cohort-nobody"}"#,
+        start,
+        end,
+    )
+    .await
+    .unwrap();
+    assert!(none.control.is_empty() && none.experiment.is_empty(), "{none:?}");
+
+    // Without a cohort filter both series come back: refuse, suggest sum().
+    let err = promql::cohort_samples(&cfg, "demo_latency_seconds", start, end)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PromError::MultipleSeries { count: 2, .. }), "{err}");
+    assert!(err.to_string().contains("demo_latency_seconds"), "{err}");
+    assert!(err.to_string().contains("sum("), "{err}");
+
+    // Prometheus' own parse error reaches the user with the HTTP status.
+    let err =
+        promql::instant(&cfg, "sum(rate(demo_latency_seconds[1m]").await.unwrap_err();
+    match &err {
+        PromError::Status { status, message, query, .. } => {
+            assert_eq!(*status, 400, "{err}");
+            assert!(message.contains("bad_data"), "{err}");
+            assert!(query.contains("demo_latency_seconds"), "{err}");
+        }
+        other => panic!("expected a status error, got {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_guardrail_above_its_threshold_is_detected() {
+    if !support_prometheus() {
+        return;
+    }
+    let target = demo_target().await;
+    let prom = within(60, "prometheus start", start_prometheus(target.addr)).await;
+    let cfg = config(prom.url.clone());
+    within(40, "first scrape", wait_for(&cfg, "demo_error_ratio", |v| v > 0.0)).await;
+    let guard = "max_over_time(demo_error_ratio[2s])";
+
+    let calm = promql::guardrail_breached(&cfg, guard, 0.05).await.unwrap();
+    assert_eq!(calm, None, "1% errors must not breach a 5% guardrail");
+
+    target.error_ratio.set(0.5);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let breached = loop {
+        if let Some(v) = promql::guardrail_breached(&cfg, guard, 0.05).await.unwrap() {
+            break v;
+        }
+        assert!(Instant::now() < deadline, "guardrail never fired");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!((breached - 0.5).abs() < 1e-9, "{breached}");
+}
+
+fn support_prometheus() -> bool {
+    crate::support::require_capability(
+        prometheus_installed(),
+        "the `prometheus` binary (apt-get install prometheus)",
+    )
+}
+
+#[tokio::test]
+async fn an_unreachable_server_fails_the_preflight_quickly_with_the_url() {
+    let port = free_port(); // bound then released: nothing listens there
+    let cfg = config(format!("http://127.0.0.1:{port}"));
+    let t = Instant::now();
+    let err =
+        within(10, "check_reachable", promql::check_reachable(&cfg)).await.unwrap_err();
+    assert!(t.elapsed() < cfg.timeout, "took {:?}", t.elapsed());
+    assert!(matches!(err, PromError::Unreachable { .. }), "{err}");
+    assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+}
+
+#[tokio::test]
+async fn a_server_that_never_answers_times_out_instead_of_hanging() {
+    // Accepts connections and then says nothing, like a wedged server.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let hold = tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = listener.accept().await {
+            held.push(s);
+        }
+    });
+    let mut cfg = config(format!("http://{addr}"));
+    cfg.timeout = Duration::from_millis(500);
+    let t = Instant::now();
+    let err = within(10, "instant", promql::instant(&cfg, "up")).await.unwrap_err();
+    hold.abort();
+    assert!(matches!(err, PromError::Timeout { .. }), "{err}");
+    assert!(t.elapsed() < Duration::from_secs(2), "took {:?}", t.elapsed());
+    assert!(err.to_string().contains("up"), "{err}");
+}
+
+/// A stand-in API that answers `1` only with the expected Authorization.
+async fn auth_server(
+    expected: &'static str,
+) -> (SocketAddr, tokio::task::JoinHandle<()>) {
+    serve(move |req: Request<hyper::body::Incoming>| {
+        let ok = req.headers().get("authorization").and_then(|v| v.to_str().ok())
+            == Some(expected);
+        let (status, body) = if ok {
+            (
+                StatusCode::OK,
+                r#"{"status":"success","data":{"resultType":"vector","result":[{"metric":{},"value":[1,"1"]}]}}"#,
+            )
+        } else {
+            (
+                StatusCode::UNAUTHORIZED,
+                r#"{"status":"error","errorType":"unauthorized","error":"missing credentials"}"#,
+            )
+        };
+        let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+        *r.status_mut() = status;
+        r
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_bearer_token_is_sent_and_its_absence_is_a_401_error() {
+    let (addr, task) = auth_server("Bearer s3cret").await;
+    let mut cfg = config(format!("http://{addr}"));
+    let err = within(10, "no token", promql::instant(&cfg, "up")).await.unwrap_err();
+    assert!(matches!(err, PromError::Status { status: 401, .. }), "{err}");
+    assert!(err.to_string().contains("missing credentials"), "{err}");
+    cfg.bearer_token = Some("s3cret".into());
+    let v = within(10, "with token", promql::instant(&cfg, "up")).await.unwrap();
+    task.abort();
+    assert_eq!(v, Some(1.0));
+}
+
+#[tokio::test]
+async fn basic_auth_credentials_are_sent() {
+    // base64("grafana:pa:ss") — a colon in the password must survive.
+    let (addr, task) = auth_server("Basic Z3JhZmFuYTpwYTpzcw==").await;
+    let mut cfg = config(format!("http://{addr}"));
+    cfg.basic_auth = Some(("grafana".into(), "pa:ss".into()));
+    let v = within(10, "basic auth", promql::instant(&cfg, "up")).await.unwrap();
+    task.abort();
+    assert_eq!(v, Some(1.0));
+}
