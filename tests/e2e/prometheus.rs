@@ -401,3 +401,47 @@ async fn basic_auth_credentials_are_sent() {
     task.abort();
     assert_eq!(v, Some(1.0));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_real_prometheus_scrapes_the_platform_metrics_server() {
+    use chaos::outcome::{RunOutcome, Verdict};
+    use chaos::platform_metrics::{serve_metrics, PlatformMetrics};
+    if !support_prometheus() {
+        return;
+    }
+    let metrics = PlatformMetrics::new();
+    let mut registry = prometheus_client::registry::Registry::default();
+    metrics.register(&mut registry);
+    let server =
+        serve_metrics("127.0.0.1:0".parse().unwrap(), Arc::new(registry)).await.unwrap();
+    metrics.run_finished(
+        RunOutcome::Rejected,
+        &[Verdict::Accepted, Verdict::Rejected],
+        Duration::from_secs(30),
+    );
+    metrics.abort();
+
+    // Only /metrics is served.
+    let other = format!("http://{}/", server.local_addr());
+    let status = within(10, "GET /", async {
+        tokio::task::spawn_blocking(move || {
+            reqwest::blocking::get(other).unwrap().status()
+        })
+        .await
+        .unwrap()
+    })
+    .await;
+    assert_eq!(status.as_u16(), 404);
+
+    let prom =
+        within(60, "prometheus start", start_prometheus(server.local_addr())).await;
+    let cfg = config(prom.url.clone());
+    let q = r#"chaos_experiments_total{outcome="rejected"}"#;
+    let v = within(40, "scrape of /metrics", wait_for(&cfg, q, |v| v >= 1.0)).await;
+    assert_eq!(v, 1.0);
+    let aborts = promql::instant(&cfg, "chaos_aborts_total").await.unwrap();
+    assert_eq!(aborts, Some(1.0));
+    let q = "histogram_quantile(0.5, chaos_experiment_duration_seconds_bucket)";
+    let p50 = promql::instant(&cfg, q).await.unwrap().unwrap();
+    assert!((15.0..=60.0).contains(&p50), "p50 of one 30 s run: {p50}");
+}
