@@ -1,6 +1,7 @@
 //! End-to-end tests with real processes, sockets and namespaces, built as
 //! one binary of modules (one link step instead of one per file).
 
+mod dashboards;
 mod prometheus;
 mod support;
 mod validate;

@@ -116,9 +116,9 @@ async fn demo_target() -> DemoTarget {
 
 /// A Prometheus process on a free loopback port with its storage in a temp
 /// dir; killed by PID when dropped, even when an assertion fails.
-struct PromProcess {
+pub(crate) struct PromProcess {
     child: Child,
-    url: String,
+    pub(crate) url: String,
     _dir: tempfile::TempDir,
 }
 
@@ -145,7 +145,7 @@ fn free_port() -> u16 {
 
 /// Starts Prometheus scraping `target` every second and waits for `/-/ready`.
 /// The port is picked free then handed over, so a lost race is retried.
-async fn start_prometheus(target: SocketAddr) -> PromProcess {
+pub(crate) async fn start_prometheus(target: SocketAddr) -> PromProcess {
     for _attempt in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path();
@@ -313,7 +313,7 @@ async fn a_guardrail_above_its_threshold_is_detected() {
     assert!((breached - 0.5).abs() < 1e-9, "{breached}");
 }
 
-fn support_prometheus() -> bool {
+pub(crate) fn support_prometheus() -> bool {
     crate::support::require_capability(
         prometheus_installed(),
         "the `prometheus` binary (apt-get install prometheus)",
