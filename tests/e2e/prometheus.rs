@@ -330,6 +330,8 @@ async fn an_unreachable_server_fails_the_preflight_quickly_with_the_url() {
     assert!(t.elapsed() < cfg.timeout, "took {:?}", t.elapsed());
     assert!(matches!(err, PromError::Unreachable { .. }), "{err}");
     assert!(err.to_string().contains(&format!("127.0.0.1:{port}")), "{err}");
+    // The cause is spelled out, not just hyper's "client error (Connect)".
+    assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
 }
 
 #[tokio::test]
