@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Check experiment files and report every problem with file:line:col.
     Validate(commands::validate::ValidateArgs),
+    /// Try a PromQL hypothesis (with $cohort) or guardrail query against Prometheus.
+    Promql(commands::promql::PromqlArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     let code = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
+        Command::Promql(args) => commands::promql::run(args),
     };
     exit::code(code)
 }

@@ -447,3 +447,83 @@ async fn a_real_prometheus_scrapes_the_platform_metrics_server() {
     let p50 = promql::instant(&cfg, q).await.unwrap().unwrap();
     assert!((15.0..=60.0).contains(&p50), "p50 of one 30 s run: {p50}");
 }
+
+/// Runs `chaos ARGS` off the async runtime.
+async fn chaos_cli(args: Vec<String>) -> std::process::Output {
+    within(30, "chaos promql", async {
+        tokio::task::spawn_blocking(move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::support::chaos(&args)
+        })
+        .await
+        .unwrap()
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chaos_promql_prints_per_cohort_samples_and_gates_on_a_guardrail() {
+    if !support_prometheus() {
+        return;
+    }
+    let target = demo_target().await;
+    let prom = within(60, "prometheus start", start_prometheus(target.addr)).await;
+    let cfg = config(prom.url.clone());
+    within(
+        40,
+        "first scrapes",
+        wait_for(&cfg, "count_over_time(demo_error_ratio[1m])", |n| n >= 2.0),
+    )
+    .await;
+    let args = |rest: &[&str]| {
+        let mut v = vec!["promql".to_string(), "--url".into(), prom.url.clone()];
+        v.extend(rest.iter().map(|s| s.to_string()));
+        v
+    };
+
+    let out =
+        chaos_cli(args(&["--last", "10s", r#"demo_latency_seconds{cohort="$cohort"}"#]))
+            .await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line =
+        |name: &str| stdout.lines().find(|l| l.starts_with(name)).unwrap().to_string();
+    assert!(line("control").contains("0.100000"), "{stdout}");
+    assert!(line("experiment").contains("0.300000"), "{stdout}");
+
+    let out = chaos_cli(args(&["--above", "0.05", "demo_error_ratio"])).await;
+    assert_eq!(out.status.code(), Some(0), "1% is below 5%");
+    target.error_ratio.set(0.5);
+    within(40, "new value scraped", wait_for(&cfg, "demo_error_ratio", |v| v > 0.4))
+        .await;
+    let out = chaos_cli(args(&["--above", "0.05", "demo_error_ratio"])).await;
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("guardrail breached"));
+
+    let out = chaos_cli(args(&["demo_latency_seconds{"])).await;
+    assert_eq!(out.status.code(), Some(2), "a syntax error is invalid input");
+}
+
+#[test]
+fn chaos_promql_exits_5_quickly_when_prometheus_is_unreachable() {
+    let url = format!("http://127.0.0.1:{}", free_port());
+    let t = Instant::now();
+    let out = crate::support::chaos(&["promql", "--url", &url, "--timeout", "1s", "up"]);
+    assert_eq!(out.status.code(), Some(5));
+    assert!(t.elapsed() < Duration::from_secs(5), "took {:?}", t.elapsed());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(&url) && stderr.contains("unreachable"), "{stderr}");
+}
+
+#[test]
+fn chaos_promql_help_shows_examples() {
+    let out = crate::support::chaos(&["promql", "--help"]);
+    assert_eq!(out.status.code(), Some(0));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Examples:") && text.contains("$cohort"), "{text}");
+}
