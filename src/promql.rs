@@ -9,6 +9,7 @@
 //! only (Prometheus is normally reached on loopback or through a sidecar).
 
 mod api;
+mod guardrail;
 mod http;
 
 use std::time::{Duration, SystemTime};
@@ -16,6 +17,7 @@ use std::time::{Duration, SystemTime};
 use crate::experiment::PrometheusSource;
 
 pub use api::QueryKind;
+pub use guardrail::{GuardrailAbort, GuardrailWatch, MAX_BLIND_CHECKS};
 
 /// Where and how to reach Prometheus. Mapped from the experiment's
 /// `[prometheus]` table with `PromConfig::from(&source)`.

@@ -311,6 +311,36 @@ async fn a_guardrail_above_its_threshold_is_detected() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!((breached - 0.5).abs() < 1e-9, "{breached}");
+
+    // The runner's watch reports the same breach with the guardrail's name.
+    let mut watch = promql::GuardrailWatch::new(
+        cfg.clone(),
+        vec![chaos::experiment::Guardrail {
+            name: "error ratio".into(),
+            query: guard.into(),
+            above: 0.05,
+        }],
+    );
+    let abort = within(10, "guardrail watch", watch.check()).await.expect("breach");
+    assert_eq!(abort.value(), Some(0.5));
+    assert!(
+        abort.to_string().contains("\"error ratio\" breached: 0.5 > 0.05"),
+        "{abort}"
+    );
+}
+
+#[tokio::test]
+async fn the_guardrail_watch_aborts_after_three_blind_checks_not_on_the_first() {
+    let mut cfg = config(format!("http://127.0.0.1:{}", free_port()));
+    cfg.timeout = Duration::from_millis(500);
+    let g =
+        chaos::experiment::Guardrail { name: "g".into(), query: "up".into(), above: 1.0 };
+    let mut watch = promql::GuardrailWatch::new(cfg, vec![g]);
+    assert!(within(5, "check 1", watch.check()).await.is_none());
+    assert!(within(5, "check 2", watch.check()).await.is_none());
+    let abort = within(5, "check 3", watch.check()).await.expect("blind abort");
+    assert!(matches!(abort, promql::GuardrailAbort::Blind { checks: 3, .. }), "{abort}");
+    assert!(abort.to_string().contains("unreachable"), "{abort}");
 }
 
 pub(crate) fn support_prometheus() -> bool {
