@@ -566,7 +566,7 @@ fn promql_experiment(
     let mut toml = format!(
         r#"[experiment]
 name = "promql verdicts"
-duration = "12s"
+duration = "30s"
 baseline = "2s"
 min_samples = 8
 
@@ -586,7 +586,7 @@ keys = 5000
 
 [prometheus]
 url = "{prom_url}"
-step = "1s"
+step = "3s"
 timeout = "2s"
 
 [[hypothesis]]
