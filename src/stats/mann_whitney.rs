@@ -62,8 +62,10 @@ pub fn sorted(x: &[f64]) -> Vec<f64> {
 }
 
 /// Rank sums of sorted `a` (experiment) against sorted `b` (control) with
-/// every control value shifted by `shift` (0 for the plain test).
-pub fn rank_sums_sorted(a: &[f64], b: &[f64], shift: f64) -> RankSums {
+/// every control value multiplied by `scale` > 0 (1 for the plain test;
+/// the product is formed exactly as `v * scale`, so `scale = 1.1` ranks the
+/// same values as a control file rescaled by 1.1).
+pub fn rank_sums_sorted(a: &[f64], b: &[f64], scale: f64) -> RankSums {
     let (n1, n2) = (a.len(), b.len());
     let (mut i, mut j) = (0usize, 0usize);
     let mut rank_sum_a = 0.0f64;
@@ -71,7 +73,7 @@ pub fn rank_sums_sorted(a: &[f64], b: &[f64], shift: f64) -> RankSums {
     let mut next_rank = 1.0f64; // rank of the next value in the pooled order
     while i < n1 || j < n2 {
         let va = a.get(i).copied().unwrap_or(f64::INFINITY);
-        let vb = b.get(j).map(|v| v + shift).unwrap_or(f64::INFINITY);
+        let vb = b.get(j).map(|v| v * scale).unwrap_or(f64::INFINITY);
         let v = if i < n1 && (j >= n2 || va <= vb) { va } else { vb };
         // Count the whole tie group at value v in both samples.
         let mut ca = 0usize;
@@ -79,7 +81,7 @@ pub fn rank_sums_sorted(a: &[f64], b: &[f64], shift: f64) -> RankSums {
             ca += 1;
         }
         let mut cb = 0usize;
-        while j + cb < n2 && b[j + cb] + shift == v {
+        while j + cb < n2 && b[j + cb] * scale == v {
             cb += 1;
         }
         let t = (ca + cb) as f64;
@@ -116,7 +118,7 @@ pub fn mann_whitney_u(
     }
     let a = sorted(experiment);
     let b = sorted(control);
-    let r = rank_sums_sorted(&a, &b, 0.0);
+    let r = rank_sums_sorted(&a, &b, 1.0);
     Ok(TestResult { statistic: r.u1, p_value: r.p_value(alt), df: None })
 }
 
@@ -159,11 +161,11 @@ mod tests {
     }
 
     #[test]
-    fn shifted_rank_sums_equal_ranking_a_shifted_copy() {
-        let a = sorted(&[1.0, 4.0, 4.5, 9.0]);
-        let b = sorted(&[0.5, 2.0, 3.0, 7.0, 8.0]);
-        let shifted: Vec<f64> = b.iter().map(|v| v + 1.0).collect();
-        assert_eq!(rank_sums_sorted(&a, &b, 1.0), rank_sums_sorted(&a, &shifted, 0.0));
+    fn scaled_rank_sums_equal_ranking_a_scaled_copy() {
+        let a = sorted(&[1.0, 4.0, 4.5, 9.0, 11.0]);
+        let b = sorted(&[0.5, 2.0, 3.0, 7.0, 8.0, 10.0]);
+        let scaled: Vec<f64> = b.iter().map(|v| v * 1.5).collect();
+        assert_eq!(rank_sums_sorted(&a, &b, 1.5), rank_sums_sorted(&a, &scaled, 1.0));
     }
 
     #[test]

@@ -5,6 +5,7 @@
 //! (counting sort), which keeps a replicate O(n) instead of O(n log n).
 
 use rand::{Rng, SeedableRng};
+
 use rand_chacha::ChaCha8Rng;
 
 use super::special::beta_reg;
@@ -113,10 +114,29 @@ impl QuantileBootstrap {
 }
 
 /// Draws a multinomial resample of size n over n sorted values as counts.
-fn resample_counts(rng: &mut ChaCha8Rng, n: usize, counts: &mut [u32]) {
+/// Random words come from one bulk `fill` (much cheaper than a call per
+/// index, especially in debug builds); each 64-bit word yields two indices
+/// by Lemire's multiply-shift, whose bias (≤ n/2³² ≈ 5e-6 at n = 20,000) is
+/// far below bootstrap noise.
+fn resample_counts(
+    rng: &mut ChaCha8Rng,
+    n: usize,
+    counts: &mut [u32],
+    words: &mut Vec<u64>,
+) {
     counts.iter_mut().for_each(|c| *c = 0);
-    for _ in 0..n {
-        counts[rng.gen_range(0..n)] += 1;
+    words.resize(n.div_ceil(2), 0);
+    rng.fill(&mut words[..]);
+    let pick = |half: u64| ((half * n as u64) >> 32) as usize;
+    let mut left = n;
+    for &w in words.iter() {
+        counts[pick(w & 0xffff_ffff)] += 1;
+        left -= 1;
+        if left == 0 {
+            break;
+        }
+        counts[pick(w >> 32)] += 1;
+        left -= 1;
     }
 }
 
@@ -139,9 +159,10 @@ pub fn bootstrap_log_quantile_ratio(
     let mut ce = vec![0u32; experiment_sorted.len()];
     let mut cc = vec![0u32; control_sorted.len()];
     let mut reps = Vec::with_capacity(replicates);
+    let mut words = Vec::new();
     for _ in 0..replicates {
-        resample_counts(&mut rng, experiment_sorted.len(), &mut ce);
-        resample_counts(&mut rng, control_sorted.len(), &mut cc);
+        resample_counts(&mut rng, experiment_sorted.len(), &mut ce, &mut words);
+        resample_counts(&mut rng, control_sorted.len(), &mut cc, &mut words);
         let theta =
             we.apply(experiment_sorted, &ce).ln() - wc.apply(control_sorted, &cc).ln();
         if theta.is_finite() {
