@@ -31,10 +31,13 @@ pub struct Cli {
 
 /// Every subcommand; each variant's arguments live beside its glue code.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Run the cohort proxy: split traffic, fault the experiment cohort.
+    #[command(after_help = crate::commands::proxy::AFTER_HELP)]
+    Proxy(crate::commands::proxy::ProxyArgs),
+}
 
 /// Parses the command line, runs the subcommand and returns its exit code.
-#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -51,7 +54,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    let code: u8 = match cli.command {};
+    let code: u8 = match cli.command {
+        Command::Proxy(args) => crate::commands::proxy::run(args),
+    };
     exit::code(code)
 }
 

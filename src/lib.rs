@@ -8,6 +8,8 @@ pub mod cli;
 pub mod cohort;
 pub mod commands;
 pub mod exit;
+pub mod metrics;
 pub mod outcome;
 pub mod target;
+pub mod traffic;
 pub mod units;
