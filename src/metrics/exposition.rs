@@ -63,11 +63,10 @@ impl prometheus_client::collector::Collector for Collector {
             )?;
             for cohort in CohortLabel::ALL {
                 for class in StatusClass::ALL {
+                    // Zeros are exported too: rate() needs the series to
+                    // exist before the first error arrives.
                     let v =
                         s.requests[cohort.index()][class.index()].load(Ordering::Relaxed);
-                    if v == 0 {
-                        continue;
-                    }
                     let labels = RequestLabels { cohort, status_class: class };
                     ConstCounter::new(v).encode(family.encode_family(&labels)?)?;
                 }
