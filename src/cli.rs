@@ -31,10 +31,19 @@ pub struct Cli {
 
 /// Every subcommand; each variant's arguments live beside its glue code.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Signal a share of the processes matching a target (journalled).
+    #[command(after_help = crate::commands::kill::AFTER_HELP)]
+    Kill(crate::commands::kill::KillArgs),
+    /// Hold one infrastructure fault for a duration or until Ctrl-C, then revert.
+    #[command(after_help = crate::commands::inject::AFTER_HELP)]
+    Inject(crate::commands::inject::InjectArgs),
+    /// Revert every fault a killed chaos runner left behind.
+    #[command(after_help = crate::commands::recover::AFTER_HELP)]
+    Recover(crate::commands::recover::RecoverArgs),
+}
 
 /// Parses the command line, runs the subcommand and returns its exit code.
-#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -51,7 +60,11 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    let code: u8 = match cli.command {};
+    let code: u8 = match cli.command {
+        Command::Kill(args) => crate::commands::kill::run(args),
+        Command::Inject(args) => crate::commands::inject::run(args),
+        Command::Recover(args) => crate::commands::recover::run(args),
+    };
     exit::code(code)
 }
 
