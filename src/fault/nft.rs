@@ -47,7 +47,11 @@ pub fn ruleset(
             format!("numgen random mod 10000 < {} counter drop", (p * 10000.0).round())
         }
         Verdict::Drop => "counter drop".to_string(),
-        Verdict::TcpReset => "counter reject with tcp reset".to_string(),
+        // The RST we generate leaves through the output chain: never
+        // reject an RST, or the reset itself would be swallowed.
+        Verdict::TcpReset => {
+            "tcp flags & rst == 0 counter reject with tcp reset".to_string()
+        }
     };
     let mut out = format!("table inet {table} {{\n");
     for (chain, hook, iface_kw, addr_kw, port_kw) in [
@@ -161,7 +165,12 @@ mod tests {
     #[test]
     fn tcp_reset_rejects_only_tcp() {
         let r = ruleset("x", &ns(), &NetFilter::default(), Verdict::TcpReset).unwrap();
-        assert!(r.contains("meta l4proto tcp counter reject with tcp reset"), "{r}");
+        assert!(
+            r.contains(
+                "meta l4proto tcp tcp flags & rst == 0 counter reject with tcp reset"
+            ),
+            "{r}"
+        );
     }
 
     #[test]

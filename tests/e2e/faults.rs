@@ -207,6 +207,7 @@ fn nft_loss_of_ten_percent_drops_between_8_and_12_percent_of_4000_datagrams() {
     let loss = 1.0 - got as f64 / sent as f64;
     let out = signal_and_wait(runner, nix::sys::signal::Signal::SIGINT);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    eprintln!("measured loss {loss:.4} ({got}/{sent} delivered)");
     assert!((0.08..=0.12).contains(&loss), "measured loss {loss:.4} ({got}/{sent})");
     assert_eq!(lab.snapshot(), before, "SIGINT reverted the table");
     let clean = netns::udp_delivered(&lab.hub, &lab.spokes[0], Lab::spoke_addr(0), 500);
@@ -415,6 +416,9 @@ fn crash_and_interrupt(args: &[&str], snapshot: &dyn Fn() -> String) {
         let out = signal_and_wait(runner, sig);
         if sig == nix::sys::signal::Signal::SIGKILL {
             assert_ne!(snapshot(), before, "{args:?}: the killed runner left its fault");
+            let dry = chaos(&["recover", "--journal-dir", jd, "--dry-run"]);
+            assert!(String::from_utf8_lossy(&dry.stdout).contains("would revert"));
+            assert_ne!(snapshot(), before, "{args:?}: recover --dry-run changed nothing");
             let rec = chaos(&["recover", "--journal-dir", jd]);
             assert_eq!(rec.status.code(), Some(0), "{}", text(&rec));
             settle(snapshot, &before);
@@ -525,4 +529,97 @@ fn network_dry_run_prints_the_commands_and_changes_nothing() {
     );
     assert!(stdout.contains("revert: ip netns exec"), "{stdout}");
     assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
+fn kill_with_a_grace_period_sends_term_then_kill_to_a_process_ignoring_term() {
+    // An ignored signal stays ignored across exec, so this sleep shrugs
+    // off SIGTERM.
+    let mut v = Guard::new(
+        Command::new("sh").args(["-c", "trap '' TERM; exec sleep 300"]).spawn().unwrap(),
+    );
+    let pid = v.0.id();
+    let asleep = eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .ok()
+            .filter(|c| c.starts_with("sleep"))
+    });
+    assert!(asleep.is_some());
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("pid:{pid}");
+    let started = std::time::Instant::now();
+    let out = chaos(&[
+        "kill",
+        "--target",
+        &target,
+        "--grace",
+        "300ms",
+        "--journal-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(started.elapsed() >= Duration::from_millis(300), "waited out the grace");
+    assert_eq!(v.0.wait().unwrap().signal(), Some(libc::SIGKILL));
+}
+
+#[test]
+fn a_repeated_kill_re_resolves_its_targets_at_every_interval() {
+    let tag = format!("299.{}", std::process::id());
+    let mut victims: Vec<Guard> = (0..3)
+        .map(|_| Guard::new(Command::new("sleep").arg(&tag).spawn().unwrap()))
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let target = format!("name:^sleep {}$", tag.replace('.', "[.]"));
+    let out = chaos(&[
+        "inject",
+        "process-kill",
+        "--target",
+        &target,
+        "--count",
+        "1",
+        "--interval",
+        "200ms",
+        "--duration",
+        "1500ms",
+        "--journal-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    for v in &mut victims {
+        assert_eq!(v.0.wait().unwrap().signal(), Some(libc::SIGKILL), "{}", text(&out));
+    }
+}
+
+#[test]
+fn tcp_reset_refuses_connections_instead_of_timing_them_out() {
+    if !netns_ok() {
+        return;
+    }
+    let lab = Lab::new(1);
+    let dir = tempfile::tempdir().unwrap();
+    let _l = netns::listen(&lab.spokes[0], Lab::spoke_addr(0), 8080);
+    let to = SocketAddr::from((Lab::spoke_addr(0), 8080));
+    let before = lab.snapshot();
+    let target = format!("netns:{}", lab.spokes[0]);
+    let runner = spawn_chaos(&[
+        "inject",
+        "tcp-reset",
+        "--target",
+        &target,
+        "--port",
+        "8080",
+        "--journal-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || (lab.snapshot() != before)
+        .then_some(()))
+    .is_some());
+    let refused = netns::in_netns(&lab.hub, move || {
+        std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))
+            .map_err(|e| e.kind())
+    });
+    let out = signal_and_wait(runner, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(refused.err(), Some(std::io::ErrorKind::ConnectionRefused));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(netns::reachable(&lab.hub, to));
 }

@@ -59,6 +59,23 @@ impl Lab {
             ip(&["-n", &spoke, "link", "set", &s, "up"]);
             ip(&["-n", &spoke, "link", "set", "lo", "up"]);
         }
+        // A fresh veth needs a moment before it carries traffic; tests
+        // must not mistake that for a fault.
+        for (i, spoke) in lab.spokes.iter().enumerate() {
+            for (ns, dev) in [(&lab.hub, format!("h{i}")), (spoke, format!("s{i}"))] {
+                let up = crate::support::eventually(Duration::from_secs(5), || {
+                    let o = Command::new("ip")
+                        .args(["-n", ns, "link", "show", &dev])
+                        .output();
+                    o.ok()
+                        .filter(|o| {
+                            String::from_utf8_lossy(&o.stdout).contains("state UP")
+                        })
+                        .map(|_| ())
+                });
+                assert!(up.is_some(), "veth {dev} in {ns} never came up");
+            }
+        }
         lab
     }
 
