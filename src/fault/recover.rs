@@ -1,0 +1,56 @@
+//! `chaos recover`: replays the journals of runners that died without
+//! reverting. A journal whose file lock is still held belongs to a live
+//! runner and is left alone; every revert is idempotent, so running
+//! recover twice (or after a partial revert) is safe.
+
+use std::path::{Path, PathBuf};
+
+use super::plan::{revert_action, revert_commands};
+use super::FaultError;
+use crate::journal::{self, Orphan};
+
+/// What `recover` did (or, in a dry run, would do).
+#[derive(Debug, Default)]
+pub struct RecoverReport {
+    /// Journals examined.
+    pub journals: Vec<PathBuf>,
+    /// Journals skipped because their runner is alive.
+    pub live: Vec<PathBuf>,
+    /// Records reverted (or that would be), with the commands.
+    pub reverted: Vec<String>,
+    /// Records whose revert failed: (record, error). They stay pending.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Reverts every unreverted record of every dead runner in `dir`.
+pub fn recover(dir: &Path, dry_run: bool) -> Result<RecoverReport, FaultError> {
+    let mut report = RecoverReport::default();
+    for path in journal::journal_files(dir)? {
+        report.journals.push(path.clone());
+        let Some(mut orphan) = Orphan::claim(&path)? else {
+            report.live.push(path);
+            continue;
+        };
+        let entries = journal::read_entries(&path)?;
+        for (id, what, _lock, action) in journal::pending(&entries) {
+            let label = format!("{}#{id}: {what}", path.display());
+            if dry_run {
+                let cmds = revert_commands(&action);
+                report.reverted.push(if cmds.is_empty() {
+                    format!("{label} (nothing to undo)")
+                } else {
+                    format!("{label}: {}", cmds.join("; "))
+                });
+                continue;
+            }
+            match revert_action(&action) {
+                Ok(()) => {
+                    orphan.mark_reverted(id)?;
+                    report.reverted.push(label);
+                }
+                Err(e) => report.failed.push((label, e.to_string())),
+            }
+        }
+    }
+    Ok(report)
+}
