@@ -9,5 +9,6 @@ pub mod cohort;
 pub mod commands;
 pub mod exit;
 pub mod outcome;
+pub mod report;
 pub mod target;
 pub mod units;
