@@ -31,10 +31,12 @@ pub struct Cli {
 
 /// Every subcommand; each variant's arguments live beside its glue code.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// Re-render stored result.json files (terminal table, JUnit, HTML).
+    Report(crate::commands::report::ReportArgs),
+}
 
 /// Parses the command line, runs the subcommand and returns its exit code.
-#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -51,7 +53,9 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    let code: u8 = match cli.command {};
+    let code: u8 = match cli.command {
+        Command::Report(args) => crate::commands::report::run(args),
+    };
     exit::code(code)
 }
 

@@ -350,3 +350,61 @@ fn the_screenshot_script_fails_clearly_on_a_missing_report() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such report"));
 }
+
+fn stored(dir: &Path, name: &str, r: &RunReport) -> PathBuf {
+    let paths = report::write_all(&dir.join(name), r).unwrap();
+    paths.json
+}
+
+#[test]
+fn chaos_report_prints_the_verdict_table_of_a_stored_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = stored(dir.path(), "a", &sample::latency_fault_run());
+    let out = crate::support::chaos(&["report", json.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(stdout.contains("Outcome: REJECTED"), "{stdout}");
+    assert!(!stdout.contains('\x1b'), "no colors when stdout is a pipe");
+}
+
+#[test]
+fn chaos_report_combines_several_runs_into_one_report_directory() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = stored(dir.path(), "a", &sample::accepted_run());
+    let b = stored(dir.path(), "b", &sample::aborted_run());
+    let out_dir = dir.path().join("combined");
+    let out = crate::support::chaos(&[
+        "report",
+        a.to_str().unwrap(),
+        b.to_str().unwrap(),
+        "--out",
+        out_dir.to_str().unwrap(),
+        "--color",
+        "always",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("\x1b[31m"), "forced color");
+    let junit = std::fs::read_to_string(out_dir.join("junit.xml")).unwrap();
+    assert_eq!(junit.matches("<testsuite ").count(), 2);
+    let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
+    assert!(html.contains("id=\"run-2\""));
+    let many: Vec<RunReport> = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("results.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(many.len(), 2);
+}
+
+#[test]
+fn chaos_report_rejects_a_file_that_is_not_a_result_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("result.json");
+    std::fs::write(&bad, "{\"schema_version\": 1}").unwrap();
+    let out = crate::support::chaos(&["report", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("is not a chaos result.json"), "{stderr}");
+    let help = crate::support::chaos(&["report", "--help"]);
+    assert!(String::from_utf8_lossy(&help.stdout)
+        .contains("chaos report reports/result.json"));
+}
