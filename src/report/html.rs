@@ -581,15 +581,19 @@ fn fault_timeline(r: &RunReport) -> String {
     }
     if let Some(ab) = &r.abort {
         let p = x(ab.at_s);
+        // Near the right edge the label goes to the marker's left.
+        let (label_x, anchor) =
+            if p > w - 120.0 { (p - 9.0, "end") } else { (p + 9.0, "start") };
         let _ = write!(
             s,
             "<line x1=\"{p:.1}\" x2=\"{p:.1}\" y1=\"{:.1}\" y2=\"{bottom:.1}\" stroke=\"{RED}\" \
              stroke-width=\"2\" stroke-dasharray=\"5 3\"/><path d=\"M{:.1} {:.1} l6 -9 l-12 0 z\" \
-             fill=\"{RED}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{RED}\" class=\"rule\">abort {:.1}s</text>",
+             fill=\"{RED}\"/><text x=\"{:.1}\" y=\"{:.1}\" fill=\"{RED}\" class=\"rule\" \
+             text-anchor=\"{anchor}\">abort {:.1}s</text>",
             top - 8.0,
             p,
             top - 2.0,
-            p + 9.0,
+            label_x,
             top - 6.0,
             ab.at_s
         );
@@ -665,6 +669,7 @@ svg text{font-family:system-ui,'DejaVu Sans',sans-serif}\
 .rule{font-size:11px;font-weight:600}.flabel{fill:#e2e8f0;font-size:12.5px;font-weight:600}\
 .fkind{fill:#94a3b8;font-weight:400}.binside{fill:#fee2e2;font-size:11.5px}\
 ul.notes{margin:0;padding-left:18px}ul.notes li{margin:3px 0}a{color:#93c5fd}\
+section.run+section.run{border-top:2px solid #1e293b;margin-top:28px;padding-top:22px}\
 footer{color:#475569;font-size:11.5px;text-align:center;margin-top:8px}\
 @media (max-width:900px){.grid{grid-template-columns:1fr}.stats{grid-template-columns:repeat(2,1fr)}}";
 

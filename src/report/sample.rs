@@ -40,9 +40,9 @@ pub fn accepted_run() -> RunReport {
     r.outcome = RunOutcome::Accepted;
     for h in &mut r.hypotheses {
         h.verdict = Verdict::Accepted;
-        h.estimate = 0.4;
-        h.ci_low = -2.1;
-        h.ci_high = h.margin * 0.6;
+        h.estimate = h.margin * 0.08;
+        h.ci_low = -h.margin * 0.35;
+        h.ci_high = h.margin * 0.55;
         h.p_value = 0.91;
         h.p_value_adjusted = 1.0;
         h.needed_n = None;

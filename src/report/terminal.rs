@@ -64,6 +64,12 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     }
     if rows.is_empty() {
         let _ = writeln!(out, "(no hypotheses)");
+    } else {
+        let _ = writeln!(
+            out,
+            "{}",
+            paint(DIM, "* critical: its rejection rejects the run. P is Holm-adjusted.")
+        );
     }
     out.push('\n');
 
