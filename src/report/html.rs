@@ -8,7 +8,7 @@ use std::fmt::Write as _;
 
 use super::junit::esc;
 use super::svg::{Axis, Band, Chart, Rule, Series};
-use super::terminal::{fmt_interval, fmt_p, fmt_value};
+use super::terminal::{fmt_interval, fmt_num, fmt_p, fmt_value};
 use super::{CohortSeries, HypothesisResult, RunReport};
 use crate::cohort::Cohort;
 use crate::outcome::{RunOutcome, Verdict};
@@ -36,9 +36,9 @@ pub fn render_gameday(reports: &[RunReport]) -> String {
     let _ = write!(
         body,
         "<header class=\"top\"><div><div class=\"kicker\">chaos game day</div>\
-         <h1>{} experiments</h1><div class=\"meta\">total {:.0}s</div></div>{}</header>",
+         <h1>{} experiments</h1><div class=\"meta\">total {}s</div></div>{}</header>",
         reports.len(),
-        total,
+        fmt_num(total, 0),
         worst.map(badge).unwrap_or_default()
     );
     body.push_str(
@@ -50,11 +50,11 @@ pub fn render_gameday(reports: &[RunReport]) -> String {
         let _ = write!(
             body,
             "<tr><td>{n}</td><td><a href=\"#run-{n}\">{}</a></td><td class=\"mono\">{}</td>\
-             <td class=\"num\">{:.1}s</td><td>{} accepted · {} rejected · {} inconclusive</td>\
+             <td class=\"num\">{}s</td><td>{} accepted · {} rejected · {} inconclusive</td>\
              <td>{}</td></tr>",
             esc(&r.experiment.name),
             esc(&r.run_id),
-            r.timings.total_s,
+            fmt_num(r.timings.total_s, 1),
             r.count(Verdict::Accepted),
             r.count(Verdict::Rejected),
             r.count(Verdict::Inconclusive),
@@ -151,14 +151,14 @@ fn run_section(r: &RunReport, anchor: &str) -> String {
         s,
         "<header class=\"top\"><div><div class=\"kicker\">chaos experiment</div>\
          <h1>{}</h1><p class=\"desc\">{}</p><div class=\"meta\"><span class=\"mono\">{}</span> · \
-         {} · {} → {} · {:.1}s</div></div>{}</header>",
+         {} · {} → {} · {}s</div></div>{}</header>",
         esc(&r.experiment.name),
         esc(&r.experiment.description),
         esc(&r.run_id),
         esc(&r.experiment.file),
         esc(&r.started_at),
         esc(&r.finished_at),
-        r.timings.total_s,
+        fmt_num(r.timings.total_s, 1),
         badge(r.outcome)
     );
     if let Some(a) = &r.abort {
@@ -169,9 +169,9 @@ fn run_section(r: &RunReport, anchor: &str) -> String {
             .unwrap_or_default();
         let _ = write!(
             s,
-            "<div class=\"banner red\"><b>Aborted at {:.1}s</b>{who}: {} \
+            "<div class=\"banner red\"><b>Aborted at {}s</b>{who}: {} \
              <span class=\"muted\">(estimate {}, sequential p {}) · faults reverted</span></div>",
-            a.at_s,
+            fmt_num(a.at_s, 1),
             esc(&a.reason),
             fmt_value(a.estimate, ""),
             fmt_p(a.p_value)
@@ -300,6 +300,10 @@ fn forest(h: &HypothesisResult) -> String {
     let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
     let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !(hi - lo).is_finite() {
+        // Absurd magnitudes: the numbers are in the table, skip the plot.
+        return String::new();
+    }
     let pad = ((hi - lo) * 0.08).max(1e-9);
     let (lo, hi) = (lo - pad, hi + pad);
     let (w, h_px) = (170.0, 24.0);
@@ -344,10 +348,10 @@ fn fault_bands(r: &RunReport, end: f64) -> (Vec<Band>, Vec<Rule>) {
         .faults
         .iter()
         .filter_map(|f| {
-            let a = f.applied_at_s?;
+            let a = f.applied_at_s.filter(|v| v.is_finite())?;
             Some(Band {
                 x0: a,
-                x1: f.reverted_at_s.unwrap_or(end),
+                x1: f.reverted_at_s.filter(|v| v.is_finite()).unwrap_or(end),
                 label: format!("fault: {}", f.id),
                 fill: FAULT_FILL,
             })
@@ -356,6 +360,7 @@ fn fault_bands(r: &RunReport, end: f64) -> (Vec<Band>, Vec<Rule>) {
     let rules = r
         .abort
         .iter()
+        .filter(|a| a.at_s.is_finite())
         .map(|a| Rule { at: a.at_s, vertical: true, label: "abort".into(), color: RED })
         .collect();
     (bands, rules)
@@ -499,8 +504,12 @@ fn fault_timeline(r: &RunReport) -> String {
         if r.abort.is_some() { swatch(RED, "abort") } else { String::new() }
     );
     // Baseline: traffic before the first fault.
-    let first =
-        r.faults.iter().filter_map(|f| f.applied_at_s).fold(f64::INFINITY, f64::min);
+    let first = r
+        .faults
+        .iter()
+        .filter_map(|f| f.applied_at_s)
+        .filter(|v| v.is_finite())
+        .fold(f64::INFINITY, f64::min);
     let top = 20.0;
     let bottom = top + rows * row + 6.0;
     if first.is_finite() && first > 0.0 {
@@ -541,7 +550,7 @@ fn fault_timeline(r: &RunReport) -> String {
             esc(&f.kind),
             esc(&f.target)
         );
-        match f.applied_at_s {
+        match f.applied_at_s.filter(|v| v.is_finite()) {
             None => {
                 let _ = write!(
                     s,
@@ -550,11 +559,12 @@ fn fault_timeline(r: &RunReport) -> String {
                 );
             }
             Some(a) => {
-                let (x1, failed) = match (f.reverted_at_s, &f.revert_error) {
-                    (_, Some(_)) => (x(end), true),
-                    (Some(rv), None) => (x(rv), false),
-                    (None, None) => (x(end), false),
-                };
+                let (x1, failed) =
+                    match (f.reverted_at_s.filter(|v| v.is_finite()), &f.revert_error) {
+                        (_, Some(_)) => (x(end), true),
+                        (Some(rv), None) => (x(rv), false),
+                        (None, None) => (x(end), false),
+                    };
                 let x0 = x(a);
                 let _ = write!(
                     s,
@@ -569,17 +579,20 @@ fn fault_timeline(r: &RunReport) -> String {
                         format!("{} — NOT REVERTED", f.description)
                     } else {
                         format!(
-                            "{} ({:.1}s → {})",
+                            "{} ({}s → {})",
                             f.description,
-                            a,
-                            f.reverted_at_s.map(|v| format!("{v:.1}s")).unwrap_or("end".into())
+                            fmt_num(a, 1),
+                            f.reverted_at_s
+                                .filter(|v| v.is_finite())
+                                .map(|v| format!("{v:.1}s"))
+                                .unwrap_or("end".into())
                         )
                     })
                 );
             }
         }
     }
-    if let Some(ab) = &r.abort {
+    if let Some(ab) = r.abort.as_ref().filter(|a| a.at_s.is_finite()) {
         let p = x(ab.at_s);
         // Near the right edge the label goes to the marker's left.
         let (label_x, anchor) =
@@ -611,15 +624,19 @@ fn notes(r: &RunReport) -> String {
             (GREEN, "traffic split as configured")
         };
         items.push(format!(
-            "<li><b style=\"color:{color}\">Sample ratio</b> — {word} (χ² {:.2}, p {})</li>",
-            srm.chi2,
+            "<li><b style=\"color:{color}\">Sample ratio</b> — {word} (χ² {}, p {})</li>",
+            fmt_num(srm.chi2, 2),
             fmt_p(srm.p_value)
         ));
     }
     let t = &r.timings;
     items.push(format!(
-        "<li><b>Timings</b> — preflight {:.1}s · baseline {:.1}s · observe {:.1}s · revert {:.1}s · total {:.1}s</li>",
-        t.preflight_s, t.baseline_s, t.observe_s, t.revert_s, t.total_s
+        "<li><b>Timings</b> — preflight {}s · baseline {}s · observe {}s · revert {}s · total {}s</li>",
+        fmt_num(t.preflight_s, 1),
+        fmt_num(t.baseline_s, 1),
+        fmt_num(t.observe_s, 1),
+        fmt_num(t.revert_s, 1),
+        fmt_num(t.total_s, 1)
     ));
     for w in &r.warnings {
         items.push(format!(
@@ -731,6 +748,49 @@ mod tests {
         let h = render(&r);
         assert!(!h.contains("NaN") && !h.contains("inf"), "no raw non-finite numbers");
         assert!(h.contains("no faults in this experiment"));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+        #[test]
+        fn never_prints_raw_non_finite_numbers(
+            vals in proptest::collection::vec(
+                proptest::prop_oneof![
+                    proptest::num::f64::ANY,
+                    proptest::strategy::Just(f64::NAN),
+                    -1e6..1e6f64,
+                ],
+                8,
+            )
+        ) {
+            let mut r = sample::aborted_run();
+            let h = &mut r.hypotheses[0];
+            (h.estimate, h.ci_low, h.ci_high, h.margin) = (vals[0], vals[1], vals[2], vals[3]);
+            r.cohorts[1].timeline[3].p99_ms = vals[4];
+            r.cohorts[1].latency_ms.p99 = vals[5];
+            r.cohorts[0].latency_histogram[2].0 = vals[6].abs();
+            if let Some(a) = r.abort.as_mut() {
+                a.at_s = vals[7];
+            }
+            let page = render(&r);
+            proptest::prop_assert!(!page.contains("NaN"));
+            proptest::prop_assert!(!page.contains("inf"), "raw infinity in page");
+        }
+    }
+
+    #[test]
+    fn survives_absurdly_large_numbers() {
+        let mut r = sample::aborted_run();
+        let h = &mut r.hypotheses[0];
+        (h.estimate, h.ci_low, h.ci_high) = (1e308, -1.7e308, 1.7e308);
+        r.cohorts[1].timeline[3].p99_ms = 1.7e308;
+        r.cohorts[1].latency_ms.p99 = 1.7e308;
+        r.cohorts[0].latency_histogram[2].0 = 1.7e308;
+        if let Some(a) = r.abort.as_mut() {
+            a.at_s = 1.7e308;
+        }
+        let page = render(&r);
+        assert!(!page.contains("NaN") && !page.contains("inf"));
     }
 
     #[test]

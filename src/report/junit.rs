@@ -103,9 +103,9 @@ fn cases(r: &RunReport) -> Vec<Case> {
     let stopped = unfinished(r.outcome);
     let why_stopped = || match &r.abort {
         Some(a) => format!(
-            "run {} at {:.1}s{}: {}",
+            "run {} at {}s{}: {}",
             r.outcome,
-            a.at_s,
+            terminal::fmt_num(a.at_s, 1),
             a.hypothesis.as_deref().map(|h| format!(" by \"{h}\"")).unwrap_or_default(),
             a.reason
         ),
@@ -208,7 +208,7 @@ fn suite(out: &mut String, r: &RunReport, ind: &str) {
         props.push((format!("fault.{}", f.id), format!("{} on {}", f.kind, f.target)));
     }
     if let Some(a) = &r.abort {
-        props.push(("abort_at_s".into(), format!("{:.3}", a.at_s)));
+        props.push(("abort_at_s".into(), terminal::fmt_num(a.at_s, 3)));
         props.push(("abort_reason".into(), a.reason.clone()));
     }
     for (k, v) in props {
@@ -351,6 +351,24 @@ mod tests {
             "{x}"
         );
         assert!(!x.contains('\u{1}'));
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn escaped_text_never_carries_markup_or_forbidden_characters(s in "\\PC*|[\\x00-\\x1f<>&'\"]*") {
+            let e = esc(&s);
+            proptest::prop_assert!(!e.contains(['<', '>', '"', '\'']));
+            proptest::prop_assert!(!e.chars().any(|c| (c as u32) < 0x20));
+            for (i, _) in e.match_indices('&') {
+                let rest = &e[i..];
+                proptest::prop_assert!(
+                    ["&amp;", "&lt;", "&gt;", "&quot;", "&apos;", "&#10;", "&#13;", "&#9;"]
+                        .iter()
+                        .any(|ent| rest.starts_with(ent)),
+                    "bare ampersand in {e:?}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -181,7 +181,7 @@ impl Chart {
             "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" xmlns=\"http://www.w3.org/2000/svg\" \
              role=\"img\" preserveAspectRatio=\"xMidYMid meet\">"
         );
-        for band in &self.bands {
+        for band in self.bands.iter().filter(|b| b.x0.is_finite() && b.x1.is_finite()) {
             let (x0, x1) = (self.px(band.x0), self.px(band.x1));
             let _ = write!(
                 s,
@@ -224,7 +224,7 @@ impl Chart {
             w - l - r,
             h - t - b
         );
-        for rule in &self.rules {
+        for rule in self.rules.iter().filter(|r| r.at.is_finite()) {
             let (x1, x2, y1, y2, tx, ty, anchor) = if rule.vertical {
                 let x = self.px(rule.at);
                 (x, x, t, h - b, x - 4.0, t + 26.0, "end")

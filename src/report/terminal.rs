@@ -79,10 +79,10 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     let outcome = report.outcome.as_str().to_uppercase();
     let _ = writeln!(
         out,
-        "Outcome: {}  ({a} accepted, {r} rejected, {i} inconclusive; exit {}; {:.1}s)",
+        "Outcome: {}  ({a} accepted, {r} rejected, {i} inconclusive; exit {}; {}s)",
         paint(&format!("{BOLD}{}", outcome_color(report.outcome)), &outcome),
         report.outcome.exit_code(),
-        report.timings.total_s,
+        fmt_num(report.timings.total_s, 1),
     );
     if let Some(abort) = &report.abort {
         let who = abort
@@ -92,9 +92,9 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
             .unwrap_or_default();
         let _ = writeln!(
             out,
-            "{} at {:.1}s{who}: {}",
+            "{} at {}s{who}: {}",
             paint(&format!("{BOLD}{RED}"), "Aborted"),
-            abort.at_s,
+            fmt_num(abort.at_s, 1),
             clean(&abort.reason)
         );
     }
@@ -110,9 +110,9 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     if let Some(srm) = report.srm.filter(|s| s.mismatch) {
         let _ = writeln!(
             out,
-            "{} sample ratio mismatch (chi2 {:.2}, p {}): verdicts are unreliable",
+            "{} sample ratio mismatch (chi2 {}, p {}): verdicts are unreliable",
             paint(YELLOW, "warning:"),
-            srm.chi2,
+            fmt_num(srm.chi2, 2),
             fmt_p(srm.p_value)
         );
     }
@@ -165,6 +165,15 @@ pub fn fmt_value(v: f64, unit: &str) -> String {
         2
     };
     format!("{v:+.digits$}{}", clean(unit))
+}
+
+/// A plain number with `digits` decimals, `n/a` when not finite.
+pub fn fmt_num(v: f64, digits: usize) -> String {
+    if v.is_finite() {
+        format!("{v:.digits$}")
+    } else {
+        "n/a".into()
+    }
 }
 
 /// `[+148.9%, +196.2%]`.
