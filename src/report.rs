@@ -309,6 +309,17 @@ impl RunReport {
     }
 }
 
+impl HypothesisResult {
+    /// The Holm-adjusted p-value if there is one, else the raw one.
+    pub fn p_value_adjusted_or_raw(&self) -> f64 {
+        if self.p_value_adjusted.is_finite() {
+            self.p_value_adjusted
+        } else {
+            self.p_value
+        }
+    }
+}
+
 /// Where `write_all` put the files.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReportPaths {

@@ -424,14 +424,14 @@ fn charts(r: &RunReport) -> String {
             100.0 * p.errors as f64 / p.requests as f64
         }
     }));
-    s.push_str(&cdf_card(r, &cohorts));
+    s.push_str(&cdf_card(&cohorts));
     s.push_str("</div>");
     s
 }
 
 /// Cumulative distribution from the histogram buckets on a log-ms axis;
 /// tail differences show as a gap between the curves near the top.
-fn cdf_card(r: &RunReport, cohorts: &[(&CohortSeries, &'static str)]) -> String {
+fn cdf_card(cohorts: &[(&CohortSeries, &'static str)]) -> String {
     let finite = |c: &CohortSeries| {
         c.latency_histogram
             .iter()
@@ -483,7 +483,6 @@ fn cdf_card(r: &RunReport, cohorts: &[(&CohortSeries, &'static str)]) -> String 
     };
     let legend: String =
         cohorts.iter().map(|(c, col)| swatch(col, c.cohort.as_str())).collect();
-    let _ = r;
     chart_card("Latency distribution (whole run)", &legend, &chart)
 }
 

@@ -4,6 +4,7 @@
 
 use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use std::sync::OnceLock;
 
 use super::{
     AbortInfo, CohortSeries, ExperimentInfo, FaultRecord, HypothesisResult, Quantiles,
@@ -22,17 +23,21 @@ const FAULT_OFF_S: f64 = 55.0;
 /// payment calls (from 10 s to 55 s) drives its p99 far above control:
 /// p99 hypothesis rejected, error rate accepted, throughput inconclusive.
 pub fn latency_fault_run() -> RunReport {
-    build(None)
+    // Simulating ~24k requests is slow in debug builds; build once.
+    static RUN: OnceLock<RunReport> = OnceLock::new();
+    RUN.get_or_init(|| build(None)).clone()
 }
 
 /// The same experiment stopped by the abort monitor at 24 s.
 pub fn aborted_run() -> RunReport {
-    build(Some(24.0))
+    static RUN: OnceLock<RunReport> = OnceLock::new();
+    RUN.get_or_init(|| build(Some(24.0))).clone()
 }
 
 /// An A/A run: no faults, every hypothesis accepted.
 pub fn accepted_run() -> RunReport {
-    let mut r = build_with(None, false);
+    static RUN: OnceLock<RunReport> = OnceLock::new();
+    let mut r = RUN.get_or_init(|| build_with(None, false)).clone();
     r.run_id = "run-20261123-031500-a7a7".into();
     r.experiment.name = "payments A/A".into();
     r.experiment.description = "No faults: checks the split and the statistics.".into();

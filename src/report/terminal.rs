@@ -141,17 +141,6 @@ fn row(h: &HypothesisResult) -> [String; 7] {
     ]
 }
 
-impl HypothesisResult {
-    /// The Holm-adjusted p-value if there is one, else the raw one.
-    pub fn p_value_adjusted_or_raw(&self) -> f64 {
-        if self.p_value_adjusted.is_finite() {
-            self.p_value_adjusted
-        } else {
-            self.p_value
-        }
-    }
-}
-
 /// `+171.3%`, `-0.05pp`, `n/a` for non-finite values.
 pub fn fmt_value(v: f64, unit: &str) -> String {
     if !v.is_finite() {
