@@ -31,10 +31,15 @@ pub struct Cli {
 
 /// Every subcommand; each variant's arguments live beside its glue code.
 #[derive(Debug, Subcommand)]
-pub enum Command {}
+pub enum Command {
+    /// The demo fleet: an API calling payments in two regions, per pool.
+    Demo(crate::commands::demo::DemoArgs),
+    /// Internal: one demo process (spawned by `chaos demo fleet`).
+    #[command(hide = true)]
+    DemoService(crate::commands::demo_fleet::ServiceArgs),
+}
 
 /// Parses the command line, runs the subcommand and returns its exit code.
-#[allow(unreachable_code, unused_variables)] // until the first subcommand lands
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
@@ -51,7 +56,10 @@ pub fn main() -> ExitCode {
         }
     };
     init_logging(&cli.log);
-    let code: u8 = match cli.command {};
+    let code: u8 = match cli.command {
+        Command::Demo(a) => crate::commands::demo::run(a),
+        Command::DemoService(a) => crate::commands::demo_fleet::run_service(a),
+    };
     exit::code(code)
 }
 

@@ -7,7 +7,9 @@
 pub mod cli;
 pub mod cohort;
 pub mod commands;
+pub mod demo;
 pub mod exit;
+pub mod load;
 pub mod outcome;
 pub mod target;
 pub mod units;
