@@ -20,6 +20,7 @@ use std::time::Duration;
 pub use api::{
     serve as serve_api, ApiConfig, PAYMENT_ATTEMPTS_HEADER, PAYMENT_COHORT_HEADER,
 };
+pub(crate) use fleet::tmp_path;
 pub use fleet::{Fleet, FleetSpec, ProcessInfo};
 pub use payments::{serve as serve_payments, PaymentsConfig};
 

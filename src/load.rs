@@ -58,7 +58,8 @@ impl LoadConfig {
     }
 }
 
-/// What happened. `sent = ok + http_errors + failed + timeouts`.
+/// What happened. `sent = ok + http_errors + failed + timeouts`. As JSON,
+/// durations are seconds (floats).
 #[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
 pub struct LoadStats {
     /// Requests actually sent.
@@ -74,11 +75,25 @@ pub struct LoadStats {
     /// Due requests not sent because `concurrency` were in flight.
     pub dropped: u64,
     /// Wall time from the first scheduled request to the last completion.
+    #[serde(serialize_with = "secs")]
     pub elapsed: Duration,
     /// Median latency from scheduled send time, of answered requests.
+    #[serde(serialize_with = "opt_secs")]
     pub p50: Option<Duration>,
     /// 99th percentile latency, same basis.
+    #[serde(serialize_with = "opt_secs")]
     pub p99: Option<Duration>,
+}
+
+fn secs<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_f64(d.as_secs_f64())
+}
+
+fn opt_secs<S: serde::Serializer>(d: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+    match d {
+        Some(d) => s.serialize_some(&d.as_secs_f64()),
+        None => s.serialize_none(),
+    }
 }
 
 impl LoadStats {
@@ -141,6 +156,9 @@ pub async fn run(
     let end = start + max_duration;
     let mut tasks = tokio::task::JoinSet::new();
     let mut i: u64 = 0;
+    // A dropped sender means "nobody will say stop": keep going to the
+    // deadline instead of spinning on a closed channel.
+    let mut stop_open = true;
     loop {
         if cfg.max_requests.is_some_and(|m| i >= m) || *stop.borrow() {
             break;
@@ -151,7 +169,10 @@ pub async fn run(
         }
         tokio::select! {
             () = tokio::time::sleep_until(due) => {}
-            _ = stop.changed() => continue,
+            r = stop.changed(), if stop_open => {
+                stop_open = r.is_ok();
+                continue;
+            }
         }
         i += 1;
         let Ok(permit) = Arc::clone(&limit).try_acquire_owned() else {
@@ -268,6 +289,16 @@ mod tests {
         assert_eq!(stats.sent + stats.dropped, 100, "{stats:?}");
         assert_eq!(stats.ok, 0);
         assert_eq!(stats.errors(), stats.sent);
+    }
+
+    #[tokio::test]
+    async fn runs_to_its_deadline_when_the_stop_sender_is_dropped() {
+        let (tx, rx) = watch::channel(false);
+        drop(tx);
+        let t = std::time::Instant::now();
+        let stats = run(cfg(), rx, Duration::from_millis(300)).await.unwrap();
+        assert_eq!(stats.sent + stats.dropped, 30, "{stats:?}");
+        assert!(t.elapsed() >= Duration::from_millis(290), "{:?}", t.elapsed());
     }
 
     #[tokio::test]

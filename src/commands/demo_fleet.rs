@@ -70,6 +70,21 @@ fn fleet(args: FleetArgs) -> anyhow::Result<u8> {
     spec.service_time = ServiceTime { median: args.median, sigma: args.sigma };
     spec.attempt_timeout = args.attempt_timeout;
     spec.safety_timeout = args.safety_timeout;
+    // Handlers go in before anything starts: a SIGTERM that arrives right
+    // after the listing is printed must stop the fleet, not kill us.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("creating the signal runtime")?;
+    let (mut int, mut term) = rt
+        .block_on(async {
+            use tokio::signal::unix::{signal, SignalKind};
+            Ok::<_, std::io::Error>((
+                signal(SignalKind::interrupt())?,
+                signal(SignalKind::terminate())?,
+            ))
+        })
+        .context("installing signal handlers")?;
     let mut fleet = Fleet::start(spec)
         .with_context(|| format!("starting the demo fleet in {}", dir.display()))?;
     println!("demo fleet ({} API) in {}", args.variant, dir.display());
@@ -84,28 +99,110 @@ fn fleet(args: FleetArgs) -> anyhow::Result<u8> {
         println!("export {k}={v}");
     }
     println!("\nrunning; Ctrl-C stops every process");
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("creating the signal runtime")?;
     let interrupted = rt.block_on(async {
-        let mut term =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
-            r = tokio::signal::ctrl_c() => r.map(|()| true),
-            _ = term.recv() => Ok::<_, std::io::Error>(false),
+            _ = int.recv() => true,
+            _ = term.recv() => false,
         }
     });
     fleet.shutdown();
     println!("demo fleet stopped");
-    match interrupted.context("waiting for Ctrl-C")? {
-        true => Ok(exit::INTERRUPTED),
-        false => Ok(exit::OK),
+    Ok(if interrupted { exit::INTERRUPTED } else { exit::OK })
+}
+
+/// Help epilogue of `chaos demo load`.
+pub const LOAD_AFTER_HELP: &str = "\
+Requests are scheduled by the clock, not by responses (no coordinated
+omission); a request due while --concurrency are in flight is counted as
+dropped. Latency percentiles are measured from the scheduled send time.
+Ctrl-C stops early and still prints the counts.
+
+Example:
+  chaos demo load --target $CHAOS_DEMO_API_CONTROL/checkout --rate 500 --duration 5s";
+
+/// `chaos demo load` arguments.
+#[derive(Debug, Args)]
+pub struct LoadArgs {
+    /// URL to GET, e.g. http://127.0.0.1:8080/checkout.
+    #[arg(long)]
+    pub target: http::Uri,
+    /// Requests per second.
+    #[arg(long, default_value_t = 100.0)]
+    pub rate: f64,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    pub duration: Duration,
+    /// Most requests in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Header carrying a random user id.
+    #[arg(long, default_value = "x-user-id")]
+    pub key_header: String,
+    /// Number of distinct user ids.
+    #[arg(long, default_value_t = 10_000)]
+    pub key_space: u64,
+    /// Seed of the user-id sequence.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// Per-request timeout.
+    #[arg(long, default_value = "2s", value_parser = parse_duration)]
+    pub timeout: Duration,
+}
+
+/// Runs `chaos demo load` and prints `LoadStats` as JSON on stdout.
+pub fn run_load(args: LoadArgs) -> u8 {
+    match load(args) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::INVALID
+        }
     }
 }
 
+fn load(a: LoadArgs) -> anyhow::Result<u8> {
+    let mut cfg = crate::load::LoadConfig::new(a.target, a.rate);
+    cfg.concurrency = a.concurrency;
+    cfg.key_header = a.key_header;
+    cfg.key_space = a.key_space;
+    cfg.seed = a.seed;
+    cfg.timeout = a.timeout;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("creating the runtime")?;
+    let (stats, interrupted) = rt.block_on(async move {
+        let (tx, rx) = tokio::sync::watch::channel(false);
+        let interrupted = tokio::spawn(async move {
+            let hit = tokio::signal::ctrl_c().await.is_ok();
+            let _ = tx.send(true);
+            hit
+        });
+        let stats = crate::load::run(cfg, rx, a.duration).await;
+        let hit = interrupted.is_finished() && interrupted.await.unwrap_or(false);
+        (stats, hit)
+    });
+    let stats = stats?;
+    let mut json = serde_json::to_value(&stats).context("serialising the counts")?;
+    json["achieved_rate_per_s"] = serde_json::json!(stats.achieved_rate());
+    println!("{}", serde_json::to_string_pretty(&json).context("printing the counts")?);
+    Ok(if interrupted { exit::INTERRUPTED } else { exit::OK })
+}
+
+/// Help epilogue of the internal `chaos demo-service`.
+const SERVICE_AFTER_HELP: &str = "\
+Internal: `chaos demo fleet` and the runner spawn these with argv[0] set to
+e.g. chaos-demo-payments-experiment-us-east. Each exits when its parent dies.
+
+Example:
+  chaos demo-service payments --pool experiment --region us-east --listen 127.0.0.1:9001
+  chaos demo-service api --pool experiment --variant resilient --listen 127.0.0.1:9000 \\
+    --payments us-east=http://127.0.0.1:9001 --payments eu-west=http://127.0.0.1:9002";
+
 /// `chaos demo-service` arguments (internal: spawned by the fleet).
 #[derive(Debug, Args)]
+#[command(after_help = SERVICE_AFTER_HELP)]
 pub struct ServiceArgs {
     #[command(subcommand)]
     pub service: Service,
@@ -245,7 +342,7 @@ async fn bind(l: &Listen) -> anyhow::Result<tokio::net::TcpListener> {
         .map_err(|source| demo::DemoError::Bind { addr: l.listen.clone(), source })?;
     if let Some(path) = &l.addr_file {
         let addr = listener.local_addr().context("reading the bound address")?;
-        let tmp = path.with_extension("tmp");
+        let tmp = demo::tmp_path(path);
         std::fs::write(&tmp, format!("{addr}\n"))
             .and_then(|()| std::fs::rename(&tmp, path))
             .with_context(|| format!("writing {}", path.display()))?;

@@ -335,6 +335,10 @@ impl Fleet {
         let err = out.try_clone().map_err(dir_err(&log))?;
         let child = Command::new(&self.exe)
             .arg0(&name)
+            // Own process group: a terminal's Ctrl-C goes to the runner, which
+            // stops the fleet in its own order (children still exit by
+            // themselves if the runner dies, see `parent_gone`).
+            .process_group(0)
             .arg("demo-service")
             .args(&args)
             .arg("--listen")
@@ -478,11 +482,19 @@ fn read_addr(path: &Path) -> Option<SocketAddr> {
 
 /// Writes via a temporary file and rename, so readers never see half a file.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension("tmp");
+    let tmp = tmp_path(path);
     let mut f = File::create(&tmp)?;
     f.write_all(bytes)?;
     drop(f);
     fs::rename(&tmp, path)
+}
+
+/// `NAME.EXT.tmp`: unique per target file (the parent writes `X.pid` while
+/// the child writes `X.addr`, so `X.tmp` would collide).
+pub(crate) fn tmp_path(path: &Path) -> PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(".tmp");
+    path.with_file_name(name)
 }
 
 fn check_url(url: &str) -> Result<(), String> {
@@ -540,6 +552,13 @@ mod tests {
         assert!(check_url("http://127.0.0.1:9000/prefix").is_ok());
         assert!(check_url("https://127.0.0.1:9000").is_err());
         assert!(check_url("127.0.0.1:9000").is_err());
+    }
+
+    #[test]
+    fn temporary_files_do_not_collide_between_pid_and_addr_files() {
+        let a = tmp_path(Path::new("/d/x.pid"));
+        assert_eq!(a, Path::new("/d/x.pid.tmp"));
+        assert_ne!(a, tmp_path(Path::new("/d/x.addr")));
     }
 
     #[test]
