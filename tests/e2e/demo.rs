@@ -70,12 +70,17 @@ fn all_pids(fleet: &Fleet) -> Vec<u32> {
     fleet.processes().map(|p| p.pid).collect()
 }
 
+/// Gone = no /proc entry, or a zombie whose new parent has not reaped it yet.
+fn gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('Z')),
+    }
+}
+
 fn assert_all_gone(pids: &[u32]) {
     for pid in pids {
-        assert!(
-            !Path::new(&format!("/proc/{pid}")).exists(),
-            "demo process {pid} still exists"
-        );
+        assert!(gone(*pid), "demo process {pid} still exists");
     }
 }
 
@@ -240,25 +245,18 @@ fn load_generator_hits_its_rate_within_ten_percent() {
     assert!(stats.dropped <= 12, "{stats:?}");
 }
 
-#[test]
-fn demo_fleet_command_prints_the_fleet_and_stops_it_on_sigterm() {
-    let dir = tempfile::tempdir().unwrap();
+/// Starts `chaos demo fleet` and returns it with its listing and the
+/// pids from its pidfiles.
+fn fleet_command(dir: &Path) -> (Reap, String, Vec<u32>) {
     let mut child = Command::new(chaos_bin())
         .args(["demo", "fleet", "--variant", "fragile", "--dir"])
-        .arg(dir.path())
+        .arg(dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
-    struct Reap(std::process::Child);
-    impl Drop for Reap {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
     let stdout = child.stdout.take().unwrap();
-    let mut guard = Reap(child);
+    let guard = Reap(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let mut text = String::new();
@@ -278,7 +276,7 @@ fn demo_fleet_command_prints_the_fleet_and_stops_it_on_sigterm() {
         "{text}"
     );
     assert!(text.contains("payments  experiment  eu-west"), "{text}");
-    let pids: Vec<u32> = std::fs::read_dir(dir.path())
+    let pids: Vec<u32> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| {
             let p = e.unwrap().path();
@@ -287,6 +285,23 @@ fn demo_fleet_command_prints_the_fleet_and_stops_it_on_sigterm() {
         })
         .collect();
     assert_eq!(pids.len(), 6, "{text}");
+    (guard, text, pids)
+}
+
+/// Kills and reaps the `chaos demo fleet` process if a test fails early.
+struct Reap(std::process::Child);
+
+impl Drop for Reap {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn demo_fleet_command_prints_the_fleet_and_stops_it_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut guard, _text, pids) = fleet_command(dir.path());
     signal(guard.0.id(), Signal::SIGTERM);
     let status = eventually(Duration::from_secs(10), || guard.0.try_wait().unwrap());
     assert_eq!(status.expect("exited after SIGTERM").code(), Some(0));
@@ -315,4 +330,32 @@ fn demo_load_command_prints_its_counts_as_json() {
     let bad =
         crate::support::chaos(&["demo", "load", "--target", &target, "--rate", "0"]);
     assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn demo_services_exit_by_themselves_when_their_parent_is_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut guard, _text, pids) = fleet_command(dir.path());
+    guard.0.kill().unwrap(); // SIGKILL: no chance to stop its children
+    guard.0.wait().unwrap();
+    let all_gone = eventually(Duration::from_secs(3), || {
+        pids.iter().all(|p| gone(*p)).then_some(())
+    });
+    assert!(all_gone.is_some(), "orphaned demo services survive: {pids:?}");
+}
+
+#[test]
+fn a_process_that_fails_to_start_is_named_with_its_stderr_and_nothing_is_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = FleetSpec::new(Variant::Resilient, dir.path().join("fleet"));
+    // sh treats "demo-service" as a script path and fails loudly
+    spec.exe = Some("/bin/sh".into());
+    let err = Fleet::start(spec).unwrap_err().to_string();
+    assert!(err.contains("chaos-demo-payments-control-us-east"), "{err}");
+    assert!(err.contains("demo-service"), "stderr tail missing: {err}");
+    let pidfiles = std::fs::read_dir(dir.path().join("fleet"))
+        .unwrap()
+        .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "pid"))
+        .count();
+    assert_eq!(pidfiles, 0, "pidfiles left behind");
 }
