@@ -7,6 +7,7 @@
 pub mod cli;
 pub mod cohort;
 pub mod commands;
+pub mod demo;
 pub mod exit;
 pub mod experiment;
 pub mod outcome;
