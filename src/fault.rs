@@ -16,9 +16,11 @@ pub mod cmd;
 pub mod nft;
 pub mod plan;
 pub mod recover;
+pub mod session;
 pub mod tc;
 
 pub use recover::{recover, RecoverReport};
+pub use session::Session;
 
 use crate::journal::{Journal, JournalError, RevertAction};
 use crate::target::{

@@ -18,6 +18,8 @@ pub struct RecoverReport {
     pub live: Vec<PathBuf>,
     /// Records reverted (or that would be), with the commands.
     pub reverted: Vec<String>,
+    /// Leftover netem probe namespaces of dead processes, deleted.
+    pub probes: Vec<String>,
     /// Records whose revert failed: (record, error). They stay pending.
     pub failed: Vec<(String, String)>,
 }
@@ -52,5 +54,24 @@ pub fn recover(dir: &Path, dry_run: bool) -> Result<RecoverReport, FaultError> {
             }
         }
     }
+    if !dry_run {
+        report.probes = remove_dead_probes();
+    }
     Ok(report)
+}
+
+/// Deletes `chaosprobe<pid>` namespaces whose creator died mid-probe.
+fn remove_dead_probes() -> Vec<String> {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else { return Vec::new() };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str().map(str::to_string))
+        .filter(|name| {
+            name.strip_prefix("chaosprobe")
+                .and_then(|pid| pid.parse::<u32>().ok())
+                .is_some_and(|pid| !Path::new(&format!("/proc/{pid}")).exists())
+        })
+        .filter(|name| {
+            super::cmd::Cmd::new(None, "ip", &["netns", "del", name]).run().is_ok()
+        })
+        .collect()
 }
