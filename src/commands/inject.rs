@@ -189,17 +189,7 @@ pub enum Method {
     Pause,
 }
 
-/// Parses "KILL", "SIGKILL" or "9".
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
-    let t = text.trim().to_ascii_uppercase();
-    if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n)
-            .map_err(|_| format!("{text:?} is not a signal number"));
-    }
-    let name = if t.starts_with("SIG") { t } else { format!("SIG{t}") };
-    name.parse::<Signal>()
-        .map_err(|_| format!("unknown signal {text:?}; e.g. KILL, TERM, INT"))
-}
+pub use crate::fault::parse_signal;
 
 fn build(args: &InjectArgs) -> anyhow::Result<InfraFault> {
     let target = args.target.target.clone();
