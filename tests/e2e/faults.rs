@@ -623,3 +623,22 @@ fn tcp_reset_refuses_connections_instead_of_timing_them_out() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(netns::reachable(&lab.hub, to));
 }
+
+#[test]
+fn a_selection_beyond_the_blast_radius_is_refused_before_anything_happens() {
+    let tag = format!("298.{}", std::process::id());
+    let victims: Vec<Guard> = (0..3)
+        .map(|_| Guard::new(Command::new("sleep").arg(&tag).spawn().unwrap()))
+        .collect();
+    let target = format!("name:^sleep {}$", tag.replace('.', "[.]"));
+    let out =
+        chaos(&["kill", "--target", &target, "--percent", "100%", "--max-targets", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_targets = 2"),
+        "{}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(victims.iter().all(|v| matches!(state(v.0.id()), Some('S' | 'R'))));
+}
