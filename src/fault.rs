@@ -16,9 +16,11 @@ pub mod cmd;
 pub mod nft;
 pub mod plan;
 pub mod recover;
+pub mod session;
 pub mod tc;
 
 pub use recover::{recover, RecoverReport};
+pub use session::Session;
 
 use crate::journal::{Journal, JournalError, RevertAction};
 use crate::target::{
@@ -644,6 +646,19 @@ fn named_netns_of(pid: u32) -> Option<String> {
     })
 }
 
+/// Parses a signal as written in TOML or on the command line: "KILL",
+/// "SIGKILL" or "9".
+pub fn parse_signal(text: &str) -> Result<Signal, String> {
+    let t = text.trim().to_ascii_uppercase();
+    if let Ok(n) = t.parse::<i32>() {
+        return Signal::try_from(n)
+            .map_err(|_| format!("{text:?} is not a signal number"));
+    }
+    let name = if t.starts_with("SIG") { t } else { format!("SIG{t}") };
+    name.parse::<Signal>()
+        .map_err(|_| format!("unknown signal {text:?}; e.g. KILL, TERM, INT"))
+}
+
 fn require_tool(tool: &'static str, hint: &'static str) -> Result<(), FaultError> {
     if cmd::on_path(tool) {
         Ok(())
@@ -700,6 +715,14 @@ pub fn netem_available() -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_signals_by_name_with_or_without_sig_and_by_number() {
+        assert_eq!(parse_signal("KILL").unwrap(), Signal::SIGKILL);
+        assert_eq!(parse_signal("sigterm").unwrap(), Signal::SIGTERM);
+        assert_eq!(parse_signal("9").unwrap(), Signal::SIGKILL);
+        assert!(parse_signal("SIGNOPE").unwrap_err().contains("unknown signal"));
+    }
 
     #[test]
     fn pure_delay_netem_without_netem_is_refused_with_a_pointer_to_the_proxy() {

@@ -189,17 +189,7 @@ pub enum Method {
     Pause,
 }
 
-/// Parses "KILL", "SIGKILL" or "9".
-pub fn parse_signal(text: &str) -> Result<Signal, String> {
-    let t = text.trim().to_ascii_uppercase();
-    if let Ok(n) = t.parse::<i32>() {
-        return Signal::try_from(n)
-            .map_err(|_| format!("{text:?} is not a signal number"));
-    }
-    let name = if t.starts_with("SIG") { t } else { format!("SIG{t}") };
-    name.parse::<Signal>()
-        .map_err(|_| format!("unknown signal {text:?}; e.g. KILL, TERM, INT"))
-}
+pub use crate::fault::parse_signal;
 
 fn build(args: &InjectArgs) -> anyhow::Result<InfraFault> {
     let target = args.target.target.clone();
@@ -320,7 +310,7 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         }
     };
-    let (pre, mut injector) = match plan(&fault, &ctx) {
+    let (pre, injector) = match plan(&fault, &ctx) {
         Ok(p) => p,
         Err(code) => return Ok(code),
     };
@@ -336,12 +326,14 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
     let interrupt =
         crate::signals::install().context("installing SIGINT/SIGTERM handlers")?;
     let dir = args.target.journal_dir();
-    let mut journal = Journal::open(&dir, &ctx.run_id)
+    let journal = Journal::open(&dir, &ctx.run_id)
         .with_context(|| format!("opening the journal in {}", dir.display()))?;
+    let journal_path = journal.path().to_path_buf();
+    let mut session = fault::Session::new(journal);
     for line in injector.describe() {
         eprintln!("{line}");
     }
-    if let Err(e) = injector.inject(&mut journal) {
+    if let Err(e) = session.inject(fault.kind(), injector) {
         eprintln!("error: {e}");
         return Ok(code_for(&e));
     }
@@ -381,12 +373,11 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
         }
         if repeat.is_some() {
             match fault::prepare(&fault, &ctx, &pre) {
-                Ok(mut next) => {
-                    if let Err(e) = next.inject(&mut journal) {
+                Ok(next) => {
+                    if let Err(e) = session.inject(fault.kind(), next) {
                         failure = Some(e);
                         break;
                     }
-                    injector = next;
                 }
                 Err(e) => {
                     // Nothing left to kill is not a reason to stop early.
@@ -395,15 +386,17 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
             }
         }
     }
-    let reverted = injector.revert(&mut journal);
-    if let Err(e) = &reverted {
+    let failures = session.revert_all();
+    let reverted_ok = failures.is_empty();
+    for (what, e) in &failures {
         eprintln!(
-            "error: revert failed: {e}\nthe fault is still recorded in {}; fix the cause and \
-             run `chaos recover --journal-dir {}`",
-            journal.path().display(),
+            "error: revert of {what} failed: {e}\nthe fault is still recorded in {}; fix the \
+             cause and run `chaos recover --journal-dir {}`",
+            journal_path.display(),
             dir.display()
         );
-    } else {
+    }
+    if reverted_ok {
         eprintln!("reverted {}", fault.kind());
     }
     if interrupted {
@@ -413,7 +406,7 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
         eprintln!("error: {e}");
         return Ok(code_for(&e));
     }
-    Ok(if reverted.is_ok() { exit::OK } else { exit::ENVIRONMENT })
+    Ok(if reverted_ok { exit::OK } else { exit::ENVIRONMENT })
 }
 
 /// Runs `chaos inject`; returns the exit code.

@@ -42,6 +42,9 @@ fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
     for line in &report.reverted {
         println!("{verb}: {line}");
     }
+    for ns in &report.probes {
+        println!("deleted leftover netem probe namespace {ns}");
+    }
     for path in &report.live {
         println!("skipped (runner alive): {}", path.display());
     }

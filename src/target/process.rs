@@ -139,10 +139,17 @@ pub fn by_name(pattern: &str) -> Result<Vec<ProcessInfo>, TargetError> {
         reason: e.to_string(),
     })?;
     let protected = self_and_ancestors();
+    let own_exe = std::fs::read_link("/proc/self/exe").ok();
     Ok(all()
         .into_iter()
         .filter(|p| re.is_match(&p.comm) || re.is_match(&p.cmdline))
         .filter(|p| refusal(p, &protected).is_none())
+        // Another chaos runner's command line contains its own `name:`
+        // pattern; killing it would strand the faults it holds.
+        .filter(|p| {
+            own_exe.is_none()
+                || std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok() != own_exe
+        })
         .collect())
 }
 

@@ -623,3 +623,59 @@ fn tcp_reset_refuses_connections_instead_of_timing_them_out() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
     assert!(netns::reachable(&lab.hub, to));
 }
+
+#[test]
+fn a_selection_beyond_the_blast_radius_is_refused_before_anything_happens() {
+    let tag = format!("298.{}", std::process::id());
+    let victims: Vec<Guard> = (0..3)
+        .map(|_| Guard::new(Command::new("sleep").arg(&tag).spawn().unwrap()))
+        .collect();
+    let target = format!("name:^sleep {}$", tag.replace('.', "[.]"));
+    let out =
+        chaos(&["kill", "--target", &target, "--percent", "100%", "--max-targets", "2"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_targets = 2"),
+        "{}",
+        text(&out)
+    );
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(victims.iter().all(|v| matches!(state(v.0.id()), Some('S' | 'R'))));
+}
+
+#[test]
+fn a_name_pattern_never_selects_another_chaos_runner() {
+    let v = victim();
+    let dir = tempfile::tempdir().unwrap();
+    let jd = dir.path().to_str().unwrap();
+    // The holder's command line contains "marker-<pid>", and so does the
+    // second command's pattern: only the sleeper may match.
+    let marker = format!("marker-{}", std::process::id());
+    let region = format!("{marker}=pid:{}", v.0.id());
+    let target = format!("region:{marker}");
+    let holder = spawn_chaos(&[
+        "inject",
+        "region-outage",
+        "--region",
+        &region,
+        "--target",
+        &target,
+        "--method",
+        "pause",
+        "--journal-dir",
+        jd,
+    ]);
+    assert!(eventually(Duration::from_secs(5), || (state(v.0.id()) == Some('T'))
+        .then_some(()))
+    .is_some());
+    let pattern = format!("name:{marker}");
+    let out = chaos(&["kill", "--target", &pattern, "--count", "10", "--dry-run"]);
+    let out2 = signal_and_wait(holder, nix::sys::signal::Signal::SIGINT);
+    assert_eq!(out2.status.code(), Some(130), "{}", text(&out2));
+    assert_eq!(out.status.code(), Some(5), "nothing but chaos matched: {}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("matches nothing"),
+        "{}",
+        text(&out)
+    );
+}
