@@ -7,6 +7,7 @@
 //! the model; game days reuse them on a slice of reports.
 
 pub mod float;
+pub mod hist;
 pub mod html;
 pub mod json;
 pub mod junit;
