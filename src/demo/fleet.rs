@@ -289,6 +289,29 @@ impl Fleet {
         wait_member_ready(&mut self.members[idx], &self.spec.dir, budget, deadline)
     }
 
+    /// Processes that have exited (e.g. a fault killed them), reaping them.
+    pub fn exited(&mut self) -> Vec<ProcessInfo> {
+        let mut dead = Vec::new();
+        for m in &mut self.members {
+            if let Some(c) = m.child.as_mut() {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    dead.push(m.info.clone());
+                }
+            }
+        }
+        dead
+    }
+
+    /// Restarts every exited process on its old port (restores the fleet
+    /// after a kill experiment); returns the names restarted.
+    pub fn restart_exited(&mut self) -> Result<Vec<String>, DemoError> {
+        let dead = self.exited();
+        for p in &dead {
+            self.restart(p.role, p.pool, p.region)?;
+        }
+        Ok(dead.into_iter().map(|p| p.name).collect())
+    }
+
     /// Stops every child: SIGCONT (a fault may have paused it), SIGTERM,
     /// SIGKILL after a grace period, then reaps it and removes its pidfile.
     /// Idempotent; also runs on drop.
