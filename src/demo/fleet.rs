@@ -158,9 +158,9 @@ impl Fleet {
                 "--variant",
                 fleet.spec.variant.as_str(),
                 "--attempt-timeout",
-                &format!("{}ms", fleet.spec.attempt_timeout.as_millis()),
+                &format!("{}us", fleet.spec.attempt_timeout.as_micros()),
                 "--safety-timeout",
-                &format!("{}ms", fleet.spec.safety_timeout.as_millis()),
+                &format!("{}us", fleet.spec.safety_timeout.as_micros()),
             ]);
             for region in Region::ALL {
                 let url = match fleet.spec.payments_urls_override.get(&(pool, region)) {
