@@ -158,9 +158,9 @@ impl Fleet {
                 "--variant",
                 fleet.spec.variant.as_str(),
                 "--attempt-timeout",
-                &format!("{}ms", fleet.spec.attempt_timeout.as_millis()),
+                &format!("{}us", fleet.spec.attempt_timeout.as_micros()),
                 "--safety-timeout",
-                &format!("{}ms", fleet.spec.safety_timeout.as_millis()),
+                &format!("{}us", fleet.spec.safety_timeout.as_micros()),
             ]);
             for region in Region::ALL {
                 let url = match fleet.spec.payments_urls_override.get(&(pool, region)) {
@@ -287,6 +287,29 @@ impl Fleet {
         let deadline = Instant::now() + self.spec.startup_timeout;
         let budget = self.spec.startup_timeout;
         wait_member_ready(&mut self.members[idx], &self.spec.dir, budget, deadline)
+    }
+
+    /// Processes that have exited (e.g. a fault killed them), reaping them.
+    pub fn exited(&mut self) -> Vec<ProcessInfo> {
+        let mut dead = Vec::new();
+        for m in &mut self.members {
+            if let Some(c) = m.child.as_mut() {
+                if !matches!(c.try_wait(), Ok(None)) {
+                    dead.push(m.info.clone());
+                }
+            }
+        }
+        dead
+    }
+
+    /// Restarts every exited process on its old port (restores the fleet
+    /// after a kill experiment); returns the names restarted.
+    pub fn restart_exited(&mut self) -> Result<Vec<String>, DemoError> {
+        let dead = self.exited();
+        for p in &dead {
+            self.restart(p.role, p.pool, p.region)?;
+        }
+        Ok(dead.into_iter().map(|p| p.name).collect())
     }
 
     /// Stops every child: SIGCONT (a fault may have paused it), SIGTERM,

@@ -142,7 +142,14 @@ fn resilient_api_fails_over_to_eu_west_when_us_east_is_stopped_killed_and_restar
     assert_eq!((r.status, r.body["payment"]["region"].as_str()), (200, Some("eu-west")));
     assert!(r.elapsed < Duration::from_millis(500), "refused connection was slow");
 
-    fleet.restart(Role::Payments, EXP, Some(Region::UsEast)).unwrap();
+    let dead = eventually(Duration::from_secs(2), || {
+        let d = fleet.exited();
+        (!d.is_empty()).then_some(d)
+    });
+    let names: Vec<String> = dead.unwrap().into_iter().map(|p| p.name).collect();
+    assert_eq!(names, ["chaos-demo-payments-experiment-us-east"]);
+    assert_eq!(fleet.restart_exited().unwrap(), names);
+    assert!(fleet.exited().is_empty());
     let new_pid = payments_pid(&fleet, EXP, Region::UsEast);
     assert_ne!(new_pid, victim);
     let pidfile = fleet.pidfile(Role::Payments, EXP, Some(Region::UsEast)).unwrap();
