@@ -30,12 +30,16 @@ pub enum DemoCommand {
     /// the counts as JSON.
     #[command(after_help = demo_fleet::LOAD_AFTER_HELP)]
     Load(demo_fleet::LoadArgs),
+    /// Run a demo experiment end to end against the resilient and the
+    /// fragile API and print both verdict tables.
+    Run(super::demo_run::DemoRunArgs),
 }
 
 /// Runs a `chaos demo` subcommand and returns its exit code.
 pub fn run(args: DemoArgs) -> u8 {
     match args.command {
         DemoCommand::Fleet(a) => demo_fleet::run_fleet(a),
+        DemoCommand::Run(a) => super::demo_run::run(a),
         DemoCommand::Load(a) => demo_fleet::run_load(a),
     }
 }

@@ -75,7 +75,7 @@ pub struct Outcome {
 impl Outcome {
     /// Error as the verdict engine counts it.
     pub fn is_error(&self) -> bool {
-        self.status.map_or(true, |s| s >= 500)
+        self.status.is_none_or(|s| s >= 500)
     }
 }
 

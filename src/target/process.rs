@@ -145,12 +145,20 @@ pub fn by_name(pattern: &str) -> Result<Vec<ProcessInfo>, TargetError> {
         .filter(|p| re.is_match(&p.comm) || re.is_match(&p.cmdline))
         .filter(|p| refusal(p, &protected).is_none())
         // Another chaos runner's command line contains its own `name:`
-        // pattern; killing it would strand the faults it holds.
+        // pattern; killing it would strand the faults it holds. Demo
+        // services run the same binary but are services, not runners:
+        // they are exactly what demo experiments target.
         .filter(|p| {
             own_exe.is_none()
+                || is_demo_service(&p.cmdline)
                 || std::fs::read_link(format!("/proc/{}/exe", p.pid)).ok() != own_exe
         })
         .collect())
+}
+
+/// True for the internal `chaos demo-service ...` processes of the demo fleet.
+fn is_demo_service(cmdline: &str) -> bool {
+    cmdline.split_whitespace().nth(1) == Some("demo-service")
 }
 
 /// Inode of a network namespace (`/proc/PID/ns/net` or `/run/netns/NAME`).

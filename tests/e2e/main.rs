@@ -2,5 +2,11 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod demo;
+mod faults;
+mod netns;
+mod proxy;
+mod report;
+mod run;
 mod support;
 mod validate;

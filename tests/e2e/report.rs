@@ -216,7 +216,7 @@ fn validate(root: &Value, schema: &Value, v: &Value, path: &str, errs: &mut Vec<
     }
 }
 
-fn schema_errors(r: &Value) -> Vec<String> {
+pub(crate) fn schema_errors(r: &Value) -> Vec<String> {
     let root = schema();
     let mut errs = Vec::new();
     validate(&root, &root, r, "$", &mut errs);
