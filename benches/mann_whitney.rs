@@ -52,12 +52,18 @@ fn main() {
 }
 
 /// For the runner's budget: one p99 verdict (Harrell-Davis + 2000
-/// bootstrap replicates) at 20,000 requests per cohort.
+/// bootstrap replicates) at 20,000 and 1,000,000 requests per cohort.
 fn judge_p99() {
+    for n in [20_000, 1_000_000] {
+        judge_p99_at(n);
+    }
+}
+
+fn judge_p99_at(n: usize) {
     let mut rng = ChaCha8Rng::seed_from_u64(2);
     let data = CohortData::Samples {
-        experiment: lognormal_ms(&mut rng, 20_000, 3.0),
-        control: lognormal_ms(&mut rng, 20_000, 3.0),
+        experiment: lognormal_ms(&mut rng, n, 3.0),
+        control: lognormal_ms(&mut rng, n, 3.0),
     };
     let spec = HypothesisSpec {
         name: "p99".into(),
@@ -69,7 +75,7 @@ fn judge_p99() {
     let start = Instant::now();
     let v = judge(&spec, black_box(&data), 0.05, 7);
     println!(
-        "judge p99, 20k + 20k samples, B = 2000: {:.3} s ({})",
+        "judge p99, {n} + {n} samples, B = 2000: {:.3} s ({})",
         start.elapsed().as_secs_f64(),
         v.verdict
     );
