@@ -17,6 +17,8 @@ pub mod verdict;
 pub mod welch;
 
 #[cfg(test)]
+mod properties;
+#[cfg(test)]
 mod simulation;
 
 pub use crate::outcome::Verdict;

@@ -10,16 +10,27 @@ use rand_chacha::ChaCha8Rng;
 
 use super::special::beta_reg;
 
-/// Harrell-Davis weights W_i = I_{i/n}(a,b) − I_{(i−1)/n}(a,b).
+/// Harrell-Davis weights W_i = I_{i/n}(a,b) − I_{(i−1)/n}(a,b). For large
+/// n only a window of ±12 standard deviations of Beta(a, b) around p is
+/// evaluated (the weights outside are below 1e-30), which keeps a
+/// million-sample estimate to a few thousand incomplete-beta calls.
 pub fn hd_weights(n: usize, p: f64) -> Vec<f64> {
     let nf = n as f64;
     let a = p * (nf + 1.0);
     let b = (1.0 - p) * (nf + 1.0);
-    let mut w = Vec::with_capacity(n);
-    let mut prev = 0.0;
-    for i in 1..=n {
+    let (first, last) = if n > 20_000 {
+        let sd = (p * (1.0 - p) / (nf + 2.0)).sqrt();
+        let lo = ((p - 12.0 * sd) * nf).floor().max(1.0) as usize;
+        let hi = ((p + 12.0 * sd) * nf).ceil().min(nf) as usize;
+        (lo, hi.max(lo))
+    } else {
+        (1, n)
+    };
+    let mut w = vec![0.0; n];
+    let mut prev = if first > 1 { beta_reg(a, b, (first - 1) as f64 / nf) } else { 0.0 };
+    for i in first..=last {
         let cur = if i == n { 1.0 } else { beta_reg(a, b, i as f64 / nf) };
-        w.push(cur - prev);
+        w[i - 1] = cur - prev;
         prev = cur;
     }
     w
@@ -140,8 +151,114 @@ fn resample_counts(
     }
 }
 
+/// Above this many values per cohort the bootstrap resamples a
+/// log-bucketed histogram instead of the raw sample (STATISTICS.md §2).
+pub const HISTOGRAM_ABOVE: usize = 20_000;
+/// Relative width of a histogram bucket (0.2%): far below any tolerance.
+const BUCKET_WIDTH: f64 = 0.002;
+
+/// Binomial(n, p): inversion when n·min(p, 1−p) is small, otherwise the
+/// normal approximation (n·p·q > ~30 here), which is ample for bootstrap
+/// counts.
+fn binomial(rng: &mut ChaCha8Rng, n: u64, p: f64) -> u64 {
+    if n == 0 || p <= 0.0 {
+        return 0;
+    }
+    if p >= 1.0 {
+        return n;
+    }
+    if p > 0.5 {
+        return n - binomial(rng, n, 1.0 - p);
+    }
+    let mean = n as f64 * p;
+    if mean < 30.0 {
+        let q = 1.0 - p;
+        let u: f64 = rng.gen();
+        let mut pk = (n as f64 * q.ln()).exp();
+        let mut cdf = pk;
+        let mut k = 0u64;
+        while cdf < u && k < n {
+            pk *= (n - k) as f64 / (k + 1) as f64 * p / q;
+            k += 1;
+            cdf += pk;
+            if pk == 0.0 {
+                break;
+            }
+        }
+        k
+    } else {
+        let u1: f64 = rng.gen_range(f64::MIN_POSITIVE..1.0);
+        let u2: f64 = rng.gen();
+        let z = (-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos();
+        let draw = (mean + (mean * (1.0 - p)).sqrt() * z).round();
+        draw.clamp(0.0, n as f64) as u64
+    }
+}
+
+/// Draws resamples of one cohort as counts over sorted support values.
+enum Resampler {
+    /// Every original value is its own support point.
+    Exact { n: usize, words: Vec<u64> },
+    /// Log-bucketed histogram: support = bucket means, probabilities = shares.
+    Histogram { n: u64, probs: Vec<f64> },
+}
+
+impl Resampler {
+    /// Returns the resampler and the sorted support values.
+    fn new(sorted: &[f64]) -> (Self, Vec<f64>) {
+        if sorted.len() <= HISTOGRAM_ABOVE {
+            return (
+                Resampler::Exact { n: sorted.len(), words: Vec::new() },
+                sorted.to_vec(),
+            );
+        }
+        let step = BUCKET_WIDTH.ln_1p();
+        let mut support = Vec::new();
+        let mut probs = Vec::new();
+        let n = sorted.len() as f64;
+        let mut i = 0;
+        while i < sorted.len() {
+            let key = (sorted[i].ln() / step).floor();
+            let mut j = i;
+            let mut sum = 0.0;
+            while j < sorted.len() && (sorted[j].ln() / step).floor() == key {
+                sum += sorted[j];
+                j += 1;
+            }
+            support.push(sum / (j - i) as f64);
+            probs.push((j - i) as f64 / n);
+            i = j;
+        }
+        (Resampler::Histogram { n: sorted.len() as u64, probs }, support)
+    }
+
+    fn draw(&mut self, rng: &mut ChaCha8Rng, counts: &mut [u32]) {
+        match self {
+            Resampler::Exact { n, words } => resample_counts(rng, *n, counts, words),
+            Resampler::Histogram { n, probs } => {
+                // Multinomial by sequential conditional binomials.
+                let mut left = *n;
+                let mut mass = 1.0f64;
+                let last = probs.len() - 1;
+                for (k, &pk) in probs.iter().enumerate() {
+                    let c = if k == last || mass <= 0.0 {
+                        left
+                    } else {
+                        binomial(rng, left, (pk / mass).clamp(0.0, 1.0))
+                    };
+                    counts[k] = c as u32;
+                    left -= c;
+                    mass -= pk;
+                }
+            }
+        }
+    }
+}
+
 /// Percentile bootstrap of the log ratio of Harrell-Davis p-quantiles.
-/// Both samples must be positive (latencies) and sorted ascending.
+/// Both samples must be positive (latencies) and sorted ascending. The
+/// estimate always uses the full samples; above [`HISTOGRAM_ABOVE`] values
+/// a cohort is resampled from its log-bucketed histogram.
 pub fn bootstrap_log_quantile_ratio(
     experiment_sorted: &[f64],
     control_sorted: &[f64],
@@ -156,15 +273,15 @@ pub fn bootstrap_log_quantile_ratio(
     let estimate = we.apply(experiment_sorted, &ones_e).ln()
         - wc.apply(control_sorted, &ones_c).ln();
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut ce = vec![0u32; experiment_sorted.len()];
-    let mut cc = vec![0u32; control_sorted.len()];
+    let (mut re, support_e) = Resampler::new(experiment_sorted);
+    let (mut rc, support_c) = Resampler::new(control_sorted);
+    let mut ce = vec![0u32; support_e.len()];
+    let mut cc = vec![0u32; support_c.len()];
     let mut reps = Vec::with_capacity(replicates);
-    let mut words = Vec::new();
     for _ in 0..replicates {
-        resample_counts(&mut rng, experiment_sorted.len(), &mut ce, &mut words);
-        resample_counts(&mut rng, control_sorted.len(), &mut cc, &mut words);
-        let theta =
-            we.apply(experiment_sorted, &ce).ln() - wc.apply(control_sorted, &cc).ln();
+        re.draw(&mut rng, &mut ce);
+        rc.draw(&mut rng, &mut cc);
+        let theta = we.apply(&support_e, &ce).ln() - wc.apply(&support_c, &cc).ln();
         if theta.is_finite() {
             reps.push(theta);
         }
@@ -186,6 +303,13 @@ mod tests {
     }
 
     #[test]
+    fn windowed_weights_for_large_n_still_sum_to_one() {
+        let w = hd_weights(100_000, 0.99);
+        assert!((w.iter().sum::<f64>() - 1.0).abs() < 1e-9);
+        assert_eq!(w[0], 0.0);
+    }
+
+    #[test]
     fn hd_p90_lies_between_the_neighbouring_order_statistics() {
         let x: Vec<f64> = (1..=100).map(f64::from).collect();
         let q = harrell_davis(&x, 0.9);
@@ -202,5 +326,29 @@ mod tests {
         assert!((a.estimate - 1.2f64.ln()).abs() < 1e-9);
         assert!(a.percentile(0.05) < a.estimate && a.estimate < a.percentile(0.95));
         assert!(a.p_at_most(0.0) < 0.01);
+    }
+
+    #[test]
+    fn large_cohorts_bootstrap_a_histogram_with_a_similar_spread() {
+        // 30,000 values per cohort: above the histogram threshold.
+        let x: Vec<f64> = (1..=30_000).map(|i| 10.0 + f64::from(i % 977)).collect();
+        let mut x = x;
+        x.sort_unstable_by(f64::total_cmp);
+        let b = bootstrap_log_quantile_ratio(&x, &x, 0.99, 200, 3);
+        assert_eq!(b.estimate, 0.0);
+        let (lo, hi) = (b.percentile(0.05), b.percentile(0.95));
+        assert!(lo < 0.0 && hi > 0.0 && hi - lo < 0.05, "[{lo}, {hi}]");
+    }
+
+    #[test]
+    fn binomial_draws_have_the_right_mean() {
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        for (n, p) in [(100u64, 0.05), (100_000, 0.3), (50, 0.9)] {
+            let draws = 400;
+            let sum: u64 = (0..draws).map(|_| binomial(&mut rng, n, p)).sum();
+            let mean = sum as f64 / draws as f64;
+            let sd = (n as f64 * p * (1.0 - p) / draws as f64).sqrt();
+            assert!((mean - n as f64 * p).abs() < 5.0 * sd, "n={n} p={p} mean={mean}");
+        }
     }
 }

@@ -151,7 +151,8 @@ impl AbortMonitor {
     }
 
     /// Feed new latencies only (positive values, any consistent unit).
-    /// Non-positive or non-finite values are ignored.
+    /// Non-positive or non-finite values are ignored. On a rate monitor
+    /// this is a no-op that answers Continue.
     pub fn update_latencies(
         &mut self,
         experiment_batch: &[f64],
