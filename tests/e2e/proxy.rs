@@ -338,7 +338,11 @@ async fn a_latency_fault_shows_up_at_the_configured_median() {
     let (h, rec) = start(config(up, 1.0, 0.0)).await;
     let url = format!("http://{}/", h.local_addr());
     let base = median(timed_requests(&url, "b", None).await);
+    // Millisecond gaps on both sides of the cut, so at_ms separates the
+    // baseline from the injection window exactly.
+    tokio::time::sleep(Duration::from_millis(3)).await;
     let fault_start_ms = rec.elapsed_ms(tokio::time::Instant::now());
+    tokio::time::sleep(Duration::from_millis(3)).await;
     let rec_base = median(
         rec.snapshot(Cohort::Experiment).samples.iter().map(|s| s.latency_ms).collect(),
     );
