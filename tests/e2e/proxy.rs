@@ -579,3 +579,19 @@ fn the_cli_proxies_until_sigterm_and_prints_a_cohort_summary() {
     assert_eq!(status.code(), Some(0), "{out}");
     assert!(out.contains("untouched 0"), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_are_proxied_to_an_http1_upstream() {
+    let up = upstream().await;
+    let (h, rec) = start(config(up, 1.0, 0.0)).await;
+    let h2: TestClient = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let s = get(&h2, &format!("http://{}/", h.local_addr()), Some("k")).await;
+    assert_eq!(s.status, 200);
+    assert_eq!(s.body, BODY.as_bytes());
+    assert_eq!(s.cohort.as_deref(), Some("experiment"));
+    assert_eq!(s.upstream_cohort.as_deref(), Some("experiment"));
+    assert_eq!(rec.totals(Cohort::Experiment), (1, 0));
+    h.shutdown().await;
+}
