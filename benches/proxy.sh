@@ -6,11 +6,15 @@
 #
 # Usage: benches/proxy.sh [--rss]   (--rss adds 60 s of load on chaos and
 #                                     reports its peak RSS, VmHWM)
+# Env: ROUNDS (default 3): the three targets are measured in interleaved
+# rounds and the median per target is reported, so load drift on a shared
+# machine hits all three alike. DURATION (10s), CONNS (32).
 # Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds --release.
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
 DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-32}
 RSS_SECONDS=${RSS_SECONDS:-60}
 cd "$(dirname "$0")/.."
@@ -105,16 +109,26 @@ run() {
   wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null   # warm-up (connections, caches)
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
   echo "$out" | grep -q "Non-2xx" && { echo "$name answered non-2xx:" >&2; echo "$out" >&2; exit 1; }
-  RPS[$name]=$(echo "$out" | awk '/Requests\/sec/ {print $2}')
-  P50[$name]=$(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")
-  P99[$name]=$(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")
+  RPS[$name]+=" $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+  P50[$name]+=" $(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
+  P99[$name]+=" $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
 }
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 
-run direct "http://127.0.0.1:$NGINX_PORT/index.html"
-run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html"
-run chaos "http://127.0.0.1:$CHAOS_PORT/index.html"
+for r in $(seq 1 "$ROUNDS"); do
+  run direct "http://127.0.0.1:$NGINX_PORT/index.html"
+  run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html"
+  run chaos "http://127.0.0.1:$CHAOS_PORT/index.html"
+done
+for t in direct haproxy chaos; do
+  echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]}"
+  RPS[$t]=$(echo "${RPS[$t]}" | median)
+  P50[$t]=$(echo "${P50[$t]}" | median)
+  P99[$t]=$(echo "${P99[$t]}" | median)
+done
 
-printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx\n' "$CONNS" "$DURATION"
+printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx, median of %s rounds\n' \
+  "$CONNS" "$DURATION" "$ROUNDS"
 printf '%-8s %12s %10s %10s\n' target req/s p50_ms p99_ms
 for t in direct haproxy chaos; do
   printf '%-8s %12s %10s %10s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"

@@ -258,10 +258,10 @@ impl Recorder {
     pub fn record(&self, cohort: Option<Cohort>, arrived: Instant, outcome: Outcome) {
         let label = CohortLabel::of(cohort);
         self.prom.record(label, StatusClass::of(outcome.status), outcome.latency);
-        let Some(cohort) = cohort else {
+        if cohort.is_none() {
             self.untouched.fetch_add(1, Ordering::Relaxed);
             return;
-        };
+        }
         let state = &self.cohorts[label.index()];
         let error = outcome.is_error();
         state.total.fetch_add(1, Ordering::Relaxed);
@@ -273,7 +273,6 @@ impl Recorder {
             latency_ms: outcome.latency.as_secs_f64() * 1000.0,
             error,
         };
-        let _ = cohort;
         // A poisoned lock only means another request panicked mid-record;
         // the data is still consistent enough to keep counting.
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -293,6 +292,12 @@ impl Recorder {
     /// Requests outside both cohorts.
     pub fn untouched_total(&self) -> u64 {
         self.untouched.load(Ordering::Relaxed)
+    }
+
+    /// (total, errors) of a cohort without copying its samples.
+    pub fn totals(&self, cohort: Cohort) -> (u64, u64) {
+        let state = &self.cohorts[CohortLabel::of(Some(cohort)).index()];
+        (state.total.load(Ordering::Relaxed), state.errors.load(Ordering::Relaxed))
     }
 
     /// Everything recorded for `cohort` so far.

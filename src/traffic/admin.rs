@@ -95,16 +95,16 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> AdminResponse {
         }
         (&Method::GET, ["cohorts"]) => {
             let rec = &shared.recorder;
-            let c = rec.snapshot(Cohort::Control);
-            let e = rec.snapshot(Cohort::Experiment);
+            let c = rec.totals(Cohort::Control);
+            let e = rec.totals(Cohort::Experiment);
             let u = rec.untouched_total();
             let (cf, ef) = shared.fractions();
-            let srm = sample_ratio_mismatch(c.total, e.total, u, cf, ef);
+            let srm = sample_ratio_mismatch(c.0, e.0, u, cf, ef);
             json(
                 StatusCode::OK,
                 &serde_json::json!({
-                    "control": {"total": c.total, "errors": c.errors},
-                    "experiment": {"total": e.total, "errors": e.errors},
+                    "control": {"total": c.0, "errors": c.1},
+                    "experiment": {"total": e.0, "errors": e.1},
                     "untouched": {"total": u},
                     "srm": srm,
                 }),

@@ -441,9 +441,17 @@ async fn handle(
     shared.recorder.record(cohort, arrived, outcome);
     match reply {
         Reply::Respond(r) => Ok(r),
-        // The connection task drops the connection (and this future) as soon
-        // as it sees the kill notification.
-        Reply::Drop => std::future::pending().await,
+        // HTTP/1: the connection task drops the connection (and this future)
+        // as soon as it sees the kill notification. HTTP/2 runs streams as
+        // their own tasks, so this one must still end: it answers into a
+        // connection that no longer exists.
+        Reply::Drop => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(synthetic(
+                StatusCode::BAD_GATEWAY,
+                "connection dropped by a fault\n".into(),
+            ))
+        }
     }
 }
 
