@@ -206,13 +206,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         if let Some((_, i)) = infra.iter().find(|(id, _)| id == &f.id) {
             let inj = fault::prepare(i, &ctx, &pre)
                 .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
-            sf.description = inj
-                .describe()
-                .iter()
-                .map(|l| l.trim().trim_end_matches(':'))
-                .filter(|l| !l.is_empty())
-                .collect::<Vec<_>>()
-                .join("; ");
+            sf.description = summarize(&inj.describe(), f.kind.name());
             sf.injector = Some(inj);
         } else if let Some(h) = &sf.http {
             sf.description = format!(
@@ -378,9 +372,13 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 &experiment,
                 span,
                 last_latency_ms,
-                now - inject_at,
+                now,
             ) {
-                progress.event(&format!("ABORT at +{:.1}s: {}", a.at_s, a.reason));
+                progress.event(&format!(
+                    "ABORT {:.1}s into the fault window: {}",
+                    (now - inject_at).as_secs_f64(),
+                    a.reason
+                ));
                 abort = Some(a);
                 outcome = Some(RunOutcome::Aborted);
                 break;
@@ -390,7 +388,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 let srm = srm_of(&recorder, exp);
                 if srm.p_value < SRM_ABORT_P && srm.mismatch {
                     let a = AbortInfo {
-                        at_s: (now - inject_at).as_secs_f64(),
+                        at_s: now.as_secs_f64(),
                         hypothesis: None,
                         reason: format!(
                             "sample-ratio mismatch (chi2 {:.1}, p {:.2e}): cohorts are not \
@@ -449,6 +447,9 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         })
         .collect();
     let aborted = abort.is_some();
+    // STATISTICS.md §1: a broken split makes every comparison suspect, so
+    // no hypothesis can be accepted or rejected on it.
+    let verdicts = if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
     let (verdicts, overall) = stats::judge_experiment(verdicts, exp.meta.alpha, aborted);
     let outcome = outcome.unwrap_or(match overall {
         Verdict::Accepted => RunOutcome::Accepted,
@@ -485,7 +486,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             total_s: t_start.elapsed().as_secs_f64(),
         },
         abort,
-        faults: schedule.iter().map(|sf| fault_record(sf, inject_at)).collect(),
+        faults: schedule.iter().map(fault_record).collect(),
         hypotheses: exp
             .hypotheses
             .iter()
@@ -504,6 +505,20 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         warnings,
     };
     Ok(report)
+}
+
+/// A one-line summary of an injector's plan for reports: the resolved
+/// targets and the first action, without the selection preamble.
+fn summarize(lines: &[String], kind: &str) -> String {
+    lines
+        .iter()
+        .map(|l| l.trim().trim_end_matches(':'))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with(kind) && !l.contains("selection seed")
+        })
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn live(recorder: &Recorder, span: Span) -> (CohortLive, CohortLive) {
@@ -614,9 +629,10 @@ fn watch_abort(
     experiment: &CohortSnapshot,
     span: Span,
     last_latency_ms: u64,
-    rel: Duration,
+    now: Duration,
 ) -> Option<AbortInfo> {
-    let at_s = rel.as_secs_f64();
+    // Report times are seconds since traffic start, like the timelines.
+    let at_s = now.as_secs_f64();
     if let Some(max) = exp.safety.max_error_rate {
         // The last three seconds, so a fault that starts late is not
         // diluted by the healthy start of the window.
@@ -666,6 +682,25 @@ fn watch_abort(
         }
     }
     None
+}
+
+fn srm_gate(
+    verdicts: Vec<HypothesisVerdict>,
+    srm: &crate::traffic::SrmResult,
+) -> Vec<HypothesisVerdict> {
+    verdicts
+        .into_iter()
+        .map(|mut v| {
+            v.verdict = Verdict::Inconclusive;
+            v.tested = false;
+            v.reason = format!(
+                "sample-ratio mismatch (chi2 {:.1}, p {:.1e}): the cohorts did not get \
+                 the configured shares, so they are not comparable; {}",
+                srm.chi2, srm.p_value, v.reason
+            );
+            v
+        })
+        .collect()
 }
 
 fn srm_of(recorder: &Recorder, exp: &Experiment) -> crate::traffic::SrmResult {
@@ -742,8 +777,10 @@ fn revert_all(
     }
 }
 
-fn fault_record(sf: &ScheduledFault, inject_at: Duration) -> FaultRecord {
-    let rel = |d: Option<Duration>| d.map(|d| d.saturating_sub(inject_at).as_secs_f64());
+/// Times are seconds since traffic start (the recorder's origin), the
+/// axis every report timeline uses.
+fn fault_record(sf: &ScheduledFault) -> FaultRecord {
+    let rel = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
     FaultRecord {
         id: sf.spec.id.clone(),
         kind: sf.spec.kind.name().to_string(),
