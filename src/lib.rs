@@ -7,13 +7,19 @@
 pub mod cli;
 pub mod cohort;
 pub mod commands;
+pub mod demo;
 pub mod exit;
 pub mod experiment;
+pub mod fault;
+pub mod journal;
+pub mod load;
+pub mod metrics;
 pub mod outcome;
-/// Until `src/metrics.rs` exists on this branch (it comes with the proxy),
-/// the platform metrics live at their final path under this name.
-#[path = "metrics/platform.rs"]
-pub mod platform_metrics;
 pub mod promql;
+pub mod report;
+pub mod runner;
+pub mod signals;
+pub mod stats;
 pub mod target;
+pub mod traffic;
 pub mod units;

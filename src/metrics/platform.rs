@@ -38,7 +38,7 @@ pub const EXPERIMENT_DURATION_SECONDS: &str = "chaos_experiment_duration_seconds
 pub const DAEMON_RUNS_TOTAL: &str = "chaos_daemon_runs_total";
 
 /// Every metric family this module exports. The dashboard test checks
-/// dashboards against this list together with `metrics::labels::ALL`.
+/// dashboards against this list together with [`super::labels::ALL`].
 pub const ALL_METRIC_NAMES: &[&str] = &[
     EXPERIMENTS_TOTAL,
     HYPOTHESIS_VERDICTS_TOTAL,

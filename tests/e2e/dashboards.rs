@@ -11,11 +11,8 @@ use serde_json::Value;
 /// Every metric family the platform exports, from the library itself.
 fn exported_metric_names() -> BTreeSet<&'static str> {
     let mut names: BTreeSet<&'static str> =
-        chaos::platform_metrics::ALL_METRIC_NAMES.iter().copied().collect();
-    // The cohort proxy's names (src/metrics/labels.rs) until that module
-    // is merged into this branch; then `chaos::metrics::labels::ALL`.
-    names.extend(["chaos_requests_total", "chaos_request_duration_seconds"]);
-    names.insert("chaos_faults_injected_total");
+        chaos::metrics::platform::ALL_METRIC_NAMES.iter().copied().collect();
+    names.extend(chaos::metrics::labels::ALL);
     names
 }
 

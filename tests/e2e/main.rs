@@ -1,7 +1,14 @@
 //! End-to-end tests with real processes, sockets and namespaces, built as
 //! one binary of modules (one link step instead of one per file).
 
+mod analyze;
 mod dashboards;
+mod demo;
+mod faults;
+mod netns;
 mod prometheus;
+mod proxy;
+mod report;
+mod run;
 mod support;
 mod validate;

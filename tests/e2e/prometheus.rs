@@ -436,8 +436,8 @@ async fn basic_auth_credentials_are_sent() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_real_prometheus_scrapes_the_platform_metrics_server() {
+    use chaos::metrics::platform::{serve_metrics, PlatformMetrics};
     use chaos::outcome::{RunOutcome, Verdict};
-    use chaos::platform_metrics::{serve_metrics, PlatformMetrics};
     if !support_prometheus() {
         return;
     }
