@@ -278,6 +278,26 @@ impl Drop for MetricsServer {
 /// OpenMetrics text, which Prometheus ≥ 2.5 negotiates natively.
 const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
+/// Anything that owns a registry to expose: a plain [`Registry`] (platform
+/// metrics) or the proxy's [`Recorder`](super::Recorder), so one endpoint
+/// can serve both without copying metrics between registries.
+pub trait HasRegistry: Send + Sync + 'static {
+    /// The registry to encode at scrape time.
+    fn registry(&self) -> &Registry;
+}
+
+impl HasRegistry for Registry {
+    fn registry(&self) -> &Registry {
+        self
+    }
+}
+
+impl HasRegistry for super::Recorder {
+    fn registry(&self) -> &Registry {
+        super::Recorder::registry(self)
+    }
+}
+
 /// Serves `GET /metrics` from `registry` on `listen` (use a loopback
 /// address unless the scraper is remote). Must be called inside a tokio
 /// runtime; the server runs until the returned handle is dropped.
@@ -285,6 +305,16 @@ pub async fn serve_metrics(
     listen: SocketAddr,
     registry: Arc<Registry>,
 ) -> Result<MetricsServer, MetricsServerError> {
+    serve_registries(listen, vec![registry]).await
+}
+
+/// Like [`serve_metrics`], exposing several registries as one document
+/// (e.g. the platform metrics and the proxy recorder's per-cohort metrics).
+pub async fn serve_registries(
+    listen: SocketAddr,
+    sources: Vec<Arc<dyn HasRegistry>>,
+) -> Result<MetricsServer, MetricsServerError> {
+    let sources: Arc<[Arc<dyn HasRegistry>]> = sources.into();
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| MetricsServerError::Bind { addr: listen, source })?;
@@ -302,11 +332,11 @@ pub async fn serve_metrics(
                     continue;
                 }
             };
-            let registry = registry.clone();
+            let sources = sources.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |req| {
-                    let registry = registry.clone();
-                    async move { Ok::<_, Infallible>(respond(&req, &registry)) }
+                    let sources = sources.clone();
+                    async move { Ok::<_, Infallible>(respond(&req, &sources)) }
                 });
                 let io = hyper_util::rt::TokioIo::new(stream);
                 if let Err(e) = hyper::server::conn::http1::Builder::new()
@@ -321,7 +351,21 @@ pub async fn serve_metrics(
     Ok(MetricsServer { addr, task })
 }
 
-fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
+/// Every registry, then one `# EOF` (OpenMetrics allows exactly one).
+fn encode_all(sources: &[Arc<dyn HasRegistry>]) -> Result<String, std::fmt::Error> {
+    use prometheus_client::encoding::text;
+    let mut body = String::new();
+    for s in sources {
+        text::encode_registry(&mut body, s.registry())?;
+    }
+    text::encode_eof(&mut body)?;
+    Ok(body)
+}
+
+fn respond<B>(
+    req: &Request<B>,
+    sources: &[Arc<dyn HasRegistry>],
+) -> Response<Full<Bytes>> {
     let plain = |status: StatusCode, text: &'static str| {
         let mut r = Response::new(Full::new(Bytes::from_static(text.as_bytes())));
         *r.status_mut() = status;
@@ -333,11 +377,13 @@ fn respond<B>(req: &Request<B>, registry: &Registry) -> Response<Full<Bytes>> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return plain(StatusCode::METHOD_NOT_ALLOWED, "use GET\n");
     }
-    let mut body = String::new();
-    if let Err(e) = prometheus_client::encoding::text::encode(&mut body, registry) {
-        tracing::warn!(%e, "encoding metrics failed");
-        return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n");
-    }
+    let body = match encode_all(sources) {
+        Ok(body) => body,
+        Err(e) => {
+            tracing::warn!(%e, "encoding metrics failed");
+            return plain(StatusCode::INTERNAL_SERVER_ERROR, "encoding metrics failed\n");
+        }
+    };
     let mut r = Response::new(Full::new(Bytes::from(body)));
     r.headers_mut().insert(
         hyper::header::CONTENT_TYPE,
@@ -405,6 +451,25 @@ mod tests {
                 "{name} missing:\n{text}"
             );
         }
+    }
+
+    #[test]
+    fn several_registries_make_one_document_with_a_single_eof() {
+        let m = PlatformMetrics::new();
+        let mut registry = Registry::default();
+        m.register(&mut registry);
+        let recorder = crate::metrics::Recorder::new(tokio::time::Instant::now(), 10);
+        recorder.record_fault(crate::metrics::labels::FaultKindLabel::Latency);
+        let sources: Vec<Arc<dyn HasRegistry>> =
+            vec![Arc::new(registry), Arc::new(recorder)];
+        let text = encode_all(&sources).unwrap();
+        assert_eq!(text.matches("# EOF").count(), 1, "{text}");
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        assert!(text.contains("# TYPE chaos_experiments counter"), "{text}");
+        assert!(
+            text.contains(r#"chaos_faults_injected_total{kind="latency"} 1"#),
+            "{text}"
+        );
     }
 
     #[test]
