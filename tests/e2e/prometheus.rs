@@ -566,9 +566,9 @@ fn promql_experiment(
     let mut toml = format!(
         r#"[experiment]
 name = "promql verdicts"
-duration = "30s"
+duration = "36s"
 baseline = "2s"
-min_samples = 8
+min_samples = 10
 
 [traffic]
 listen = "{listen}"
@@ -630,6 +630,12 @@ async fn run_promql_experiment(fault: bool, guardrail: bool) -> std::process::Ou
         file.display().to_string(),
         "--metrics-listen".into(),
         metrics.to_string(),
+        "--report-dir".into(),
+        dir.path().join("reports").display().to_string(),
+        "--journal-dir".into(),
+        dir.path().join("journal").display().to_string(),
+        "--quiet".into(),
+        "--json".into(),
     ];
     let out = chaos_cli_for(args, 120).await;
     drop(prom);
@@ -673,6 +679,19 @@ async fn the_promql_runner_experiments_are_valid() {
     }
 }
 
+/// The `--json` result of a run.
+fn result_json(out: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("stdout is not the JSON result ({e}):\n{}", explain(out))
+    })
+}
+
+/// The PromQL hypothesis' verdict and how many samples each cohort had.
+fn promql_verdict(result: &serde_json::Value) -> String {
+    let h = &result["hypotheses"][0];
+    h["verdict"].as_str().unwrap_or("missing").to_string()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs the runner hooks of issue 7: chaos run --metrics-listen, PromQL samples, GuardrailWatch"]
 async fn chaos_run_rejects_a_latency_fault_judged_by_promql() {
@@ -681,6 +700,7 @@ async fn chaos_run_rejects_a_latency_fault_judged_by_promql() {
     }
     let out = run_promql_experiment(true, false).await;
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
+    assert_eq!(promql_verdict(&result_json(&out)), "rejected", "{}", explain(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -691,6 +711,7 @@ async fn chaos_run_accepts_no_fault_judged_by_promql() {
     }
     let out = run_promql_experiment(false, false).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
+    assert_eq!(promql_verdict(&result_json(&out)), "accepted", "{}", explain(&out));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -701,6 +722,14 @@ async fn chaos_run_aborts_and_reverts_when_a_promql_guardrail_trips() {
     }
     let out = run_promql_experiment(true, true).await;
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
-    let all = explain(&out);
-    assert!(all.contains("too many injected faults"), "{all}");
+    let result = result_json(&out);
+    let reason = result["abort"]["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("too many injected faults"), "{}", explain(&out));
+    let faults = result["faults"].as_array().expect("faults");
+    assert!(!faults.is_empty(), "{}", explain(&out));
+    for f in faults {
+        assert!(f["applied_at_s"].is_number(), "{f}");
+        assert!(f["reverted_at_s"].is_number(), "not reverted: {f}");
+        assert!(f["revert_error"].is_null(), "{f}");
+    }
 }
