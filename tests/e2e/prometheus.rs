@@ -612,7 +612,10 @@ tolerance = "+50%"
 
 /// Upstream answering 200 at once; Prometheus scraping the runner's
 /// `--metrics-listen` port; then `chaos run` on the experiment.
-async fn run_promql_experiment(fault: bool, guardrail: bool) -> std::process::Output {
+async fn run_promql_experiment(
+    fault: bool,
+    guardrail: bool,
+) -> (std::process::Output, f64) {
     let (upstream, _up) =
         serve(|_req| Response::new(Full::new(Bytes::from_static(b"ok")))).await;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -638,8 +641,12 @@ async fn run_promql_experiment(fault: bool, guardrail: bool) -> std::process::Ou
         "--json".into(),
     ];
     let out = chaos_cli_for(args, 120).await;
+    // What Prometheus saw of the platform's active-faults gauge.
+    let cfg = config(prom.url.clone());
+    let q = r#"max_over_time(sum(chaos_active_faults{kind="latency"})[5m:1s])"#;
+    let max_active = promql::instant(&cfg, q).await.ok().flatten().unwrap_or(0.0);
     drop(prom);
-    out
+    (out, max_active)
 }
 
 async fn chaos_cli_for(args: Vec<String>, secs: u64) -> std::process::Output {
@@ -698,7 +705,7 @@ async fn chaos_run_rejects_a_latency_fault_judged_by_promql() {
     if !support_prometheus() {
         return;
     }
-    let out = run_promql_experiment(true, false).await;
+    let (out, _) = run_promql_experiment(true, false).await;
     assert_eq!(out.status.code(), Some(1), "{}", explain(&out));
     assert_eq!(promql_verdict(&result_json(&out)), "rejected", "{}", explain(&out));
 }
@@ -709,7 +716,7 @@ async fn chaos_run_accepts_no_fault_judged_by_promql() {
     if !support_prometheus() {
         return;
     }
-    let out = run_promql_experiment(false, false).await;
+    let (out, _) = run_promql_experiment(false, false).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
     assert_eq!(promql_verdict(&result_json(&out)), "accepted", "{}", explain(&out));
 }
@@ -720,7 +727,8 @@ async fn chaos_run_aborts_and_reverts_when_a_promql_guardrail_trips() {
     if !support_prometheus() {
         return;
     }
-    let out = run_promql_experiment(true, true).await;
+    let (out, max_active) = run_promql_experiment(true, true).await;
+    assert_eq!(max_active, 1.0, "the applied fault shows in chaos_active_faults");
     assert_eq!(out.status.code(), Some(3), "{}", explain(&out));
     let result = result_json(&out);
     let reason = result["abort"]["reason"].as_str().unwrap_or_default();
