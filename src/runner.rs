@@ -375,8 +375,9 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 now,
             ) {
                 progress.event(&format!(
-                    "ABORT {:.1}s into the fault window: {}",
+                    "ABORT {:.1}s into the fault window: {}{}",
                     (now - inject_at).as_secs_f64(),
+                    a.hypothesis.as_deref().map(|h| format!("{h}: ")).unwrap_or_default(),
                     a.reason
                 ));
                 abort = Some(a);
@@ -449,7 +450,8 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let aborted = abort.is_some();
     // STATISTICS.md §1: a broken split makes every comparison suspect, so
     // no hypothesis can be accepted or rejected on it.
-    let verdicts = if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
+    let verdicts =
+        if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
     let (verdicts, overall) = stats::judge_experiment(verdicts, exp.meta.alpha, aborted);
     let outcome = outcome.unwrap_or(match overall {
         Verdict::Accepted => RunOutcome::Accepted,
@@ -674,7 +676,7 @@ fn watch_abort(
                 return Some(AbortInfo {
                     at_s,
                     hypothesis: Some(m.hypothesis.clone()),
-                    reason: format!("{}: {reason}", m.hypothesis),
+                    reason,
                     p_value,
                     estimate,
                 });
