@@ -155,6 +155,9 @@ struct ScheduledFault {
     start: Duration,
     stop: Duration,
     injector: Option<Box<dyn Injector>>,
+    /// Kept to re-resolve targets when the fault starts: processes named
+    /// at preflight may have restarted (new pid) by then.
+    infra: Option<InfraFault>,
     http: Option<HttpFault>,
     applied_at: Option<Duration>,
     reverted_at: Option<Duration>,
@@ -216,6 +219,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             start: f.start,
             stop: stop.min(exp.meta.duration),
             injector: None,
+            infra: infra.iter().find(|(id, _)| id == &f.id).map(|(_, i)| i.clone()),
             http: plan::http_fault(f),
             applied_at: None,
             reverted_at: None,
@@ -338,6 +342,22 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         let mut http_changed = false;
         for sf in schedule.iter_mut() {
             if sf.applied_at.is_none() && rel >= sf.start && rel < sf.stop {
+                if let Some(infra_fault) = sf.infra.as_ref() {
+                    // Resolve again now: the preflight resolution proved the
+                    // targets existed; this one hits what exists at start time.
+                    match fault::prepare(infra_fault, &ctx, &pre) {
+                        Ok(fresh) => {
+                            sf.description =
+                                summarize(&fresh.describe(), sf.spec.kind.name());
+                            sf.injector = Some(fresh);
+                        }
+                        Err(e) => {
+                            env_error =
+                                Some(format!("fault {} cannot start: {e}", sf.spec.id));
+                            break;
+                        }
+                    }
+                }
                 if let Some(inj) = sf.injector.as_mut() {
                     let j =
                         journal.as_mut().expect("journal opened when infra faults exist");

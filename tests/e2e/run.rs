@@ -122,6 +122,7 @@ fn assert_journal_all_reverted(journal: &Path) {
 
 #[test]
 fn the_demo_accepts_the_resilient_api_and_catches_the_fragile_one_with_valid_reports() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let before = host_snapshot();
     let reports = dir.path().join("reports");
@@ -183,6 +184,7 @@ fn the_demo_accepts_the_resilient_api_and_catches_the_fragile_one_with_valid_rep
 
 #[test]
 fn an_aa_run_without_faults_is_accepted() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(Variant::Resilient, dir.path());
     let exp = write(
@@ -228,6 +230,7 @@ tolerance = "+25%"
 
 #[test]
 fn a_fault_beyond_the_abort_threshold_stops_early_reports_why_and_reverts() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(Variant::Resilient, dir.path());
     let exp = write(
@@ -436,6 +439,7 @@ fn run_help_teaches_the_lifecycle_and_exit_codes() {
 
 #[test]
 fn the_gate_passes_an_equal_canary_and_fails_a_broken_one() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let good = fleet(Variant::Resilient, &dir.path().join("good"));
     let bad = fleet(Variant::Fragile, &dir.path().join("bad"));
