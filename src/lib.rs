@@ -10,5 +10,6 @@ pub mod commands;
 pub mod exit;
 pub mod experiment;
 pub mod outcome;
+pub mod schedule;
 pub mod target;
 pub mod units;
