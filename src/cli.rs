@@ -35,6 +35,8 @@ pub struct Cli {
 pub enum Command {
     /// Check experiment files and report every problem with file:line:col.
     Validate(commands::validate::ValidateArgs),
+    /// List and show past runs recorded by `chaos continuous`.
+    History(commands::history::HistoryArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -56,6 +58,7 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     let code = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
+        Command::History(args) => commands::history::run(args),
     };
     exit::code(code)
 }
