@@ -16,7 +16,7 @@ use super::api::{RunLabels, Shared, SkipLabels};
 use super::clock::Clock;
 use super::config::{DaemonConfig, EntryKind, EntrySpec};
 use super::exec::{Executor, RunRequest, Stop};
-use super::history::{History, HistoryError, RunEnd};
+use super::history::{History, HistoryError, HistoryLock, RunEnd};
 use super::monkey;
 use super::planner::{Decision, Finished, Planner};
 use super::targets;
@@ -42,6 +42,7 @@ pub struct Daemon<E: Executor> {
     shared: Arc<Shared>,
     rng: Arc<Mutex<ChaCha8Rng>>,
     events: EventSink,
+    _lock: HistoryLock,
 }
 
 impl<E: Executor> Daemon<E> {
@@ -53,6 +54,7 @@ impl<E: Executor> Daemon<E> {
         clock: Arc<dyn Clock>,
         events: EventSink,
     ) -> Result<Self, HistoryError> {
+        let lock = HistoryLock::acquire(&cfg.history)?;
         let history = History::open(&cfg.history)?;
         let now = clock.now();
         let abandoned = history.mark_abandoned(&now.to_string())?;
@@ -77,6 +79,7 @@ impl<E: Executor> Daemon<E> {
             shared,
             rng: Arc::new(Mutex::new(ChaCha8Rng::seed_from_u64(seed ^ 0x6d6f6e6b))),
             events,
+            _lock: lock,
         };
         if abandoned > 0 {
             d.event(&format!("marked {abandoned} run(s) left running by a previous daemon as abandoned"));

@@ -21,6 +21,16 @@ pub enum HistoryError {
         #[source]
         source: rusqlite::Error,
     },
+    /// Another daemon holds the history's lock file.
+    #[error(
+        "history database {path} is in use by another `chaos continuous` (lock {lock})"
+    )]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+        /// The lock file.
+        lock: PathBuf,
+    },
     /// The parent directory could not be created.
     #[error("history database {path}: cannot create its directory: {source}")]
     Dir {
@@ -68,6 +78,35 @@ pub struct RunEnd<'a> {
     pub report_dir: Option<&'a Path>,
     /// Free text.
     pub detail: Option<&'a str>,
+}
+
+/// An exclusive claim on a history database for one daemon, released when
+/// dropped (or when the process dies: it is an flock).
+pub struct HistoryLock {
+    _file: std::fs::File,
+}
+
+impl HistoryLock {
+    /// Takes `PATH.lock`, failing at once when another daemon holds it.
+    pub fn acquire(path: &Path) -> Result<HistoryLock, HistoryError> {
+        use fs2::FileExt;
+        let lock = PathBuf::from(format!("{}.lock", path.display()));
+        if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| HistoryError::Dir {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock)
+            .map_err(|source| HistoryError::Dir { path: lock.clone(), source })?;
+        file.try_lock_exclusive()
+            .map_err(|_| HistoryError::Locked { path: path.to_path_buf(), lock })?;
+        Ok(HistoryLock { _file: file })
+    }
 }
 
 /// An open history database.
@@ -268,6 +307,17 @@ mod tests {
                 ("checkout".to_string(), "rejected".to_string(), 1)
             ]
         );
+    }
+
+    #[test]
+    fn only_one_daemon_at_a_time_may_claim_a_history() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let first = HistoryLock::acquire(&path).unwrap();
+        let err = HistoryLock::acquire(&path).err().unwrap();
+        assert!(err.to_string().contains("in use by another"), "{err}");
+        drop(first);
+        assert!(HistoryLock::acquire(&path).is_ok());
     }
 
     #[test]
