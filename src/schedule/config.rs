@@ -604,6 +604,17 @@ cron = "@daily"
     }
 
     #[test]
+    fn the_example_daemon_config_in_scenarios_validates() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/continuous.toml");
+        let l = load(&path);
+        assert!(l.config.is_some(), "{:#?}", l.diagnostics);
+        let c = l.config.unwrap();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:9464");
+        assert_eq!(c.entries.len(), 3);
+        assert!(c.token.is_some());
+    }
+
+    #[test]
     fn refuses_duplicate_names_and_an_empty_config() {
         let dir = tempfile::tempdir().unwrap();
         write_experiment(dir.path());
