@@ -29,6 +29,20 @@ pub struct Experiment {
     pub safety: Safety,
     /// `[prometheus]`: a server to evaluate PromQL hypotheses against.
     pub prometheus: Option<PrometheusSource>,
+    /// `[[guardrail]]`: PromQL abort conditions checked during the run.
+    pub guardrails: Vec<Guardrail>,
+}
+
+/// `[[guardrail]]`: abort (and revert) as soon as `query` is above `above`,
+/// without statistics — e.g. an SLO burn rate.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Guardrail {
+    /// Shown in the abort reason.
+    pub name: String,
+    /// An instant PromQL query returning one number.
+    pub query: String,
+    /// Threshold; strictly above it aborts.
+    pub above: f64,
 }
 
 /// `[experiment]`.

@@ -61,6 +61,7 @@ const SECTIONS: &[&str] = &[
     "region",
     "safety",
     "prometheus",
+    "guardrail",
 ];
 
 /// Parses and validates `src` (the contents of `file`).
@@ -94,6 +95,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
     let prometheus = section(&mut top, sink, "prometheus", false)
         .and_then(|t| read_prometheus(t, sink));
     let hypotheses = read_hypotheses(&mut top, sink, prometheus.is_some());
+    let guardrails = read_guardrails(&mut top, sink, prometheus.is_some());
     let region_names: BTreeSet<String> = regions.iter().map(|r| r.name.clone()).collect();
     let sidecar_names: BTreeSet<String> = sidecars_and_traffic
         .as_ref()
@@ -128,7 +130,56 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         regions,
         safety,
         prometheus,
+        guardrails,
     })
+}
+
+fn read_guardrails(
+    top: &mut TableReader,
+    sink: &mut Sink,
+    has_prom: bool,
+) -> Vec<Guardrail> {
+    let Some(item) = top.item("guardrail") else { return Vec::new() };
+    let Some(tables) = tables_of(item) else {
+        sink.error(
+            item.span(),
+            "guardrail",
+            "`guardrail` must be an array of tables".into(),
+            "write each guardrail as [[guardrail]] with name, query and above",
+        );
+        return Vec::new();
+    };
+    if !has_prom {
+        sink.error(
+            item.span(),
+            "guardrail",
+            "guardrails are PromQL queries and need a [prometheus] section".into(),
+            "add [prometheus] url = \"http://127.0.0.1:9090\"",
+        );
+    }
+    let mut out = Vec::new();
+    for (i, (tab, span)) in tables.into_iter().enumerate() {
+        let mut r = TableReader::new(tab, format!("guardrail[{i}]"), span);
+        let name = r.req_string(sink, "name", "name = \"SLO burn rate\"");
+        let query =
+            r.req_string(sink, "query", "an instant PromQL query returning one number");
+        let above = match r.item("above") {
+            None => {
+                r.missing(
+                    sink,
+                    "above",
+                    "above = 14.4 (abort when the query is above this)",
+                );
+                None
+            }
+            Some(_) => r.number(sink, "above", "a number, e.g. above = 14.4"),
+        };
+        r.finish(sink);
+        if let (Some(n), Some(q), Some(a)) = (name, query, above) {
+            out.push(Guardrail { name: n.value, query: q.value, above: a.value });
+        }
+    }
+    out
 }
 
 /// A `[name]` table, or a diagnostic when it is required and missing or

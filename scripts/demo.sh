@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The main job (README "Quick start"): build chaos and run the demo
+# experiment end to end — a demo fleet on loopback, the cohort proxy with
+# synthetic users, a real fault, the statistical verdicts — against a
+# resilient and a fragile API. Needs only a Rust toolchain; the demo uses
+# processes and loopback sockets, no extra packages and no privileges.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+cargo build --release --locked --quiet
+exec ./target/release/chaos demo run "$@"
