@@ -605,7 +605,8 @@ cron = "@daily"
 
     #[test]
     fn the_example_daemon_config_in_scenarios_validates() {
-        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/continuous.toml");
+        let path =
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios/continuous.toml");
         let l = load(&path);
         assert!(l.config.is_some(), "{:#?}", l.diagnostics);
         let c = l.config.unwrap();

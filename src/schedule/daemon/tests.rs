@@ -257,3 +257,101 @@ fn the_api_refuses_changes_when_no_token_is_configured() {
     assert_eq!(api::handle(&req, &shared, &clock).status(), 403);
     assert_eq!(shared.planner().paused_count(), 0);
 }
+
+#[tokio::test(flavor = "current_thread", start_paused = true)]
+async fn a_monkey_strikes_one_random_target_and_never_while_an_experiment_holds_it() {
+    use crate::schedule::config::MonkeySpec;
+    use crate::target::TargetSelector;
+    let tag = format!("{}.{}", 400 + std::process::id() % 100, std::process::id());
+    let mut kids: Vec<std::process::Child> = (0..2)
+        .map(|_| std::process::Command::new("sleep").arg(&tag).spawn().unwrap())
+        .collect();
+    let selector = format!("name:^sleep {}$", regex::escape(&tag));
+    let dir = tempfile::tempdir().unwrap();
+    let mut monkey = entry("monkey", "*/5 * * * * *");
+    monkey.kind = EntryKind::Monkey(MonkeySpec {
+        targets: vec![TargetSelector::parse(&selector).unwrap()],
+        max_targets: 1,
+        signal: "SIGKILL".into(),
+    });
+    // An experiment on the same processes runs every 10 s for 7 s.
+    let exec = FakeExecutor {
+        duration: Duration::from_secs(7),
+        targets: shared_targets(&["holder"], &selector),
+        ..Default::default()
+    };
+    let r =
+        start(config(dir.path(), vec![entry("holder", "*/10 * * * * *"), monkey]), exec);
+    // 09:00:05: the monkey strikes (nothing holds the targets yet).
+    tick(&r, 1, Duration::from_secs(5), Duration::from_secs(1)).await;
+    // 09:00:10: the experiment starts; 09:00:15: the monkey must skip.
+    tick(&r, 2, Duration::from_secs(5), Duration::from_secs(1)).await;
+    r.stop.set();
+    tokio::time::timeout(Duration::from_secs(30), r.handle).await.unwrap().unwrap();
+    let rows = History::open(&dir.path().join("history.db")).unwrap().list(10).unwrap();
+    let strikes: Vec<_> = rows.iter().filter(|r| r.schedule == "monkey").collect();
+    assert_eq!(strikes.len(), 1, "{rows:#?}");
+    assert_eq!(strikes[0].outcome, "struck");
+    assert_eq!(strikes[0].verdicts.as_array().unwrap().len(), 1);
+    assert!(r
+        .events
+        .text()
+        .contains("skip monkey: holder is running on the same target"));
+    // Exactly one of the two processes was killed.
+    std::thread::sleep(Duration::from_millis(200));
+    let dead = kids
+        .iter_mut()
+        .map(|k| k.try_wait())
+        .filter(|w| matches!(w, Ok(Some(_))))
+        .count();
+    for k in &mut kids {
+        let _ = k.kill();
+        let _ = k.wait();
+    }
+    assert_eq!(dead, 1);
+}
+
+#[tokio::test]
+async fn the_status_api_answers_over_http_on_loopback() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let clock = Arc::new(ManualClock::new("2026-01-05T09:00:00Z".parse().unwrap()));
+    let sink: EventSink = Arc::new(Mutex::new(Box::new(Buf::default())));
+    let d = Daemon::new(
+        config(dir.path(), vec![entry("x", "@hourly")]),
+        FakeExecutor::default(),
+        clock.clone(),
+        sink,
+    )
+    .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Stop::new();
+    tokio::spawn(api::serve(listener, d.shared(), clock, stop.clone()));
+    let ask = |req: &'static str| async move {
+        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        out
+    };
+    let status = tokio::time::timeout(
+        Duration::from_secs(10),
+        ask("GET /status HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"),
+    )
+    .await
+    .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"next_fire\": \"2026-01-05T10:00:00Z\""), "{status}");
+    let pause = ask(
+        "POST /schedules/x/pause HTTP/1.1\r\nhost: x\r\nauthorization: Bearer sekrit-token\r\n\
+         content-length: 0\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(pause.starts_with("HTTP/1.1 200"), "{pause}");
+    assert_eq!(d.shared().planner().paused_count(), 1);
+    let metrics =
+        ask("GET /metrics HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n").await;
+    assert!(metrics.contains("chaos_daemon_schedules_paused 1"), "{metrics}");
+    stop.set();
+}
