@@ -35,8 +35,37 @@ pub struct Cli {
 pub enum Command {
     /// Check experiment files and report every problem with file:line:col.
     Validate(commands::validate::ValidateArgs),
+    /// Run an experiment: preflight, baseline, inject, observe, revert, verdict.
+    Run(commands::run::RunArgs),
+    /// CI gate: judge a canary pool against a baseline pool on live traffic.
+    Gate(commands::run::GateArgs),
+    /// Compare experiment and control samples offline: one test or one hypothesis.
+    Analyze(commands::analyze::AnalyzeArgs),
+    /// Run the cohort proxy: split traffic, fault the experiment cohort.
+    #[command(after_help = commands::proxy::AFTER_HELP)]
+    Proxy(commands::proxy::ProxyArgs),
+    /// Signal a share of the processes matching a target (journalled).
+    #[command(after_help = commands::kill::AFTER_HELP)]
+    Kill(commands::kill::KillArgs),
+    /// Hold one infrastructure fault for a duration or until Ctrl-C, then revert.
+    #[command(after_help = commands::inject::AFTER_HELP)]
+    Inject(commands::inject::InjectArgs),
+    /// Revert every fault a killed chaos runner left behind.
+    #[command(after_help = commands::recover::AFTER_HELP)]
+    Recover(commands::recover::RecoverArgs),
+    /// Re-render stored result.json files (terminal table, JUnit, HTML).
+    Report(commands::report::ReportArgs),
+    /// The demo: a fleet on loopback and a real experiment against it.
+    Demo(commands::demo::DemoArgs),
+    /// Internal: one demo process (spawned by `chaos demo fleet`).
+    #[command(hide = true)]
+    DemoService(commands::demo_fleet::ServiceArgs),
     /// List and show past runs recorded by `chaos continuous`.
     History(commands::history::HistoryArgs),
+    /// Run a game day: experiments, checkpoints and pauses in order.
+    Gameday(commands::gameday::GamedayArgs),
+    /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
+    Continuous(commands::continuous::ContinuousArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -58,7 +87,19 @@ pub fn main() -> ExitCode {
     init_logging(&cli.log);
     let code = match cli.command {
         Command::Validate(args) => commands::validate::run(args),
+        Command::Run(args) => commands::run::run(args),
+        Command::Gate(args) => commands::run::gate(args),
+        Command::Analyze(args) => commands::analyze::run(&args),
+        Command::Proxy(args) => commands::proxy::run(args),
+        Command::Kill(args) => commands::kill::run(args),
+        Command::Inject(args) => commands::inject::run(args),
+        Command::Recover(args) => commands::recover::run(args),
+        Command::Report(args) => commands::report::run(args),
+        Command::Demo(args) => commands::demo::run(args),
+        Command::DemoService(args) => commands::demo_fleet::run_service(args),
         Command::History(args) => commands::history::run(args),
+        Command::Gameday(args) => commands::gameday::run(args),
+        Command::Continuous(args) => commands::continuous::run(args),
     };
     exit::code(code)
 }

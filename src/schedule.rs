@@ -18,6 +18,7 @@ pub mod gameday;
 pub mod history;
 pub mod monkey;
 pub mod planner;
+pub mod runner_exec;
 pub mod scenario;
 pub mod targets;
 pub mod window;

@@ -3,6 +3,13 @@
 
 use std::fmt;
 
+pub mod process;
+pub mod resolve;
+
+pub use resolve::{
+    resolve, select, BlastRadius, NetTarget, Resolved, Selection, TargetError,
+};
+
 /// A parsed `--target` / `target = "..."` value.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TargetSelector {

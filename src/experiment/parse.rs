@@ -888,7 +888,7 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
 fn default_safety() -> Safety {
     Safety {
         max_targets: 3,
-        max_target_fraction: 0.5,
+        max_target_fraction: 1.0,
         max_duration: Duration::from_secs(30 * 60),
         abort_on_srm: true,
         max_error_rate: None,

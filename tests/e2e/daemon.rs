@@ -62,3 +62,157 @@ fn history_without_a_database_says_where_it_looked() {
         String::from_utf8_lossy(&out.stderr).contains("/nonexistent/chaos-history.db")
     );
 }
+
+// ---- the real daemon against the demo fleet ----
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use chaos::cohort::Cohort;
+use chaos::demo::{Region, Role};
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+
+use crate::gameday::{start_fleet, write_experiment};
+use crate::support::{chaos_bin, eventually};
+
+/// Kills and reaps the daemon if a test fails before it exits.
+struct Daemon(Option<Child>);
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(c) = self.0.as_mut() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// Single-letter process state from /proc/PID/stat (`T` = stopped).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?.1.trim_start().chars().next()
+}
+
+fn wait_line(rx: &mpsc::Receiver<String>, needle: &str, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(_) => panic!("no daemon line containing {needle:?} within {timeout:?}"),
+        }
+    }
+}
+
+fn get(url: &str) -> Option<String> {
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .ok()?;
+    client.get(url).send().ok()?.text().ok()
+}
+
+#[test]
+fn the_daemon_runs_a_schedule_against_the_demo_fleet_and_reverts_on_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = start_fleet(dir.path());
+    let victim =
+        fleet.pid(Role::Payments, Cohort::Experiment, Some(Region::UsEast)).unwrap();
+    let pidfile =
+        fleet.pidfile(Role::Payments, Cohort::Experiment, Some(Region::UsEast)).unwrap();
+    let fault = format!(
+        "[[fault]]\nname = \"pause-payments\"\nkind = \"process-pause\"\ntarget = \"pidfile:{}\"\n",
+        pidfile.display()
+    );
+    let (exp, proxy_port) =
+        write_experiment(dir.path(), "pause.toml", "pause payments", &fleet, &fault);
+    let config = dir.path().join("continuous.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[daemon]\nlisten = \"127.0.0.1:0\"\ntoken = \"test-token-123456\"\n\
+             history = \"history.db\"\nreport_dir = \"reports\"\njournal_dir = \"journal\"\n\n\
+             [[schedule]]\nname = \"pause-payments\"\nexperiment = \"{}\"\n\
+             cron = \"*/2 * * * * *\"\nbackoff = \"0s\"\nmax_consecutive_failures = 100\n",
+            exp.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(chaos_bin())
+        .args(["continuous", "--config"])
+        .arg(&config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let pid = child.id();
+    let mut guard = Daemon(Some(child));
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            eprintln!("daemon: {line}");
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let listening = wait_line(&rx, "listening on http://", Duration::from_secs(20));
+    let base =
+        listening.split("listening on ").nth(1).unwrap().split(' ').next().unwrap();
+    let base = base.to_string();
+
+    // A whole run first: it finishes with verdicts and shows in /metrics.
+    wait_line(&rx, "finish pause-payments", Duration::from_secs(40));
+    let metrics = eventually(Duration::from_secs(10), || {
+        get(&format!("{base}/metrics"))
+            .filter(|m| m.contains("chaos_daemon_runs_total{schedule=\"pause-payments\""))
+    })
+    .expect("/metrics shows the finished run");
+    assert!(metrics.contains("chaos_daemon_schedules_paused 0"), "{metrics}");
+    let status: serde_json::Value =
+        serde_json::from_str(&get(&format!("{base}/status")).unwrap()).unwrap();
+    assert_eq!(status["schedules"][0]["name"], "pause-payments");
+
+    // The next run: SIGTERM while the pause fault is active.
+    wait_line(&rx, "start pause-payments", Duration::from_secs(20));
+    eventually(Duration::from_secs(15), || {
+        (proc_state(victim) == Some('T')).then_some(())
+    })
+    .expect("the process-pause fault is injected mid-experiment");
+    kill(Pid::from_raw(pid as i32), Signal::SIGTERM).unwrap();
+    let child = guard.0.as_mut().unwrap();
+    let status = eventually(Duration::from_secs(30), || child.try_wait().unwrap())
+        .expect("the daemon exits after SIGTERM");
+    assert_eq!(status.code(), Some(0));
+    guard.0 = None;
+
+    assert_ne!(proc_state(victim), Some('T'), "the paused process was resumed");
+    assert!(
+        TcpStream::connect(("127.0.0.1", proxy_port)).is_err(),
+        "the cohort proxy port is closed"
+    );
+    let out = chaos(&[
+        "history",
+        "--json",
+        "--db",
+        dir.path().join("history.db").to_str().unwrap(),
+    ]);
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert!(rows.len() >= 2, "{rows:?}");
+    assert_eq!(rows[0]["outcome"], "interrupted", "{:?}", rows[0]);
+    let finished = rows.last().unwrap();
+    assert!(
+        ["accepted", "rejected", "inconclusive", "aborted"]
+            .contains(&finished["outcome"].as_str().unwrap()),
+        "{finished}"
+    );
+    assert_eq!(finished["verdicts"][0]["hypothesis"], "checkout errors stay flat");
+    drop(fleet);
+}

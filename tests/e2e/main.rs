@@ -1,6 +1,14 @@
 //! End-to-end tests with real processes, sockets and namespaces, built as
 //! one binary of modules (one link step instead of one per file).
 
+mod analyze;
 mod daemon;
+mod demo;
+mod faults;
+mod gameday;
+mod netns;
+mod proxy;
+mod report;
+mod run;
 mod support;
 mod validate;

@@ -1,0 +1,153 @@
+#!/usr/bin/env bash
+# Benchmarks `chaos proxy` against HAProxy and against nginx directly, in
+# one run on loopback: wrk -t1 -c32 -d10s --latency for each target, then
+# prints req/s, p50 and p99 per target and the ratios the issue sets goals
+# for (chaos >= 1.05x HAProxy throughput, chaos p99 <= HAProxy p99).
+#
+# Usage: benches/proxy.sh [--rss]   (--rss adds 60 s of load on chaos and
+#                                     reports its peak RSS, VmHWM)
+# Env: ROUNDS (default 3): the three targets are measured in interleaved
+# rounds and the median per target is reported, so load drift on a shared
+# machine hits all three alike. DURATION (10s), CONNS (32).
+# Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds --release.
+# Every process it starts is stopped by PID on exit.
+set -euo pipefail
+
+DURATION=${DURATION:-10s}
+ROUNDS=${ROUNDS:-3}
+CONNS=${CONNS:-32}
+RSS_SECONDS=${RSS_SECONDS:-60}
+cd "$(dirname "$0")/.."
+
+for tool in wrk nginx haproxy; do
+  command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx haproxy)" >&2; exit 5; }
+done
+
+cargo build --release --quiet
+CHAOS=$PWD/target/release/chaos
+
+W=$(mktemp -d /tmp/chaos-bench.XXXXXX)
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+  rm -rf "$W"
+}
+trap cleanup EXIT
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+wait_port() {
+  for _ in $(seq 1 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    sleep 0.05
+  done
+  echo "nothing listening on port $1" >&2; exit 5
+}
+
+NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); CHAOS_PORT=$(free_port); ADMIN_PORT=$(free_port)
+
+# nginx: one worker, a 100-byte file, no access log.
+mkdir -p "$W/www" "$W/nginx"
+head -c 100 /dev/zero | tr '\0' 'x' > "$W/www/index.html"
+cat > "$W/nginx.conf" <<CONF
+daemon off;
+master_process off;
+worker_processes 1;
+pid $W/nginx.pid;
+error_log $W/nginx-error.log warn;
+events { worker_connections 1024; }
+http {
+  access_log off;
+  keepalive_requests 1000000;
+  client_body_temp_path $W/nginx; proxy_temp_path $W/nginx; fastcgi_temp_path $W/nginx;
+  uwsgi_temp_path $W/nginx; scgi_temp_path $W/nginx;
+  server { listen 127.0.0.1:$NGINX_PORT; root $W/www; }
+}
+CONF
+nginx -c "$W/nginx.conf" -p "$W" & PIDS+=($!)
+
+# HAProxy in http mode with keep-alive to the server (its defaults for
+# threads: one per core).
+cat > "$W/haproxy.cfg" <<CONF
+global
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+frontend fe
+  bind 127.0.0.1:$HAPROXY_PORT
+  default_backend be
+backend be
+  http-reuse always
+  server s1 127.0.0.1:$NGINX_PORT
+CONF
+haproxy -f "$W/haproxy.cfg" -db & PIDS+=($!)
+
+# chaos proxy: recording on (5% + 5% cohorts, reservoirs, Prometheus), no fault.
+"$CHAOS" proxy --listen "127.0.0.1:$CHAOS_PORT" --upstream "http://127.0.0.1:$NGINX_PORT" \
+  --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$ADMIN_PORT" \
+  2>"$W/chaos.log" & CHAOS_PID=$!; PIDS+=($CHAOS_PID)
+
+wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$CHAOS_PORT"
+
+# wrk latency lines look like "     50%  312.00us"; print milliseconds.
+to_ms() {
+  awk -v v="$1" 'BEGIN {
+    n = v + 0; u = v; sub(/^[0-9.]+/, "", u);
+    if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000;
+    printf "%.3f", n }'
+}
+
+declare -A RPS P50 P99
+run() {
+  local name=$1 url=$2 out
+  wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null   # warm-up (connections, caches)
+  out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
+  echo "$out" | grep -q "Non-2xx" && { echo "$name answered non-2xx:" >&2; echo "$out" >&2; exit 1; }
+  RPS[$name]+=" $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
+  P50[$name]+=" $(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
+  P99[$name]+=" $(to_ms "$(echo "$out" | awk '$1 == "99%" {print $2}')")"
+}
+median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
+
+for r in $(seq 1 "$ROUNDS"); do
+  run direct "http://127.0.0.1:$NGINX_PORT/index.html"
+  run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html"
+  run chaos "http://127.0.0.1:$CHAOS_PORT/index.html"
+done
+for t in direct haproxy chaos; do
+  echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]}"
+  RPS[$t]=$(echo "${RPS[$t]}" | median)
+  P50[$t]=$(echo "${P50[$t]}" | median)
+  P99[$t]=$(echo "${P99[$t]}" | median)
+done
+
+printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx, median of %s rounds\n' \
+  "$CONNS" "$DURATION" "$ROUNDS"
+printf '%-8s %12s %10s %10s\n' target req/s p50_ms p99_ms
+for t in direct haproxy chaos; do
+  printf '%-8s %12s %10s %10s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}"
+done
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
+echo
+echo "throughput chaos/haproxy: $(ratio "${RPS[chaos]}" "${RPS[haproxy]}")  (goal >= 1.05)"
+echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goal <= 1.00)"
+echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
+echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
+recorded=$(curl -s "http://127.0.0.1:$ADMIN_PORT/cohorts" || true)
+echo "chaos cohorts recorded: $recorded"
+
+if [[ "${1:-}" == "--rss" ]]; then
+  echo
+  echo "peak RSS of chaos proxy under ${RSS_SECONDS}s of load:"
+  before=$(awk '/VmHWM/ {print $2}' "/proc/$CHAOS_PID/status")
+  wrk -t1 -c"$CONNS" -d"${RSS_SECONDS}s" "http://127.0.0.1:$CHAOS_PORT/index.html" | grep Requests/sec
+  after=$(awk '/VmHWM/ {print $2}' "/proc/$CHAOS_PID/status")
+  rss=$(awk '/VmRSS/ {print $2}' "/proc/$CHAOS_PID/status")
+  echo "VmHWM before: ${before} kB, after: ${after} kB (current VmRSS ${rss} kB)"
+fi

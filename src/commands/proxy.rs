@@ -1,0 +1,192 @@
+//! `chaos proxy`: runs the cohort proxy ad hoc (without an experiment
+//! file) until Ctrl-C or SIGTERM, printing a cohort summary at the end.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::Args;
+
+use crate::cohort::Cohort;
+use crate::exit;
+use crate::metrics::Recorder;
+use crate::traffic::{
+    sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault, Proxy, ProxyConfig,
+    ProxyMode, Upstream, UpstreamPools,
+};
+use crate::units::{parse_duration, parse_percent};
+
+pub const AFTER_HELP: &str = "\
+Examples:
+  chaos proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 \\
+      --experiment-percent 5 --control-percent 5 --cohort-key header:x-user-id \\
+      --admin 127.0.0.1:9901 --admin-token s3cret \\
+      --fault kind=latency,delay=200ms,jitter=50ms,enabled=false
+
+  curl -X POST -H 'Authorization: Bearer s3cret' \\
+      http://127.0.0.1:9901/faults/latency/enable
+  curl http://127.0.0.1:9901/metrics
+
+Fault specs (--fault, repeatable): kind=latency|error|abort|reset|malformed
+plus delay, jitter, distribution=uniform|normal|exponential, status, body,
+mode=truncate|flip-bytes|json-wrong-type|wrong-content-type|
+missing-content-type|oversized, probability (e.g. 50%), id, enabled.
+Faults only ever hit the experiment cohort. Runs until Ctrl-C or SIGTERM.";
+
+/// Arguments of `chaos proxy`.
+#[derive(Debug, Args)]
+pub struct ProxyArgs {
+    /// Address clients connect to.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    pub listen: SocketAddr,
+    /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]`.
+    #[arg(long, value_delimiter = ',', required = true)]
+    pub upstream: Vec<String>,
+    /// Separate upstream pool for the experiment cohort.
+    #[arg(long, value_delimiter = ',')]
+    pub experiment_upstream: Vec<String>,
+    /// Separate upstream pool for the control cohort.
+    #[arg(long, value_delimiter = ',')]
+    pub control_upstream: Vec<String>,
+    /// Share of keys in the experiment cohort (e.g. 5 or 5%).
+    #[arg(long, default_value = "5")]
+    pub experiment_percent: String,
+    /// Share of keys in the control cohort.
+    #[arg(long, default_value = "5")]
+    pub control_percent: String,
+    /// Sticky key: header:NAME, cookie:NAME or client-ip.
+    #[arg(long, default_value = "header:x-user-id")]
+    pub cohort_key: String,
+    /// Sidecar mode: trust incoming x-chaos-cohort, fault only experiment.
+    #[arg(long)]
+    pub sidecar: bool,
+    /// Admin endpoint address (health, metrics, fault toggles).
+    #[arg(long)]
+    pub admin: Option<SocketAddr>,
+    /// Token required for admin changes.
+    #[arg(long, env = "CHAOS_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Upstream response timeout (504 when exceeded).
+    #[arg(long, default_value = "30s")]
+    pub upstream_timeout: String,
+    /// Upstream connect timeout.
+    #[arg(long, default_value = "2s")]
+    pub connect_timeout: String,
+    /// HTTP fault (repeatable), see below.
+    #[arg(long = "fault")]
+    pub faults: Vec<String>,
+    /// Salt for the cohort hash (same seed = same cohorts across processes).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Raw samples kept per cohort.
+    #[arg(long, default_value_t = 100_000)]
+    pub reservoir: usize,
+}
+
+fn upstreams(list: &[String]) -> anyhow::Result<Vec<Upstream>> {
+    list.iter().map(|u| u.parse::<Upstream>().map_err(anyhow::Error::from)).collect()
+}
+
+/// Builds the proxy configuration and fault set from the flags.
+pub fn config_from_args(
+    args: &ProxyArgs,
+) -> anyhow::Result<(ProxyConfig, Vec<HttpFault>)> {
+    let pools = UpstreamPools {
+        default: upstreams(&args.upstream)?,
+        control: upstreams(&args.control_upstream)?,
+        experiment: upstreams(&args.experiment_upstream)?,
+    };
+    let key: CohortKey = args.cohort_key.parse()?;
+    let pct = |s: &str, what: &str| {
+        parse_percent(s).map_err(|e| anyhow::anyhow!(e)).with_context(|| what.to_string())
+    };
+    let e = pct(&args.experiment_percent, "--experiment-percent")?;
+    let c = pct(&args.control_percent, "--control-percent")?;
+    let mode = if args.sidecar { ProxyMode::Sidecar } else { ProxyMode::Edge };
+    let admin = args.admin.map(|listen| AdminConfig {
+        listen,
+        token: args.admin_token.clone().filter(|t| !t.is_empty()),
+    });
+    let mut cfg =
+        ProxyConfig::from_parts(args.listen, pools, key, e, c, mode, admin, args.seed)?;
+    let dur = |s: &str, what: &str| {
+        parse_duration(s)
+            .map_err(|e| anyhow::anyhow!(e))
+            .with_context(|| what.to_string())
+    };
+    cfg.upstream_timeout = dur(&args.upstream_timeout, "--upstream-timeout")?;
+    cfg.connect_timeout = dur(&args.connect_timeout, "--connect-timeout")?;
+    let faults = args
+        .faults
+        .iter()
+        .map(|f| HttpFault::parse_spec(f).map_err(anyhow::Error::from))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((cfg, faults))
+}
+
+/// Runs `chaos proxy`.
+pub fn run(args: ProxyArgs) -> u8 {
+    let (cfg, faults) = match config_from_args(&args) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return exit::INVALID;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    match rt.block_on(serve(cfg, faults, args.reservoir)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            exit::ENVIRONMENT
+        }
+    }
+}
+
+async fn serve(
+    cfg: ProxyConfig,
+    faults: Vec<HttpFault>,
+    reservoir: usize,
+) -> anyhow::Result<u8> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (cf, ef) = (cfg.control_fraction, cfg.experiment_fraction);
+    let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), reservoir));
+    let handle =
+        Proxy::start(cfg, recorder.clone()).await.context("starting the proxy")?;
+    handle.set_faults(faults);
+    eprintln!("chaos proxy listening on {}", handle.local_addr());
+    if let Some(a) = handle.admin_addr() {
+        eprintln!("admin endpoint on http://{a} (/healthz /metrics /cohorts /faults)");
+    }
+    let mut term =
+        signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    eprintln!("stopping: draining in-flight requests");
+    let _ = tokio::time::timeout(Duration::from_secs(10), handle.shutdown()).await;
+    let c = recorder.snapshot(Cohort::Control);
+    let e = recorder.snapshot(Cohort::Experiment);
+    let u = recorder.untouched_total();
+    let srm = sample_ratio_mismatch(c.total, e.total, u, cf, ef);
+    println!(
+        "control {} requests ({} errors), experiment {} requests ({} errors), \
+         untouched {u}; sample ratio p={:.4}{}",
+        c.total,
+        c.errors,
+        e.total,
+        e.errors,
+        srm.p_value,
+        if srm.mismatch { " MISMATCH" } else { "" }
+    );
+    Ok(exit::OK)
+}

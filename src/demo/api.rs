@@ -1,0 +1,305 @@
+//! The API service: `GET /checkout` charges through payments and answers
+//! an order. The two variants differ only in how they treat a failing
+//! dependency, which is exactly what the demo experiments measure:
+//! resilient = per-attempt timeout, one retry in the other region, then a
+//! degraded-but-successful fallback; fragile = wait (up to a safety bound),
+//! no retry, and turn every dependency problem into a 5xx.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Method, StatusCode, Uri};
+use http_body_util::{BodyExt, Empty, Full, Limited};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+
+use super::http::{json, serve as serve_http, text, Request};
+use super::{Region, Variant};
+use crate::cohort::{Cohort, COHORT_HEADER};
+
+/// Response header carrying the cohort value payments echoed back (shows
+/// that `x-chaos-cohort` was propagated API → payments).
+pub const PAYMENT_COHORT_HEADER: &str = "x-demo-payment-cohort";
+/// Response header with the number of payments attempts this order took.
+pub const PAYMENT_ATTEMPTS_HEADER: &str = "x-demo-payment-attempts";
+
+/// Largest payments body we read; anything bigger is an invalid payload.
+const MAX_PAYMENT_BODY: usize = 64 * 1024;
+
+/// Configuration of one API process.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// The pool (cluster) this API belongs to.
+    pub pool: Cohort,
+    /// Resilient or fragile.
+    pub variant: Variant,
+    /// Base URL of payments per region (`{url}/charge` is called).
+    pub payments: BTreeMap<Region, Uri>,
+    /// Resilient: timeout of each payments attempt.
+    pub attempt_timeout: Duration,
+    /// Fragile: the only bound on a payments call.
+    pub safety_timeout: Duration,
+    /// Requests handled at once; beyond this the API sheds with 503.
+    pub max_in_flight: usize,
+}
+
+impl ApiConfig {
+    /// Defaults: 120 ms per attempt, 10 s safety bound, 1024 in flight.
+    pub fn new(pool: Cohort, variant: Variant, payments: BTreeMap<Region, Uri>) -> Self {
+        ApiConfig {
+            pool,
+            variant,
+            payments,
+            attempt_timeout: Duration::from_millis(120),
+            safety_timeout: Duration::from_secs(10),
+            max_in_flight: 1024,
+        }
+    }
+}
+
+/// What payments answers; every field's type is checked.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct Charge {
+    status: String,
+    amount_cents: u64,
+    region: String,
+}
+
+/// Why one payments attempt failed; decides the fragile variant's status.
+#[derive(Debug, thiserror::Error)]
+enum AttemptError {
+    #[error("no payments URL for region {0}")]
+    NoUrl(Region),
+    #[error("timed out after {0:?}")]
+    Timeout(Duration),
+    #[error("request failed: {0}")]
+    Transport(String),
+    #[error("payments answered HTTP {0}")]
+    Status(StatusCode),
+    #[error("invalid payload: {0}")]
+    Invalid(String),
+}
+
+struct Api {
+    cfg: ApiConfig,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    in_flight: Arc<Semaphore>,
+}
+
+/// Serves the API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ApiConfig,
+    shutdown: impl Future<Output = ()>,
+) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(2)));
+    let client = Client::builder(TokioExecutor::new())
+        .pool_idle_timeout(Duration::from_secs(30))
+        .pool_max_idle_per_host(256)
+        .build(connector);
+    let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
+    let api = Arc::new(Api { cfg, client, in_flight });
+    let handler = move |req: Request| {
+        let api = Arc::clone(&api);
+        async move { api.handle(req).await }
+    };
+    serve_http(listener, handler, shutdown).await;
+}
+
+impl Api {
+    async fn handle(&self, req: Request) -> http::Response<Full<Bytes>> {
+        if req.method() != Method::GET {
+            return text(StatusCode::METHOD_NOT_ALLOWED, "GET only\n");
+        }
+        match req.uri().path() {
+            "/healthz" => text(StatusCode::OK, "ok\n"),
+            "/checkout" => {
+                // Bounded concurrency: shed instead of queueing without limit.
+                let Ok(_permit) = self.in_flight.try_acquire() else {
+                    return json(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        &serde_json::json!({"error": "overloaded"}),
+                    );
+                };
+                let cohort = req.headers().get(COHORT_HEADER).cloned();
+                match self.cfg.variant {
+                    Variant::Resilient => self.checkout_resilient(cohort).await,
+                    Variant::Fragile => self.checkout_fragile(cohort).await,
+                }
+            }
+            _ => text(StatusCode::NOT_FOUND, "not found\n"),
+        }
+    }
+
+    async fn checkout_resilient(
+        &self,
+        cohort: Option<HeaderValue>,
+    ) -> http::Response<Full<Bytes>> {
+        let primary = Region::UsEast;
+        for (i, region) in [primary, primary.other()].into_iter().enumerate() {
+            match self.attempt(region, cohort.as_ref(), self.cfg.attempt_timeout).await {
+                Ok((charge, echoed)) => return ok_response(&charge, echoed, i + 1),
+                Err(e) => {
+                    tracing::warn!(pool = %self.cfg.pool, %region, error = %e, "payments attempt failed")
+                }
+            }
+        }
+        let mut resp = json(
+            StatusCode::OK,
+            &serde_json::json!({"order": "accepted", "fallback": true}),
+        );
+        resp.headers_mut().insert(PAYMENT_ATTEMPTS_HEADER, HeaderValue::from(2u32));
+        resp
+    }
+
+    async fn checkout_fragile(
+        &self,
+        cohort: Option<HeaderValue>,
+    ) -> http::Response<Full<Bytes>> {
+        let result =
+            self.attempt(Region::UsEast, cohort.as_ref(), self.cfg.safety_timeout).await;
+        match result {
+            Ok((charge, echoed)) => ok_response(&charge, echoed, 1),
+            Err(e) => {
+                tracing::warn!(pool = %self.cfg.pool, error = %e, "payments call failed");
+                let status = match e {
+                    AttemptError::Invalid(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                json(
+                    status,
+                    &serde_json::json!({"error": format!("payment failed: {e}")}),
+                )
+            }
+        }
+    }
+
+    /// One payments call, bounded by `timeout` end to end (headers + body).
+    async fn attempt(
+        &self,
+        region: Region,
+        cohort: Option<&HeaderValue>,
+        timeout: Duration,
+    ) -> Result<(Charge, Option<HeaderValue>), AttemptError> {
+        let base = self.cfg.payments.get(&region).ok_or(AttemptError::NoUrl(region))?;
+        let uri = charge_uri(base);
+        let mut req = http::Request::get(uri)
+            .body(Empty::new())
+            .map_err(|e| AttemptError::Transport(e.to_string()))?;
+        if let Some(c) = cohort {
+            req.headers_mut().insert(COHORT_HEADER, c.clone());
+        }
+        let call = async {
+            let resp = self
+                .client
+                .request(req)
+                .await
+                .map_err(|e| AttemptError::Transport(format!("{e:?}")))?;
+            if !resp.status().is_success() {
+                return Err(AttemptError::Status(resp.status()));
+            }
+            let echoed = resp.headers().get(COHORT_HEADER).cloned();
+            let is_json = resp
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.starts_with("application/json"));
+            let body = Limited::new(resp.into_body(), MAX_PAYMENT_BODY)
+                .collect()
+                .await
+                .map_err(|e| AttemptError::Invalid(format!("body: {e}")))?
+                .to_bytes();
+            if !is_json {
+                return Err(AttemptError::Invalid("content-type is not JSON".into()));
+            }
+            let charge = validate(&body)?;
+            Ok((charge, echoed))
+        };
+        tokio::time::timeout(timeout, call)
+            .await
+            .map_err(|_| AttemptError::Timeout(timeout))?
+    }
+}
+
+/// `{base}/charge`, keeping any path prefix of the base URL.
+fn charge_uri(base: &Uri) -> Uri {
+    let s = base.to_string();
+    let joined = format!("{}/charge", s.trim_end_matches('/'));
+    joined.parse().unwrap_or_else(|_| base.clone())
+}
+
+fn validate(body: &[u8]) -> Result<Charge, AttemptError> {
+    let charge: Charge = serde_json::from_slice(body)
+        .map_err(|e| AttemptError::Invalid(format!("JSON: {e}")))?;
+    if charge.status != "charged" {
+        return Err(AttemptError::Invalid(format!("status {:?}", charge.status)));
+    }
+    if Region::parse(&charge.region).is_none() {
+        return Err(AttemptError::Invalid(format!("region {:?}", charge.region)));
+    }
+    Ok(charge)
+}
+
+fn ok_response(
+    charge: &Charge,
+    echoed: Option<HeaderValue>,
+    attempts: usize,
+) -> http::Response<Full<Bytes>> {
+    let mut resp = json(
+        StatusCode::OK,
+        &serde_json::json!({"order": "ok", "payment": charge, "fallback": false}),
+    );
+    if let Some(v) = echoed {
+        resp.headers_mut().insert(PAYMENT_COHORT_HEADER, v);
+    }
+    resp.headers_mut()
+        .insert(PAYMENT_ATTEMPTS_HEADER, HeaderValue::from(attempts as u32));
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_a_well_formed_charge() {
+        let c =
+            validate(br#"{"status":"charged","amount_cents":4200,"region":"us-east"}"#)
+                .unwrap();
+        assert_eq!(c.amount_cents, 4200);
+    }
+
+    #[test]
+    fn rejects_charges_with_a_wrong_field_type_or_value() {
+        for body in [
+            &br#"{"status":"charged","amount_cents":"4200","region":"us-east"}"#[..],
+            br#"{"status":"declined","amount_cents":4200,"region":"us-east"}"#,
+            br#"{"status":"charged","amount_cents":4200,"region":"mars"}"#,
+            br#"{"status":"charged","amount_cents":4200}"#,
+            br#"{"status":"charged","amount_cents":4200,"region":"us-east""#,
+            b"",
+        ] {
+            assert!(
+                matches!(validate(body), Err(AttemptError::Invalid(_))),
+                "{}",
+                String::from_utf8_lossy(body)
+            );
+        }
+    }
+
+    #[test]
+    fn charge_uri_keeps_a_path_prefix() {
+        let u: Uri = "http://127.0.0.1:9/pay/".parse().unwrap();
+        assert_eq!(charge_uri(&u).to_string(), "http://127.0.0.1:9/pay/charge");
+        let u: Uri = "http://127.0.0.1:9".parse().unwrap();
+        assert_eq!(charge_uri(&u).to_string(), "http://127.0.0.1:9/charge");
+    }
+}

@@ -1,0 +1,210 @@
+//! The one [`Injector`] every fault kind compiles into: an ordered list of
+//! steps, each with the action that applies it and the [`RevertAction`]
+//! that undoes it. Applying a step is always: take the target lock, write
+//! the journal record (fsynced), act. Reverting is idempotent and shared
+//! with `chaos recover`, which only has the journal to go on.
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use std::time::{Duration, Instant};
+
+use super::cmd::Cmd;
+use super::{nft, tc, FaultError, Injector};
+use crate::journal::{Journal, RevertAction};
+use crate::target::process;
+
+/// How one step is applied.
+#[derive(Debug, Clone)]
+pub enum Apply {
+    /// Send `signal`; with `grace`, send SIGTERM first and `signal` only
+    /// if the process outlives the grace period.
+    Signal { pid: u32, starttime: u64, signal: Signal, grace: Option<Duration> },
+    /// Run a command (nft, tc).
+    Command(Cmd),
+}
+
+/// One unit of a fault.
+#[derive(Debug, Clone)]
+pub struct Step {
+    /// Human description for the journal and logs.
+    pub what: String,
+    /// Target lock key.
+    pub lock: String,
+    pub apply: Apply,
+    pub revert: RevertAction,
+}
+
+/// A prepared fault: its steps and which were applied.
+#[derive(Debug)]
+pub struct Plan {
+    pub notes: Vec<String>,
+    pub steps: Vec<Step>,
+    applied: Vec<(u64, usize)>,
+}
+
+impl Plan {
+    pub fn new(notes: Vec<String>, steps: Vec<Step>) -> Plan {
+        Plan { notes, steps, applied: Vec::new() }
+    }
+}
+
+impl Injector for Plan {
+    fn describe(&self) -> Vec<String> {
+        let mut out = self.notes.clone();
+        for step in &self.steps {
+            out.push(format!("{}:", step.what));
+            match &step.apply {
+                Apply::Signal { pid, signal, grace: Some(g), .. } => out.push(format!(
+                    "  kill -TERM {pid}; after {} if still alive: kill -{} {pid}",
+                    crate::units::format_duration(*g),
+                    signal.as_str().trim_start_matches("SIG")
+                )),
+                Apply::Signal { pid, signal, .. } => out.push(format!(
+                    "  kill -{} {pid}",
+                    signal.as_str().trim_start_matches("SIG")
+                )),
+                Apply::Command(cmd) => out.push(format!("  {cmd}")),
+            }
+            match &step.revert {
+                RevertAction::Nothing { .. } => {
+                    out.push("  revert: nothing to undo".into())
+                }
+                other => {
+                    for cmd in revert_commands(other) {
+                        out.push(format!("  revert: {cmd}"));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    fn inject(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
+        for index in 0..self.steps.len() {
+            if self.applied.iter().any(|(_, i)| *i == index) {
+                continue;
+            }
+            let step = self.steps[index].clone();
+            journal.lock_target(&step.lock)?;
+            let id = journal.record_apply(
+                &step.what,
+                Some(&step.lock),
+                step.revert.clone(),
+            )?;
+            self.applied.push((id, index));
+            if let Err(e) = apply(&step.apply) {
+                // Undo everything this fault did so far; the error wins.
+                let _ = self.revert(journal);
+                return Err(e);
+            }
+            if matches!(step.revert, RevertAction::Nothing { .. }) {
+                journal.record_reverted(id, Some(&step.lock))?;
+                self.applied.retain(|(i, _)| *i != id);
+            }
+        }
+        Ok(())
+    }
+
+    fn revert(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
+        let mut first_error = None;
+        // Reverse order: undo the last thing first.
+        while let Some((id, index)) = self.applied.pop() {
+            let step = &self.steps[index];
+            match revert_action(&step.revert) {
+                Ok(()) => journal.record_reverted(id, Some(&step.lock))?,
+                Err(e) => {
+                    tracing::error!(error = %e, what = %step.what, "revert failed; left in journal");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+}
+
+fn apply(action: &Apply) -> Result<(), FaultError> {
+    match action {
+        Apply::Command(cmd) => cmd.run().map(|_| ()),
+        Apply::Signal { pid, starttime, signal, grace } => {
+            let same = |p: &process::ProcessInfo| p.starttime == *starttime;
+            match process::read(*pid) {
+                Some(p) if same(&p) => {}
+                _ => return Err(FaultError::Gone { pid: *pid }),
+            }
+            let send = |sig: Signal| {
+                kill(Pid::from_raw(*pid as i32), sig).map_err(|errno| {
+                    FaultError::Signal { pid: *pid, signal: sig.as_str(), errno }
+                })
+            };
+            if let Some(grace) = grace {
+                send(Signal::SIGTERM)?;
+                let deadline = Instant::now() + *grace;
+                while Instant::now() < deadline {
+                    match process::read(*pid) {
+                        Some(p) if same(&p) && p.state != 'Z' => {
+                            std::thread::sleep(Duration::from_millis(20))
+                        }
+                        _ => return Ok(()),
+                    }
+                }
+            }
+            send(*signal)
+        }
+    }
+}
+
+/// The commands [`revert_action`] may run, for `--dry-run` output.
+pub fn revert_commands(action: &RevertAction) -> Vec<String> {
+    match action {
+        RevertAction::Nothing { .. } => vec![],
+        RevertAction::Continue { pid, .. } => vec![format!("kill -CONT {pid}")],
+        RevertAction::DeleteNftTable { netns, family, table } => {
+            vec![nft::del_cmd(netns.as_deref(), family, table).to_string()]
+        }
+        RevertAction::DeleteQdisc { netns, dev, .. } => {
+            vec![tc::del_cmd(netns.as_deref(), dev).to_string()]
+        }
+    }
+}
+
+/// Undoes one journal record. Idempotent: something already gone (the
+/// table, the qdisc, the namespace, the process) counts as reverted.
+pub fn revert_action(action: &RevertAction) -> Result<(), FaultError> {
+    match action {
+        RevertAction::Nothing { .. } => Ok(()),
+        RevertAction::Continue { pid, starttime } => match process::read(*pid) {
+            Some(p) if p.starttime == *starttime => {
+                kill(Pid::from_raw(*pid as i32), Signal::SIGCONT).map_err(|errno| {
+                    FaultError::Signal { pid: *pid, signal: "SIGCONT", errno }
+                })
+            }
+            _ => Ok(()),
+        },
+        RevertAction::DeleteNftTable { netns, family, table } => {
+            if netns_gone(netns) {
+                return Ok(());
+            }
+            let ns = netns.as_deref();
+            if !nft::list_cmd(ns, family, table).output()?.0 {
+                return Ok(());
+            }
+            nft::del_cmd(ns, family, table).run().map(|_| ())
+        }
+        RevertAction::DeleteQdisc { netns, dev, kind, .. } => {
+            if netns_gone(netns) {
+                return Ok(());
+            }
+            let ns = netns.as_deref();
+            let (ok, shown, _) = tc::show_cmd(ns, dev).output()?;
+            if !ok || !tc::is_ours(&shown, kind) {
+                // Device gone, or the root qdisc is no longer ours.
+                return Ok(());
+            }
+            tc::del_cmd(ns, dev).run().map(|_| ())
+        }
+    }
+}
+
+fn netns_gone(netns: &Option<String>) -> bool {
+    netns.as_ref().is_some_and(|ns| !std::path::Path::new("/run/netns").join(ns).exists())
+}

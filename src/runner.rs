@@ -1,0 +1,857 @@
+//! One experiment run: preflight → baseline → inject → observe (with the
+//! abort watch) → revert → verdict → report. The runner owns the lifecycle
+//! and wires traffic, faults, statistics and reports; they never call each
+//! other. Every path after the first injection goes through `revert_all`.
+
+pub mod plan;
+pub mod progress;
+pub mod window;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use crate::cohort::Cohort;
+use crate::experiment::{Experiment, Fault, FaultKind, Metric};
+use crate::fault::{self, InfraFault, Injector};
+use crate::journal::Journal;
+use crate::metrics::{CohortSnapshot, Recorder};
+use crate::outcome::{RunOutcome, Verdict};
+use crate::report::{
+    AbortInfo, ExperimentInfo, FaultRecord, HypothesisResult, RunReport, SrmInfo,
+    Timings, SCHEMA_VERSION,
+};
+use crate::signals::Interrupt;
+use crate::stats::{self, AbortDecision, AbortMonitor, HypothesisVerdict};
+use crate::traffic::{HttpFault, Proxy, ProxyHandle};
+use crate::units::{format_duration, Tolerance};
+use progress::{CohortLive, Progress, ProgressMode};
+use window::{Shape, Span};
+
+/// How often the runner looks at the data (faults due, abort watch).
+const TICK: Duration = Duration::from_millis(250);
+/// Raw latency samples kept per cohort (bounded memory).
+const RESERVOIR: usize = 200_000;
+/// STATISTICS.md §6 burn-in: no statistical abort before this many
+/// requests per cohort (the plug-in variance needs it).
+const BURN_IN_REQUESTS: u64 = 1_000;
+/// ...and this many error events for the rate monitor.
+const BURN_IN_EVENTS: u64 = 5;
+/// A split this far off (chi-square p below it) means cohorts are not
+/// comparable at all; milder mismatches are reported, not aborted on,
+/// because sticky keys make request counts over-dispersed.
+const SRM_ABORT_P: f64 = 1e-6;
+
+/// Options that are not part of the experiment file.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    /// Where the fault journal lives.
+    pub journal_dir: PathBuf,
+    /// Overrides `[experiment] seed`.
+    pub seed: Option<u64>,
+    /// Live progress on stderr.
+    pub progress: ProgressMode,
+    /// Set by SIGINT/SIGTERM.
+    pub interrupt: Option<Interrupt>,
+}
+
+/// A run that could not start: nothing was injected.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Mapping the experiment failed.
+    #[error(transparent)]
+    Plan(#[from] plan::PlanError),
+    /// Preflight found the environment unfit.
+    #[error("preflight: {0}")]
+    Preflight(String),
+}
+
+impl RunError {
+    /// Exit code: 2 for an unusable experiment, 5 for the environment.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            RunError::Plan(_) => crate::exit::INVALID,
+            RunError::Preflight(_) => crate::exit::ENVIRONMENT,
+        }
+    }
+}
+
+/// What `--dry-run` prints: every resolved target and exact command.
+pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunError> {
+    let seed = opts.seed.or(exp.meta.seed).unwrap_or(0);
+    let edge = plan::edge_proxy(exp, seed)?;
+    let mut lines = vec![
+        format!("experiment: {} ({})", exp.meta.name, exp.file.display()),
+        format!(
+            "timeline: baseline {}, then faults for {}",
+            format_duration(exp.meta.baseline),
+            format_duration(exp.meta.duration)
+        ),
+        format!(
+            "proxy: listen {} → {} upstream(s); experiment {:.1}% / control {:.1}% by {}",
+            edge.listen,
+            edge.pools.default.len(),
+            exp.traffic.experiment_fraction * 100.0,
+            exp.traffic.control_fraction * 100.0,
+            edge.cohort_key
+        ),
+    ];
+    for (name, cfg) in plan::sidecars(exp, seed)? {
+        lines.push(format!("sidecar {name}: listen {}", cfg.listen));
+    }
+    if let Some(l) = &exp.load {
+        lines.push(format!("load: {} req/s to {}{}", l.rate, exp.traffic.listen, l.path));
+    }
+    let (infra, ctx) = infra_plan(exp, seed, "dry-run")?;
+    let pre =
+        fault::preflight(&infra.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), &ctx)
+            .map_err(|e| RunError::Preflight(e.to_string()))?;
+    lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
+    for f in &exp.faults {
+        let when = format!(
+            "at +{}{}",
+            format_duration(f.start),
+            f.duration
+                .map(|d| format!(" for {}", format_duration(d)))
+                .unwrap_or_default()
+        );
+        if f.kind.is_http() {
+            lines.push(format!(
+                "fault {} ({}) {when}: experiment cohort at {}, probability {:.0}%",
+                f.id,
+                f.kind.name(),
+                f.at,
+                f.probability * 100.0
+            ));
+        } else if let Some((_, infra_fault)) = infra.iter().find(|(id, _)| id == &f.id) {
+            let inj = fault::prepare(infra_fault, &ctx, &pre)
+                .map_err(|e| RunError::Preflight(e.to_string()))?;
+            lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
+            lines.extend(inj.describe().into_iter().map(|d| format!("  {d}")));
+        }
+    }
+    lines.push("dry run: nothing was started or changed".into());
+    Ok(lines)
+}
+
+type InfraPlan = (Vec<(String, InfraFault)>, fault::FaultContext);
+
+fn infra_plan(exp: &Experiment, seed: u64, run_id: &str) -> Result<InfraPlan, RunError> {
+    let mut infra = Vec::new();
+    for f in &exp.faults {
+        if let Some(i) = plan::infra_fault(f)? {
+            infra.push((f.id.clone(), i));
+        }
+    }
+    Ok((infra, plan::fault_context(exp, seed, run_id)))
+}
+
+/// A fault during the run: when it starts and stops, and its state.
+struct ScheduledFault {
+    spec: Fault,
+    start: Duration,
+    stop: Duration,
+    injector: Option<Box<dyn Injector>>,
+    http: Option<HttpFault>,
+    applied_at: Option<Duration>,
+    reverted_at: Option<Duration>,
+    revert_error: Option<String>,
+    description: String,
+}
+
+/// One sequential monitor bound to its hypothesis.
+struct Monitor {
+    hypothesis: String,
+    monitor: AbortMonitor,
+    rate: bool,
+}
+
+/// Runs the experiment to completion and returns its report. Errors are
+/// only returned before anything was injected.
+pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunError> {
+    let t_start = Instant::now();
+    let started_at = now_rfc3339();
+    let seed = opts.seed.or(exp.meta.seed).unwrap_or_else(rand::random);
+    let run_id = new_run_id();
+    let mut progress = Progress::new(opts.progress);
+    progress.event(&format!("run {run_id}: {} (seed {seed})", exp.meta.name));
+    let interrupted = || opts.interrupt.as_ref().is_some_and(|i| i.is_set());
+
+    // ---- preflight: nothing is changed until every check passed.
+    let (infra, ctx) = infra_plan(exp, seed, &run_id)?;
+    let infra_only: Vec<InfraFault> = infra.iter().map(|(_, f)| f.clone()).collect();
+    let pre = fault::preflight(&infra_only, &ctx)
+        .map_err(|e| RunError::Preflight(e.to_string()))?;
+    let mut warnings = pre.warnings.clone();
+    for w in &pre.warnings {
+        progress.event(&format!("warning: {w}"));
+    }
+    let mut schedule = Vec::new();
+    for f in &exp.faults {
+        let stop = f.start + f.duration.unwrap_or(exp.meta.duration);
+        let mut sf = ScheduledFault {
+            spec: f.clone(),
+            start: f.start,
+            stop: stop.min(exp.meta.duration),
+            injector: None,
+            http: plan::http_fault(f),
+            applied_at: None,
+            reverted_at: None,
+            revert_error: None,
+            description: String::new(),
+        };
+        if let Some((_, i)) = infra.iter().find(|(id, _)| id == &f.id) {
+            let inj = fault::prepare(i, &ctx, &pre)
+                .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+            sf.description = summarize(&inj.describe(), f.kind.name());
+            sf.injector = Some(inj);
+        } else if let Some(h) = &sf.http {
+            sf.description = format!(
+                "{} on {:.0}% of experiment-cohort requests at {}",
+                h.kind.label().as_str(),
+                h.probability * 100.0,
+                f.at
+            );
+        }
+        schedule.push(sf);
+    }
+    check_upstreams(exp)?;
+    let mut journal = if infra.is_empty() {
+        None
+    } else {
+        Some(
+            Journal::open(&opts.journal_dir, &run_id)
+                .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
+        )
+    };
+
+    // ---- start the proxies and the load.
+    let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), RESERVOIR));
+    let edge = Proxy::start(plan::edge_proxy(exp, seed)?, recorder.clone())
+        .await
+        .map_err(|e| RunError::Preflight(format!("cohort proxy: {e}")))?;
+    let mut sidecars: Vec<(String, ProxyHandle)> = Vec::new();
+    for (name, cfg) in plan::sidecars(exp, seed)? {
+        let rec = Arc::new(Recorder::new(tokio::time::Instant::now(), 1_000));
+        match Proxy::start(cfg, rec).await {
+            Ok(h) => sidecars.push((name, h)),
+            Err(e) => {
+                edge.shutdown().await;
+                for (_, s) in sidecars {
+                    s.shutdown().await;
+                }
+                return Err(RunError::Preflight(format!("sidecar {name}: {e}")));
+            }
+        }
+    }
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let load_task = exp.load.as_ref().map(|l| {
+        let target = format!("http://{}{}", edge.local_addr(), l.path);
+        let cfg = crate::load::LoadConfig {
+            target: target.parse().unwrap_or_default(),
+            max_requests: None,
+            rate_per_s: l.rate,
+            concurrency: l.concurrency,
+            key_header: l.key_header.clone(),
+            key_space: l.keys,
+            seed,
+            timeout: exp.traffic.upstream_timeout + Duration::from_secs(1),
+        };
+        let max = exp.meta.baseline + exp.meta.duration + Duration::from_secs(5);
+        tokio::spawn(crate::load::run(cfg, stop_rx.clone(), max))
+    });
+    let preflight_s = t_start.elapsed().as_secs_f64();
+    progress.event(&format!(
+        "proxy on {} ({} sidecar(s)); baseline {}",
+        edge.local_addr(),
+        sidecars.len(),
+        format_duration(exp.meta.baseline)
+    ));
+
+    // ---- baseline
+    let origin = recorder.origin();
+    let ms = |d: Duration| d.as_millis() as u64;
+    let mut outcome: Option<RunOutcome> = None;
+    let baseline_end = origin.elapsed() + exp.meta.baseline;
+    while origin.elapsed() < baseline_end {
+        if interrupted() {
+            outcome = Some(RunOutcome::Interrupted);
+            break;
+        }
+        let (c, e) = live(&recorder, Span { from_ms: 0, to_ms: u64::MAX });
+        progress.status("baseline", origin.elapsed(), exp.meta.baseline, c, e, "");
+        tokio::time::sleep(TICK).await;
+    }
+    let baseline_s = exp.meta.baseline.as_secs_f64();
+    let inject_at = origin.elapsed();
+    let window_end = inject_at + exp.meta.duration;
+    let mut monitors =
+        build_monitors(exp, &recorder, Span { from_ms: 0, to_ms: ms(inject_at) });
+
+    // ---- inject + observe
+    let mut abort: Option<AbortInfo> = None;
+    let mut env_error: Option<String> = None;
+    let mut last_look = inject_at;
+    let mut last_latency_ms = ms(inject_at);
+    let mut observe_end = inject_at;
+    if outcome.is_none() {
+        progress.event(&format!(
+            "injecting {} fault(s) over {}",
+            schedule.len(),
+            format_duration(exp.meta.duration)
+        ));
+    }
+    while outcome.is_none() {
+        let now = origin.elapsed();
+        observe_end = now;
+        if interrupted() {
+            outcome = Some(RunOutcome::Interrupted);
+            break;
+        }
+        if now >= window_end {
+            break;
+        }
+        let rel = now - inject_at;
+        // Faults due to start or stop.
+        let mut http_changed = false;
+        for sf in schedule.iter_mut() {
+            if sf.applied_at.is_none() && rel >= sf.start && rel < sf.stop {
+                if let Some(inj) = sf.injector.as_mut() {
+                    let j =
+                        journal.as_mut().expect("journal opened when infra faults exist");
+                    let r = tokio::task::block_in_place(|| inj.inject(j));
+                    sf.applied_at = Some(now);
+                    match r {
+                        Ok(()) => progress.event(&format!(
+                            "applied {}: {}",
+                            sf.spec.id, sf.description
+                        )),
+                        Err(e) => {
+                            env_error = Some(format!(
+                                "fault {} failed to apply: {e}",
+                                sf.spec.id
+                            ));
+                            break;
+                        }
+                    }
+                } else if sf.http.is_some() {
+                    sf.applied_at = Some(now);
+                    http_changed = true;
+                    progress
+                        .event(&format!("applied {}: {}", sf.spec.id, sf.description));
+                }
+            } else if sf.applied_at.is_some()
+                && sf.reverted_at.is_none()
+                && rel >= sf.stop
+            {
+                revert_one(sf, &mut journal, now, &mut http_changed);
+                progress.event(&format!("reverted {}", sf.spec.id));
+            }
+        }
+        if http_changed {
+            push_http_faults(&schedule, &edge, &sidecars);
+        }
+        if let Some(e) = env_error.as_ref() {
+            progress.event(e);
+            outcome = Some(RunOutcome::EnvironmentError);
+            break;
+        }
+        // The abort watch, once a second.
+        if now - last_look >= Duration::from_secs(1) {
+            last_look = now;
+            let control = recorder.snapshot(Cohort::Control);
+            let experiment = recorder.snapshot(Cohort::Experiment);
+            let span = Span { from_ms: ms(inject_at), to_ms: ms(now) + 1 };
+            if let Some(a) = watch_abort(
+                exp,
+                &mut monitors,
+                &control,
+                &experiment,
+                span,
+                last_latency_ms,
+                now,
+            ) {
+                progress.event(&format!(
+                    "ABORT {:.1}s into the fault window: {}",
+                    (now - inject_at).as_secs_f64(),
+                    a.reason
+                ));
+                abort = Some(a);
+                outcome = Some(RunOutcome::Aborted);
+                break;
+            }
+            last_latency_ms = ms(now);
+            if exp.safety.abort_on_srm {
+                let srm = srm_of(&recorder, exp);
+                if srm.p_value < SRM_ABORT_P && srm.mismatch {
+                    let a = AbortInfo {
+                        at_s: now.as_secs_f64(),
+                        hypothesis: None,
+                        reason: format!(
+                            "sample-ratio mismatch (chi2 {:.1}, p {:.2e}): cohorts are not \
+                             comparable",
+                            srm.chi2, srm.p_value
+                        ),
+                        p_value: srm.p_value,
+                        estimate: srm.chi2,
+                    };
+                    progress.event(&format!("ABORT: {}", a.reason));
+                    abort = Some(a);
+                    outcome = Some(RunOutcome::Aborted);
+                    break;
+                }
+            }
+        }
+        let (c, e) = live(&recorder, Span { from_ms: ms(inject_at), to_ms: u64::MAX });
+        progress.status("observe", now - inject_at, exp.meta.duration, c, e, "");
+        tokio::time::sleep(TICK).await;
+    }
+    let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
+
+    // ---- revert everything, whatever happened above.
+    let revert_started = Instant::now();
+    revert_all(&mut schedule, &mut journal, origin.elapsed(), &edge, &sidecars);
+    let revert_s = revert_started.elapsed().as_secs_f64();
+    progress.event(&format!("reverted all faults in {:.3}s", revert_s));
+    let _ = stop_tx.send(true);
+    if let Some(t) = load_task {
+        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+    }
+    let control = recorder.snapshot(Cohort::Control);
+    let experiment = recorder.snapshot(Cohort::Experiment);
+    let srm = srm_of(&recorder, exp);
+    edge.shutdown().await;
+    for (_, s) in sidecars {
+        s.shutdown().await;
+    }
+    progress.finish();
+
+    // ---- verdicts over the observation window.
+    let span = Span { from_ms: ms(inject_at), to_ms: ms(observe_end) + 1 };
+    let verdict_seed = seed ^ 0x5EED_0FB0_07A1;
+    let verdicts: Vec<HypothesisVerdict> = exp
+        .hypotheses
+        .iter()
+        .map(|h| {
+            let spec = plan::hypothesis_spec(h, exp.meta.min_samples);
+            let shape = match h.metric {
+                Metric::Latency | Metric::LatencyQuantile(_) => Shape::Latency,
+                Metric::ErrorRate => Shape::Errors,
+                Metric::Throughput | Metric::PromQl(_) => Shape::Throughput,
+            };
+            let data = window::cohort_data(shape, &control, &experiment, span);
+            stats::judge(&spec, &data, exp.meta.alpha, verdict_seed)
+        })
+        .collect();
+    let aborted = abort.is_some();
+    // STATISTICS.md §1: a broken split makes every comparison suspect, so
+    // no hypothesis can be accepted or rejected on it.
+    let verdicts =
+        if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
+    let (verdicts, overall) = stats::judge_experiment(verdicts, exp.meta.alpha, aborted);
+    let outcome = outcome.unwrap_or(match overall {
+        Verdict::Accepted => RunOutcome::Accepted,
+        Verdict::Rejected => RunOutcome::Rejected,
+        Verdict::Inconclusive => RunOutcome::Inconclusive,
+    });
+    if srm.mismatch {
+        warnings.push(format!(
+            "sample-ratio mismatch: chi2 {:.1}, p {:.2e}; check the split",
+            srm.chi2, srm.p_value
+        ));
+    }
+    if let Some(e) = env_error {
+        warnings.push(e);
+    }
+
+    let report = RunReport {
+        schema_version: SCHEMA_VERSION,
+        run_id,
+        experiment: ExperimentInfo {
+            name: exp.meta.name.clone(),
+            description: exp.meta.description.clone(),
+            file: exp.file.display().to_string(),
+            duration_s: exp.meta.duration.as_secs_f64(),
+        },
+        outcome,
+        started_at,
+        finished_at: now_rfc3339(),
+        timings: Timings {
+            preflight_s,
+            baseline_s,
+            observe_s,
+            revert_s,
+            total_s: t_start.elapsed().as_secs_f64(),
+        },
+        abort,
+        faults: schedule.iter().map(fault_record).collect(),
+        hypotheses: exp
+            .hypotheses
+            .iter()
+            .zip(&verdicts)
+            .map(|(h, v)| hypothesis_result(h, v))
+            .collect(),
+        cohorts: vec![
+            window::cohort_series(Cohort::Control, &control),
+            window::cohort_series(Cohort::Experiment, &experiment),
+        ],
+        srm: Some(SrmInfo {
+            chi2: srm.chi2,
+            p_value: srm.p_value,
+            mismatch: srm.mismatch,
+        }),
+        warnings,
+    };
+    Ok(report)
+}
+
+/// A one-line summary of an injector's plan for reports: the resolved
+/// targets and the first action, without the selection preamble.
+fn summarize(lines: &[String], kind: &str) -> String {
+    lines
+        .iter()
+        .map(|l| l.trim().trim_end_matches(':'))
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with(kind) && !l.contains("selection seed")
+        })
+        .take(2)
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+fn live(recorder: &Recorder, span: Span) -> (CohortLive, CohortLive) {
+    let one = |c: Cohort| {
+        let s = recorder.snapshot(c);
+        let counts = window::counts(&s, span);
+        CohortLive {
+            requests: counts.total,
+            errors: counts.events,
+            p50_ms: s
+                .windows
+                .iter()
+                .rev()
+                .find(|w| w.requests > 0)
+                .map(|w| w.p50_ms)
+                .unwrap_or(0.0),
+        }
+    };
+    (one(Cohort::Control), one(Cohort::Experiment))
+}
+
+/// Every configured upstream must accept a TCP connection before anything
+/// starts (exit 5 otherwise), so a typo never looks like a failed service.
+fn check_upstreams(exp: &Experiment) -> Result<(), RunError> {
+    let t = &exp.traffic;
+    let mut urls: Vec<&str> = Vec::new();
+    for list in [&t.upstreams, &t.control_upstreams, &t.experiment_upstreams] {
+        urls.extend(list.iter().map(|u| u.url.as_str()));
+    }
+    for s in &t.sidecars {
+        for list in [&s.upstreams, &s.control_upstreams, &s.experiment_upstreams] {
+            urls.extend(list.iter().map(|u| u.url.as_str()));
+        }
+    }
+    for url in urls {
+        let authority = url.trim_start_matches("http://").split('/').next().unwrap_or("");
+        let addrs: Vec<SocketAddr> =
+            match std::net::ToSocketAddrs::to_socket_addrs(authority) {
+                Ok(a) => a.collect(),
+                Err(e) => {
+                    return Err(RunError::Preflight(format!("upstream {url}: {e}")))
+                }
+            };
+        let ok = addrs
+            .iter()
+            .any(|a| TcpStream::connect_timeout(a, Duration::from_secs(2)).is_ok());
+        if !ok {
+            return Err(RunError::Preflight(format!(
+                "upstream {url} is not accepting connections; start the service (or the \
+                 demo fleet) first — nothing was injected"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn build_monitors(exp: &Experiment, recorder: &Recorder, baseline: Span) -> Vec<Monitor> {
+    let control = recorder.snapshot(Cohort::Control);
+    let base = window::counts(&control, baseline);
+    let secs = (baseline.to_ms - baseline.from_ms).max(1) as f64 / 1000.0;
+    // Expected requests per cohort at a quarter of the planned duration
+    // (STATISTICS.md §6 tuning of rho).
+    let rate = (base.total as f64 / secs).max(1.0);
+    let n_quarter = rate * exp.meta.duration.as_secs_f64() / 4.0;
+    let p = ((base.events as f64 + 1.0) / (base.total as f64 + 2.0)).max(0.005);
+    let log_var =
+        window::log_moments(&control.samples).map(|m| m.1).unwrap_or(0.25).max(0.01);
+    let k = exp.hypotheses.iter().filter(|h| h.abort.is_some()).count().max(1);
+    let mut out = Vec::new();
+    for h in &exp.hypotheses {
+        let Some(abort) = h.abort else { continue };
+        let monitor = match (&h.metric, abort) {
+            (Metric::ErrorRate, Tolerance::Absolute { points }) => Some((
+                AbortMonitor::for_rate(
+                    points,
+                    exp.meta.alpha_abort,
+                    k,
+                    AbortMonitor::rate_information(p, n_quarter),
+                ),
+                true,
+            )),
+            (
+                Metric::Latency | Metric::LatencyQuantile(_),
+                Tolerance::Relative { fraction },
+            ) => Some((
+                AbortMonitor::for_log_latency(
+                    (1.0 + fraction).ln(),
+                    exp.meta.alpha_abort,
+                    k,
+                    n_quarter / (2.0 * log_var),
+                ),
+                false,
+            )),
+            _ => None,
+        };
+        if let Some((monitor, rate)) = monitor {
+            out.push(Monitor { hypothesis: h.name.clone(), monitor, rate });
+        }
+    }
+    out
+}
+
+/// Hard guardrail first (no statistics), then the sequential monitors.
+fn watch_abort(
+    exp: &Experiment,
+    monitors: &mut [Monitor],
+    control: &CohortSnapshot,
+    experiment: &CohortSnapshot,
+    span: Span,
+    last_latency_ms: u64,
+    now: Duration,
+) -> Option<AbortInfo> {
+    // Report times are seconds since traffic start, like the timelines.
+    let at_s = now.as_secs_f64();
+    if let Some(max) = exp.safety.max_error_rate {
+        // The last three seconds, so a fault that starts late is not
+        // diluted by the healthy start of the window.
+        let recent =
+            Span { from_ms: span.to_ms.saturating_sub(3_000).max(span.from_ms), ..span };
+        let c = window::counts(experiment, recent);
+        if c.total >= 30 && c.events as f64 / c.total as f64 > max {
+            return Some(AbortInfo {
+                at_s,
+                hypothesis: None,
+                reason: format!(
+                    "guardrail: experiment error rate {:.1}% over the last 3s exceeds \
+                     safety.max_error_rate {:.1}%",
+                    100.0 * c.events as f64 / c.total as f64,
+                    max * 100.0
+                ),
+                p_value: 0.0,
+                estimate: c.events as f64 / c.total as f64,
+            });
+        }
+    }
+    let ce = window::counts(experiment, span);
+    let cc = window::counts(control, span);
+    let burned_in = ce.total >= BURN_IN_REQUESTS && cc.total >= BURN_IN_REQUESTS;
+    for m in monitors.iter_mut() {
+        let decision = if m.rate {
+            let d = m.monitor.update_counts(ce, cc);
+            if ce.events + cc.events < BURN_IN_EVENTS {
+                continue;
+            }
+            d
+        } else {
+            let e = window::new_ok_latencies(experiment, last_latency_ms, span.to_ms);
+            let c = window::new_ok_latencies(control, last_latency_ms, span.to_ms);
+            m.monitor.update_latencies(&e, &c)
+        };
+        if let AbortDecision::Abort { p_value, estimate, reason } = decision {
+            if burned_in {
+                return Some(AbortInfo {
+                    at_s,
+                    hypothesis: Some(m.hypothesis.clone()),
+                    reason: format!("{}: {reason}", m.hypothesis),
+                    p_value,
+                    estimate,
+                });
+            }
+        }
+    }
+    None
+}
+
+fn srm_gate(
+    verdicts: Vec<HypothesisVerdict>,
+    srm: &crate::traffic::SrmResult,
+) -> Vec<HypothesisVerdict> {
+    verdicts
+        .into_iter()
+        .map(|mut v| {
+            v.verdict = Verdict::Inconclusive;
+            v.tested = false;
+            v.reason = format!(
+                "sample-ratio mismatch (chi2 {:.1}, p {:.1e}): the cohorts did not get \
+                 the configured shares, so they are not comparable; {}",
+                srm.chi2, srm.p_value, v.reason
+            );
+            v
+        })
+        .collect()
+}
+
+fn srm_of(recorder: &Recorder, exp: &Experiment) -> crate::traffic::SrmResult {
+    crate::traffic::sample_ratio_mismatch(
+        recorder.snapshot(Cohort::Control).total,
+        recorder.snapshot(Cohort::Experiment).total,
+        recorder.untouched_total(),
+        exp.traffic.control_fraction,
+        exp.traffic.experiment_fraction,
+    )
+}
+
+fn push_http_faults(
+    schedule: &[ScheduledFault],
+    edge: &ProxyHandle,
+    sidecars: &[(String, ProxyHandle)],
+) {
+    let active = |at: &str| -> Vec<HttpFault> {
+        schedule
+            .iter()
+            .filter(|sf| {
+                sf.spec.at == at && sf.applied_at.is_some() && sf.reverted_at.is_none()
+            })
+            .filter_map(|sf| sf.http.clone())
+            .collect()
+    };
+    edge.set_faults(active("edge"));
+    for (name, h) in sidecars {
+        h.set_faults(active(name));
+    }
+}
+
+fn revert_one(
+    sf: &mut ScheduledFault,
+    journal: &mut Option<Journal>,
+    now: Duration,
+    http_changed: &mut bool,
+) {
+    if let Some(inj) = sf.injector.as_mut() {
+        if let Some(j) = journal.as_mut() {
+            if let Err(e) = tokio::task::block_in_place(|| inj.revert(j)) {
+                sf.revert_error = Some(e.to_string());
+            }
+        }
+    } else if sf.http.is_some() {
+        *http_changed = true;
+    }
+    sf.reverted_at = Some(now);
+}
+
+/// Reverts every applied fault, newest first (undo in reverse order of
+/// application, as layered faults must be peeled).
+fn revert_all(
+    schedule: &mut [ScheduledFault],
+    journal: &mut Option<Journal>,
+    now: Duration,
+    edge: &ProxyHandle,
+    sidecars: &[(String, ProxyHandle)],
+) {
+    let mut http_changed = false;
+    let mut order: Vec<usize> = (0..schedule.len())
+        .filter(|&i| {
+            schedule[i].applied_at.is_some() && schedule[i].reverted_at.is_none()
+        })
+        .collect();
+    order.sort_by_key(|&i| std::cmp::Reverse(schedule[i].applied_at));
+    for i in order {
+        revert_one(&mut schedule[i], journal, now, &mut http_changed);
+    }
+    // Always clear proxy faults, even if bookkeeping says none are active.
+    edge.set_faults(Vec::new());
+    for (_, h) in sidecars {
+        h.set_faults(Vec::new());
+    }
+}
+
+/// Times are seconds since traffic start (the recorder's origin), the
+/// axis every report timeline uses.
+fn fault_record(sf: &ScheduledFault) -> FaultRecord {
+    let rel = |d: Option<Duration>| d.map(|d| d.as_secs_f64());
+    FaultRecord {
+        id: sf.spec.id.clone(),
+        kind: sf.spec.kind.name().to_string(),
+        target: match (&sf.spec.target, &sf.spec.kind) {
+            (Some(t), _) => t.to_string(),
+            (None, FaultKind::RegionOutage { region, .. }) => format!("region:{region}"),
+            (None, _) => format!("experiment cohort @ {}", sf.spec.at),
+        },
+        description: sf.description.clone(),
+        applied_at_s: rel(sf.applied_at),
+        reverted_at_s: rel(sf.reverted_at),
+        revert_error: sf.revert_error.clone(),
+    }
+}
+
+/// The report shows effects in the tolerance's own unit: percent for
+/// relative tolerances, percentage points for rate differences; the
+/// engine works in fractions.
+fn report_unit(v: &HypothesisVerdict) -> (f64, &'static str) {
+    if v.scale.contains("difference in error rate") {
+        (100.0, "pp")
+    } else if v.scale.contains("relative") {
+        (100.0, "%")
+    } else {
+        (1.0, "")
+    }
+}
+
+fn hypothesis_result(
+    h: &crate::experiment::Hypothesis,
+    v: &HypothesisVerdict,
+) -> HypothesisResult {
+    let (k, unit) = report_unit(v);
+    HypothesisResult {
+        name: v.name.clone(),
+        metric: h.metric.name(),
+        tolerance: h.tolerance.to_string(),
+        critical: h.critical,
+        verdict: v.verdict,
+        test: v.test.clone(),
+        estimate: v.estimate * k,
+        ci_low: v.ci_low * k,
+        ci_high: v.ci_high * k,
+        margin: v.margin * k,
+        p_value: v.p_reject,
+        p_value_adjusted: v.p_reject_adjusted,
+        n_experiment: v.n_experiment,
+        n_control: v.n_control,
+        needed_n: v.needed_n,
+        reason: v.reason.clone(),
+        unit: if unit.is_empty() { v.scale.clone() } else { unit.to_string() },
+    }
+}
+
+fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00Z".into())
+}
+
+fn new_run_id() -> String {
+    let now = time::OffsetDateTime::now_utc();
+    format!(
+        "{:04}{:02}{:02}T{:02}{:02}{:02}-{:04x}",
+        now.year(),
+        u8::from(now.month()),
+        now.day(),
+        now.hour(),
+        now.minute(),
+        now.second(),
+        rand::random::<u16>()
+    )
+}

@@ -1,0 +1,903 @@
+//! Verdicts on steady-state hypotheses "θ ≤ m" by two one-sided tests
+//! against the tolerance (STATISTICS.md §1-§5), and the experiment verdict
+//! over several hypotheses (Holm for rejection, intersection-union for
+//! acceptance, abort and critical rules).
+
+use serde::Serialize;
+
+use super::holm::holm_adjust;
+use super::mann_whitney::{rank_sums_sorted, sorted};
+use super::proportions::{
+    fisher_exact, katz_log_rr, newcombe_interval_z, newcombe_p_value, two_proportion_z,
+};
+use super::quantile::bootstrap_log_quantile_ratio;
+use super::special::{normal_cdf, normal_pdf, normal_quantile, normal_sf};
+use super::welch::{mean_var, t_p_value, welch_from_moments};
+use super::{Alternative, Counts, Verdict};
+use crate::units::Tolerance;
+
+/// Bootstrap replicates for quantile hypotheses.
+pub const BOOTSTRAP_REPLICATES: usize = 2000;
+/// Minimum per cohort for Mann-Whitney verdicts.
+pub const MIN_MWU: u64 = 20;
+/// Minimum windows per cohort for Welch verdicts.
+pub const MIN_WINDOWS: u64 = 10;
+/// Minimum requests per cohort for rate verdicts.
+pub const MIN_RATE_N: u64 = 30;
+/// Minimum events per arm for the Katz relative-risk interval.
+pub const MIN_KATZ_EVENTS: u64 = 5;
+/// Power used for `needed_n`.
+const POWER: f64 = 0.8;
+
+/// What a hypothesis measures (the experiment model maps onto this).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MetricKind {
+    /// Whole latency distribution (Mann-Whitney on a scale shift).
+    LatencyDistribution,
+    /// A latency quantile, e.g. 0.5, 0.9, 0.99 (Harrell-Davis + bootstrap).
+    LatencyQuantile(f64),
+    /// Error rate from counts.
+    ErrorRate,
+    /// Per-window request rates; a negative relative tolerance.
+    Throughput,
+    /// Generic per-window values (PromQL); the tolerance sign says which
+    /// direction is worse.
+    Samples,
+}
+
+/// One hypothesis to judge.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HypothesisSpec {
+    pub name: String,
+    pub kind: MetricKind,
+    pub tolerance: Tolerance,
+    pub critical: bool,
+    /// Per-cohort minimum on top of the statistical gates (0 = none).
+    pub min_samples: u64,
+}
+
+/// Data per cohort. Latencies in any consistent unit; throughput and
+/// samples as per-window values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum CohortData {
+    Samples { experiment: Vec<f64>, control: Vec<f64> },
+    Counts { experiment: Counts, control: Counts },
+}
+
+/// The verdict on one hypothesis, with everything a report shows.
+/// `estimate`, `ci_low`, `ci_high` and `margin` are on the scale named by
+/// `scale`; the interval is the 1−2α interval whose ends are the one-sided
+/// bounds of the two tests (non-finite ends serialize as null).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HypothesisVerdict {
+    pub name: String,
+    pub verdict: Verdict,
+    /// Which test produced the p-values ("mann-whitney", "newcombe", ...).
+    pub test: String,
+    pub estimate: f64,
+    pub ci_low: f64,
+    pub ci_high: f64,
+    pub margin: f64,
+    /// p-value of rejecting "θ ≤ m" (the experiment is worse than allowed).
+    pub p_reject: f64,
+    /// Holm-adjusted p_reject (equal to p_reject until `judge_experiment`).
+    pub p_reject_adjusted: f64,
+    /// p-value of rejecting "θ ≥ m" (acceptance, non-inferiority).
+    pub p_accept: f64,
+    pub n_experiment: u64,
+    pub n_control: u64,
+    /// When inconclusive: per-cohort n that would give 80% power at the
+    /// observed effect (windows for Welch tests).
+    pub needed_n: Option<u64>,
+    pub critical: bool,
+    /// Whether a test ran (false when a gate failed); only tested
+    /// hypotheses enter the Holm family.
+    pub tested: bool,
+    pub reason: String,
+    /// Unit of estimate/ci/margin, e.g. "relative change of the p99".
+    pub scale: String,
+}
+
+fn z_power_sq(alpha: f64) -> f64 {
+    let z = normal_quantile(1.0 - alpha) + normal_quantile(POWER);
+    z * z
+}
+
+fn needed(n: f64) -> Option<u64> {
+    (n.is_finite() && n > 0.0).then(|| n.ceil().min(u64::MAX as f64 / 2.0) as u64)
+}
+
+/// Bisection for the crossing of an increasing step function f over
+/// [lo, hi]: returns x with f(x) ≈ level (lo/hi as ±∞ sentinels).
+fn crossing(f: impl Fn(f64) -> f64, level: f64, lo: f64, hi: f64) -> f64 {
+    if f(lo) > level {
+        return f64::NEG_INFINITY;
+    }
+    if f(hi) <= level {
+        return f64::INFINITY;
+    }
+    let (mut a, mut b) = (lo, hi);
+    // 40 halvings of a width-40 bracket: 4e-11 in log-ratio units.
+    for _ in 0..40 {
+        let mid = 0.5 * (a + b);
+        if f(mid) <= level {
+            a = mid;
+        } else {
+            b = mid;
+        }
+    }
+    0.5 * (a + b)
+}
+
+struct Draft {
+    test: &'static str,
+    estimate: f64,
+    ci_low: f64,
+    ci_high: f64,
+    margin: f64,
+    p_reject: f64,
+    p_accept: f64,
+    needed_n: Option<u64>,
+    scale: String,
+    note: String,
+}
+
+fn inconclusive(
+    spec: &HypothesisSpec,
+    n: (u64, u64),
+    reason: String,
+    needed_n: Option<u64>,
+) -> HypothesisVerdict {
+    HypothesisVerdict {
+        name: spec.name.clone(),
+        verdict: Verdict::Inconclusive,
+        test: "none".into(),
+        estimate: f64::NAN,
+        ci_low: f64::NAN,
+        ci_high: f64::NAN,
+        margin: f64::NAN,
+        p_reject: 1.0,
+        p_reject_adjusted: 1.0,
+        p_accept: 1.0,
+        n_experiment: n.0,
+        n_control: n.1,
+        needed_n,
+        critical: spec.critical,
+        tested: false,
+        reason,
+        scale: String::new(),
+    }
+}
+
+fn finish(
+    spec: &HypothesisSpec,
+    n: (u64, u64),
+    alpha: f64,
+    d: Draft,
+) -> HypothesisVerdict {
+    let verdict = if d.p_reject <= alpha {
+        Verdict::Rejected
+    } else if d.p_accept <= alpha {
+        Verdict::Accepted
+    } else {
+        Verdict::Inconclusive
+    };
+    let what = match verdict {
+        Verdict::Rejected => format!(
+            "worse than the tolerance: lower bound {} > margin {} (p = {:.3e})",
+            fmt_num(d.ci_low),
+            fmt_num(d.margin),
+            d.p_reject
+        ),
+        Verdict::Accepted => format!(
+            "within tolerance: upper bound {} < margin {} (p = {:.3e})",
+            fmt_num(d.ci_high),
+            fmt_num(d.margin),
+            d.p_accept
+        ),
+        Verdict::Inconclusive => format!(
+            "interval [{}, {}] contains the margin {}",
+            fmt_num(d.ci_low),
+            fmt_num(d.ci_high),
+            fmt_num(d.margin)
+        ),
+    };
+    let reason = if d.note.is_empty() { what } else { format!("{what}; {}", d.note) };
+    HypothesisVerdict {
+        name: spec.name.clone(),
+        verdict,
+        test: d.test.into(),
+        estimate: d.estimate,
+        ci_low: d.ci_low,
+        ci_high: d.ci_high,
+        margin: d.margin,
+        p_reject: d.p_reject,
+        p_reject_adjusted: d.p_reject,
+        p_accept: d.p_accept,
+        n_experiment: n.0,
+        n_control: n.1,
+        needed_n: if verdict == Verdict::Inconclusive {
+            d.needed_n.map(|v| v.max(spec.min_samples))
+        } else {
+            None
+        },
+        critical: spec.critical,
+        tested: true,
+        reason,
+        scale: d.scale,
+    }
+}
+
+fn fmt_num(v: f64) -> String {
+    if v.is_finite() {
+        format!("{v:.4}")
+    } else if v > 0.0 {
+        "+inf".into()
+    } else if v < 0.0 {
+        "-inf".into()
+    } else {
+        "n/a".into()
+    }
+}
+
+/// Judges one hypothesis. Never panics on data: gates, wrong data shape and
+/// tolerances whose direction does not fit the metric give INCONCLUSIVE
+/// with a reason.
+pub fn judge(
+    spec: &HypothesisSpec,
+    data: &CohortData,
+    alpha: f64,
+    seed: u64,
+) -> HypothesisVerdict {
+    let n = match data {
+        CohortData::Samples { experiment, control } => {
+            (experiment.len() as u64, control.len() as u64)
+        }
+        CohortData::Counts { experiment, control } => (experiment.total, control.total),
+    };
+    if !(alpha > 0.0 && alpha < 0.5) {
+        return inconclusive(spec, n, format!("alpha {alpha} must be in (0, 0.5)"), None);
+    }
+    let result = match (spec.kind, data) {
+        (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => {
+            judge_rate(spec, *experiment, *control, alpha)
+        }
+        (_, CohortData::Counts { .. }) => {
+            Err(format!("{:?} needs samples per cohort, not counts", spec.kind))
+        }
+        (kind, CohortData::Samples { experiment, control }) => {
+            if let Some(bad) =
+                experiment.iter().chain(control.iter()).find(|v| !v.is_finite())
+            {
+                Err(format!("samples must be finite numbers, found {bad}"))
+            } else {
+                match kind {
+                    MetricKind::LatencyDistribution => {
+                        judge_latency_mwu(spec, experiment, control, alpha)
+                    }
+                    MetricKind::LatencyQuantile(p) => {
+                        judge_quantile(spec, p, experiment, control, alpha, seed)
+                    }
+                    MetricKind::Throughput | MetricKind::Samples => {
+                        judge_welch(spec, experiment, control, alpha)
+                    }
+                    MetricKind::ErrorRate => {
+                        Err("error_rate needs counts (events/total), not samples".into())
+                    }
+                }
+            }
+        }
+    };
+    match result {
+        Ok(Judged::Draft(d)) => finish(spec, n, alpha, d),
+        Ok(Judged::Gate { reason, needed_n }) => inconclusive(spec, n, reason, needed_n),
+        Err(reason) => inconclusive(spec, n, reason, None),
+    }
+}
+
+enum Judged {
+    Draft(Draft),
+    Gate { reason: String, needed_n: Option<u64> },
+}
+
+fn gate(spec: &HypothesisSpec, n: (u64, u64), min: u64, unit: &str) -> Option<Judged> {
+    let need = min.max(spec.min_samples);
+    let have = n.0.min(n.1);
+    (have < need).then(|| Judged::Gate {
+        reason: format!(
+            "too few {unit}: {} experiment / {} control, need at least {need} per cohort",
+            n.0, n.1
+        ),
+        needed_n: Some(need),
+    })
+}
+
+fn relative_upper(spec: &HypothesisSpec, what: &str) -> Result<f64, String> {
+    match spec.tolerance {
+        Tolerance::Relative { fraction } if fraction >= 0.0 => Ok(fraction),
+        t => Err(format!(
+            "tolerance {t} does not fit {what}: use a relative increase like \"+10%\""
+        )),
+    }
+}
+
+fn judge_latency_mwu(
+    spec: &HypothesisSpec,
+    experiment: &[f64],
+    control: &[f64],
+    alpha: f64,
+) -> Result<Judged, String> {
+    let r = relative_upper(spec, "a latency distribution")?;
+    if experiment.iter().chain(control).any(|v| *v < 0.0) {
+        return Err("latencies must not be negative".into());
+    }
+    let n = (experiment.len() as u64, control.len() as u64);
+    if let Some(g) = gate(spec, n, MIN_MWU, "requests") {
+        return Ok(g);
+    }
+    let a = sorted(experiment);
+    let b = sorted(control);
+    // The verdict's p-values: MWU of E against (1+r)·C, literally.
+    let at_margin = rank_sums_sorted(&a, &b, 1.0 + r);
+    let p_reject = at_margin.p_value(Alternative::Greater);
+    let p_accept = at_margin.p_value(Alternative::Less);
+    // Interval and estimate by inverting the test over the scale factor e^x.
+    let p_greater =
+        |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Greater);
+    let p_less = |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Less);
+    // Scale factors e^±20 bracket any real latency ratio; beyond is ±inf.
+    let (lo, hi) = (-20.0, 20.0);
+    let l = crossing(p_greater, alpha, lo, hi);
+    let u = crossing(|x| 1.0 - p_less(x), 1.0 - alpha, lo, hi);
+    let est = crossing(|x| -rank_sums_sorted(&a, &b, x.exp()).z_plain(), 0.0, lo, hi);
+    let m = r.ln_1p();
+    let needed_n = {
+        let logs: Vec<f64> = experiment
+            .iter()
+            .chain(control)
+            .filter(|v| **v > 0.0)
+            .map(|v| v.ln())
+            .collect();
+        let sd = if logs.len() > 2 { mean_var(&logs).1.sqrt() } else { f64::NAN };
+        let gap = (m - est).abs();
+        let p = normal_cdf(gap / (sd * std::f64::consts::SQRT_2));
+        needed(z_power_sq(alpha) / (6.0 * (p - 0.5).powi(2))).map(|v| v.max(MIN_MWU))
+    };
+    Ok(Judged::Draft(Draft {
+        test: "mann-whitney",
+        estimate: est.exp_m1(),
+        ci_low: l.exp_m1(),
+        ci_high: u.exp_m1(),
+        margin: r,
+        p_reject,
+        p_accept,
+        needed_n,
+        scale: "relative scale shift of latency (experiment/control - 1)".into(),
+        note: String::new(),
+    }))
+}
+
+fn judge_quantile(
+    spec: &HypothesisSpec,
+    p: f64,
+    experiment: &[f64],
+    control: &[f64],
+    alpha: f64,
+    seed: u64,
+) -> Result<Judged, String> {
+    if !(p > 0.0 && p < 1.0) {
+        return Err(format!("quantile {p} must be in (0, 1)"));
+    }
+    let r = relative_upper(spec, "a latency quantile")?;
+    if experiment.iter().chain(control).any(|v| *v <= 0.0) {
+        return Err("latencies for a quantile ratio must be positive".into());
+    }
+    let n = (experiment.len() as u64, control.len() as u64);
+    let min = MIN_MWU.max((20.0 / (1.0 - p)).ceil() as u64);
+    if let Some(g) = gate(spec, n, min, "requests") {
+        return Ok(g);
+    }
+    let a = sorted(experiment);
+    let b = sorted(control);
+    let boot = bootstrap_log_quantile_ratio(&a, &b, p, BOOTSTRAP_REPLICATES, seed);
+    let m = r.ln_1p();
+    let needed_n = {
+        let logs: Vec<f64> = control.iter().map(|v| v.ln()).collect();
+        let var = mean_var(&logs).1;
+        let zp = normal_quantile(p);
+        let gap = m - boot.estimate;
+        let per = 2.0 * p * (1.0 - p) * var / (normal_pdf(zp).powi(2) * gap * gap);
+        needed(z_power_sq(alpha) * per).map(|v| v.max(min))
+    };
+    Ok(Judged::Draft(Draft {
+        test: "harrell-davis-bootstrap",
+        estimate: boot.estimate.exp_m1(),
+        ci_low: boot.percentile(alpha).exp_m1(),
+        ci_high: boot.percentile(1.0 - alpha).exp_m1(),
+        margin: r,
+        p_reject: boot.p_at_most(m),
+        p_accept: boot.p_at_least(m),
+        needed_n,
+        scale: format!("relative change of the p{} (experiment/control - 1)", p * 100.0),
+        note: format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
+    }))
+}
+
+fn judge_rate(
+    spec: &HypothesisSpec,
+    e: Counts,
+    c: Counts,
+    alpha: f64,
+) -> Result<Judged, String> {
+    for (cohort, x) in [("experiment", e), ("control", c)] {
+        if x.events > x.total {
+            return Err(format!(
+                "{cohort} has {} events out of {} requests",
+                x.events, x.total
+            ));
+        }
+    }
+    if let Some(g) = gate(spec, (e.total, c.total), MIN_RATE_N, "requests") {
+        return Ok(g);
+    }
+    let z = normal_quantile(1.0 - alpha);
+    let zz = z_power_sq(alpha);
+    match spec.tolerance {
+        Tolerance::Absolute { points } if points > 0.0 => {
+            let i = newcombe_interval_z(e, c, z);
+            let (pe, pc) = (e.rate(), c.rate());
+            let var = pe * (1.0 - pe) + pc * (1.0 - pc);
+            let var = if var > 0.0 { var } else { 2.0 / e.total.min(c.total) as f64 };
+            let gap = points - i.estimate;
+            Ok(Judged::Draft(Draft {
+                test: "newcombe",
+                estimate: i.estimate,
+                ci_low: i.low,
+                ci_high: i.high,
+                margin: points,
+                p_reject: newcombe_p_value(e, c, points, Alternative::Greater),
+                p_accept: newcombe_p_value(e, c, points, Alternative::Less),
+                needed_n: needed(zz * var / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
+                scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
+                note: String::new(),
+            }))
+        }
+        Tolerance::Absolute { points: 0.0 } => {
+            let (tot_e, tot_c) = (e.total as f64, c.total as f64);
+            let events = (e.events + c.events) as f64;
+            let oks = tot_e + tot_c - events;
+            let all = tot_e + tot_c;
+            let min_expected =
+                [events * tot_e, events * tot_c, oks * tot_e, oks * tot_c]
+                    .iter()
+                    .fold(f64::INFINITY, |m, v| m.min(v / all));
+            let (test, res) = if min_expected >= 5.0 {
+                ("two-proportion-z", two_proportion_z(e, c, Alternative::Greater))
+            } else {
+                ("fisher", fisher_exact(e, c, Alternative::Greater))
+            };
+            let res = res.map_err(|err| err.to_string())?;
+            let i = newcombe_interval_z(e, c, z);
+            Ok(Judged::Draft(Draft {
+                test,
+                estimate: i.estimate,
+                ci_low: i.low,
+                ci_high: i.high,
+                margin: 0.0,
+                p_reject: res.p_value,
+                p_accept: 1.0,
+                needed_n: None,
+                scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
+                note: "a zero tolerance can be rejected but never accepted".into(),
+            }))
+        }
+        Tolerance::Relative { fraction } if fraction >= 0.0 => {
+            if e.events < MIN_KATZ_EVENTS || c.events < MIN_KATZ_EVENTS {
+                return Ok(Judged::Gate {
+                    reason: format!(
+                        "a relative error-rate tolerance needs at least {MIN_KATZ_EVENTS} \
+                         errors per cohort (experiment {}, control {})",
+                        e.events, c.events
+                    ),
+                    needed_n: None,
+                });
+            }
+            let (i, se) = katz_log_rr(e, c, z).ok_or("no events in a cohort")?;
+            let m = fraction.ln_1p();
+            let stat = (i.estimate - m) / se;
+            let per = (1.0 - e.rate()) / e.rate() + (1.0 - c.rate()) / c.rate();
+            let gap = m - i.estimate;
+            Ok(Judged::Draft(Draft {
+                test: "katz-log-relative-risk",
+                estimate: i.estimate.exp_m1(),
+                ci_low: i.low.exp_m1(),
+                ci_high: i.high.exp_m1(),
+                margin: fraction,
+                p_reject: normal_sf(stat),
+                p_accept: normal_cdf(stat),
+                // Var(ln RR) ≈ per-event terms scale with 1/n.
+                needed_n: needed(zz * per / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
+                scale: "relative change of the error rate (experiment/control - 1)".into(),
+                note: String::new(),
+            }))
+        }
+        t => Err(format!(
+            "tolerance {t} does not fit an error rate: use \"+0.5pp\" or \"+10%\" (higher is worse)"
+        )),
+    }
+}
+
+/// Welch verdicts for throughput and generic samples. The tolerance picks
+/// the parametrisation of "control adjusted by the margin".
+fn judge_welch(
+    spec: &HypothesisSpec,
+    experiment: &[f64],
+    control: &[f64],
+    alpha: f64,
+) -> Result<Judged, String> {
+    #[derive(Clone, Copy)]
+    enum Form {
+        /// θ = ln(E/C) ≤ m, higher is worse.
+        ScaleUp,
+        /// θ = ln(C/E) ≤ m, lower is worse.
+        ScaleDown,
+        /// θ = E − C ≤ δ.
+        ShiftUp,
+        /// θ = C − E ≤ δ.
+        ShiftDown,
+    }
+    let (form, margin_display) = match (spec.kind, spec.tolerance) {
+        (MetricKind::Throughput, Tolerance::Relative { fraction }) if fraction <= 0.0 => {
+            (Form::ScaleDown, -fraction)
+        }
+        (MetricKind::Throughput, t) => {
+            return Err(format!(
+                "tolerance {t} does not fit throughput: use a relative drop like \"-5%\""
+            ))
+        }
+        (_, Tolerance::Relative { fraction }) if fraction >= 0.0 => {
+            (Form::ScaleUp, fraction)
+        }
+        (_, Tolerance::Relative { fraction }) => (Form::ScaleDown, -fraction),
+        (_, Tolerance::Absolute { points }) if points >= 0.0 => (Form::ShiftUp, points),
+        (_, Tolerance::Absolute { points }) => (Form::ShiftDown, -points),
+    };
+    let n = (experiment.len() as u64, control.len() as u64);
+    if let Some(g) = gate(spec, n, MIN_WINDOWS, "windows") {
+        return Ok(g);
+    }
+    let (me, ve) = mean_var(experiment);
+    let (mc, vc) = mean_var(control);
+    if ve == 0.0 && vc == 0.0 {
+        return Err("both cohorts have zero variance; Welch's t-test is undefined".into());
+    }
+    let (ne, nc) = (experiment.len() as f64, control.len() as f64);
+    // Control adjusted to the boundary θ = x, and the alternative that
+    // means "worse than x".
+    let adjusted = |x: f64| -> (f64, f64) {
+        match form {
+            Form::ScaleUp => (mc * x.exp(), vc * (2.0 * x).exp()),
+            Form::ScaleDown => (mc * (-x).exp(), vc * (-2.0 * x).exp()),
+            Form::ShiftUp => (mc + x, vc),
+            Form::ShiftDown => (mc - x, vc),
+        }
+    };
+    let worse = match form {
+        Form::ScaleUp | Form::ShiftUp => Alternative::Greater,
+        Form::ScaleDown | Form::ShiftDown => Alternative::Less,
+    };
+    let better = match worse {
+        Alternative::Greater => Alternative::Less,
+        _ => Alternative::Greater,
+    };
+    let p_at = |x: f64, alt: Alternative| {
+        let (m, v) = adjusted(x);
+        let (t, df) = welch_from_moments((me, ve, ne), (m, v, nc));
+        t_p_value(t, df, alt)
+    };
+    // Margin in θ units, with the literal factor for relative tolerances.
+    let (m_theta, p_reject, p_accept) = match form {
+        Form::ScaleUp | Form::ScaleDown => {
+            let factor = match form {
+                Form::ScaleUp => 1.0 + margin_display,
+                _ => 1.0 - margin_display,
+            };
+            let (t, df) =
+                welch_from_moments((me, ve, ne), (mc * factor, vc * factor * factor, nc));
+            let m = match form {
+                Form::ScaleUp => factor.ln(),
+                _ => -factor.ln(),
+            };
+            (m, t_p_value(t, df, worse), t_p_value(t, df, better))
+        }
+        _ => (margin_display, p_at(margin_display, worse), p_at(margin_display, better)),
+    };
+    let span = match form {
+        Form::ScaleUp | Form::ScaleDown => 20.0,
+        _ => {
+            let s = (ve.sqrt() + vc.sqrt() + me.abs() + mc.abs()).max(1.0);
+            1e3 * s
+        }
+    };
+    let l = crossing(|x| p_at(x, worse), alpha, -span, span);
+    let u = crossing(|x| 1.0 - p_at(x, better), 1.0 - alpha, -span, span);
+    let est = crossing(|x| p_at(x, worse), 0.5, -span, span);
+    let (to_display, scale): (fn(f64) -> f64, &str) = match form {
+        Form::ScaleUp => (f64::exp_m1, "relative change (experiment/control - 1)"),
+        Form::ScaleDown => {
+            (|x: f64| -(-x).exp_m1(), "relative shortfall (1 - experiment/control)")
+        }
+        Form::ShiftUp => (|x| x, "difference (experiment - control)"),
+        Form::ShiftDown => (|x| x, "shortfall (control - experiment)"),
+    };
+    let gap_abs = {
+        let (m, _) = adjusted(m_theta);
+        me - m
+    };
+    let needed_n =
+        needed(z_power_sq(alpha) * (ve + adjusted(m_theta).1) / (gap_abs * gap_abs))
+            .map(|v| v.max(MIN_WINDOWS));
+    Ok(Judged::Draft(Draft {
+        test: "welch-t",
+        estimate: to_display(est),
+        ci_low: to_display(l),
+        ci_high: to_display(u),
+        margin: margin_display,
+        p_reject,
+        p_accept,
+        needed_n,
+        scale: scale.into(),
+        note: String::new(),
+    }))
+}
+
+/// Applies Holm to the REJECT p-values of the tested hypotheses, the
+/// intersection-union rule for acceptance, and the abort rule (§4).
+/// Returns the updated verdicts and the overall verdict.
+///
+/// Every tested hypothesis, critical or not, is in the Holm family, so the
+/// familywise false-rejection rate stays ≤ α; a critical hypothesis
+/// rejected after Holm rejects the run like any other. An abort rejects the
+/// run whatever the hypotheses say.
+pub fn judge_experiment(
+    mut verdicts: Vec<HypothesisVerdict>,
+    alpha: f64,
+    aborted: bool,
+) -> (Vec<HypothesisVerdict>, Verdict) {
+    let family: Vec<usize> =
+        (0..verdicts.len()).filter(|&i| verdicts[i].tested).collect();
+    let p: Vec<f64> = family.iter().map(|&i| verdicts[i].p_reject).collect();
+    let adjusted = holm_adjust(&p);
+    for (&i, &adj) in family.iter().zip(&adjusted) {
+        let v = &mut verdicts[i];
+        v.p_reject_adjusted = adj;
+        if v.verdict == Verdict::Rejected && adj > alpha {
+            v.verdict = if v.p_accept <= alpha {
+                Verdict::Accepted
+            } else {
+                Verdict::Inconclusive
+            };
+            v.reason = format!(
+                "not rejected after Holm over {} hypotheses (adjusted p = {adj:.3e}); {}",
+                family.len(),
+                v.reason
+            );
+        }
+    }
+    let any_rejected = verdicts.iter().any(|v| v.verdict == Verdict::Rejected);
+    let all_accepted =
+        !verdicts.is_empty() && verdicts.iter().all(|v| v.verdict == Verdict::Accepted);
+    let overall = if aborted || any_rejected {
+        Verdict::Rejected
+    } else if all_accepted {
+        Verdict::Accepted
+    } else {
+        Verdict::Inconclusive
+    };
+    (verdicts, overall)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: MetricKind, tolerance: Tolerance) -> HypothesisSpec {
+        HypothesisSpec {
+            name: "h".into(),
+            kind,
+            tolerance,
+            critical: false,
+            min_samples: 0,
+        }
+    }
+
+    fn rel(fraction: f64) -> Tolerance {
+        Tolerance::Relative { fraction }
+    }
+
+    /// Deterministic, spread-out latencies around 100.
+    fn latencies(n: usize, scale: f64, offset: usize) -> Vec<f64> {
+        (0..n).map(|i| scale * (60.0 + ((i + offset) * 37 % 83) as f64)).collect()
+    }
+
+    fn samples(e: Vec<f64>, c: Vec<f64>) -> CohortData {
+        CohortData::Samples { experiment: e, control: c }
+    }
+
+    #[test]
+    fn equal_latencies_are_accepted_and_a_fifty_percent_slowdown_is_rejected() {
+        let s = spec(MetricKind::LatencyDistribution, rel(0.10));
+        let ok =
+            judge(&s, &samples(latencies(400, 1.0, 3), latencies(400, 1.0, 0)), 0.05, 0);
+        assert_eq!(ok.verdict, Verdict::Accepted, "{ok:?}");
+        assert!(ok.ci_low < 0.0 && ok.ci_high < 0.10 && ok.estimate.abs() < 0.05);
+        let bad =
+            judge(&s, &samples(latencies(400, 1.5, 0), latencies(400, 1.0, 0)), 0.05, 0);
+        assert_eq!(bad.verdict, Verdict::Rejected);
+        assert!((bad.estimate - 0.5).abs() < 0.05, "estimate {}", bad.estimate);
+        assert!(bad.ci_low > 0.10 && bad.needed_n.is_none());
+    }
+
+    #[test]
+    fn the_interval_and_the_two_tests_agree() {
+        let s = spec(MetricKind::LatencyDistribution, rel(0.2));
+        for scale in [0.9, 1.1, 1.2, 1.3, 1.6] {
+            let v = judge(
+                &s,
+                &samples(latencies(200, scale, 5), latencies(200, 1.0, 0)),
+                0.05,
+                0,
+            );
+            assert_eq!(v.ci_low > v.margin, v.p_reject <= 0.05, "{v:?}");
+            assert_eq!(v.ci_high < v.margin, v.p_accept <= 0.05, "{v:?}");
+        }
+    }
+
+    #[test]
+    fn too_few_samples_are_inconclusive_with_the_needed_n() {
+        let s = HypothesisSpec {
+            min_samples: 50,
+            ..spec(MetricKind::LatencyDistribution, rel(0.1))
+        };
+        let v =
+            judge(&s, &samples(latencies(30, 1.0, 0), latencies(30, 1.0, 0)), 0.05, 0);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
+        assert_eq!(v.needed_n, Some(50));
+        assert!(!v.tested);
+        let q = spec(MetricKind::LatencyQuantile(0.99), rel(0.1));
+        let v =
+            judge(&q, &samples(latencies(500, 1.0, 0), latencies(500, 1.0, 0)), 0.05, 0);
+        assert_eq!(v.needed_n, Some(2000));
+    }
+
+    #[test]
+    fn a_tolerance_in_the_wrong_direction_is_inconclusive_not_a_panic() {
+        let data = samples(latencies(100, 1.0, 0), latencies(100, 1.0, 0));
+        for (kind, tol) in [
+            (MetricKind::LatencyDistribution, rel(-0.1)),
+            (MetricKind::LatencyQuantile(0.9), Tolerance::Absolute { points: 0.01 }),
+            (MetricKind::Throughput, rel(0.05)),
+        ] {
+            let v = judge(&spec(kind, tol), &data, 0.05, 0);
+            assert_eq!(v.verdict, Verdict::Inconclusive);
+            assert!(v.reason.contains("does not fit"), "{}", v.reason);
+        }
+        let counts = CohortData::Counts {
+            experiment: Counts::new(1, 100),
+            control: Counts::new(1, 100),
+        };
+        let v = judge(&spec(MetricKind::ErrorRate, rel(-0.1)), &counts, 0.05, 0);
+        assert!(v.reason.contains("does not fit"));
+        let v = judge(&spec(MetricKind::LatencyDistribution, rel(0.1)), &counts, 0.05, 0);
+        assert!(v.reason.contains("needs samples"));
+    }
+
+    #[test]
+    fn error_rates_use_newcombe_for_a_margin_and_fisher_or_z_for_zero() {
+        let counts = |e, c| CohortData::Counts {
+            experiment: Counts::new(e, 10_000),
+            control: Counts::new(c, 10_000),
+        };
+        let s = spec(MetricKind::ErrorRate, Tolerance::Absolute { points: 0.005 });
+        let v = judge(&s, &counts(105, 100), 0.05, 0);
+        assert_eq!((v.test.as_str(), v.verdict), ("newcombe", Verdict::Accepted));
+        let v = judge(&s, &counts(300, 100), 0.05, 0);
+        assert_eq!(v.verdict, Verdict::Rejected);
+        let zero = spec(MetricKind::ErrorRate, Tolerance::Absolute { points: 0.0 });
+        assert_eq!(judge(&zero, &counts(130, 100), 0.05, 0).test, "two-proportion-z");
+        let v = judge(&zero, &counts(3, 0), 0.05, 0);
+        assert_eq!(v.test, "fisher");
+        assert_ne!(v.verdict, Verdict::Accepted);
+        let relative = spec(MetricKind::ErrorRate, rel(0.5));
+        let v = judge(&relative, &counts(300, 100), 0.05, 0);
+        assert_eq!(
+            (v.test.as_str(), v.verdict),
+            ("katz-log-relative-risk", Verdict::Rejected)
+        );
+        assert!((v.estimate - 2.0).abs() < 1e-9);
+        let v = judge(&relative, &counts(2, 1), 0.05, 0);
+        assert!(v.reason.contains("at least 5 errors"));
+    }
+
+    #[test]
+    fn throughput_drop_is_judged_by_welch_on_the_scaled_control() {
+        let s = spec(MetricKind::Throughput, rel(-0.05));
+        let ctl: Vec<f64> = (0..20).map(|i| 1000.0 + (i % 5) as f64 * 10.0).collect();
+        let same: Vec<f64> = (0..20).map(|i| 1000.0 + (i % 4) as f64 * 12.0).collect();
+        let half: Vec<f64> = ctl.iter().map(|v| v / 2.0).collect();
+        let v = judge(&s, &samples(same, ctl.clone()), 0.05, 0);
+        assert_eq!(v.verdict, Verdict::Accepted, "{v:?}");
+        let v = judge(&s, &samples(half, ctl), 0.05, 0);
+        assert_eq!(v.verdict, Verdict::Rejected);
+        assert!((v.estimate - 0.5).abs() < 0.01, "shortfall {}", v.estimate);
+    }
+
+    #[test]
+    fn p99_is_judged_by_the_seeded_bootstrap() {
+        let s = spec(MetricKind::LatencyQuantile(0.99), rel(0.2));
+        // At the p99 gate (2000 per cohort); reproducibility for a seed is
+        // covered in quantile.rs with cheaper data.
+        let data = samples(latencies(2000, 2.0, 0), latencies(2000, 1.0, 1));
+        let a = judge(&s, &data, 0.05, 42);
+        assert_eq!(a.verdict, Verdict::Rejected, "{a:?}");
+        assert!(a.reason.contains("seed 42"));
+    }
+
+    fn verdict(p_reject: f64, p_accept: f64, tested: bool) -> HypothesisVerdict {
+        let v = if p_reject <= 0.05 {
+            Verdict::Rejected
+        } else if p_accept <= 0.05 {
+            Verdict::Accepted
+        } else {
+            Verdict::Inconclusive
+        };
+        HypothesisVerdict {
+            name: "h".into(),
+            verdict: v,
+            test: "t".into(),
+            estimate: 0.0,
+            ci_low: 0.0,
+            ci_high: 0.0,
+            margin: 0.1,
+            p_reject,
+            p_reject_adjusted: p_reject,
+            p_accept,
+            n_experiment: 100,
+            n_control: 100,
+            needed_n: None,
+            critical: false,
+            tested,
+            reason: String::new(),
+            scale: String::new(),
+        }
+    }
+
+    #[test]
+    fn holm_can_overturn_a_marginal_rejection_in_a_family() {
+        let (vs, overall) = judge_experiment(
+            vec![verdict(0.03, 0.9, true), verdict(0.5, 0.01, true)],
+            0.05,
+            false,
+        );
+        assert_eq!(vs[0].verdict, Verdict::Inconclusive);
+        assert!((vs[0].p_reject_adjusted - 0.06).abs() < 1e-12);
+        assert_eq!(overall, Verdict::Inconclusive);
+        let (_, overall) = judge_experiment(
+            vec![verdict(0.001, 0.9, true), verdict(0.5, 0.01, true)],
+            0.05,
+            false,
+        );
+        assert_eq!(overall, Verdict::Rejected);
+    }
+
+    #[test]
+    fn acceptance_needs_every_hypothesis_and_an_abort_always_rejects() {
+        let accepted = vec![verdict(0.9, 0.01, true), verdict(0.8, 0.02, true)];
+        assert_eq!(judge_experiment(accepted.clone(), 0.05, false).1, Verdict::Accepted);
+        assert_eq!(judge_experiment(accepted, 0.05, true).1, Verdict::Rejected);
+        let mixed = vec![verdict(0.9, 0.01, true), verdict(1.0, 1.0, false)];
+        assert_eq!(judge_experiment(mixed, 0.05, false).1, Verdict::Inconclusive);
+        assert_eq!(judge_experiment(vec![], 0.05, false).1, Verdict::Inconclusive);
+    }
+}

@@ -1,0 +1,21 @@
+//! The cohort proxy: listener, sticky cohort assignment, upstream pools,
+//! the HTTP fault layer (experiment cohort only), `x-chaos-cohort`
+//! propagation, the admin endpoint and the sample-ratio-mismatch check.
+//! The runner wires it to a [`crate::metrics::Recorder`]; the proxy never
+//! calls faults or statistics itself.
+
+pub mod admin;
+pub mod assign;
+pub mod config;
+pub mod fault;
+pub mod malformed;
+pub mod server;
+pub mod srm;
+
+pub use assign::assign_position;
+pub use config::{
+    AdminConfig, CohortKey, ProxyConfig, ProxyMode, Upstream, UpstreamPools,
+};
+pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
+pub use server::{Proxy, ProxyError, ProxyHandle};
+pub use srm::{sample_ratio_mismatch, SrmResult};

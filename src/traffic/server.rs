@@ -1,0 +1,694 @@
+//! The proxy itself: accept loop, per-request cohort assignment, the fault
+//! layer for the experiment cohort, forwarding over a pooled HTTP/1.1
+//! client, recording, and shutdown. Clients may speak HTTP/1.1 or HTTP/2.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Either, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::assign::{assign_position, cohort_at, random_unit};
+use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode, Upstream};
+use super::fault::{HttpFault, HttpFaultKind};
+use super::malformed::damage;
+use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
+use crate::metrics::{Outcome, Recorder};
+
+/// Largest upstream body the malformed faults will buffer.
+const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;
+/// How long shutdown waits for in-flight requests.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the proxy could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error("cannot listen for admin requests on {addr}: {source}")]
+    AdminBind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+}
+
+/// Response bodies: streamed from upstream, or made by the proxy.
+pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+
+/// An upstream with its URI parts pre-split for the hot path.
+#[derive(Debug)]
+struct Target {
+    authority: Authority,
+}
+
+#[derive(Debug)]
+struct Pool {
+    targets: Vec<Target>,
+    next: AtomicUsize,
+}
+
+impl Pool {
+    fn new(ups: &[Upstream]) -> Pool {
+        let targets = ups
+            .iter()
+            .filter_map(|u| u.url.authority().cloned())
+            .map(|authority| Target { authority })
+            .collect();
+        Pool { targets, next: AtomicUsize::new(0) }
+    }
+
+    /// Round robin.
+    fn pick(&self) -> Option<&Target> {
+        if self.targets.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.targets.len();
+        self.targets.get(i)
+    }
+}
+
+/// State shared by every connection and the admin endpoint.
+pub(crate) struct Shared {
+    default_pool: Pool,
+    control_pool: Pool,
+    experiment_pool: Pool,
+    cohort_key: CohortKey,
+    key_header: Option<HeaderName>,
+    experiment: f64,
+    control: f64,
+    mode: ProxyMode,
+    salt: u64,
+    upstream_timeout: Duration,
+    client: Client<HttpConnector, Incoming>,
+    builder: auto::Builder<TokioExecutor>,
+    faults: RwLock<Arc<Vec<HttpFault>>>,
+    pub(crate) recorder: Arc<Recorder>,
+    pub(crate) admin_token: Option<String>,
+    active: AtomicUsize,
+}
+
+impl Shared {
+    pub(crate) fn faults(&self) -> Arc<Vec<HttpFault>> {
+        self.faults.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    pub(crate) fn set_faults(&self, faults: Vec<HttpFault>) {
+        *self.faults.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(faults);
+    }
+
+    /// Copy-on-write toggle so the hot path only ever clones an `Arc`.
+    pub(crate) fn set_enabled(&self, id: &str, on: bool) -> bool {
+        let mut guard = self.faults.write().unwrap_or_else(|p| p.into_inner());
+        if !guard.iter().any(|f| f.id == id) {
+            return false;
+        }
+        let mut next: Vec<HttpFault> = guard.as_ref().clone();
+        for f in next.iter_mut().filter(|f| f.id == id) {
+            f.enabled = on;
+        }
+        *guard = Arc::new(next);
+        true
+    }
+
+    pub(crate) fn fractions(&self) -> (f64, f64) {
+        (self.control, self.experiment)
+    }
+
+    /// The cohort of a request in edge mode (sticky by key).
+    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Option<Cohort> {
+        let pos = match &self.cohort_key {
+            CohortKey::Header(_) => self
+                .key_header
+                .as_ref()
+                .and_then(|h| req.headers().get(h))
+                .map(|v| assign_position(v.as_bytes(), self.salt)),
+            CohortKey::Cookie(name) => {
+                cookie_value(req.headers(), name).map(|v| assign_position(v, self.salt))
+            }
+            CohortKey::ClientIp => Some(match peer.ip() {
+                std::net::IpAddr::V4(a) => assign_position(&a.octets(), self.salt),
+                std::net::IpAddr::V6(a) => assign_position(&a.octets(), self.salt),
+            }),
+        };
+        cohort_at(pos.unwrap_or_else(random_unit), self.experiment, self.control)
+    }
+
+    fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
+        let specific = match cohort {
+            Some(Cohort::Control) => &self.control_pool,
+            Some(Cohort::Experiment) => &self.experiment_pool,
+            None => &self.default_pool,
+        };
+        if specific.targets.is_empty() {
+            &self.default_pool
+        } else {
+            specific
+        }
+    }
+}
+
+fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
+    headers.get_all(COOKIE).iter().find_map(|v| {
+        v.to_str().ok()?.split(';').find_map(|pair| {
+            let (k, val) = pair.trim().split_once('=')?;
+            (k == name).then_some(val.as_bytes())
+        })
+    })
+}
+
+/// Per-connection facts the fault layer needs.
+struct ConnInfo {
+    peer: SocketAddr,
+    fd: RawFd,
+    kill: Notify,
+}
+
+impl ConnInfo {
+    /// Ends the connection without a response; `reset` makes the kernel
+    /// send RST instead of FIN.
+    fn kill(&self, reset: bool) {
+        if reset {
+            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+            // SAFETY: `fd` belongs to the TcpStream the connection task
+            // owns, which stays open at least until `kill` is observed.
+            unsafe {
+                libc::setsockopt(
+                    self.fd,
+                    libc::SOL_SOCKET,
+                    libc::SO_LINGER,
+                    (&linger as *const libc::linger).cast(),
+                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
+                );
+            }
+        }
+        self.kill.notify_one();
+    }
+}
+
+/// Connection-scoped headers a proxy must not forward (RFC 9110 7.6.1);
+/// constants, so removal does no name parsing per request.
+const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::TE,
+    http::header::TRAILER,
+    http::header::UPGRADE,
+];
+
+fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
+    for h in &HOP_BY_HOP {
+        headers.remove(h);
+    }
+}
+
+fn synthetic(status: StatusCode, body: String) -> Response<ProxyBody> {
+    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    *resp.status_mut() = status;
+    resp.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+/// Walks an error's sources for a timeout, to tell 504 from 502 by cause.
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
+}
+
+/// What became of one request.
+enum Reply {
+    Respond(Response<ProxyBody>),
+    /// The connection is being aborted or reset.
+    Drop,
+}
+
+async fn forward(
+    shared: &Shared,
+    mut req: Request<Incoming>,
+    cohort: Option<Cohort>,
+) -> (Response<ProxyBody>, bool) {
+    let Some(target) = shared.pool_for(cohort).pick() else {
+        let body = "chaos proxy: no upstream configured for this cohort\n".to_string();
+        return (synthetic(StatusCode::BAD_GATEWAY, body), false);
+    };
+    // HTTP/2 clients carry the host in :authority; keep it for the upstream.
+    if !req.headers().contains_key(HOST) {
+        if let Some(a) = req.uri().authority() {
+            if let Ok(v) = HeaderValue::from_str(a.as_str()) {
+                req.headers_mut().insert(HOST, v);
+            }
+        }
+    }
+    let pq =
+        req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+    let mut parts = http::uri::Parts::default();
+    parts.scheme = Some(Scheme::HTTP);
+    parts.authority = Some(target.authority.clone());
+    parts.path_and_query = Some(pq);
+    match Uri::from_parts(parts) {
+        Ok(uri) => *req.uri_mut() = uri,
+        Err(e) => {
+            let body = format!("chaos proxy: cannot build upstream URI: {e}\n");
+            return (synthetic(StatusCode::BAD_REQUEST, body), false);
+        }
+    }
+    *req.version_mut() = http::Version::HTTP_11;
+    strip_hop_by_hop(req.headers_mut());
+    let up = &target.authority;
+    match tokio::time::timeout(shared.upstream_timeout, shared.client.request(req)).await
+    {
+        Ok(Ok(resp)) => {
+            let (mut parts, body) = resp.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            (Response::from_parts(parts, Either::Left(body)), true)
+        }
+        Ok(Err(e)) if is_timeout(&e) => {
+            let body =
+                format!("chaos proxy: upstream {up} timed out: {}\n", error_chain(&e));
+            (synthetic(StatusCode::GATEWAY_TIMEOUT, body), false)
+        }
+        Ok(Err(e)) => {
+            let body =
+                format!("chaos proxy: upstream {up} failed: {}\n", error_chain(&e));
+            (synthetic(StatusCode::BAD_GATEWAY, body), false)
+        }
+        Err(_) => {
+            let body = format!(
+                "chaos proxy: upstream {up} sent no response within {:?}\n",
+                shared.upstream_timeout
+            );
+            (synthetic(StatusCode::GATEWAY_TIMEOUT, body), false)
+        }
+    }
+}
+
+async fn process(
+    shared: &Shared,
+    conn: &ConnInfo,
+    mut req: Request<Incoming>,
+) -> (Option<Cohort>, Reply) {
+    let cohort = match shared.mode {
+        ProxyMode::Edge => {
+            let c = shared.assign(&req, conn.peer);
+            // Clients must not pick their own cohort.
+            let headers = req.headers_mut();
+            headers.remove(COHORT_HEADER);
+            if let Some(c) = c {
+                headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
+            }
+            c
+        }
+        ProxyMode::Sidecar => req
+            .headers()
+            .get(COHORT_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| Cohort::parse(v.trim())),
+    };
+
+    // Roll every enabled fault once; only the experiment cohort is eligible.
+    let faults =
+        if cohort == Some(Cohort::Experiment) { Some(shared.faults()) } else { None };
+    let fired: Vec<&HttpFault> = faults
+        .as_deref()
+        .map(|fs| fs.iter().filter(|f| f.fires()).collect())
+        .unwrap_or_default();
+    let mut tags: Vec<&'static str> = Vec::new();
+
+    let mut delay = Duration::ZERO;
+    for f in fired.iter().filter(|f| matches!(f.kind, HttpFaultKind::Latency { .. })) {
+        delay += f.kind.draw_delay();
+        tags.push(f.kind.label().as_str());
+        shared.recorder.record_fault(f.kind.label());
+    }
+    if !delay.is_zero() {
+        tokio::time::sleep(delay).await;
+    }
+
+    let terminal = fired.iter().find(|f| {
+        matches!(
+            f.kind,
+            HttpFaultKind::Error { .. } | HttpFaultKind::Abort | HttpFaultKind::Reset
+        )
+    });
+    let mut resp = if let Some(f) = terminal {
+        shared.recorder.record_fault(f.kind.label());
+        tags.push(f.kind.label().as_str());
+        match &f.kind {
+            HttpFaultKind::Error { status, body } => {
+                let status = StatusCode::from_u16(*status)
+                    .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+                synthetic(status, body.clone())
+            }
+            HttpFaultKind::Reset => {
+                conn.kill(true);
+                return (cohort, Reply::Drop);
+            }
+            _ => {
+                conn.kill(false);
+                return (cohort, Reply::Drop);
+            }
+        }
+    } else {
+        let (resp, from_upstream) = forward(shared, req, cohort).await;
+        let modes: Vec<_> = fired
+            .iter()
+            .filter_map(|f| match f.kind {
+                HttpFaultKind::Malformed { mode } => Some(mode),
+                _ => None,
+            })
+            .collect();
+        if from_upstream && !modes.is_empty() {
+            let (mut parts, body) = resp.into_parts();
+            match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+                Ok(collected) => {
+                    let mut bytes = collected.to_bytes();
+                    for mode in modes {
+                        bytes = damage(mode, &mut parts.headers, bytes);
+                        tags.push(mode.label().as_str());
+                        shared.recorder.record_fault(mode.label());
+                    }
+                    Response::from_parts(parts, Either::Right(Full::new(bytes)))
+                }
+                Err(e) => synthetic(
+                    StatusCode::BAD_GATEWAY,
+                    format!("chaos proxy: reading the upstream body failed: {e}\n"),
+                ),
+            }
+        } else {
+            resp
+        }
+    };
+    if !tags.is_empty() {
+        if let Ok(v) = HeaderValue::from_str(&tags.join(",")) {
+            resp.headers_mut().insert(FAULT_HEADER, v);
+        }
+    }
+    if let Some(c) = cohort {
+        resp.headers_mut().insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
+    }
+    (cohort, Reply::Respond(resp))
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnInfo>,
+    req: Request<Incoming>,
+) -> Result<Response<ProxyBody>, Infallible> {
+    let arrived = Instant::now();
+    let (cohort, reply) = process(&shared, &conn, req).await;
+    let status = match &reply {
+        Reply::Respond(r) => Some(r.status().as_u16()),
+        Reply::Drop => None,
+    };
+    let outcome = Outcome { status, latency: arrived.elapsed() };
+    shared.recorder.record(cohort, arrived, outcome);
+    match reply {
+        Reply::Respond(r) => Ok(r),
+        // HTTP/1: the connection task drops the connection (and this future)
+        // as soon as it sees the kill notification. HTTP/2 runs streams as
+        // their own tasks, so this one must still end: it answers into a
+        // connection that no longer exists.
+        Reply::Drop => {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(synthetic(
+                StatusCode::BAD_GATEWAY,
+                "connection dropped by a fault\n".into(),
+            ))
+        }
+    }
+}
+
+async fn serve_connection(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let info = Arc::new(ConnInfo { peer, fd: stream.as_raw_fd(), kill: Notify::new() });
+    let svc = {
+        let shared = shared.clone();
+        let info = info.clone();
+        service_fn(move |req| handle(shared.clone(), info.clone(), req))
+    };
+    let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
+    tokio::pin!(conn);
+    tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+            }
+        }
+        _ = info.kill.notified() => {
+            tracing::debug!(%peer, "connection dropped by a fault");
+        }
+        _ = stopped(&mut shutdown) => {
+            conn.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+        }
+    }
+}
+
+/// Resolves once shutdown is requested (or the handle is gone).
+pub(crate) async fn stopped(rx: &mut watch::Receiver<bool>) {
+    while !*rx.borrow_and_update() {
+        if rx.changed().await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Entry point of the proxy.
+pub struct Proxy;
+
+impl Proxy {
+    /// Binds the listener (and the admin endpoint, if configured) and
+    /// starts serving on the current tokio runtime.
+    pub async fn start(
+        cfg: ProxyConfig,
+        recorder: Arc<Recorder>,
+    ) -> Result<ProxyHandle, ProxyError> {
+        if cfg.pools.default.is_empty()
+            && (cfg.pools.control.is_empty() || cfg.pools.experiment.is_empty())
+        {
+            return Err(ConfigError::NoUpstream.into());
+        }
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
+        let local_addr = listener
+            .local_addr()
+            .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
+
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(30))
+            .pool_max_idle_per_host(256)
+            .build(connector);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder.http1().timer(TokioTimer::new()).keep_alive(true);
+        builder.http2().timer(TokioTimer::new());
+
+        let key_header = match &cfg.cohort_key {
+            CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
+            _ => None,
+        };
+        let shared = Arc::new(Shared {
+            default_pool: Pool::new(&cfg.pools.default),
+            control_pool: Pool::new(&cfg.pools.control),
+            experiment_pool: Pool::new(&cfg.pools.experiment),
+            cohort_key: cfg.cohort_key.clone(),
+            key_header,
+            experiment: cfg.experiment_fraction,
+            control: cfg.control_fraction,
+            mode: cfg.mode,
+            salt: cfg.seed,
+            upstream_timeout: cfg.upstream_timeout,
+            client,
+            builder,
+            faults: RwLock::new(Arc::new(Vec::new())),
+            recorder,
+            admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),
+            active: AtomicUsize::new(0),
+        });
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+
+        let (admin_addr, admin_task) = match &cfg.admin {
+            Some(admin) => {
+                let l = TcpListener::bind(admin.listen).await.map_err(|source| {
+                    ProxyError::AdminBind { addr: admin.listen, source }
+                })?;
+                let addr = l.local_addr().map_err(|source| ProxyError::AdminBind {
+                    addr: admin.listen,
+                    source,
+                })?;
+                let task = tokio::spawn(super::admin::serve(
+                    l,
+                    shared.clone(),
+                    shutdown_rx.clone(),
+                ));
+                (Some(addr), Some(task))
+            }
+            None => (None, None),
+        };
+
+        let accept_task =
+            tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
+        tracing::info!(%local_addr, ?admin_addr, "chaos proxy listening");
+        Ok(ProxyHandle {
+            local_addr,
+            admin_addr,
+            shared,
+            shutdown_tx,
+            accept_task,
+            admin_task,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = stopped(&mut shutdown) => break,
+            r = listener.accept() => match r {
+                Ok((stream, peer)) => {
+                    let shared = shared.clone();
+                    let rx = shutdown.clone();
+                    shared.active.fetch_add(1, Ordering::Relaxed);
+                    tokio::spawn(async move {
+                        serve_connection(shared.clone(), stream, peer, rx).await;
+                        shared.active.fetch_sub(1, Ordering::Relaxed);
+                    });
+                }
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+/// A running proxy.
+pub struct ProxyHandle {
+    local_addr: SocketAddr,
+    admin_addr: Option<SocketAddr>,
+    shared: Arc<Shared>,
+    shutdown_tx: watch::Sender<bool>,
+    accept_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+}
+
+impl ProxyHandle {
+    /// Where clients connect.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// Where the admin endpoint listens, if configured.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin_addr
+    }
+
+    /// Replaces the whole fault set (takes effect for the next request).
+    pub fn set_faults(&self, faults: Vec<HttpFault>) {
+        self.shared.set_faults(faults);
+    }
+
+    /// The current fault set.
+    pub fn faults(&self) -> Vec<HttpFault> {
+        self.shared.faults().as_ref().clone()
+    }
+
+    /// Switches a fault on or off; false if no fault has that id.
+    pub fn set_enabled(&self, id: &str, on: bool) -> bool {
+        self.shared.set_enabled(id, on)
+    }
+
+    /// The recorder this proxy writes to.
+    pub fn recorder(&self) -> &Arc<Recorder> {
+        &self.shared.recorder
+    }
+
+    /// Stops accepting, lets in-flight requests finish (up to 5 s), then
+    /// returns. Faults are cleared first so nothing is injected while
+    /// draining.
+    pub async fn shutdown(self) {
+        self.shared.set_faults(Vec::new());
+        let _ = self.shutdown_tx.send(true);
+        let _ = self.accept_task.await;
+        if let Some(t) = self.admin_task {
+            let _ = t.await;
+        }
+        let deadline = Instant::now() + DRAIN_TIMEOUT;
+        while self.shared.active.load(Ordering::Relaxed) > 0 && Instant::now() < deadline
+        {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_cookie_among_several() {
+        let mut h = http::HeaderMap::new();
+        h.append(COOKIE, HeaderValue::from_static("a=1; sid=abc; b=2"));
+        assert_eq!(cookie_value(&h, "sid"), Some(&b"abc"[..]));
+        assert_eq!(cookie_value(&h, "zz"), None);
+    }
+
+    #[test]
+    fn classifies_timeouts_by_cause_not_by_message() {
+        let e = std::io::Error::new(std::io::ErrorKind::TimedOut, "slow");
+        assert!(is_timeout(&e));
+        let e = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "timed out");
+        assert!(!is_timeout(&e));
+    }
+}
