@@ -306,10 +306,14 @@ async fn sleep_unless_stopped(d: Duration, stop: &Stop) -> bool {
 
 /// A directory-name-safe version of a step label.
 fn slug(s: &str) -> String {
-    let mut out: String = s
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '-' })
-        .collect();
+    let mut out = String::new();
+    for c in s.chars() {
+        if c.is_ascii_alphanumeric() {
+            out.push(c.to_ascii_lowercase());
+        } else if !out.ends_with('-') {
+            out.push('-');
+        }
+    }
     out.truncate(40);
     let trimmed = out.trim_matches('-');
     if trimmed.is_empty() {
@@ -493,6 +497,13 @@ mod tests {
         assert_eq!(r.steps[1].status, StepStatus::Interrupted);
         assert_eq!(r.steps[2].status, StepStatus::Skipped);
         assert_eq!(r.exit_code, 130);
+    }
+
+    #[test]
+    fn step_directories_get_short_readable_names() {
+        assert_eq!(slug("A/A: cohorts are equivalent"), "a-a-cohorts-are-equivalent");
+        assert_eq!(slug("!!!"), "step");
+        assert!(slug(&"x".repeat(100)).len() <= 40);
     }
 
     #[test]

@@ -228,7 +228,20 @@ impl Planner {
     }
 
     fn plan_from(rng: &mut ChaCha8Rng, st: &mut State, after: Timestamp) {
-        st.next_base = st.spec.cron.next_after(after, &st.spec.tz);
+        let (cron, tz) = (&st.spec.cron, &st.spec.tz);
+        let mut base = cron.next_after(after, tz);
+        // Jump over closed windows, so the next fire shown in the status is
+        // one that can run and the log is not filled with night-time skips.
+        // A fire can still land outside when jitter pushes it past the end.
+        if let Some(w) = &st.spec.window {
+            for _ in 0..64 {
+                let Some(b) = base.filter(|b| !w.contains(*b)) else { break };
+                let Some(open) = w.next_open(b) else { break };
+                let just_before = Timestamp::from_millisecond(open.as_millisecond() - 1);
+                base = just_before.ok().and_then(|t| cron.next_after(t, tz));
+            }
+        }
+        st.next_base = base;
         st.next_fire = st.next_base.map(|b| add(b, jitter(rng, st.spec.jitter)));
     }
 

@@ -123,6 +123,25 @@ impl Window {
         self.days & (1 << weekday_monday_zero.rem_euclid(7)) != 0
     }
 
+    /// The first opening of the window strictly after `t` (None if the
+    /// window never opens, which validation prevents).
+    pub fn next_open(&self, t: Timestamp) -> Option<Timestamp> {
+        let mut date = self.tz.to_datetime(t).date();
+        // Today plus a week covers every day set.
+        for _ in 0..9 {
+            if self.day_on(date.weekday().to_monday_zero_offset()) {
+                let open = self.tz.to_ambiguous_timestamp(date.to_datetime(self.start));
+                if let Ok(ts) = open.compatible() {
+                    if ts > t {
+                        return Some(ts);
+                    }
+                }
+            }
+            date = date.tomorrow().ok()?;
+        }
+        None
+    }
+
     /// True when `t` falls inside the window.
     pub fn contains(&self, t: Timestamp) -> bool {
         let local = self.tz.to_datetime(t);
@@ -167,6 +186,21 @@ mod tests {
         assert!(w.contains(at("2026-01-10T05:00:00Z")), "Saturday early morning");
         assert!(!w.contains(at("2026-01-10T23:00:00Z")), "Saturday night");
         assert!(!w.contains(at("2026-01-09T05:00:00Z")), "Friday early morning");
+    }
+
+    #[test]
+    fn finds_the_next_opening_after_a_time() {
+        let w = Window::new("mon-fri", "09:00", "17:00", "Europe/Berlin").unwrap();
+        // Friday evening → Monday 09:00 Berlin.
+        assert_eq!(
+            w.next_open(at("2026-01-09T18:00:00Z")),
+            Some(at("2026-01-12T08:00:00Z"))
+        );
+        // Monday early morning → the same day.
+        assert_eq!(
+            w.next_open(at("2026-01-12T05:00:00Z")),
+            Some(at("2026-01-12T08:00:00Z"))
+        );
     }
 
     #[test]

@@ -86,28 +86,45 @@ fn cron_schedules_fire_at_the_right_times() {
 }
 
 #[test]
-fn fires_outside_the_window_are_skipped_and_inside_ones_start() {
+fn fires_are_planned_inside_the_window_only() {
     let mut e = entry("business", "0 0 * * * *");
     e.window = Some(Window::new("mon-fri", "09:00", "17:00", "Europe/Berlin").unwrap());
-    // Monday 2026-01-05 06:30 UTC = 07:30 Berlin.
+    // Monday 2026-01-05 06:30 UTC = 07:30 Berlin: 08:00 Berlin is jumped over.
     let clock = ManualClock::new(at("2026-01-05T06:30:00Z"));
     let mut p = Planner::new(vec![e], clock.now(), 1);
-    let (now, ds) = step(&mut p, &clock);
-    assert_eq!(now, at("2026-01-05T07:00:00Z"), "08:00 Berlin");
-    assert_eq!(
-        ds,
-        [Decision::Skip { name: "business".into(), reason: SkipReason::OutsideWindow }]
-    );
     let (now, ds) = step(&mut p, &clock);
     assert_eq!(now, at("2026-01-05T08:00:00Z"), "09:00 Berlin");
     assert_eq!(started(&ds), ["business"]);
     p.finished("business", Finished::Run(RunOutcome::Accepted), now);
-    // Saturday: every hourly fire is outside.
-    clock.set(at("2026-01-10T09:30:00Z"));
-    let now = clock.now();
-    p.resume("business", now);
-    let (_, ds) = step(&mut p, &clock);
-    assert!(matches!(ds[0], Decision::Skip { reason: SkipReason::OutsideWindow, .. }));
+    // The last fire of Friday is 16:00 Berlin; the next is Monday 09:00.
+    clock.set(at("2026-01-09T14:30:00Z"));
+    p.resume("business", clock.now());
+    let (now, _) = step(&mut p, &clock);
+    assert_eq!(now, at("2026-01-09T15:00:00Z"), "16:00 Berlin");
+    p.finished("business", Finished::Run(RunOutcome::Accepted), now);
+    assert_eq!(p.status()[0].next_fire.as_deref(), Some("2026-01-12T08:00:00Z"));
+}
+
+#[test]
+fn a_fire_pushed_out_of_the_window_by_jitter_is_skipped() {
+    let mut e = entry("late", "0 0 16 * * *");
+    e.window = Some(Window::new("*", "09:00", "17:00", "UTC").unwrap());
+    e.jitter = Duration::from_secs(2 * 3600);
+    let clock = ManualClock::new(at("2026-01-05T12:00:00Z"));
+    let mut p = Planner::new(vec![e], clock.now(), 5);
+    let (mut runs, mut skips) = (0, 0);
+    for _ in 0..20 {
+        let (now, ds) = step(&mut p, &clock);
+        match &ds[0] {
+            Decision::Start { .. } => {
+                runs += 1;
+                p.finished("late", Finished::Run(RunOutcome::Accepted), now);
+            }
+            Decision::Skip { reason: SkipReason::OutsideWindow, .. } => skips += 1,
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(runs > 0 && skips > 0, "runs {runs}, skips {skips}");
 }
 
 #[test]
