@@ -216,3 +216,40 @@ fn the_daemon_runs_a_schedule_against_the_demo_fleet_and_reverts_on_sigterm() {
     assert_eq!(finished["verdicts"][0]["hypothesis"], "checkout errors stay flat");
     drop(fleet);
 }
+
+#[test]
+fn an_invalid_daemon_config_is_refused_with_file_line_and_column() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("c.toml");
+    std::fs::write(
+        &config,
+        "[daemon]\nlisten = \"127.0.0.1:0\"\n\n[[schedule]]\nname = \"x\"\n\
+         experiment = \"missing.toml\"\ncron = \"*/5 * * *\"\n",
+    )
+    .unwrap();
+    let out =
+        crate::support::chaos(&["continuous", "--config", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("c.toml:6:14: error: experiment"), "{stderr}");
+    assert!(stderr.contains("c.toml:7:8: error: has 4 fields"), "{stderr}");
+    assert!(!dir.path().join("chaos-history.db").exists(), "nothing was started");
+}
+
+#[test]
+fn check_prints_the_next_fire_of_every_entry_without_starting() {
+    let out = crate::support::chaos(&[
+        "continuous",
+        "--config",
+        crate::support::repo_root().join("scenarios/continuous.toml").to_str().unwrap(),
+        "--check",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.lines().count(), 3, "{text}");
+    assert!(
+        text.contains("monkey payments-monkey: cron \"0 0 9-16 * * mon-fri\""),
+        "{text}"
+    );
+    assert!(!crate::support::repo_root().join("state").exists(), "no history created");
+}
