@@ -26,13 +26,12 @@ pub mod window;
 use jiff::tz::TimeZone;
 
 /// Resolves a time-zone name from the system database (`/usr/share/zoneinfo`),
-/// accepting `UTC` and `local` as special names.
+/// falling back to the IANA database compiled into the binary; accepts `UTC`
+/// and `local` as special names.
 pub fn time_zone(name: &str) -> Result<TimeZone, String> {
     match name {
         "UTC" | "utc" | "Etc/UTC" => Ok(TimeZone::UTC),
         "local" => Ok(TimeZone::system()),
-        _ => TimeZone::get(name).map_err(|e| {
-            format!("unknown time zone {name:?}: {e} (is the tzdata package installed?)")
-        }),
+        _ => TimeZone::get(name).map_err(|e| format!("unknown time zone {name:?}: {e}")),
     }
 }

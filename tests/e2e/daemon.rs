@@ -193,6 +193,9 @@ fn the_daemon_runs_a_schedule_against_the_demo_fleet_and_reverts_on_sigterm() {
     guard.0 = None;
 
     assert_ne!(proc_state(victim), Some('T'), "the paused process was resumed");
+    for p in fleet.processes() {
+        assert_ne!(proc_state(p.pid), Some('T'), "{} left stopped", p.name);
+    }
     assert!(
         TcpStream::connect(("127.0.0.1", proxy_port)).is_err(),
         "the cohort proxy port is closed"
