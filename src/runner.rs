@@ -167,6 +167,25 @@ struct Monitor {
     hypothesis: String,
     monitor: AbortMonitor,
     rate: bool,
+    /// The latest estimate, for the live status line.
+    last_estimate: Option<f64>,
+}
+
+/// "errors flat Δ+0.12pp | latency Δ+3.1%": the monitors' current
+/// estimates in the units of their tolerances.
+fn monitor_note(monitors: &[Monitor]) -> String {
+    monitors
+        .iter()
+        .filter_map(|m| {
+            let e = m.last_estimate.filter(|e| e.is_finite())?;
+            Some(if m.rate {
+                format!("{} Δ{:+.2}pp", m.hypothesis, e * 100.0)
+            } else {
+                format!("{} Δ{:+.1}%", m.hypothesis, e.exp_m1() * 100.0)
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Runs the experiment to completion and returns its report. Errors are
@@ -375,8 +394,9 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 now,
             ) {
                 progress.event(&format!(
-                    "ABORT {:.1}s into the fault window: {}",
+                    "ABORT {:.1}s into the fault window: {}{}",
                     (now - inject_at).as_secs_f64(),
+                    a.hypothesis.as_deref().map(|h| format!("{h}: ")).unwrap_or_default(),
                     a.reason
                 ));
                 abort = Some(a);
@@ -406,7 +426,14 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             }
         }
         let (c, e) = live(&recorder, Span { from_ms: ms(inject_at), to_ms: u64::MAX });
-        progress.status("observe", now - inject_at, exp.meta.duration, c, e, "");
+        progress.status(
+            "observe",
+            now - inject_at,
+            exp.meta.duration,
+            c,
+            e,
+            &monitor_note(&monitors),
+        );
         tokio::time::sleep(TICK).await;
     }
     let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
@@ -616,7 +643,12 @@ fn build_monitors(exp: &Experiment, recorder: &Recorder, baseline: Span) -> Vec<
             _ => None,
         };
         if let Some((monitor, rate)) = monitor {
-            out.push(Monitor { hypothesis: h.name.clone(), monitor, rate });
+            out.push(Monitor {
+                hypothesis: h.name.clone(),
+                monitor,
+                rate,
+                last_estimate: None,
+            });
         }
     }
     out
@@ -670,12 +702,16 @@ fn watch_abort(
             let c = window::new_ok_latencies(control, last_latency_ms, span.to_ms);
             m.monitor.update_latencies(&e, &c)
         };
+        m.last_estimate = Some(match &decision {
+            AbortDecision::Continue { estimate, .. }
+            | AbortDecision::Abort { estimate, .. } => *estimate,
+        });
         if let AbortDecision::Abort { p_value, estimate, reason } = decision {
             if burned_in {
                 return Some(AbortInfo {
                     at_s,
                     hypothesis: Some(m.hypothesis.clone()),
-                    reason: format!("{}: {reason}", m.hypothesis),
+                    reason,
                     p_value,
                     estimate,
                 });

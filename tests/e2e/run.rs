@@ -433,3 +433,62 @@ fn run_help_teaches_the_lifecycle_and_exit_codes() {
     assert!(s.contains("chaos run experiments/replica-kill.toml"), "{s}");
     assert!(s.contains("130 interrupted"), "{s}");
 }
+
+#[test]
+fn the_gate_passes_an_equal_canary_and_fails_a_broken_one() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = fleet(Variant::Resilient, &dir.path().join("good"));
+    let bad = fleet(Variant::Fragile, &dir.path().join("bad"));
+    // Break the fragile canary: its us-east payments replica dies.
+    let victim = bad
+        .pid(
+            chaos::demo::Role::Payments,
+            chaos::cohort::Cohort::Experiment,
+            Some(chaos::demo::Region::UsEast),
+        )
+        .expect("payments pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let exp = write(
+        dir.path(),
+        "gate.toml",
+        &demo_experiment(
+            "6s",
+            r#"
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+0.5pp"
+"#,
+        ),
+    );
+    let baseline = good.api_url(chaos::cohort::Cohort::Control).expect("baseline url");
+    let equal = good.api_url(chaos::cohort::Cohort::Experiment).expect("canary url");
+    let broken = bad.api_url(chaos::cohort::Cohort::Experiment).expect("broken url");
+    let reports = dir.path().join("reports");
+    let gate = |canary: &str| {
+        chaos_with(
+            &good,
+            dir.path(),
+            &[
+                "gate",
+                "--quiet",
+                "--report-dir",
+                reports.to_str().expect("utf-8"),
+                "--canary",
+                canary,
+                "--baseline",
+                &baseline,
+                exp.to_str().expect("utf-8"),
+            ],
+        )
+    };
+    let out = gate(&equal);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let out = gate(&broken);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("REJECTED"), "{}", stdout(&out));
+}
