@@ -171,7 +171,7 @@ fn an_invalid_scenario_is_reported_with_file_line_and_column() {
 }
 
 #[test]
-fn the_example_scenarios_validate_through_the_cli_help_path() {
+fn gameday_help_explains_it_with_an_example() {
     let out = chaos(&["gameday", "--help"]);
     assert_eq!(out.status.code(), Some(0));
     assert!(String::from_utf8_lossy(&out.stdout).contains("chaos gameday --yes"));
