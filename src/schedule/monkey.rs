@@ -1,9 +1,11 @@
 //! Chaos Monkey strikes: pick up to `max_targets` random processes among
-//! the entry's selectors and signal them. Resolution scans `/proc` (name
-//! selectors match the process name or its full command line), and never
-//! selects pid 1 or the daemon itself, whatever the selector says.
+//! the entry's selectors and signal them. Resolution uses the fault
+//! engine's process rules (`crate::target::process`): name selectors match
+//! the process name or command line, and pid 1, kernel threads, this
+//! process, its ancestors and other chaos runners are never selected.
 
-use std::path::PathBuf;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::str::FromStr;
 
 use nix::sys::signal::{kill, Signal};
@@ -13,7 +15,9 @@ use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 
 use super::config::MonkeySpec;
-use crate::target::TargetSelector;
+use super::targets::selector_key;
+use crate::target::process;
+use crate::target::{TargetError, TargetSelector};
 
 /// A strike that could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -21,22 +25,9 @@ pub enum MonkeyError {
     /// The signal name is not one nix knows.
     #[error("unknown signal {0}")]
     Signal(String),
-    /// A pidfile could not be read or parsed.
-    #[error("pidfile {path}: {detail}")]
-    Pidfile {
-        /// The file.
-        path: PathBuf,
-        /// What went wrong.
-        detail: String,
-    },
-    /// A name selector is not a valid regex.
-    #[error("selector {selector}: {detail}")]
-    Selector {
-        /// The selector.
-        selector: String,
-        /// The regex error.
-        detail: String,
-    },
+    /// A selector could not be resolved (bad pidfile, refused pid, regex).
+    #[error(transparent)]
+    Target(#[from] TargetError),
     /// Sending the signal failed (permission, or the process vanished).
     #[error("kill -{signal} {pid} ({name}) failed: {source}")]
     Kill {
@@ -57,7 +48,7 @@ pub enum MonkeyError {
 pub struct Victim {
     /// Process id.
     pub pid: u32,
-    /// Process name (`/proc/PID/comm`).
+    /// Process name (`comm`).
     pub name: String,
 }
 
@@ -72,73 +63,27 @@ pub struct Strike {
     pub victims: Vec<Victim>,
 }
 
-fn comm(pid: u32) -> Option<String> {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .ok()
-        .map(|s| s.trim().to_string())
-}
-
-fn cmdline(pid: u32) -> String {
-    std::fs::read(format!("/proc/{pid}/cmdline"))
-        .map(|b| String::from_utf8_lossy(&b).trim_end_matches('\0').replace('\0', " "))
-        .unwrap_or_default()
-}
-
-/// True for a process that is not a zombie or already stopped by someone.
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().to_string()))
-        .map(|rest| !rest.starts_with('Z') && !rest.starts_with('X'))
-        .unwrap_or(false)
-}
-
-/// Every live pid matched by `sels`, sorted, without pid 1 and ourselves.
+/// Every process matched by `sels`, sorted by pid. Explicit `pid:` and
+/// `pidfile:` targets that are protected or gone are errors (the operator
+/// named exactly that process); `name:` matches silently leave them out.
 pub fn resolve(sels: &[TargetSelector]) -> Result<Vec<Victim>, MonkeyError> {
-    let me = std::process::id();
-    let mut pids = std::collections::BTreeSet::new();
-    let all: Vec<u32> = std::fs::read_dir("/proc")
-        .map(|rd| {
-            rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok()).collect()
-        })
-        .unwrap_or_default();
+    let mut found = BTreeMap::new();
     for sel in sels {
-        match sel {
-            TargetSelector::Pid(p) => {
-                pids.insert(*p);
-            }
+        let infos = match sel {
+            TargetSelector::Pid(p) => vec![process::by_pid(*p, &selector_key(sel))?],
             TargetSelector::Pidfile(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| {
-                    MonkeyError::Pidfile { path: path.into(), detail: e.to_string() }
-                })?;
-                let pid =
-                    text.trim().parse::<u32>().map_err(|_| MonkeyError::Pidfile {
-                        path: path.into(),
-                        detail: format!("{:?} is not a pid", text.trim()),
-                    })?;
-                pids.insert(pid);
+                let pid = process::pid_from_file(Path::new(path))?;
+                vec![process::by_pid(pid, &selector_key(sel))?]
             }
-            TargetSelector::Name(re) => {
-                let rx = regex::Regex::new(re).map_err(|e| MonkeyError::Selector {
-                    selector: format!("name:{re}"),
-                    detail: e.to_string(),
-                })?;
-                for &pid in &all {
-                    let name = comm(pid).unwrap_or_default();
-                    if rx.is_match(&name) || rx.is_match(&cmdline(pid)) {
-                        pids.insert(pid);
-                    }
-                }
-            }
+            TargetSelector::Name(re) => process::by_name(re)?,
             // Refused by config validation; nothing to resolve.
-            _ => {}
+            _ => Vec::new(),
+        };
+        for i in infos {
+            found.insert(i.pid, i.comm);
         }
     }
-    Ok(pids
-        .into_iter()
-        .filter(|p| *p != 1 && *p != me && alive(*p))
-        .filter_map(|pid| comm(pid).map(|name| Victim { pid, name }))
-        .collect())
+    Ok(found.into_iter().map(|(pid, name)| Victim { pid, name }).collect())
 }
 
 /// Signals up to `spec.max_targets` random processes among the matches.
@@ -220,15 +165,13 @@ mod tests {
     #[test]
     fn never_selects_init_or_itself() {
         let me = std::process::id();
-        let sels = [TargetSelector::Pid(1), TargetSelector::Pid(me)];
-        assert!(resolve(&sels).unwrap().is_empty());
-        let spec = MonkeySpec {
-            targets: sels.to_vec(),
-            max_targets: 5,
-            signal: "SIGKILL".into(),
-        };
-        let s = strike(&spec, &mut ChaCha8Rng::seed_from_u64(1)).unwrap();
-        assert!(s.victims.is_empty());
+        for pid in [1, me] {
+            let err = resolve(&[TargetSelector::Pid(pid)]).unwrap_err();
+            assert!(err.to_string().contains("refusing"), "{err}");
+        }
+        let all = resolve(&[TargetSelector::Name(".".into())]).unwrap();
+        assert!(!all.is_empty());
+        assert!(all.iter().all(|v| v.pid != 1 && v.pid != me));
     }
 
     trait WaitPoll {
