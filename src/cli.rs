@@ -60,6 +60,12 @@ pub enum Command {
     /// Internal: one demo process (spawned by `chaos demo fleet`).
     #[command(hide = true)]
     DemoService(commands::demo_fleet::ServiceArgs),
+    /// List and show past runs recorded by `chaos continuous`.
+    History(commands::history::HistoryArgs),
+    /// Run a game day: experiments, checkpoints and pauses in order.
+    Gameday(commands::gameday::GamedayArgs),
+    /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
+    Continuous(commands::continuous::ContinuousArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -91,6 +97,9 @@ pub fn main() -> ExitCode {
         Command::Report(args) => commands::report::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::DemoService(args) => commands::demo_fleet::run_service(args),
+        Command::History(args) => commands::history::run(args),
+        Command::Gameday(args) => commands::gameday::run(args),
+        Command::Continuous(args) => commands::continuous::run(args),
     };
     exit::code(code)
 }

@@ -17,6 +17,7 @@ pub mod metrics;
 pub mod outcome;
 pub mod report;
 pub mod runner;
+pub mod schedule;
 pub mod signals;
 pub mod stats;
 pub mod target;

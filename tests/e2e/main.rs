@@ -2,8 +2,10 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod daemon;
 mod demo;
 mod faults;
+mod gameday;
 mod netns;
 mod proxy;
 mod report;
