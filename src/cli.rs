@@ -62,6 +62,12 @@ pub enum Command {
     DemoService(commands::demo_fleet::ServiceArgs),
     /// Try a PromQL hypothesis (with $cohort) or guardrail query against Prometheus.
     Promql(commands::promql::PromqlArgs),
+    /// List and show past runs recorded by `chaos continuous`.
+    History(commands::history::HistoryArgs),
+    /// Run a game day: experiments, checkpoints and pauses in order.
+    Gameday(commands::gameday::GamedayArgs),
+    /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
+    Continuous(commands::continuous::ContinuousArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -94,6 +100,9 @@ pub fn main() -> ExitCode {
         Command::Demo(args) => commands::demo::run(args),
         Command::DemoService(args) => commands::demo_fleet::run_service(args),
         Command::Promql(args) => commands::promql::run(args),
+        Command::History(args) => commands::history::run(args),
+        Command::Gameday(args) => commands::gameday::run(args),
+        Command::Continuous(args) => commands::continuous::run(args),
     };
     exit::code(code)
 }

@@ -3,9 +3,12 @@
 //! (and only here) to attach file and target context to errors.
 
 pub mod analyze;
+pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
 pub mod demo_run;
+pub mod gameday;
+pub mod history;
 pub mod inject;
 pub mod kill;
 pub mod promql;

@@ -18,6 +18,7 @@ pub mod outcome;
 pub mod promql;
 pub mod report;
 pub mod runner;
+pub mod schedule;
 pub mod signals;
 pub mod stats;
 pub mod target;

@@ -155,6 +155,9 @@ struct ScheduledFault {
     start: Duration,
     stop: Duration,
     injector: Option<Box<dyn Injector>>,
+    /// Kept to re-resolve targets when the fault starts: processes named
+    /// at preflight may have restarted (new pid) by then.
+    infra: Option<InfraFault>,
     http: Option<HttpFault>,
     applied_at: Option<Duration>,
     reverted_at: Option<Duration>,
@@ -167,6 +170,25 @@ struct Monitor {
     hypothesis: String,
     monitor: AbortMonitor,
     rate: bool,
+    /// The latest estimate, for the live status line.
+    last_estimate: Option<f64>,
+}
+
+/// "errors flat Δ+0.12pp | latency Δ+3.1%": the monitors' current
+/// estimates in the units of their tolerances.
+fn monitor_note(monitors: &[Monitor]) -> String {
+    monitors
+        .iter()
+        .filter_map(|m| {
+            let e = m.last_estimate.filter(|e| e.is_finite())?;
+            Some(if m.rate {
+                format!("{} Δ{:+.2}pp", m.hypothesis, e * 100.0)
+            } else {
+                format!("{} Δ{:+.1}%", m.hypothesis, e.exp_m1() * 100.0)
+            })
+        })
+        .collect::<Vec<_>>()
+        .join(" | ")
 }
 
 /// Runs the experiment to completion and returns its report. Errors are
@@ -197,6 +219,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             start: f.start,
             stop: stop.min(exp.meta.duration),
             injector: None,
+            infra: infra.iter().find(|(id, _)| id == &f.id).map(|(_, i)| i.clone()),
             http: plan::http_fault(f),
             applied_at: None,
             reverted_at: None,
@@ -319,6 +342,22 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         let mut http_changed = false;
         for sf in schedule.iter_mut() {
             if sf.applied_at.is_none() && rel >= sf.start && rel < sf.stop {
+                if let Some(infra_fault) = sf.infra.as_ref() {
+                    // Resolve again now: the preflight resolution proved the
+                    // targets existed; this one hits what exists at start time.
+                    match fault::prepare(infra_fault, &ctx, &pre) {
+                        Ok(fresh) => {
+                            sf.description =
+                                summarize(&fresh.describe(), sf.spec.kind.name());
+                            sf.injector = Some(fresh);
+                        }
+                        Err(e) => {
+                            env_error =
+                                Some(format!("fault {} cannot start: {e}", sf.spec.id));
+                            break;
+                        }
+                    }
+                }
                 if let Some(inj) = sf.injector.as_mut() {
                     let j =
                         journal.as_mut().expect("journal opened when infra faults exist");
@@ -375,8 +414,9 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 now,
             ) {
                 progress.event(&format!(
-                    "ABORT {:.1}s into the fault window: {}",
+                    "ABORT {:.1}s into the fault window: {}{}",
                     (now - inject_at).as_secs_f64(),
+                    a.hypothesis.as_deref().map(|h| format!("{h}: ")).unwrap_or_default(),
                     a.reason
                 ));
                 abort = Some(a);
@@ -406,7 +446,14 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             }
         }
         let (c, e) = live(&recorder, Span { from_ms: ms(inject_at), to_ms: u64::MAX });
-        progress.status("observe", now - inject_at, exp.meta.duration, c, e, "");
+        progress.status(
+            "observe",
+            now - inject_at,
+            exp.meta.duration,
+            c,
+            e,
+            &monitor_note(&monitors),
+        );
         tokio::time::sleep(TICK).await;
     }
     let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
@@ -449,7 +496,8 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let aborted = abort.is_some();
     // STATISTICS.md §1: a broken split makes every comparison suspect, so
     // no hypothesis can be accepted or rejected on it.
-    let verdicts = if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
+    let verdicts =
+        if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
     let (verdicts, overall) = stats::judge_experiment(verdicts, exp.meta.alpha, aborted);
     let outcome = outcome.unwrap_or(match overall {
         Verdict::Accepted => RunOutcome::Accepted,
@@ -615,7 +663,12 @@ fn build_monitors(exp: &Experiment, recorder: &Recorder, baseline: Span) -> Vec<
             _ => None,
         };
         if let Some((monitor, rate)) = monitor {
-            out.push(Monitor { hypothesis: h.name.clone(), monitor, rate });
+            out.push(Monitor {
+                hypothesis: h.name.clone(),
+                monitor,
+                rate,
+                last_estimate: None,
+            });
         }
     }
     out
@@ -669,12 +722,16 @@ fn watch_abort(
             let c = window::new_ok_latencies(control, last_latency_ms, span.to_ms);
             m.monitor.update_latencies(&e, &c)
         };
+        m.last_estimate = Some(match &decision {
+            AbortDecision::Continue { estimate, .. }
+            | AbortDecision::Abort { estimate, .. } => *estimate,
+        });
         if let AbortDecision::Abort { p_value, estimate, reason } = decision {
             if burned_in {
                 return Some(AbortInfo {
                     at_s,
                     hypothesis: Some(m.hypothesis.clone()),
-                    reason: format!("{}: {reason}", m.hypothesis),
+                    reason,
                     p_value,
                     estimate,
                 });

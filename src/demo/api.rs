@@ -90,6 +90,44 @@ struct Api {
     cfg: ApiConfig,
     client: Client<HttpConnector, Empty<Bytes>>,
     in_flight: Arc<Semaphore>,
+    breakers: BTreeMap<Region, Breaker>,
+}
+
+/// Consecutive failures that open a region's circuit.
+const BREAKER_THRESHOLD: u32 = 3;
+/// How long an open circuit sends traffic straight to the other region
+/// before the next call probes the region again.
+const BREAKER_OPEN: Duration = Duration::from_secs(2);
+
+/// A per-region circuit breaker (resilient variant): after a few failures
+/// in a row the API stops paying a timeout or a refused connection on
+/// every request and goes to the healthy region first.
+#[derive(Default)]
+struct Breaker(std::sync::Mutex<BreakerState>);
+
+#[derive(Default)]
+struct BreakerState {
+    consecutive_failures: u32,
+    open_until: Option<tokio::time::Instant>,
+}
+
+impl Breaker {
+    fn is_open(&self) -> bool {
+        let st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        st.open_until.is_some_and(|t| tokio::time::Instant::now() < t)
+    }
+
+    fn record(&self, ok: bool) {
+        let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            *st = BreakerState::default();
+        } else {
+            st.consecutive_failures = st.consecutive_failures.saturating_add(1);
+            if st.consecutive_failures >= BREAKER_THRESHOLD {
+                st.open_until = Some(tokio::time::Instant::now() + BREAKER_OPEN);
+            }
+        }
+    }
 }
 
 /// Serves the API on `listener` until `shutdown` completes.
@@ -106,7 +144,8 @@ pub async fn serve(
         .pool_max_idle_per_host(256)
         .build(connector);
     let in_flight = Arc::new(Semaphore::new(cfg.max_in_flight.max(1)));
-    let api = Arc::new(Api { cfg, client, in_flight });
+    let breakers = Region::ALL.into_iter().map(|r| (r, Breaker::default())).collect();
+    let api = Arc::new(Api { cfg, client, in_flight, breakers });
     let handler = move |req: Request| {
         let api = Arc::clone(&api);
         async move { api.handle(req).await }
@@ -144,8 +183,21 @@ impl Api {
         cohort: Option<HeaderValue>,
     ) -> http::Response<Full<Bytes>> {
         let primary = Region::UsEast;
-        for (i, region) in [primary, primary.other()].into_iter().enumerate() {
-            match self.attempt(region, cohort.as_ref(), self.cfg.attempt_timeout).await {
+        let open = |r: Region| self.breakers.get(&r).is_some_and(Breaker::is_open);
+        // A region whose circuit is open goes last (still tried: it is the
+        // only chance when both are open).
+        let order = if open(primary) && !open(primary.other()) {
+            [primary.other(), primary]
+        } else {
+            [primary, primary.other()]
+        };
+        for (i, region) in order.into_iter().enumerate() {
+            let result =
+                self.attempt(region, cohort.as_ref(), self.cfg.attempt_timeout).await;
+            if let Some(b) = self.breakers.get(&region) {
+                b.record(result.is_ok());
+            }
+            match result {
                 Ok((charge, echoed)) => return ok_response(&charge, echoed, i + 1),
                 Err(e) => {
                     tracing::warn!(pool = %self.cfg.pool, %region, error = %e, "payments attempt failed")
@@ -293,6 +345,19 @@ mod tests {
                 String::from_utf8_lossy(body)
             );
         }
+    }
+
+    #[test]
+    fn a_breaker_opens_after_consecutive_failures_and_closes_on_success() {
+        let b = Breaker::default();
+        for _ in 0..BREAKER_THRESHOLD - 1 {
+            b.record(false);
+        }
+        assert!(!b.is_open(), "opens only after the threshold");
+        b.record(false);
+        assert!(b.is_open());
+        b.record(true);
+        assert!(!b.is_open(), "a success closes it");
     }
 
     #[test]

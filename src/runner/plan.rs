@@ -15,8 +15,8 @@ use crate::stats::{HypothesisSpec, MetricKind};
 use crate::target::{BlastRadius, Selection as TargetSelection};
 use crate::traffic::MalformedMode as ProxyMalformed;
 use crate::traffic::{
-    CohortKey, HttpFault, HttpFaultKind, LatencyDistribution, ProxyConfig, ProxyMode,
-    Upstream, UpstreamPools,
+    AdminConfig, CohortKey, HttpFault, HttpFaultKind, LatencyDistribution, ProxyConfig,
+    ProxyMode, Upstream, UpstreamPools,
 };
 
 /// Why the experiment cannot be mapped (should not happen after validation,
@@ -68,7 +68,12 @@ pub fn edge_proxy(exp: &Experiment, seed: u64) -> Result<ProxyConfig, PlanError>
         t.experiment_fraction,
         t.control_fraction,
         ProxyMode::Edge,
-        None,
+        // The admin endpoint serves /metrics for Prometheus; changes need
+        // the token, which never lives in the experiment file.
+        t.admin.map(|listen| AdminConfig {
+            listen,
+            token: std::env::var("CHAOS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+        }),
         seed,
     )
     .map_err(|e| PlanError::Proxy(e.to_string()))?;
@@ -248,5 +253,111 @@ pub fn hypothesis_spec(h: &Hypothesis, min_samples: u64) -> HypothesisSpec {
         tolerance: h.tolerance,
         critical: h.critical,
         min_samples,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::experiment::load_bytes;
+    use std::path::Path;
+
+    const EXP: &str = r#"
+[experiment]
+name = "plan"
+duration = "30s"
+[traffic]
+listen = "127.0.0.1:18080"
+upstream = [{ url = "http://127.0.0.1:18001", region = "us-east" }]
+experiment_upstream = "http://127.0.0.1:18002"
+cohort_key = "header:X-User"
+experiment_percent = 10
+control_percent = 10
+upstream_timeout = "2s"
+admin = "127.0.0.1:18099"
+[[traffic.sidecar]]
+name = "pay"
+listen = "127.0.0.1:18091"
+upstream = "http://127.0.0.1:18011"
+[[region]]
+name = "us-east"
+targets = ["netns:use1"]
+[[hypothesis]]
+name = "p99"
+metric = "latency_p99"
+tolerance = "+10%"
+[[fault]]
+kind = "latency"
+delay = "200ms"
+probability = "50%"
+at = "pay"
+[[fault]]
+kind = "process-kill"
+target = "name:api"
+signal = "TERM"
+percent = "50%"
+[[fault]]
+kind = "packet-loss"
+target = "netns:use1"
+loss = "10%"
+ports = [80]
+[[fault]]
+kind = "region-outage"
+region = "us-east"
+"#;
+
+    fn exp() -> Experiment {
+        let l = load_bytes(Path::new("plan.toml"), EXP.as_bytes());
+        l.experiment.unwrap_or_else(|| panic!("{:?}", l.diagnostics))
+    }
+
+    #[test]
+    fn maps_traffic_onto_the_edge_proxy_and_its_sidecars() {
+        let e = exp();
+        let edge = edge_proxy(&e, 7).expect("edge");
+        assert_eq!(edge.listen.port(), 18080);
+        assert_eq!(edge.pools.default[0].region.as_deref(), Some("us-east"));
+        assert_eq!(edge.pools.experiment.len(), 1);
+        assert!(edge.pools.control.is_empty(), "control falls back to the default pool");
+        assert_eq!(edge.cohort_key, CohortKey::Header("x-user".into()));
+        assert_eq!((edge.experiment_fraction, edge.control_fraction), (0.1, 0.1));
+        assert_eq!(edge.upstream_timeout, Duration::from_secs(2));
+        assert_eq!(edge.admin.as_ref().map(|a| a.listen.port()), Some(18099));
+        let sc = sidecars(&e, 7).expect("sidecars");
+        assert_eq!(sc.len(), 1);
+        assert_eq!(sc[0].0, "pay");
+        assert_eq!(sc[0].1.mode, ProxyMode::Sidecar);
+    }
+
+    #[test]
+    fn maps_each_fault_to_exactly_one_runtime_kind() {
+        let e = exp();
+        let latency = http_fault(&e.faults[0]).expect("http fault");
+        assert_eq!(latency.probability, 0.5);
+        assert!(matches!(latency.kind, HttpFaultKind::Latency { .. }));
+        assert!(infra_fault(&e.faults[0]).expect("ok").is_none());
+        for (i, want) in [(1, "process-kill"), (2, "packet-loss"), (3, "region-outage")] {
+            assert!(http_fault(&e.faults[i]).is_none());
+            let f = infra_fault(&e.faults[i]).expect("maps").expect("infra");
+            assert_eq!(f.kind(), want);
+        }
+        match infra_fault(&e.faults[1]).expect("ok") {
+            Some(InfraFault::ProcessKill(k)) => {
+                assert_eq!(k.signal, nix::sys::signal::Signal::SIGTERM);
+                assert_eq!(k.selection, TargetSelection::Percent(0.5));
+            }
+            other => panic!("{other:?}"),
+        }
+        let ctx = fault_context(&e, 3, "run-1");
+        assert_eq!(ctx.regions["us-east"].len(), 1);
+        assert_eq!(ctx.limits.max_targets, Some(3));
+    }
+
+    #[test]
+    fn maps_hypotheses_onto_the_statistics_engine() {
+        let e = exp();
+        let spec = hypothesis_spec(&e.hypotheses[0], 500);
+        assert_eq!(spec.kind, MetricKind::LatencyQuantile(0.99));
+        assert_eq!(spec.min_samples, 500);
     }
 }

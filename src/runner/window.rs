@@ -123,10 +123,12 @@ fn bucket_bounds() -> Vec<f64> {
     (0..=24).map(|i| 0.1 * 10f64.powf(i as f64 / 4.0)).collect()
 }
 
-/// The report's view of one cohort over the whole run.
+/// The report's view of one cohort over the whole run. It covers every
+/// request, failed ones included, so it agrees with the per-second charts
+/// (the proxy's windows count all requests); hypotheses judge latency on
+/// successful requests only.
 pub fn cohort_series(cohort: Cohort, snap: &CohortSnapshot) -> CohortSeries {
-    let mut lat: Vec<f64> =
-        snap.samples.iter().filter(|s| !s.error).map(|s| s.latency_ms).collect();
+    let mut lat: Vec<f64> = snap.samples.iter().map(|s| s.latency_ms).collect();
     lat.sort_by(f64::total_cmp);
     let bounds = bucket_bounds();
     let mut hist: Vec<(f64, u64)> = bounds.iter().map(|b| (*b, 0)).collect();

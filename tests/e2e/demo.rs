@@ -237,6 +237,7 @@ fn resilient_api_survives_a_malformed_payload_and_fragile_answers_500() {
 
 #[test]
 fn load_generator_hits_its_rate_within_ten_percent() {
+    let _heavy = crate::support::heavy();
     let (_dir, fleet) = start(Variant::Resilient, |_| {});
     let target = format!("{}/checkout", fleet.api_url(CTL).unwrap()).parse().unwrap();
     let mut cfg = chaos::load::LoadConfig::new(target, 200.0);

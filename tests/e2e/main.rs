@@ -3,8 +3,10 @@
 
 mod analyze;
 mod dashboards;
+mod daemon;
 mod demo;
 mod faults;
+mod gameday;
 mod netns;
 mod prometheus;
 mod proxy;

@@ -156,7 +156,11 @@ fn random_keys(n: usize, seed: u64) -> Vec<Option<String>> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard is held on purpose across awaits: it only serializes
+// heavy tests, nothing awaited here takes it.
+#[allow(clippy::await_holding_lock)]
 async fn splits_20000_random_keys_within_five_percent_of_the_configured_shares() {
+    let _heavy = crate::support::heavy();
     let up = upstream().await;
     let (h, rec) = start(config(up, 0.25, 0.25)).await;
     let url = format!("http://{}/", h.local_addr());
@@ -208,7 +212,11 @@ async fn every_one_of_1000_keys_always_lands_in_the_same_cohort() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard is held on purpose across awaits: it only serializes
+// heavy tests, nothing awaited here takes it.
+#[allow(clippy::await_holding_lock)]
 async fn control_and_untouched_traffic_never_get_a_fault_over_20000_requests() {
+    let _heavy = crate::support::heavy();
     let up = upstream().await;
     let (h, rec) = start(config(up, 0.1, 0.1)).await;
     h.set_faults(vec![
@@ -331,7 +339,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+// The guard is held on purpose across awaits: it only serializes
+// heavy tests, nothing awaited here takes it.
+#[allow(clippy::await_holding_lock)]
 async fn a_latency_fault_shows_up_at_the_configured_median() {
+    let _heavy = crate::support::heavy();
     // The median of the same requests without the fault is subtracted:
     // what is checked is the latency the fault added.
     let up = upstream().await;

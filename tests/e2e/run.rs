@@ -122,6 +122,7 @@ fn assert_journal_all_reverted(journal: &Path) {
 
 #[test]
 fn the_demo_accepts_the_resilient_api_and_catches_the_fragile_one_with_valid_reports() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let before = host_snapshot();
     let reports = dir.path().join("reports");
@@ -183,6 +184,7 @@ fn the_demo_accepts_the_resilient_api_and_catches_the_fragile_one_with_valid_rep
 
 #[test]
 fn an_aa_run_without_faults_is_accepted() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(Variant::Resilient, dir.path());
     let exp = write(
@@ -228,6 +230,7 @@ tolerance = "+25%"
 
 #[test]
 fn a_fault_beyond_the_abort_threshold_stops_early_reports_why_and_reverts() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().expect("tempdir");
     let fleet = fleet(Variant::Resilient, dir.path());
     let exp = write(
@@ -432,4 +435,64 @@ fn run_help_teaches_the_lifecycle_and_exit_codes() {
     let s = stdout(&out);
     assert!(s.contains("chaos run experiments/replica-kill.toml"), "{s}");
     assert!(s.contains("130 interrupted"), "{s}");
+}
+
+#[test]
+fn the_gate_passes_an_equal_canary_and_fails_a_broken_one() {
+    let _heavy = crate::support::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let good = fleet(Variant::Resilient, &dir.path().join("good"));
+    let bad = fleet(Variant::Fragile, &dir.path().join("bad"));
+    // Break the fragile canary: its us-east payments replica dies.
+    let victim = bad
+        .pid(
+            chaos::demo::Role::Payments,
+            chaos::cohort::Cohort::Experiment,
+            Some(chaos::demo::Region::UsEast),
+        )
+        .expect("payments pid");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .expect("kill");
+    let exp = write(
+        dir.path(),
+        "gate.toml",
+        &demo_experiment(
+            "6s",
+            r#"
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+0.5pp"
+"#,
+        ),
+    );
+    let baseline = good.api_url(chaos::cohort::Cohort::Control).expect("baseline url");
+    let equal = good.api_url(chaos::cohort::Cohort::Experiment).expect("canary url");
+    let broken = bad.api_url(chaos::cohort::Cohort::Experiment).expect("broken url");
+    let reports = dir.path().join("reports");
+    let gate = |canary: &str| {
+        chaos_with(
+            &good,
+            dir.path(),
+            &[
+                "gate",
+                "--quiet",
+                "--report-dir",
+                reports.to_str().expect("utf-8"),
+                "--canary",
+                canary,
+                "--baseline",
+                &baseline,
+                exp.to_str().expect("utf-8"),
+            ],
+        )
+    };
+    let out = gate(&equal);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let out = gate(&broken);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("REJECTED"), "{}", stdout(&out));
 }

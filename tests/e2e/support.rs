@@ -65,3 +65,12 @@ pub fn require_capability(ok: bool, what: &str) -> bool {
     eprintln!("SKIPPED (capability missing): {what}");
     false
 }
+
+/// Serializes the heaviest end-to-end tests (demo fleets with load, the
+/// 20,000-request proxy runs, rate measurements). On a 2-core CI machine
+/// running them at the same time starves the timing they measure; every
+/// other test still runs in parallel with them.
+pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}

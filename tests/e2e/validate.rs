@@ -127,3 +127,33 @@ fn help_explains_validate_with_an_example() {
     let out = chaos(&["--help"]);
     assert!(String::from_utf8_lossy(&out.stdout).contains("Exit codes"));
 }
+
+#[test]
+fn every_subcommand_help_teaches_with_an_example() {
+    for cmd in [
+        "validate",
+        "run",
+        "gate",
+        "analyze",
+        "proxy",
+        "kill",
+        "inject",
+        "recover",
+        "report",
+        "demo",
+        "demo run",
+        "demo fleet",
+        "demo load",
+    ] {
+        let mut args: Vec<&str> = cmd.split(' ').collect();
+        args.push("--help");
+        let out = chaos(&args);
+        let s = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{cmd} --help");
+        // An example is a line that runs the command itself.
+        assert!(
+            s.lines().any(|l| l.trim_start().starts_with(&format!("chaos {cmd} "))),
+            "{cmd} --help has no example:\n{s}"
+        );
+    }
+}

@@ -1,0 +1,148 @@
+//! What an experiment touches, as comparable keys, so the daemon never runs
+//! two experiments (or a monkey strike) on the same target at once.
+//!
+//! The set holds each fault's target selector (regions expanded to their
+//! members), every upstream URL the proxies forward to, and the proxies'
+//! own listen addresses. Selectors are compared as written: two different
+//! `name:` regexes that happen to match the same process are not detected
+//! (resolving them would need the processes to exist at planning time).
+
+use std::collections::BTreeSet;
+
+use crate::experiment::{Experiment, FaultKind, UpstreamSpec};
+use crate::target::TargetSelector;
+
+/// The keys an experiment or monkey entry touches.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TargetSet(pub BTreeSet<String>);
+
+impl TargetSet {
+    /// A set from ready-made keys.
+    pub fn from_keys<I: IntoIterator<Item = String>>(keys: I) -> Self {
+        TargetSet(keys.into_iter().collect())
+    }
+
+    /// The first key both sets contain, if any.
+    pub fn overlap<'a>(&'a self, other: &'a TargetSet) -> Option<&'a str> {
+        self.0.intersection(&other.0).next().map(String::as_str)
+    }
+
+    /// True when nothing is touched.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// The key of one selector (as `chaos` writes it in files).
+pub fn selector_key(sel: &TargetSelector) -> String {
+    match sel {
+        TargetSelector::Pid(p) => format!("pid:{p}"),
+        TargetSelector::Pidfile(p) => format!("pidfile:{p}"),
+        TargetSelector::Name(n) => format!("name:{n}"),
+        TargetSelector::Netns(n) => format!("netns:{n}"),
+        TargetSelector::Iface { name, netns: Some(ns) } => format!("iface:{name}@{ns}"),
+        TargetSelector::Iface { name, netns: None } => format!("iface:{name}"),
+        TargetSelector::Region(r) => format!("region:{r}"),
+    }
+}
+
+fn upstream_keys<'a>(
+    out: &mut BTreeSet<String>,
+    pools: impl IntoIterator<Item = &'a Vec<UpstreamSpec>>,
+) {
+    for pool in pools {
+        for u in pool {
+            out.insert(format!("upstream:{}", u.url.trim_end_matches('/')));
+        }
+    }
+}
+
+/// Everything `exp` touches.
+pub fn of_experiment(exp: &Experiment) -> TargetSet {
+    let mut out = BTreeSet::new();
+    let t = &exp.traffic;
+    out.insert(format!("listen:{}", t.listen));
+    upstream_keys(
+        &mut out,
+        [&t.upstreams, &t.control_upstreams, &t.experiment_upstreams],
+    );
+    for s in &t.sidecars {
+        out.insert(format!("listen:{}", s.listen));
+        upstream_keys(
+            &mut out,
+            [&s.upstreams, &s.control_upstreams, &s.experiment_upstreams],
+        );
+    }
+    let expand = |sel: &TargetSelector, out: &mut BTreeSet<String>| match sel {
+        TargetSelector::Region(r) => {
+            out.insert(format!("region:{r}"));
+            for region in exp.regions.iter().filter(|x| &x.name == r) {
+                out.extend(region.targets.iter().map(selector_key));
+            }
+        }
+        other => {
+            out.insert(selector_key(other));
+        }
+    };
+    for f in &exp.faults {
+        if let Some(sel) = &f.target {
+            expand(sel, &mut out);
+        }
+        if let FaultKind::RegionOutage { region, .. } = &f.kind {
+            expand(&TargetSelector::Region(region.clone()), &mut out);
+        }
+    }
+    TargetSet(out)
+}
+
+/// What a Chaos Monkey entry touches: its selectors.
+pub fn of_selectors(sels: &[TargetSelector]) -> TargetSet {
+    TargetSet(sels.iter().map(selector_key).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn experiments_sharing_an_upstream_or_a_target_overlap() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = |name: &str, port: u16, target: &str| {
+            let p = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &p,
+                format!(
+                    r#"
+[experiment]
+name = "{name}"
+duration = "4s"
+baseline = "2s"
+[traffic]
+listen = "127.0.0.1:{port}"
+upstream = "http://127.0.0.1:18080"
+[[hypothesis]]
+name = "latency"
+metric = "latency"
+tolerance = "+10%"
+[[fault]]
+kind = "process-pause"
+target = "{target}"
+"#
+                ),
+            )
+            .unwrap();
+            let loaded = crate::experiment::load(&p);
+            let e =
+                loaded.experiment.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+            of_experiment(&e)
+        };
+        let a = exp("a", 19001, "name:^demo-api$");
+        let b = exp("b", 19002, "name:^demo-db$");
+        assert!(a.0.contains("name:^demo-api$"));
+        assert!(a.0.contains("listen:127.0.0.1:19001"));
+        assert_eq!(a.overlap(&b), Some("upstream:http://127.0.0.1:18080"));
+        let monkey = of_selectors(&[TargetSelector::parse("name:^demo-api$").unwrap()]);
+        assert_eq!(monkey.overlap(&a), Some("name:^demo-api$"));
+        assert_eq!(monkey.overlap(&b), None);
+    }
+}
