@@ -118,6 +118,7 @@ fn get(url: &str) -> Option<String> {
 
 #[test]
 fn the_daemon_runs_a_schedule_against_the_demo_fleet_and_reverts_on_sigterm() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let fleet = start_fleet(dir.path());
     let victim =

@@ -73,6 +73,7 @@ tolerance = "+5pp"
 
 #[test]
 fn a_two_step_game_day_against_the_demo_fleet_writes_the_combined_report() {
+    let _heavy = crate::support::heavy();
     let dir = tempfile::tempdir().unwrap();
     let fleet = start_fleet(dir.path());
     write_experiment(dir.path(), "aa.toml", "calibration", &fleet, "");
