@@ -56,6 +56,8 @@ pub struct RunOptions {
     pub progress: ProgressMode,
     /// Set by SIGINT/SIGTERM.
     pub interrupt: Option<Interrupt>,
+    /// Serve the platform's and the proxy's metrics at `GET /metrics` here.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// A run that could not start: nothing was injected.
@@ -242,6 +244,17 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         schedule.push(sf);
     }
     check_upstreams(exp)?;
+    // PromQL hypotheses and guardrails need Prometheus: unreachable = exit 5.
+    let prom = exp.prometheus.as_ref().map(crate::promql::PromConfig::from);
+    if let Some(cfg) = &prom {
+        crate::promql::check_reachable(cfg)
+            .await
+            .map_err(|e| RunError::Preflight(e.to_string()))?;
+    }
+    let mut guardrails = prom
+        .clone()
+        .filter(|_| !exp.guardrails.is_empty())
+        .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
     let mut journal = if infra.is_empty() {
         None
     } else {
@@ -253,6 +266,21 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
 
     // ---- start the proxies and the load.
     let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), RESERVOIR));
+    let platform = crate::metrics::platform::PlatformMetrics::new();
+    let _metrics_server = match opts.metrics_listen {
+        Some(addr) => {
+            let mut registry = prometheus_client::registry::Registry::default();
+            platform.register(&mut registry);
+            let sources: Vec<Arc<dyn crate::metrics::platform::HasRegistry>> =
+                vec![Arc::new(registry), recorder.clone()];
+            Some(
+                crate::metrics::platform::serve_registries(addr, sources)
+                    .await
+                    .map_err(|e| RunError::Preflight(e.to_string()))?,
+            )
+        }
+        None => None,
+    };
     let edge = Proxy::start(plan::edge_proxy(exp, seed)?, recorder.clone())
         .await
         .map_err(|e| RunError::Preflight(format!("cohort proxy: {e}")))?;
@@ -310,6 +338,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     }
     let baseline_s = exp.meta.baseline.as_secs_f64();
     let inject_at = origin.elapsed();
+    let inject_wall = std::time::SystemTime::now();
     let window_end = inject_at + exp.meta.duration;
     let mut monitors =
         build_monitors(exp, &recorder, Span { from_ms: 0, to_ms: ms(inject_at) });
@@ -364,10 +393,13 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                     let r = tokio::task::block_in_place(|| inj.inject(j));
                     sf.applied_at = Some(now);
                     match r {
-                        Ok(()) => progress.event(&format!(
-                            "applied {}: {}",
-                            sf.spec.id, sf.description
-                        )),
+                        Ok(()) => {
+                            platform.fault_applied(&sf.spec.kind);
+                            progress.event(&format!(
+                                "applied {}: {}",
+                                sf.spec.id, sf.description
+                            ))
+                        }
                         Err(e) => {
                             env_error = Some(format!(
                                 "fault {} failed to apply: {e}",
@@ -378,6 +410,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                     }
                 } else if sf.http.is_some() {
                     sf.applied_at = Some(now);
+                    platform.fault_applied(&sf.spec.kind);
                     http_changed = true;
                     progress
                         .event(&format!("applied {}: {}", sf.spec.id, sf.description));
@@ -387,6 +420,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 && rel >= sf.stop
             {
                 revert_one(sf, &mut journal, now, &mut http_changed);
+                platform.fault_reverted(&sf.spec.kind);
                 progress.event(&format!("reverted {}", sf.spec.id));
             }
         }
@@ -423,6 +457,21 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 outcome = Some(RunOutcome::Aborted);
                 break;
             }
+            if let Some(watch) = guardrails.as_mut() {
+                if let Some(g) = watch.check().await {
+                    let a = AbortInfo {
+                        at_s: now.as_secs_f64(),
+                        hypothesis: None,
+                        reason: g.to_string(),
+                        p_value: f64::NAN,
+                        estimate: g.value().unwrap_or(f64::NAN),
+                    };
+                    progress.event(&format!("ABORT: {}", a.reason));
+                    abort = Some(a);
+                    outcome = Some(RunOutcome::Aborted);
+                    break;
+                }
+            }
             last_latency_ms = ms(now);
             if exp.safety.abort_on_srm {
                 let srm = srm_of(&recorder, exp);
@@ -457,10 +506,16 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         tokio::time::sleep(TICK).await;
     }
     let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
+    let observe_end_wall = std::time::SystemTime::now();
 
     // ---- revert everything, whatever happened above.
     let revert_started = Instant::now();
     revert_all(&mut schedule, &mut journal, origin.elapsed(), &edge, &sidecars);
+    // The gauge saturates at zero, so faults already reverted above are
+    // not counted twice.
+    for sf in schedule.iter().filter(|sf| sf.applied_at.is_some()) {
+        platform.fault_reverted(&sf.spec.kind);
+    }
     let revert_s = revert_started.elapsed().as_secs_f64();
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
     let _ = stop_tx.send(true);
@@ -479,17 +534,44 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     // ---- verdicts over the observation window.
     let span = Span { from_ms: ms(inject_at), to_ms: ms(observe_end) + 1 };
     let verdict_seed = seed ^ 0x5EED_0FB0_07A1;
+    // PromQL hypotheses: per-step values per cohort over the fault window,
+    // once Prometheus has scraped its end (one step plus a second).
+    let mut prom_data = Vec::new();
+    let mut settled = false;
+    for h in &exp.hypotheses {
+        let (Metric::PromQl(q), Some(cfg)) = (&h.metric, &prom) else {
+            prom_data.push(None);
+            continue;
+        };
+        if !settled {
+            tokio::time::sleep(cfg.step + Duration::from_secs(1)).await;
+            settled = true;
+        }
+        let s = crate::promql::cohort_samples(cfg, q, inject_wall, observe_end_wall)
+            .await
+            .unwrap_or_else(|e| {
+                warnings.push(format!("hypothesis {}: {e}", h.name));
+                crate::promql::CohortSamples::default()
+            });
+        prom_data.push(Some(stats::CohortData::Samples {
+            experiment: s.experiment,
+            control: s.control,
+        }));
+    }
     let verdicts: Vec<HypothesisVerdict> = exp
         .hypotheses
         .iter()
-        .map(|h| {
+        .zip(prom_data)
+        .map(|(h, prom_data)| {
             let spec = plan::hypothesis_spec(h, exp.meta.min_samples);
             let shape = match h.metric {
                 Metric::Latency | Metric::LatencyQuantile(_) => Shape::Latency,
                 Metric::ErrorRate => Shape::Errors,
                 Metric::Throughput | Metric::PromQl(_) => Shape::Throughput,
             };
-            let data = window::cohort_data(shape, &control, &experiment, span);
+            let data = prom_data.unwrap_or_else(|| {
+                window::cohort_data(shape, &control, &experiment, span)
+            });
             stats::judge(&spec, &data, exp.meta.alpha, verdict_seed)
         })
         .collect();
@@ -514,6 +596,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         warnings.push(e);
     }
 
+    if abort.is_some() {
+        platform.abort();
+    }
+    let verdict_list: Vec<Verdict> = verdicts.iter().map(|v| v.verdict).collect();
+    platform.run_finished(outcome, &verdict_list, t_start.elapsed());
     let report = RunReport {
         schema_version: SCHEMA_VERSION,
         run_id,

@@ -175,6 +175,7 @@ fn run_variant(
                 journal_dir: args.journal_dir.clone(),
                 seed: None,
                 quiet: args.quiet,
+                metrics_listen: None,
             };
             execute(&exp, &common)
         }

@@ -52,6 +52,10 @@ pub struct RunCommon {
     /// No live progress on stderr.
     #[arg(long, short)]
     pub quiet: bool,
+    /// Serve the platform's and the proxy's metrics for Prometheus at
+    /// http://ADDR/metrics during the run (e.g. 127.0.0.1:9464).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Arguments of `chaos run`.
@@ -153,6 +157,7 @@ fn options(
         seed: common.seed,
         progress: if common.quiet { ProgressMode::Quiet } else { ProgressMode::detect() },
         interrupt,
+        metrics_listen: common.metrics_listen,
     }
 }
 

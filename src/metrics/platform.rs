@@ -36,6 +36,12 @@ pub const ABORTS_TOTAL: &str = "chaos_aborts_total";
 pub const EXPERIMENT_DURATION_SECONDS: &str = "chaos_experiment_duration_seconds";
 /// Runs started by the continuous daemon, by schedule and outcome.
 pub const DAEMON_RUNS_TOTAL: &str = "chaos_daemon_runs_total";
+/// Scheduled fires that did not start, by schedule and reason (daemon).
+pub const DAEMON_SKIPS_TOTAL: &str = "chaos_daemon_skips_total";
+/// Schedules paused after consecutive failures or by an operator (daemon).
+pub const DAEMON_SCHEDULES_PAUSED: &str = "chaos_daemon_schedules_paused";
+/// Experiments or monkey strikes running now (daemon).
+pub const DAEMON_RUNS_IN_PROGRESS: &str = "chaos_daemon_runs_in_progress";
 
 /// Every metric family this module exports. The dashboard test checks
 /// dashboards against this list together with [`super::labels::ALL`].
@@ -46,6 +52,9 @@ pub const ALL_METRIC_NAMES: &[&str] = &[
     ABORTS_TOTAL,
     EXPERIMENT_DURATION_SECONDS,
     DAEMON_RUNS_TOTAL,
+    DAEMON_SKIPS_TOTAL,
+    DAEMON_SCHEDULES_PAUSED,
+    DAEMON_RUNS_IN_PROGRESS,
 ];
 
 /// Histogram buckets for run durations: experiments last seconds to hours.

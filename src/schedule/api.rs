@@ -3,6 +3,7 @@
 //! which need `Authorization: Bearer TOKEN`. Without a configured token the
 //! API is read-only.
 
+use crate::metrics::platform;
 use std::convert::Infallible;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, Mutex};
@@ -57,6 +58,8 @@ pub struct DaemonMetrics {
     pub running: Gauge<i64, AtomicI64>,
 }
 
+/// Names come from `metrics::platform` (prometheus-client appends `_total`
+/// to counters), so the dashboard test sees them.
 impl Default for DaemonMetrics {
     fn default() -> Self {
         let mut registry = Registry::default();
@@ -65,22 +68,22 @@ impl Default for DaemonMetrics {
         let paused = Gauge::<i64, AtomicI64>::default();
         let running = Gauge::<i64, AtomicI64>::default();
         registry.register(
-            "chaos_daemon_runs",
+            platform::DAEMON_RUNS_TOTAL.trim_end_matches("_total"),
             "Runs finished by the continuous daemon, by schedule and outcome",
             runs.clone(),
         );
         registry.register(
-            "chaos_daemon_skips",
+            platform::DAEMON_SKIPS_TOTAL.trim_end_matches("_total"),
             "Scheduled fires that did not start, by schedule and reason",
             skips.clone(),
         );
         registry.register(
-            "chaos_daemon_schedules_paused",
+            platform::DAEMON_SCHEDULES_PAUSED,
             "Schedules paused after consecutive failures or by an operator",
             paused.clone(),
         );
         registry.register(
-            "chaos_daemon_runs_in_progress",
+            platform::DAEMON_RUNS_IN_PROGRESS,
             "Experiments or monkey strikes running now",
             running.clone(),
         );

@@ -69,6 +69,7 @@ impl Executor for RunnerExecutor {
                 seed: self.seed,
                 progress: self.progress,
                 interrupt: self.interrupt,
+                metrics_listen: None,
             };
             let handle = tokio::runtime::Handle::current();
             let result = tokio::task::spawn_blocking(move || {

@@ -2,8 +2,8 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
-mod dashboards;
 mod daemon;
+mod dashboards;
 mod demo;
 mod faults;
 mod gameday;

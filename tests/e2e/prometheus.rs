@@ -700,8 +700,10 @@ fn promql_verdict(result: &serde_json::Value) -> String {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runner hooks of issue 7: chaos run --metrics-listen, PromQL samples, GuardrailWatch"]
+// Held across awaits on purpose: it only serializes heavy tests.
+#[allow(clippy::await_holding_lock)]
 async fn chaos_run_rejects_a_latency_fault_judged_by_promql() {
+    let _heavy = crate::support::heavy();
     if !support_prometheus() {
         return;
     }
@@ -711,8 +713,10 @@ async fn chaos_run_rejects_a_latency_fault_judged_by_promql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runner hooks of issue 7: chaos run --metrics-listen, PromQL samples, GuardrailWatch"]
+// Held across awaits on purpose: it only serializes heavy tests.
+#[allow(clippy::await_holding_lock)]
 async fn chaos_run_accepts_no_fault_judged_by_promql() {
+    let _heavy = crate::support::heavy();
     if !support_prometheus() {
         return;
     }
@@ -722,8 +726,10 @@ async fn chaos_run_accepts_no_fault_judged_by_promql() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the runner hooks of issue 7: chaos run --metrics-listen, PromQL samples, GuardrailWatch"]
+// Held across awaits on purpose: it only serializes heavy tests.
+#[allow(clippy::await_holding_lock)]
 async fn chaos_run_aborts_and_reverts_when_a_promql_guardrail_trips() {
+    let _heavy = crate::support::heavy();
     if !support_prometheus() {
         return;
     }
