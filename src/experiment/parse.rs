@@ -6,8 +6,6 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use toml_edit::ImDocument;
-
 use super::diagnostic::{did_you_mean, Sink};
 use super::model::*;
 use super::reader::{table_of, tables_of, At, TableReader};
@@ -66,19 +64,7 @@ const SECTIONS: &[&str] = &[
 
 /// Parses and validates `src` (the contents of `file`).
 pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
-    let doc = match ImDocument::parse(src) {
-        Ok(doc) => doc,
-        Err(e) => {
-            let msg = e.message().trim().replace('\n', "; ");
-            sink.error(
-                e.span(),
-                "",
-                format!("invalid TOML: {msg}"),
-                "check quoting, brackets and `key = value` syntax near this position",
-            );
-            return None;
-        }
-    };
+    let doc = super::reader::parse_document(src, sink)?;
     let root = doc.as_table();
     let mut top = TableReader::new(root, String::new(), Some(0..0));
 

@@ -347,6 +347,28 @@ impl<'d> TableReader<'d> {
     }
 }
 
+/// Parses TOML text, keeping spans; a syntax error becomes one located
+/// diagnostic. Shared by experiments, game-day scenarios and daemon
+/// configurations so all three report syntax errors the same way.
+pub fn parse_document<'s>(
+    src: &'s str,
+    sink: &mut Sink,
+) -> Option<toml_edit::ImDocument<&'s str>> {
+    match toml_edit::ImDocument::parse(src) {
+        Ok(doc) => Some(doc),
+        Err(e) => {
+            let msg = e.message().trim().replace('\n', "; ");
+            sink.error(
+                e.span(),
+                "",
+                format!("invalid TOML: {msg}"),
+                "check quoting, brackets and `key = value` syntax near this position",
+            );
+            None
+        }
+    }
+}
+
 /// A table with the span of its header (or inline braces).
 pub type SpannedTable<'d> = (&'d dyn TableLike, Option<Range<usize>>);
 

@@ -52,10 +52,12 @@ pub const ALL_METRIC_NAMES: &[&str] = &[
     ABORTS_TOTAL,
     EXPERIMENT_DURATION_SECONDS,
     DAEMON_RUNS_TOTAL,
-    DAEMON_SKIPS_TOTAL,
-    DAEMON_SCHEDULES_PAUSED,
-    DAEMON_RUNS_IN_PROGRESS,
 ];
+
+/// Metric families only the continuous daemon exports (its own registry in
+/// `schedule::api`); dashboards are checked against these too.
+pub const DAEMON_METRIC_NAMES: &[&str] =
+    &[DAEMON_SKIPS_TOTAL, DAEMON_SCHEDULES_PAUSED, DAEMON_RUNS_IN_PROGRESS];
 
 /// Histogram buckets for run durations: experiments last seconds to hours.
 const DURATION_BUCKETS: [f64; 11] =

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
-use toml_edit::ImDocument;
 
 use super::cron::Cron;
 use super::window::Window;
@@ -139,19 +138,7 @@ pub fn relative_to(file: &Path, p: &str) -> PathBuf {
 }
 
 fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<DaemonConfig> {
-    let doc = match ImDocument::parse(src) {
-        Ok(d) => d,
-        Err(e) => {
-            let msg = e.message().trim().replace('\n', "; ");
-            sink.error(
-                e.span(),
-                "",
-                format!("invalid TOML: {msg}"),
-                "check the syntax here",
-            );
-            return None;
-        }
-    };
+    let doc = crate::experiment::reader::parse_document(src, sink)?;
     let root = doc.as_table();
     let mut top = TableReader::new(root, String::new(), Some(0..0));
     for (key, item) in root.iter() {

@@ -8,8 +8,6 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use toml_edit::ImDocument;
-
 use super::config::relative_to;
 use crate::experiment::diagnostic::{did_you_mean, Diagnostic, Severity, Sink};
 use crate::experiment::reader::{table_of, tables_of, TableReader};
@@ -119,19 +117,7 @@ fn parse(
     sink: &mut Sink,
     extra: &mut Vec<Diagnostic>,
 ) -> Option<Scenario> {
-    let doc = match ImDocument::parse(src) {
-        Ok(d) => d,
-        Err(e) => {
-            let msg = e.message().trim().replace('\n', "; ");
-            sink.error(
-                e.span(),
-                "",
-                format!("invalid TOML: {msg}"),
-                "check the syntax here",
-            );
-            return None;
-        }
-    };
+    let doc = crate::experiment::reader::parse_document(src, sink)?;
     let root = doc.as_table();
     let mut top = TableReader::new(root, String::new(), Some(0..0));
     for (key, item) in root.iter() {

@@ -13,6 +13,7 @@ fn exported_metric_names() -> BTreeSet<&'static str> {
     let mut names: BTreeSet<&'static str> =
         chaos::metrics::platform::ALL_METRIC_NAMES.iter().copied().collect();
     names.extend(chaos::metrics::labels::ALL);
+    names.extend(chaos::metrics::platform::DAEMON_METRIC_NAMES);
     names
 }
 
