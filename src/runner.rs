@@ -449,7 +449,8 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let aborted = abort.is_some();
     // STATISTICS.md §1: a broken split makes every comparison suspect, so
     // no hypothesis can be accepted or rejected on it.
-    let verdicts = if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
+    let verdicts =
+        if srm.mismatch && !aborted { srm_gate(verdicts, &srm) } else { verdicts };
     let (verdicts, overall) = stats::judge_experiment(verdicts, exp.meta.alpha, aborted);
     let outcome = outcome.unwrap_or(match overall {
         Verdict::Accepted => RunOutcome::Accepted,
