@@ -8,7 +8,8 @@
 #                                     reports its peak RSS, VmHWM)
 # Env: ROUNDS (default 3): the three targets are measured in interleaved
 # rounds and the median per target is reported, so load drift on a shared
-# machine hits all three alike. DURATION (10s), CONNS (32).
+# machine hits all three alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
+# flags for chaos proxy, e.g. "--workers 1").
 # Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds --release.
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
@@ -91,7 +92,7 @@ haproxy -f "$W/haproxy.cfg" -db & PIDS+=($!)
 # chaos proxy: recording on (5% + 5% cohorts, reservoirs, Prometheus), no fault.
 "$CHAOS" proxy --listen "127.0.0.1:$CHAOS_PORT" --upstream "http://127.0.0.1:$NGINX_PORT" \
   --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$ADMIN_PORT" \
-  2>"$W/chaos.log" & CHAOS_PID=$!; PIDS+=($CHAOS_PID)
+  ${CHAOS_ARGS:-} 2>"$W/chaos.log" & CHAOS_PID=$!; PIDS+=($CHAOS_PID)
 
 wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$CHAOS_PORT"
 

@@ -11,6 +11,8 @@ pub mod fault;
 pub mod malformed;
 pub mod server;
 pub mod srm;
+pub mod upstream;
+pub mod workers;
 
 pub use assign::assign_position;
 pub use config::{
@@ -19,3 +21,4 @@ pub use config::{
 pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
 pub use server::{Proxy, ProxyError, ProxyHandle};
 pub use srm::{sample_ratio_mismatch, SrmResult};
+pub use workers::{Workers, WorkersError};

@@ -13,7 +13,7 @@ use crate::exit;
 use crate::metrics::Recorder;
 use crate::traffic::{
     sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault, Proxy, ProxyConfig,
-    ProxyMode, Upstream, UpstreamPools,
+    ProxyMode, Upstream, UpstreamPools, Workers,
 };
 use crate::units::{parse_duration, parse_percent};
 
@@ -82,6 +82,9 @@ pub struct ProxyArgs {
     /// Raw samples kept per cohort.
     #[arg(long, default_value_t = 100_000)]
     pub reservoir: usize,
+    /// Worker threads serving client connections (0 = one per core).
+    #[arg(long, default_value_t = 0)]
+    pub workers: usize,
 }
 
 fn upstreams(list: &[String]) -> anyhow::Result<Vec<Upstream>> {
@@ -134,14 +137,24 @@ pub fn run(args: ProxyArgs) -> u8 {
             return exit::INVALID;
         }
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    // Client connections run on current-thread workers (one per core by
+    // default); this runtime only accepts, serves admin and waits for signals.
+    let n = if args.workers == 0 { Workers::default_count() } else { args.workers };
+    let workers = match Workers::start(n) {
+        Ok(w) => w,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return exit::ENVIRONMENT;
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
             return exit::ENVIRONMENT;
         }
     };
-    match rt.block_on(serve(cfg, faults, args.reservoir)) {
+    match rt.block_on(serve(cfg, faults, args.reservoir, workers.handles())) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -154,12 +167,14 @@ async fn serve(
     cfg: ProxyConfig,
     faults: Vec<HttpFault>,
     reservoir: usize,
+    workers: Vec<tokio::runtime::Handle>,
 ) -> anyhow::Result<u8> {
     use tokio::signal::unix::{signal, SignalKind};
     let (cf, ef) = (cfg.control_fraction, cfg.experiment_fraction);
     let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), reservoir));
-    let handle =
-        Proxy::start(cfg, recorder.clone()).await.context("starting the proxy")?;
+    let handle = Proxy::start_on(cfg, recorder.clone(), workers)
+        .await
+        .context("starting the proxy")?;
     handle.set_faults(faults);
     eprintln!("chaos proxy listening on {}", handle.local_addr());
     if let Some(a) = handle.admin_addr() {

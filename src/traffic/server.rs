@@ -1,6 +1,9 @@
 //! The proxy itself: accept loop, per-request cohort assignment, the fault
-//! layer for the experiment cohort, forwarding over a pooled HTTP/1.1
-//! client, recording, and shutdown. Clients may speak HTTP/1.1 or HTTP/2.
+//! layer for the experiment cohort, forwarding over upstream HTTP/1.1
+//! connections owned by each client connection ([`super::upstream`]),
+//! recording, and shutdown. Clients may speak HTTP/1.1 or HTTP/2. Client
+//! connections run on the current runtime or, with [`Proxy::start_on`], are
+//! spread over current-thread worker runtimes ([`super::workers`]).
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -11,16 +14,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST};
-use http::uri::{Authority, PathAndQuery, Scheme};
+use http::uri::PathAndQuery;
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::runtime::Handle;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -29,6 +31,7 @@ use super::assign::{assign_position, cohort_at, random_unit};
 use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode, Upstream};
 use super::fault::{HttpFault, HttpFaultKind};
 use super::malformed::damage;
+use super::upstream::{Target, UpstreamConns};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 use crate::metrics::{Outcome, Recorder};
 
@@ -51,12 +54,6 @@ pub enum ProxyError {
 /// Response bodies: streamed from upstream, or made by the proxy.
 pub type ProxyBody = Either<Incoming, Full<Bytes>>;
 
-/// An upstream with its URI parts pre-split for the hot path.
-#[derive(Debug)]
-struct Target {
-    authority: Authority,
-}
-
 #[derive(Debug)]
 struct Pool {
     targets: Vec<Target>,
@@ -68,7 +65,7 @@ impl Pool {
         let targets = ups
             .iter()
             .filter_map(|u| u.url.authority().cloned())
-            .map(|authority| Target { authority })
+            .map(Target::new)
             .collect();
         Pool { targets, next: AtomicUsize::new(0) }
     }
@@ -95,7 +92,7 @@ pub(crate) struct Shared {
     mode: ProxyMode,
     salt: u64,
     upstream_timeout: Duration,
-    client: Client<HttpConnector, Incoming>,
+    connect_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
     faults: RwLock<Arc<Vec<HttpFault>>>,
     pub(crate) recorder: Arc<Recorder>,
@@ -177,6 +174,7 @@ struct ConnInfo {
     peer: SocketAddr,
     fd: RawFd,
     kill: Notify,
+    upstream: UpstreamConns,
 }
 
 impl ConnInfo {
@@ -261,6 +259,7 @@ enum Reply {
 
 async fn forward(
     shared: &Shared,
+    conn: &ConnInfo,
     mut req: Request<Incoming>,
     cohort: Option<Cohort>,
 ) -> (Response<ProxyBody>, bool) {
@@ -276,24 +275,25 @@ async fn forward(
             }
         }
     }
-    let pq =
-        req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
-    let mut parts = http::uri::Parts::default();
-    parts.scheme = Some(Scheme::HTTP);
-    parts.authority = Some(target.authority.clone());
-    parts.path_and_query = Some(pq);
-    match Uri::from_parts(parts) {
-        Ok(uri) => *req.uri_mut() = uri,
-        Err(e) => {
-            let body = format!("chaos proxy: cannot build upstream URI: {e}\n");
-            return (synthetic(StatusCode::BAD_REQUEST, body), false);
+    if !req.headers().contains_key(HOST) {
+        if let Ok(v) = HeaderValue::from_str(target.authority.as_str()) {
+            req.headers_mut().insert(HOST, v);
         }
     }
+    // Origin form towards the upstream; HTTP/1 clients already sent it.
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq =
+            req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    // HTTP/2 clients may pipeline streams: only they need more than one
+    // upstream connection at a time.
+    let sequential = req.version() != http::Version::HTTP_2;
     *req.version_mut() = http::Version::HTTP_11;
     strip_hop_by_hop(req.headers_mut());
     let up = &target.authority;
-    match tokio::time::timeout(shared.upstream_timeout, shared.client.request(req)).await
-    {
+    let send = conn.upstream.send(target, req, shared.connect_timeout, sequential);
+    match tokio::time::timeout(shared.upstream_timeout, send).await {
         Ok(Ok(resp)) => {
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers);
@@ -386,7 +386,7 @@ async fn process(
             }
         }
     } else {
-        let (resp, from_upstream) = forward(shared, req, cohort).await;
+        let (resp, from_upstream) = forward(shared, conn, req, cohort).await;
         let modes: Vec<_> = fired
             .iter()
             .filter_map(|f| match f.kind {
@@ -462,7 +462,12 @@ async fn serve_connection(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
-    let info = Arc::new(ConnInfo { peer, fd: stream.as_raw_fd(), kill: Notify::new() });
+    let info = Arc::new(ConnInfo {
+        peer,
+        fd: stream.as_raw_fd(),
+        kill: Notify::new(),
+        upstream: UpstreamConns::default(),
+    });
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
@@ -470,7 +475,10 @@ async fn serve_connection(
     };
     let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
     tokio::pin!(conn);
+    // Biased: the connection is what wakes this task nearly every time;
+    // polling it first skips the branch shuffle on the hot path.
     tokio::select! {
+        biased;
         r = conn.as_mut() => {
             if let Err(e) = r {
                 tracing::debug!(%peer, error = %e, "client connection ended with an error");
@@ -505,6 +513,18 @@ impl Proxy {
         cfg: ProxyConfig,
         recorder: Arc<Recorder>,
     ) -> Result<ProxyHandle, ProxyError> {
+        Proxy::start_on(cfg, recorder, Vec::new()).await
+    }
+
+    /// Like [`Proxy::start`], but serves client connections on `workers`
+    /// (round robin; e.g. [`super::workers::Workers::handles`]); the
+    /// accept loop and the admin endpoint stay on the current runtime.
+    /// With no workers, connections are served on the current runtime.
+    pub async fn start_on(
+        cfg: ProxyConfig,
+        recorder: Arc<Recorder>,
+        workers: Vec<Handle>,
+    ) -> Result<ProxyHandle, ProxyError> {
         if cfg.pools.default.is_empty()
             && (cfg.pools.control.is_empty() || cfg.pools.experiment.is_empty())
         {
@@ -517,13 +537,6 @@ impl Proxy {
             .local_addr()
             .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
 
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(30))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         let mut builder = auto::Builder::new(TokioExecutor::new());
         builder.http1().timer(TokioTimer::new()).keep_alive(true);
         builder.http2().timer(TokioTimer::new());
@@ -543,7 +556,7 @@ impl Proxy {
             mode: cfg.mode,
             salt: cfg.seed,
             upstream_timeout: cfg.upstream_timeout,
-            client,
+            connect_timeout: cfg.connect_timeout,
             builder,
             faults: RwLock::new(Arc::new(Vec::new())),
             recorder,
@@ -572,7 +585,7 @@ impl Proxy {
         };
 
         let accept_task =
-            tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
+            tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx, workers));
         tracing::info!(%local_addr, ?admin_addr, "chaos proxy listening");
         Ok(ProxyHandle {
             local_addr,
@@ -589,7 +602,9 @@ async fn accept_loop(
     listener: TcpListener,
     shared: Arc<Shared>,
     mut shutdown: watch::Receiver<bool>,
+    workers: Vec<Handle>,
 ) {
+    let mut next = 0usize;
     loop {
         tokio::select! {
             _ = stopped(&mut shutdown) => break,
@@ -597,9 +612,35 @@ async fn accept_loop(
                 Ok((stream, peer)) => {
                     let shared = shared.clone();
                     let rx = shutdown.clone();
+                    if workers.is_empty() {
+                        shared.active.fetch_add(1, Ordering::Relaxed);
+                        tokio::spawn(async move {
+                            serve_connection(shared.clone(), stream, peer, rx).await;
+                            shared.active.fetch_sub(1, Ordering::Relaxed);
+                        });
+                        continue;
+                    }
+                    // The stream is registered with this runtime's reactor;
+                    // re-register it with the worker's.
+                    let std_stream = match stream.into_std() {
+                        Ok(s) => s,
+                        Err(e) => {
+                            tracing::warn!(%peer, error = %e, "cannot hand over a connection");
+                            continue;
+                        }
+                    };
+                    let worker = &workers[next % workers.len()];
+                    next = next.wrapping_add(1);
                     shared.active.fetch_add(1, Ordering::Relaxed);
-                    tokio::spawn(async move {
-                        serve_connection(shared.clone(), stream, peer, rx).await;
+                    worker.spawn(async move {
+                        match TcpStream::from_std(std_stream) {
+                            Ok(stream) => {
+                                serve_connection(shared.clone(), stream, peer, rx).await
+                            }
+                            Err(e) => {
+                                tracing::warn!(%peer, error = %e, "cannot adopt a connection")
+                            }
+                        }
                         shared.active.fetch_sub(1, Ordering::Relaxed);
                     });
                 }
