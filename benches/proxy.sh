@@ -10,7 +10,8 @@
 # rounds and the median per target is reported, so load drift on a shared
 # machine hits all three alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
 # flags for chaos proxy, e.g. "--workers 1").
-# Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds --release.
+# Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds the `perf`
+# profile (release + one codegen unit).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
@@ -24,8 +25,8 @@ for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx haproxy)" >&2; exit 5; }
 done
 
-cargo build --release --quiet
-CHAOS=$PWD/target/release/chaos
+cargo build --profile perf --quiet
+CHAOS=$PWD/target/perf/chaos
 
 W=$(mktemp -d /tmp/chaos-bench.XXXXXX)
 PIDS=()
