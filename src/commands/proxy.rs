@@ -28,6 +28,10 @@ Examples:
       http://127.0.0.1:9901/faults/latency/enable
   curl http://127.0.0.1:9901/metrics
 
+  chaos proxy --config experiments/payments-latency.toml --admin 127.0.0.1:9901
+      (listen address, pools, cohort key and split from the file's [traffic];
+      its edge faults are loaded switched off)
+
 Fault specs (--fault, repeatable): kind=latency|error|abort|reset|malformed
 plus delay, jitter, distribution=uniform|normal|exponential, status, body,
 mode=truncate|flip-bytes|json-wrong-type|wrong-content-type|
@@ -37,11 +41,23 @@ Faults only ever hit the experiment cohort. Runs until Ctrl-C or SIGTERM.";
 /// Arguments of `chaos proxy`.
 #[derive(Debug, Args)]
 pub struct ProxyArgs {
+    /// Take listen address, pools, cohort key and split from an experiment
+    /// file's [traffic] section (its edge HTTP faults are loaded switched
+    /// off, to be enabled through the admin endpoint).
+    #[arg(
+        long,
+        value_name = "EXPERIMENT",
+        conflicts_with_all = [
+            "listen", "upstream", "experiment_upstream", "control_upstream",
+            "experiment_percent", "control_percent", "cohort_key", "sidecar",
+        ]
+    )]
+    pub config: Option<std::path::PathBuf>,
     /// Address clients connect to.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
     /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]`.
-    #[arg(long, value_delimiter = ',', required = true)]
+    #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub upstream: Vec<String>,
     /// Separate upstream pool for the experiment cohort.
     #[arg(long, value_delimiter = ',')]
@@ -95,6 +111,9 @@ fn upstreams(list: &[String]) -> anyhow::Result<Vec<Upstream>> {
 pub fn config_from_args(
     args: &ProxyArgs,
 ) -> anyhow::Result<(ProxyConfig, Vec<HttpFault>)> {
+    if let Some(path) = &args.config {
+        return config_from_experiment(args, path);
+    }
     let pools = UpstreamPools {
         default: upstreams(&args.upstream)?,
         control: upstreams(&args.control_upstream)?,
@@ -125,6 +144,38 @@ pub fn config_from_args(
         .iter()
         .map(|f| HttpFault::parse_spec(f).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok((cfg, faults))
+}
+
+/// `--config EXPERIMENT.toml`: the runner's own mapping of [traffic], so
+/// `chaos proxy` and `chaos run` split traffic identically.
+fn config_from_experiment(
+    args: &ProxyArgs,
+    path: &std::path::Path,
+) -> anyhow::Result<(ProxyConfig, Vec<HttpFault>)> {
+    let exp = super::run::load_or_report(path)
+        .map_err(|_| anyhow::anyhow!("{} is not a valid experiment", path.display()))?;
+    let mut cfg = crate::runner::plan::edge_proxy(&exp, args.seed)
+        .with_context(|| format!("[traffic] of {}", path.display()))?;
+    if let Some(listen) = args.admin {
+        cfg.admin = Some(AdminConfig { listen, token: None });
+    }
+    if let (Some(admin), Some(token)) = (cfg.admin.as_mut(), &args.admin_token) {
+        admin.token = Some(token.clone()).filter(|t| !t.is_empty());
+    }
+    let mut faults: Vec<HttpFault> = exp
+        .faults
+        .iter()
+        .filter(|f| f.at == "edge")
+        .filter_map(crate::runner::plan::http_fault)
+        .map(|mut f| {
+            f.enabled = false;
+            f
+        })
+        .collect();
+    for spec in &args.faults {
+        faults.push(HttpFault::parse_spec(spec)?);
+    }
     Ok((cfg, faults))
 }
 

@@ -607,3 +607,114 @@ async fn http2_clients_are_proxied_to_an_http1_upstream() {
     assert_eq!(rec.totals(Cohort::Experiment), (1, 0));
     h.shutdown().await;
 }
+
+#[test]
+fn the_cli_takes_its_traffic_section_and_switched_off_faults_from_an_experiment_file() {
+    use std::io::{BufRead, BufReader, Read};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(upstream());
+    let free =
+        || std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (listen, admin) = (free(), free());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("exp.toml");
+    std::fs::write(
+        &file,
+        format!(
+            r#"
+[experiment]
+name = "proxy config"
+duration = "10s"
+[traffic]
+listen = "{listen}"
+upstream = "http://{up}"
+cohort_key = "header:x-user-id"
+experiment_percent = 50
+control_percent = 50
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+1pp"
+[[fault]]
+name = "teapot"
+kind = "http-error"
+status = 418
+"#
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new(crate::support::chaos_bin())
+        .args(["proxy", "--config"])
+        .arg(&file)
+        .args(["--admin", &admin.to_string(), "--admin-token", "t0k"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(u32);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(self.0 as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+    let _guard = Kill(child.id());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    // Validation warnings come first (a 50% cohort is a large blast radius).
+    let mut seen = String::new();
+    for _ in 0..10 {
+        let mut line = String::new();
+        if stderr.read_line(&mut line).unwrap() == 0 || line.contains(&listen.to_string())
+        {
+            seen.push_str(&line);
+            break;
+        }
+        seen.push_str(&line);
+    }
+    assert!(seen.contains(&listen.to_string()), "listens where [traffic] says: {seen}");
+    let statuses = |rt: &tokio::runtime::Runtime| {
+        rt.block_on(async {
+            let c = client();
+            let mut v = Vec::new();
+            for i in 0..40 {
+                let s =
+                    get(&c, &format!("http://{listen}/"), Some(&format!("u{i}"))).await;
+                v.push((s.status, s.cohort.clone()));
+            }
+            v
+        })
+    };
+    // The file's fault is loaded switched off: nobody gets a 418 yet, and
+    // the 50/50 split from the file puts every keyed request in a cohort.
+    let before = statuses(&rt);
+    assert!(before.iter().all(|(s, c)| *s == 200 && c.is_some()), "{before:?}");
+    let enabled = rt.block_on(async {
+        let c = client();
+        let req = hyper::Request::post(format!("http://{admin}/faults/teapot/enable"))
+            .header("authorization", "Bearer t0k")
+            .body(Empty::new())
+            .unwrap();
+        c.request(req).await.unwrap().status()
+    });
+    assert_eq!(enabled, 200);
+    let after = statuses(&rt);
+    assert!(
+        after.iter().any(|(s, c)| *s == 418 && c.as_deref() == Some("experiment")),
+        "{after:?}"
+    );
+    assert!(
+        after.iter().all(|(s, c)| *s != 418 || c.as_deref() == Some("experiment")),
+        "a fault reached control: {after:?}"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = child.wait().unwrap();
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).unwrap();
+    assert_eq!(status.code(), Some(0), "{out}");
+}
