@@ -162,6 +162,9 @@ struct ScheduledFault {
     infra: Option<InfraFault>,
     http: Option<HttpFault>,
     applied_at: Option<Duration>,
+    /// `process-kill` with `interval`: when to strike again (relative to
+    /// the start of injection).
+    next_repeat: Option<Duration>,
     reverted_at: Option<Duration>,
     revert_error: Option<String>,
     description: String,
@@ -224,6 +227,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             infra: infra.iter().find(|(id, _)| id == &f.id).map(|(_, i)| i.clone()),
             http: plan::http_fault(f),
             applied_at: None,
+            next_repeat: None,
             reverted_at: None,
             revert_error: None,
             description: String::new(),
@@ -370,7 +374,21 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         // Faults due to start or stop.
         let mut http_changed = false;
         for sf in schedule.iter_mut() {
-            if sf.applied_at.is_none() && rel >= sf.start && rel < sf.stop {
+            let due_start = sf.applied_at.is_none() && rel >= sf.start && rel < sf.stop;
+            let due_repeat = sf.reverted_at.is_none()
+                && rel < sf.stop
+                && sf.next_repeat.is_some_and(|t| rel >= t);
+            if due_start || due_repeat {
+                if due_repeat {
+                    // The previous strike has nothing to undo (a kill); close
+                    // its journal record before the next one opens.
+                    if let (Some(old), Some(j)) = (sf.injector.as_mut(), journal.as_mut())
+                    {
+                        if let Err(e) = tokio::task::block_in_place(|| old.revert(j)) {
+                            sf.revert_error = Some(e.to_string());
+                        }
+                    }
+                }
                 if let Some(infra_fault) = sf.infra.as_ref() {
                     // Resolve again now: the preflight resolution proved the
                     // targets existed; this one hits what exists at start time.
@@ -391,8 +409,17 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                     let j =
                         journal.as_mut().expect("journal opened when infra faults exist");
                     let r = tokio::task::block_in_place(|| inj.inject(j));
-                    sf.applied_at = Some(now);
+                    sf.applied_at.get_or_insert(now);
+                    if let FaultKind::ProcessKill { interval: Some(every), .. } =
+                        sf.spec.kind
+                    {
+                        sf.next_repeat = Some(rel + every);
+                    }
                     match r {
+                        Ok(()) if due_repeat => progress.event(&format!(
+                            "repeated {}: {}",
+                            sf.spec.id, sf.description
+                        )),
                         Ok(()) => {
                             platform.fault_applied(&sf.spec.kind);
                             progress.event(&format!(

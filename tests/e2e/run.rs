@@ -496,3 +496,60 @@ tolerance = "+0.5pp"
     assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
     assert!(stdout(&out).contains("REJECTED"), "{}", stdout(&out));
 }
+
+#[test]
+fn a_kill_with_an_interval_strikes_again_until_the_fault_ends() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let tag = format!("{}.{}", 5000 + std::process::id() % 1000, std::process::id());
+    let victims: Vec<Victim> = (0..4).map(|_| Victim::spawn(&tag)).collect();
+    let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let up_port = upstream.local_addr().expect("addr").port();
+    let exp = write(
+        dir.path(),
+        "interval.toml",
+        &format!(
+            r#"
+[experiment]
+name = "kill one every second"
+duration = "5s"
+baseline = "0s"
+
+[traffic]
+listen = "127.0.0.1:{}"
+upstream = "http://127.0.0.1:{up_port}"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+0.5pp"
+
+[[fault]]
+name = "kill-every-second"
+kind = "process-kill"
+target = "name:^sleep {tag}$"
+count = 1
+interval = "1s"
+duration = "3500ms"
+"#,
+            free_port()
+        ),
+    );
+    let out = Command::new(chaos_bin())
+        .args(["run", "--quiet", "--report-dir"])
+        .arg(dir.path().join("reports"))
+        .arg(&exp)
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .expect("run");
+    // No traffic: the verdict is inconclusive; what matters is the strikes.
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    let dead = victims
+        .iter()
+        .filter(|v| matches!(process_state(v.pid()), None | Some('Z')))
+        .count();
+    assert!(
+        dead >= 3,
+        "strikes at 0s, 1s, 2s, 3s should kill at least 3 of 4, killed {dead}"
+    );
+    assert_journal_all_reverted(&dir.path().join("journal"));
+}
