@@ -89,16 +89,9 @@ pub fn run(args: ContinuousArgs) -> u8 {
         progress: ProgressMode::Quiet,
         interrupt: Some(interrupt),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runner_runtime("chaos continuous") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("chaos continuous: cannot start the async runtime: {e}");
-            return exit::ENVIRONMENT;
-        }
+        Err(code) => return code,
     };
     let events: EventSink = Arc::new(Mutex::new(Box::new(std::io::stdout())));
     rt.block_on(async move {

@@ -97,16 +97,9 @@ pub fn run(args: GamedayArgs) -> u8 {
         progress: ProgressMode::detect(),
         interrupt: Some(interrupt),
     };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runner_runtime("chaos gameday") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("chaos gameday: cannot start the async runtime: {e}");
-            return exit::ENVIRONMENT;
-        }
+        Err(code) => return code,
     };
     let stop = Stop::new();
     let (report, runs) = rt.block_on(async {

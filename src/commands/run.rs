@@ -172,16 +172,9 @@ pub fn execute(exp: &Experiment, common: &RunCommon) -> u8 {
         }
     };
     let opts = options(common, interrupt);
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let rt = match super::runner_runtime("chaos") {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("chaos: cannot start the async runtime: {e}");
-            return exit::ENVIRONMENT;
-        }
+        Err(code) => return code,
     };
     let report = match rt.block_on(runner::run(exp, opts)) {
         Ok(r) => r,
