@@ -540,6 +540,18 @@ async fn admin_changes_without_the_token_are_refused() {
     h.shutdown().await;
 }
 
+/// SIGKILLs a `chaos proxy` child by PID if a test fails before it stops it.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 #[test]
 fn the_cli_proxies_until_sigterm_and_prints_a_cohort_summary() {
     use std::io::{BufRead, BufReader, Read};
@@ -554,16 +566,7 @@ fn the_cli_proxies_until_sigterm_and_prints_a_cohort_summary() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let _guard = Kill(child.id());
+    let _guard = KillOnDrop(child.id());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     let mut line = String::new();
     stderr.read_line(&mut line).unwrap();
@@ -651,16 +654,7 @@ status = 418
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    struct Kill(u32);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(self.0 as i32),
-                nix::sys::signal::Signal::SIGKILL,
-            );
-        }
-    }
-    let _guard = Kill(child.id());
+    let _guard = KillOnDrop(child.id());
     let mut stderr = BufReader::new(child.stderr.take().unwrap());
     // Validation warnings come first (a 50% cohort is a large blast radius).
     let mut seen = String::new();
