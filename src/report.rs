@@ -192,7 +192,7 @@ pub struct HypothesisResult {
     pub metric: String,
     /// Tolerance as written (`+10%`, `+0.5pp`).
     pub tolerance: String,
-    /// A rejected critical hypothesis rejects the whole run.
+    /// Must be accepted for the run to be accepted; see `stats::judge_experiment`.
     pub critical: bool,
     /// Accepted / rejected / inconclusive.
     pub verdict: Verdict,

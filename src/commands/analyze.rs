@@ -115,6 +115,12 @@ pub struct AnalyzeArgs {
     #[arg(long)]
     pub control: String,
 
+    /// With a throughput hypothesis: line i of both files covers the same
+    /// time window, so the per-window log ratios are tested (paired t),
+    /// which cancels traffic bursts both cohorts saw. Without it, Welch.
+    #[arg(long, requires = "hypothesis")]
+    pub paired: bool,
+
     /// Seed for the bootstrap of quantile hypotheses.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -323,6 +329,22 @@ fn run_hypothesis(args: &AnalyzeArgs, text: &str) -> Result<u8> {
             experiment: read_counts(&args.experiment)?,
             control: read_counts(&args.control)?,
         }
+    } else if args.paired {
+        if h.kind != MetricKind::Throughput {
+            bail!("--paired applies to throughput hypotheses only, not {:?}", h.metric);
+        }
+        let (experiment, control) =
+            (read_samples(&args.experiment)?, read_samples(&args.control)?);
+        if experiment.len() != control.len() {
+            bail!(
+                "--paired needs one line per window in both files; {} has {} and {} has {}",
+                args.experiment,
+                experiment.len(),
+                args.control,
+                control.len()
+            );
+        }
+        CohortData::AlignedWindows { experiment, control }
     } else {
         CohortData::Samples {
             experiment: read_samples(&args.experiment)?,

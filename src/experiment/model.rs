@@ -182,7 +182,8 @@ pub struct Hypothesis {
     pub tolerance: Tolerance,
     /// Stop early and revert when clearly worse than this.
     pub abort: Option<Tolerance>,
-    /// A rejected critical hypothesis fails the run regardless of others.
+    /// Must be accepted for the run to be accepted (with none marked
+    /// critical, every hypothesis must be); any rejection rejects the run.
     pub critical: bool,
 }
 

@@ -287,7 +287,8 @@ fn verdict_table(r: &RunReport) -> String {
     s.push_str(
         "</tbody></table><div class=\"legend foot\">effect plot: ● estimate, bar = interval, \
          solid line = no difference, dashed line = tolerance; p is Holm-adjusted; \
-         <span class=\"crit\">critical</span> rejects the run</div></section>",
+         <span class=\"crit\">critical</span> must be accepted for the run to pass; \
+         any rejection rejects it</div></section>",
     );
     s
 }

@@ -68,7 +68,11 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
         let _ = writeln!(
             out,
             "{}",
-            paint(DIM, "* critical: its rejection rejects the run. P is Holm-adjusted.")
+            paint(
+                DIM,
+                "* critical: must be accepted for the run to pass; any rejection \
+                 rejects it. P is Holm-adjusted."
+            )
         );
     }
     out.push('\n');

@@ -103,7 +103,7 @@ pub fn cohort_data(
             experiment: counts(experiment, span),
             control: counts(control, span),
         },
-        Shape::Throughput => CohortData::Samples {
+        Shape::Throughput => CohortData::AlignedWindows {
             experiment: throughput_windows(experiment, span),
             control: throughput_windows(control, span),
         },

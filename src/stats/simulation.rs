@@ -210,3 +210,37 @@ fn latency_monitor_false_aborts_rarely_at_the_boundary_and_catches_a_doubling() 
     assert!(share(boundary, runs) <= 0.015);
     assert!(share(doubled, runs) > 0.95);
 }
+
+#[test]
+fn throughput_at_the_tolerance_boundary_rejects_at_most_six_percent() {
+    // Twelve aligned 10 s windows whose shared traffic level swings ±20%
+    // (bursts hit both cohorts), each cohort with its own Poisson-like
+    // noise; the experiment runs exactly 5% below control, tolerance -5%.
+    // Cheap, so four times the runs of the others: a tighter estimate.
+    const T_RUNS: usize = 4 * RUNS;
+    let mut rng = ChaCha8Rng::seed_from_u64(4);
+    let s = spec(
+        "throughput",
+        MetricKind::Throughput,
+        Tolerance::Relative { fraction: -0.05 },
+    );
+    let mut rejected = 0;
+    for _ in 0..T_RUNS {
+        let (mut e, mut c) = (Vec::new(), Vec::new());
+        for _ in 0..12 {
+            let level = 1000.0 * (1.0 + 0.2 * std_normal(&mut rng)).max(0.2);
+            c.push(level + level.sqrt() * std_normal(&mut rng));
+            e.push(0.95 * level + (0.95 * level).sqrt() * std_normal(&mut rng));
+        }
+        let data = CohortData::AlignedWindows { experiment: e, control: c };
+        let v = judge(&s, &data, 0.05, 0);
+        assert_eq!(v.test, "paired-log-ratio-t");
+        rejected += usize::from(v.verdict == Verdict::Rejected);
+    }
+    println!(
+        "throughput at the -5% boundary, {T_RUNS} runs: paired log-ratio t rejects {:.1}%",
+        100.0 * share(rejected, T_RUNS)
+    );
+    assert!(share(rejected, T_RUNS) <= 0.06, "rejects {rejected}/{T_RUNS}");
+    assert!(rejected >= 80, "should reject near alpha at the boundary, got {rejected}");
+}

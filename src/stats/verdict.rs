@@ -11,7 +11,7 @@ use super::proportions::{
     fisher_exact, katz_log_rr, newcombe_interval_z, newcombe_p_value, two_proportion_z,
 };
 use super::quantile::bootstrap_log_quantile_ratio;
-use super::special::{normal_cdf, normal_pdf, normal_quantile, normal_sf};
+use super::special::{normal_cdf, normal_pdf, normal_quantile, normal_sf, student_t_sf};
 use super::welch::{mean_var, t_p_value, welch_from_moments};
 use super::{Alternative, Counts, Verdict};
 use crate::units::Tolerance;
@@ -61,8 +61,21 @@ pub struct HypothesisSpec {
 /// samples as per-window values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum CohortData {
-    Samples { experiment: Vec<f64>, control: Vec<f64> },
-    Counts { experiment: Counts, control: Counts },
+    Samples {
+        experiment: Vec<f64>,
+        control: Vec<f64>,
+    },
+    /// Per-window values where window i of both cohorts covers the same
+    /// time span (the runner's throughput windows): throughput is then
+    /// judged on the paired log ratios. Other metrics treat it as samples.
+    AlignedWindows {
+        experiment: Vec<f64>,
+        control: Vec<f64>,
+    },
+    Counts {
+        experiment: Counts,
+        control: Counts,
+    },
 }
 
 /// The verdict on one hypothesis, with everything a report shows.
@@ -251,11 +264,13 @@ pub fn judge(
     seed: u64,
 ) -> HypothesisVerdict {
     let n = match data {
-        CohortData::Samples { experiment, control } => {
+        CohortData::Samples { experiment, control }
+        | CohortData::AlignedWindows { experiment, control } => {
             (experiment.len() as u64, control.len() as u64)
         }
         CohortData::Counts { experiment, control } => (experiment.total, control.total),
     };
+    let aligned = matches!(data, CohortData::AlignedWindows { .. });
     if !(alpha > 0.0 && alpha < 0.5) {
         return inconclusive(spec, n, format!("alpha {alpha} must be in (0, 0.5)"), None);
     }
@@ -266,7 +281,11 @@ pub fn judge(
         (_, CohortData::Counts { .. }) => {
             Err(format!("{:?} needs samples per cohort, not counts", spec.kind))
         }
-        (kind, CohortData::Samples { experiment, control }) => {
+        (
+            kind,
+            CohortData::Samples { experiment, control }
+            | CohortData::AlignedWindows { experiment, control },
+        ) => {
             if let Some(bad) =
                 experiment.iter().chain(control.iter()).find(|v| !v.is_finite())
             {
@@ -279,9 +298,13 @@ pub fn judge(
                     MetricKind::LatencyQuantile(p) => {
                         judge_quantile(spec, p, experiment, control, alpha, seed)
                     }
-                    MetricKind::Throughput | MetricKind::Samples => {
+                    MetricKind::Throughput if aligned => {
+                        judge_throughput_paired(spec, experiment, control, alpha)
+                    }
+                    MetricKind::Throughput => {
                         judge_welch(spec, experiment, control, alpha)
                     }
+                    MetricKind::Samples => judge_welch(spec, experiment, control, alpha),
                     MetricKind::ErrorRate => {
                         Err("error_rate needs counts (events/total), not samples".into())
                     }
@@ -528,7 +551,69 @@ fn judge_rate(
     }
 }
 
-/// Welch verdicts for throughput and generic samples. The tolerance picks
+/// Time-aligned throughput windows (window i of both cohorts covers the
+/// same seconds): the one-sample t-test on the per-window log ratios
+/// ln(E_i/C_i) against ln(1 − r). Traffic bursts hit both cohorts and
+/// cancel in the ratio, which makes it far more powerful than Welch on the
+/// raw rates (STATISTICS.md §2). Windows that cannot be paired (unequal
+/// counts, or an empty window, where the log ratio is undefined and a
+/// collapse must still be caught) fall back to Welch.
+fn judge_throughput_paired(
+    spec: &HypothesisSpec,
+    experiment: &[f64],
+    control: &[f64],
+    alpha: f64,
+) -> Result<Judged, String> {
+    let pairable = experiment.len() == control.len()
+        && experiment.iter().chain(control).all(|v| *v > 0.0);
+    let fraction = match spec.tolerance {
+        Tolerance::Relative { fraction } if fraction <= 0.0 && fraction > -1.0 => {
+            -fraction
+        }
+        _ => return judge_welch(spec, experiment, control, alpha),
+    };
+    if !pairable {
+        return judge_welch(spec, experiment, control, alpha);
+    }
+    let n = (experiment.len() as u64, control.len() as u64);
+    if let Some(g) = gate(spec, n, MIN_WINDOWS, "windows") {
+        return Ok(g);
+    }
+    let d: Vec<f64> = experiment.iter().zip(control).map(|(e, c)| (e / c).ln()).collect();
+    let (mean, var) = mean_var(&d);
+    if var.is_nan() || var <= 0.0 {
+        // Identical ratios in every window: no spread to test against.
+        return judge_welch(spec, experiment, control, alpha);
+    }
+    let k = d.len() as f64;
+    let df = k - 1.0;
+    let se = (var / k).sqrt();
+    // Boundary: the experiment at (1 − r) × control; lower is worse.
+    let bound = (1.0 - fraction).ln();
+    let t = (mean - bound) / se;
+    let p_reject = t_p_value(t, df, Alternative::Less);
+    let p_accept = t_p_value(t, df, Alternative::Greater);
+    let q = crossing(|x| 1.0 - student_t_sf(x, df), 1.0 - alpha, -100.0, 100.0);
+    let shortfall = |x: f64| -x.exp_m1();
+    let gap = mean - bound;
+    let needed_n =
+        needed(z_power_sq(alpha) * var / (gap * gap)).map(|v| v.max(MIN_WINDOWS));
+    Ok(Judged::Draft(Draft {
+        test: "paired-log-ratio-t",
+        estimate: shortfall(mean),
+        ci_low: shortfall(mean + q * se),
+        ci_high: shortfall(mean - q * se),
+        margin: fraction,
+        p_reject,
+        p_accept,
+        needed_n,
+        scale: "relative shortfall (1 - experiment/control)".into(),
+        note: String::new(),
+    }))
+}
+
+/// Welch verdicts for throughput windows that cannot be paired and for
+/// generic samples. The tolerance picks
 /// the parametrisation of "control adjusted by the margin".
 fn judge_welch(
     spec: &HypothesisSpec,
@@ -657,9 +742,14 @@ fn judge_welch(
 /// Returns the updated verdicts and the overall verdict.
 ///
 /// Every tested hypothesis, critical or not, is in the Holm family, so the
-/// familywise false-rejection rate stays ≤ α; a critical hypothesis
-/// rejected after Holm rejects the run like any other. An abort rejects the
-/// run whatever the hypotheses say.
+/// familywise false-rejection rate stays ≤ α, and any hypothesis rejected
+/// after Holm rejects the run. `critical` decides what acceptance needs:
+/// every critical hypothesis accepted and no other one rejected, so an
+/// underpowered non-critical hypothesis (a p99 short of samples) can stay
+/// inconclusive without blocking the run; it is still an intersection-union
+/// test, over the critical ones. With no hypothesis marked critical, every
+/// one must be accepted. An abort rejects the run whatever the hypotheses
+/// say.
 pub fn judge_experiment(
     mut verdicts: Vec<HypothesisVerdict>,
     alpha: f64,
@@ -686,8 +776,12 @@ pub fn judge_experiment(
         }
     }
     let any_rejected = verdicts.iter().any(|v| v.verdict == Verdict::Rejected);
-    let all_accepted =
-        !verdicts.is_empty() && verdicts.iter().all(|v| v.verdict == Verdict::Accepted);
+    let any_critical = verdicts.iter().any(|v| v.critical);
+    let all_accepted = !verdicts.is_empty()
+        && verdicts
+            .iter()
+            .filter(|v| v.critical || !any_critical)
+            .all(|v| v.verdict == Verdict::Accepted);
     let overall = if aborted || any_rejected {
         Verdict::Rejected
     } else if all_accepted {
@@ -723,6 +817,10 @@ mod tests {
 
     fn samples(e: Vec<f64>, c: Vec<f64>) -> CohortData {
         CohortData::Samples { experiment: e, control: c }
+    }
+
+    fn aligned(e: Vec<f64>, c: Vec<f64>) -> CohortData {
+        CohortData::AlignedWindows { experiment: e, control: c }
     }
 
     #[test]
@@ -821,7 +919,7 @@ mod tests {
     }
 
     #[test]
-    fn throughput_drop_is_judged_by_welch_on_the_scaled_control() {
+    fn throughput_drop_is_rejected_and_equal_throughput_accepted() {
         let s = spec(MetricKind::Throughput, rel(-0.05));
         let ctl: Vec<f64> = (0..20).map(|i| 1000.0 + (i % 5) as f64 * 10.0).collect();
         let same: Vec<f64> = (0..20).map(|i| 1000.0 + (i % 4) as f64 * 12.0).collect();
@@ -831,6 +929,47 @@ mod tests {
         let v = judge(&s, &samples(half, ctl), 0.05, 0);
         assert_eq!(v.verdict, Verdict::Rejected);
         assert!((v.estimate - 0.5).abs() < 0.01, "shortfall {}", v.estimate);
+    }
+
+    #[test]
+    fn aligned_throughput_windows_use_the_paired_log_ratio_test_like_scipy() {
+        // scipy 1.17.1: ttest_1samp(log(E/C), log(0.95), alternative=...),
+        // and the 90% t interval mapped to 1 - E/C.
+        let c = vec![
+            1001.2, 1014.4, 977.8, 935.2, 950.7, 916.5, 985.7, 1092.9, 942.9, 948.1,
+            1026.0, 1031.3,
+        ];
+        let e = vec![
+            971.6, 991.3, 924.8, 896.0, 934.3, 894.1, 959.8, 1068.9, 922.7, 914.4,
+            1018.7, 989.6,
+        ];
+        let s = spec(MetricKind::Throughput, rel(-0.05));
+        let v = judge(&s, &aligned(e.clone(), c.clone()), 0.05, 0);
+        assert_eq!(v.test, "paired-log-ratio-t");
+        assert_eq!(v.verdict, Verdict::Accepted, "{v:?}");
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs().max(1e-300);
+        assert!(close(v.p_reject, 0.9999475353414807), "{}", v.p_reject);
+        assert!(close(v.p_accept, 5.246465851925571e-05), "{}", v.p_accept);
+        assert!(close(v.estimate, 0.02865100890658734), "{}", v.estimate);
+        assert!((v.ci_low - 0.022044406909807357).abs() < 1e-8, "{}", v.ci_low);
+        assert!((v.ci_high - 0.03521297984828453).abs() < 1e-8, "{}", v.ci_high);
+        // The same data as unaligned samples goes to Welch (scipy: p_accept
+        // 0.158), which cannot accept: burst-to-burst spread drowns a 3%
+        // shortfall.
+        let unpaired = judge(&s, &samples(e, c), 0.05, 0);
+        assert_eq!(unpaired.test, "welch-t");
+        assert_eq!(unpaired.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn an_empty_experiment_window_falls_back_to_welch_and_rejects_the_collapse() {
+        let s = spec(MetricKind::Throughput, rel(-0.05));
+        let c: Vec<f64> = (0..12).map(|i| 1000.0 + (i % 3) as f64 * 20.0).collect();
+        let mut e: Vec<f64> = c.iter().map(|v| v * 0.2).collect();
+        e[3] = 0.0;
+        let v = judge(&s, &aligned(e, c), 0.05, 0);
+        assert_eq!(v.test, "welch-t");
+        assert_eq!(v.verdict, Verdict::Rejected);
     }
 
     #[test]
@@ -899,5 +1038,39 @@ mod tests {
         let mixed = vec![verdict(0.9, 0.01, true), verdict(1.0, 1.0, false)];
         assert_eq!(judge_experiment(mixed, 0.05, false).1, Verdict::Inconclusive);
         assert_eq!(judge_experiment(vec![], 0.05, false).1, Verdict::Inconclusive);
+    }
+
+    fn critical(mut v: HypothesisVerdict) -> HypothesisVerdict {
+        v.critical = true;
+        v
+    }
+
+    #[test]
+    fn critical_hypotheses_decide_acceptance_and_any_rejection_still_rejects() {
+        let accepted = verdict(0.9, 0.01, true);
+        let inconclusive = verdict(0.6, 0.4, true);
+        let rejected = verdict(0.001, 0.99, true);
+        // A non-critical inconclusive one does not block a proven critical one.
+        let (vs, overall) = judge_experiment(
+            vec![critical(accepted.clone()), inconclusive.clone()],
+            0.05,
+            false,
+        );
+        assert_eq!(overall, Verdict::Accepted);
+        assert_eq!(vs[1].verdict, Verdict::Inconclusive, "reported as it is");
+        // A critical inconclusive one does.
+        let (_, overall) = judge_experiment(
+            vec![critical(inconclusive.clone()), accepted.clone()],
+            0.05,
+            false,
+        );
+        assert_eq!(overall, Verdict::Inconclusive);
+        // A rejected non-critical one rejects the run.
+        let (_, overall) =
+            judge_experiment(vec![critical(accepted.clone()), rejected], 0.05, false);
+        assert_eq!(overall, Verdict::Rejected);
+        // And an abort rejects even when every critical one was accepted.
+        let (_, overall) = judge_experiment(vec![critical(accepted)], 0.05, true);
+        assert_eq!(overall, Verdict::Rejected);
     }
 }

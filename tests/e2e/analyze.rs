@@ -304,6 +304,39 @@ fn hypotheses_print_verdicts_and_map_them_to_exit_codes() {
 }
 
 #[test]
+fn paired_throughput_windows_accept_what_welch_cannot() {
+    // Twelve aligned windows whose shared traffic level swings; the
+    // experiment runs 3% below control. scipy 1.17.1 on ln(E/C) against
+    // ln(0.95): p_accept 5.246465851925571e-05 (Welch on the same data:
+    // 0.158, inconclusive).
+    let dir = tempfile::tempdir().unwrap();
+    let c = [
+        1001.2, 1014.4, 977.8, 935.2, 950.7, 916.5, 985.7, 1092.9, 942.9, 948.1, 1026.0,
+        1031.3,
+    ];
+    let e = [
+        971.6, 991.3, 924.8, 896.0, 934.3, 894.1, 959.8, 1068.9, 922.7, 914.4, 1018.7,
+        989.6,
+    ];
+    let ctl = write_lines(dir.path(), "c.txt", c.into_iter());
+    let exp = write_lines(dir.path(), "e.txt", e.into_iter());
+    let args = ["analyze", "--hypothesis", "throughput >= -5%", "--experiment", &exp];
+    let (code, v) =
+        run_json(&[&args[..], &["--control", &ctl, "--json", "--paired"]].concat());
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(v["test"], "paired-log-ratio-t");
+    close(&v["p_accept"], &serde_json::json!(5.246465851925571e-05), 1e-9).unwrap();
+    let (code, v) = run_json(&[&args[..], &["--control", &ctl, "--json"]].concat());
+    assert_eq!(code, 4, "{v}");
+    assert_eq!(v["test"], "welch-t");
+
+    let short = write_lines(dir.path(), "short.txt", c[1..].iter().copied());
+    let out = chaos(&[&args[..], &["--control", &short, "--paired"]].concat());
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("one line per window"));
+}
+
+#[test]
 fn analyze_help_explains_the_command_with_examples() {
     let out = chaos(&["analyze", "--help"]);
     assert_eq!(out.status.code(), Some(0));
