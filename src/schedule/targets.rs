@@ -3,14 +3,16 @@
 //!
 //! The set holds each fault's target selector (regions expanded to their
 //! members), every upstream URL the proxies forward to, and the proxies'
-//! own listen addresses. Selectors are compared as written: two different
-//! `name:` regexes that happen to match the same process are not detected
-//! (resolving them would need the processes to exist at planning time).
+//! own listen addresses. Process selectors (`pid:`, `pidfile:`, `name:`)
+//! are also resolved when the set is built — the daemon builds it when an
+//! entry is due — and every matching process adds a `proc:PID` key, so two
+//! different `name:` regexes that match one process do overlap. A selector
+//! that matches nothing right now still overlaps with itself as written.
 
 use std::collections::BTreeSet;
 
 use crate::experiment::{Experiment, FaultKind, UpstreamSpec};
-use crate::target::TargetSelector;
+use crate::target::{process, TargetSelector};
 
 /// The keys an experiment or monkey entry touches.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -31,6 +33,29 @@ impl TargetSet {
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
+}
+
+/// `proc:PID` keys of the processes a process selector matches now (none
+/// for other selectors, or when nothing matches; the run itself reports
+/// those).
+fn process_keys(sel: &TargetSelector) -> Vec<String> {
+    let pids: Vec<u32> = match sel {
+        TargetSelector::Pid(p) => vec![*p],
+        TargetSelector::Pidfile(path) => {
+            process::pid_from_file(std::path::Path::new(path)).into_iter().collect()
+        }
+        TargetSelector::Name(re) => process::by_name(re)
+            .map(|v| v.iter().map(|i| i.pid).collect())
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    pids.into_iter().map(|p| format!("proc:{p}")).collect()
+}
+
+/// The keys of one selector: as written, plus the processes it matches.
+fn keys_of(sel: &TargetSelector, out: &mut BTreeSet<String>) {
+    out.insert(selector_key(sel));
+    out.extend(process_keys(sel));
 }
 
 /// The key of one selector (as `chaos` writes it in files).
@@ -77,12 +102,12 @@ pub fn of_experiment(exp: &Experiment) -> TargetSet {
         TargetSelector::Region(r) => {
             out.insert(format!("region:{r}"));
             for region in exp.regions.iter().filter(|x| &x.name == r) {
-                out.extend(region.targets.iter().map(selector_key));
+                for t in &region.targets {
+                    keys_of(t, out);
+                }
             }
         }
-        other => {
-            out.insert(selector_key(other));
-        }
+        other => keys_of(other, out),
     };
     for f in &exp.faults {
         if let Some(sel) = &f.target {
@@ -97,7 +122,11 @@ pub fn of_experiment(exp: &Experiment) -> TargetSet {
 
 /// What a Chaos Monkey entry touches: its selectors.
 pub fn of_selectors(sels: &[TargetSelector]) -> TargetSet {
-    TargetSet(sels.iter().map(selector_key).collect())
+    let mut out = BTreeSet::new();
+    for sel in sels {
+        keys_of(sel, &mut out);
+    }
+    TargetSet(out)
 }
 
 #[cfg(test)]
@@ -144,5 +173,28 @@ target = "{target}"
         let monkey = of_selectors(&[TargetSelector::parse("name:^demo-api$").unwrap()]);
         assert_eq!(monkey.overlap(&a), Some("name:^demo-api$"));
         assert_eq!(monkey.overlap(&b), None);
+    }
+
+    #[test]
+    fn different_selectors_matching_one_process_overlap() {
+        struct Kid(std::process::Child);
+        impl Drop for Kid {
+            fn drop(&mut self) {
+                let _ = self.0.kill();
+                let _ = self.0.wait();
+            }
+        }
+        let tag = format!("{}.{}", 400 + std::process::id() % 100, std::process::id());
+        let kid = Kid(std::process::Command::new("sleep").arg(&tag).spawn().unwrap());
+        let by_regex = TargetSelector::Name(format!("^sleep {}$", regex::escape(&tag)));
+        let by_prefix = TargetSelector::Name(format!("sleep {}", regex::escape(&tag)));
+        let by_pid = TargetSelector::Pid(kid.0.id());
+        let a = of_selectors(&[by_regex]);
+        let want = format!("proc:{}", kid.0.id());
+        assert_eq!(a.overlap(&of_selectors(&[by_prefix])), Some(want.as_str()));
+        assert_eq!(a.overlap(&of_selectors(&[by_pid])), Some(want.as_str()));
+        // A selector that matches nothing overlaps only with itself.
+        let none = of_selectors(&[TargetSelector::Name("^no-such-process-x9$".into())]);
+        assert_eq!(none.overlap(&a), None);
     }
 }
