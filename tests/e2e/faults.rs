@@ -261,6 +261,45 @@ fn a_blackhole_blocks_traffic_and_its_revert_restores_it() {
 }
 
 #[test]
+fn an_ipv6_destination_blackhole_blocks_ipv6_only_and_reverts() {
+    if !netns_ok() {
+        return;
+    }
+    let lab = Lab::new(1).with_ipv6();
+    let dir = tempfile::tempdir().unwrap();
+    let to6 = SocketAddr::from((Lab::spoke_addr6(0), 8080));
+    let to4 = SocketAddr::from((Lab::spoke_addr(0), 8080));
+    let _l6 = netns::listen_on(&lab.spokes[0], to6);
+    let _l4 = netns::listen_on(&lab.spokes[0], to4);
+    assert!(netns::reachable(&lab.hub, to6), "IPv6 reachable before");
+    assert!(netns::reachable(&lab.hub, to4), "IPv4 reachable before");
+    let before = lab.snapshot();
+    // In the spoke the hub's prefix is the far side: the rule matches
+    // traffic to and from fd00:0:0:0::/64 and nothing of IPv4.
+    let runner = spawn_chaos(&[
+        "inject",
+        "blackhole",
+        "--target",
+        &format!("netns:{}", lab.spokes[0]),
+        "--destination",
+        "fd00:0:0:0::/64",
+        "--journal-dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    assert!(eventually(Duration::from_secs(10), || (lab.snapshot() != before)
+        .then_some(()))
+    .is_some());
+    let during = lab.snapshot();
+    assert!(during.contains("ip6 saddr") && during.contains("fd00::/64"), "{during}");
+    assert!(!netns::reachable(&lab.hub, to6), "IPv6 blocked during the blackhole");
+    assert!(netns::reachable(&lab.hub, to4), "IPv4 untouched by an IPv6 rule");
+    let out = signal_and_wait(runner, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    assert!(netns::reachable(&lab.hub, to6), "IPv6 restored after revert");
+    assert_eq!(lab.snapshot(), before);
+}
+
+#[test]
 fn a_region_outage_blocks_every_host_of_one_region_and_not_the_other() {
     if !netns_ok() {
         return;

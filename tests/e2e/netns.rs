@@ -79,6 +79,24 @@ impl Lab {
         lab
     }
 
+    /// Adds IPv6 on every veth: hub fd00:0:0:I::1/64, spoke fd00:0:0:I::2/64,
+    /// without duplicate-address detection so they are usable at once.
+    pub fn with_ipv6(self) -> Lab {
+        for (i, spoke) in self.spokes.iter().enumerate() {
+            let (h, sp) = (format!("h{i}"), format!("s{i}"));
+            for (ns, dev, host) in [(&self.hub, h, 1), (spoke, sp, 2)] {
+                let addr = format!("fd00:0:0:{i}::{host}/64");
+                ip(&["-n", ns, "addr", "add", &addr, "dev", &dev, "nodad"]);
+            }
+        }
+        self
+    }
+
+    /// IPv6 address of spoke `i` (after [`Lab::with_ipv6`]).
+    pub fn spoke_addr6(i: usize) -> std::net::Ipv6Addr {
+        std::net::Ipv6Addr::new(0xfd00, 0, 0, i as u16, 0, 0, 0, 2)
+    }
+
     /// Address of spoke `i` as seen from the hub.
     pub fn spoke_addr(i: usize) -> Ipv4Addr {
         Ipv4Addr::new(10, 0, i as u8, 2)
@@ -135,6 +153,11 @@ pub fn in_netns<T: Send + 'static>(
 /// `accept`, which is all reachability probes need).
 pub fn listen(ns: &str, addr: Ipv4Addr, port: u16) -> TcpListener {
     in_netns(ns, move || TcpListener::bind((addr, port)).expect("bind listener"))
+}
+
+/// A TCP listener in `ns` on any address (IPv4 or IPv6).
+pub fn listen_on(ns: &str, addr: SocketAddr) -> TcpListener {
+    in_netns(ns, move || TcpListener::bind(addr).expect("bind listener"))
 }
 
 /// Whether a TCP connection from `ns` to `to` completes within 400 ms.
