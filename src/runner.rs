@@ -255,7 +255,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             .await
             .map_err(|e| RunError::Preflight(e.to_string()))?;
     }
-    let mut guardrails = prom
+    let guardrails = prom
         .clone()
         .filter(|_| !exp.guardrails.is_empty())
         .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
@@ -360,6 +360,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             format_duration(exp.meta.duration)
         ));
     }
+    // Guardrails are checked on their own task from the first fault on;
+    // dropping the handle (any exit from the loop) stops it.
+    let guardrail_task = guardrails
+        .filter(|_| outcome.is_none())
+        .map(|watch| watch.spawn(Duration::from_secs(1)));
     while outcome.is_none() {
         let now = origin.elapsed();
         observe_end = now;
@@ -484,8 +489,8 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 outcome = Some(RunOutcome::Aborted);
                 break;
             }
-            if let Some(watch) = guardrails.as_mut() {
-                if let Some(g) = watch.check().await {
+            if let Some(task) = guardrail_task.as_ref() {
+                if let Some(g) = task.take_abort() {
                     let a = AbortInfo {
                         at_s: now.as_secs_f64(),
                         hypothesis: None,
