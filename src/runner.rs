@@ -1021,8 +1021,10 @@ fn hypothesis_result(
         ci_low: v.ci_low * k,
         ci_high: v.ci_high * k,
         margin: v.margin * k,
-        p_value: v.p_reject,
-        p_value_adjusted: v.p_reject_adjusted,
+        // An untested hypothesis (below a gate) has no p-value; 1.0 would
+        // read like "tested and far from rejected".
+        p_value: if v.tested { v.p_reject } else { f64::NAN },
+        p_value_adjusted: if v.tested { v.p_reject_adjusted } else { f64::NAN },
         n_experiment: v.n_experiment,
         n_control: v.n_control,
         needed_n: v.needed_n,

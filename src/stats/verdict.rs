@@ -257,24 +257,64 @@ fn fmt_num(v: f64) -> String {
 /// Judges one hypothesis. Never panics on data: gates, wrong data shape and
 /// tolerances whose direction does not fit the metric give INCONCLUSIVE
 /// with a reason.
+///
+/// Below the experiment's own `min_samples` (a policy, not a statistical
+/// limit) the verdict is INCONCLUSIVE, but when the data passes the
+/// statistical gates the estimate and interval are still filled in, marked
+/// as information only: an aborted run should still show how bad it got.
 pub fn judge(
     spec: &HypothesisSpec,
     data: &CohortData,
     alpha: f64,
     seed: u64,
 ) -> HypothesisVerdict {
-    let n = match data {
+    let n = data_size(data);
+    match judge_draft(spec, data, alpha, seed) {
+        Ok(Judged::Draft(d)) => finish(spec, n, alpha, d),
+        Ok(Judged::Gate { reason, needed_n }) => {
+            let mut v = inconclusive(spec, n, reason, needed_n);
+            if spec.min_samples > 0 {
+                let statistical_only = HypothesisSpec { min_samples: 0, ..spec.clone() };
+                if let Ok(Judged::Draft(d)) =
+                    judge_draft(&statistical_only, data, alpha, seed)
+                {
+                    v.test = d.test.into();
+                    v.estimate = d.estimate;
+                    v.ci_low = d.ci_low;
+                    v.ci_high = d.ci_high;
+                    v.margin = d.margin;
+                    v.scale = d.scale;
+                    v.reason
+                        .push_str("; the estimate and interval are for information only");
+                }
+            }
+            v
+        }
+        Err(reason) => inconclusive(spec, n, reason, None),
+    }
+}
+
+fn data_size(data: &CohortData) -> (u64, u64) {
+    match data {
         CohortData::Samples { experiment, control }
         | CohortData::AlignedWindows { experiment, control } => {
             (experiment.len() as u64, control.len() as u64)
         }
         CohortData::Counts { experiment, control } => (experiment.total, control.total),
-    };
+    }
+}
+
+fn judge_draft(
+    spec: &HypothesisSpec,
+    data: &CohortData,
+    alpha: f64,
+    seed: u64,
+) -> Result<Judged, String> {
     let aligned = matches!(data, CohortData::AlignedWindows { .. });
     if !(alpha > 0.0 && alpha < 0.5) {
-        return inconclusive(spec, n, format!("alpha {alpha} must be in (0, 0.5)"), None);
+        return Err(format!("alpha {alpha} must be in (0, 0.5)"));
     }
-    let result = match (spec.kind, data) {
+    match (spec.kind, data) {
         (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => {
             judge_rate(spec, *experiment, *control, alpha)
         }
@@ -311,11 +351,6 @@ pub fn judge(
                 }
             }
         }
-    };
-    match result {
-        Ok(Judged::Draft(d)) => finish(spec, n, alpha, d),
-        Ok(Judged::Gate { reason, needed_n }) => inconclusive(spec, n, reason, needed_n),
-        Err(reason) => inconclusive(spec, n, reason, None),
     }
 }
 
@@ -863,10 +898,34 @@ mod tests {
         assert_eq!(v.verdict, Verdict::Inconclusive);
         assert_eq!(v.needed_n, Some(50));
         assert!(!v.tested);
+        // Past the statistical gate (20), short of the file's 50: the
+        // estimate is still shown, for information.
+        assert!(v.estimate.is_finite() && v.ci_low < v.ci_high, "{v:?}");
+        assert!(v.reason.contains("for information only"), "{}", v.reason);
         let q = spec(MetricKind::LatencyQuantile(0.99), rel(0.1));
         let v =
             judge(&q, &samples(latencies(500, 1.0, 0), latencies(500, 1.0, 0)), 0.05, 0);
         assert_eq!(v.needed_n, Some(2000));
+        // Below a statistical gate there is no estimate at all.
+        assert!(v.estimate.is_nan());
+    }
+
+    #[test]
+    fn an_error_rate_short_of_min_samples_stays_inconclusive_but_shows_the_jump() {
+        let s = HypothesisSpec {
+            min_samples: 500,
+            ..spec(MetricKind::ErrorRate, Tolerance::Absolute { points: 0.005 })
+        };
+        // 400 requests per cohort: 60 errors against none.
+        let data = CohortData::Counts {
+            experiment: Counts::new(60, 400),
+            control: Counts::new(0, 400),
+        };
+        let v = judge(&s, &data, 0.05, 0);
+        assert_eq!(v.verdict, Verdict::Inconclusive);
+        assert!(!v.tested, "kept out of the Holm family");
+        assert_eq!(v.needed_n, Some(500));
+        assert!(v.estimate > 0.1 && v.ci_low > 0.05, "{v:?}");
     }
 
     #[test]
