@@ -30,6 +30,40 @@ fn every_example_experiment_validates() {
 }
 
 #[test]
+fn scenarios_and_daemon_configs_are_recognised_and_checked_by_their_own_rules() {
+    let files = toml_files(&repo_root().join("scenarios"));
+    assert!(files.len() >= 2);
+    let mut args = vec!["validate"];
+    args.extend(files.iter().map(|p| p.to_str().expect("utf-8 path")));
+    let out = chaos(&args);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let gameday = dir.path().join("gd.toml");
+    std::fs::write(
+        &gameday,
+        "[gameday]\nname = \"x\"\n\n[[step]]\nkind = \"experimnt\"\n",
+    )
+    .unwrap();
+    let daemon = dir.path().join("d.toml");
+    std::fs::write(
+        &daemon,
+        "[daemon]\nlisten = \"127.0.0.1:9464\"\n\n[[schedule]]\nname = \"a\"\n\
+         experiment = \"../experiments/aa-no-fault.toml\"\ncron = \"0 */15 * * * 99\"\n",
+    )
+    .unwrap();
+    let out = chaos(&["validate", gameday.to_str().unwrap(), daemon.to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("gd.toml:5:8: error: unknown step kind"), "{stdout}");
+    assert!(stdout.contains("did you mean \"experiment\""), "{stdout}");
+    assert!(stdout.contains("d.toml:7:8: error: day-of-week field"), "{stdout}");
+    // Judged as what they are, not as experiments.
+    assert!(!stdout.contains("unknown section or key"), "{stdout}");
+}
+
+#[test]
 fn every_invalid_fixture_produces_exactly_its_paired_diagnostics() {
     let dir = repo_root().join("tests/fixtures/invalid");
     let files = toml_files(&dir);
