@@ -487,6 +487,24 @@ fn cdf_card(cohorts: &[(&CohortSeries, &'static str)]) -> String {
     chart_card("Latency distribution (whole run)", &legend, &chart)
 }
 
+/// Characters of a fault label that fit the timeline's label column.
+const LABEL_CHARS: usize = 36;
+
+/// Cuts `id` and then `detail` so that "ID DETAIL" has at most `max`
+/// characters, marking each cut with an ellipsis.
+fn fit_label(id: &str, detail: &str, max: usize) -> (String, String) {
+    let cut = |s: &str, n: usize| -> String {
+        if s.chars().count() <= n {
+            s.to_string()
+        } else {
+            s.chars().take(n.saturating_sub(1)).collect::<String>() + "…"
+        }
+    };
+    let id = cut(id, max.saturating_sub(8).max(8));
+    let room = max.saturating_sub(id.chars().count() + 1);
+    (id, cut(detail, room))
+}
+
 fn fault_timeline(r: &RunReport) -> String {
     let end = time_end(r);
     let (w, row) = (1140.0, 30.0);
@@ -542,13 +560,20 @@ fn fault_timeline(r: &RunReport) -> String {
     }
     for (i, f) in r.faults.iter().enumerate() {
         let y = top + 3.0 + i as f64 * row;
+        // The label column is `left` px wide: long targets are cut with an
+        // ellipsis (the whole text is in the tooltip) instead of running
+        // into the bars.
+        let detail = format!("{} → {}", f.kind, f.target);
+        let (id, detail) = fit_label(&f.id, &detail, LABEL_CHARS);
         let _ = write!(
             s,
-            "<text x=\"8\" y=\"{:.1}\" class=\"flabel\">{} <tspan class=\"fkind\">{} → {}</tspan></text>",
+            "<text x=\"8\" y=\"{:.1}\" class=\"flabel\"><title>{} {}</title>{} \
+             <tspan class=\"fkind\">{}</tspan></text>",
             y + 17.0,
             esc(&f.id),
-            esc(&f.kind),
-            esc(&f.target)
+            esc(&format!("{} → {}", f.kind, f.target)),
+            esc(&id),
+            esc(&detail)
         );
         match f.applied_at_s.filter(|v| v.is_finite()) {
             None => {
@@ -704,6 +729,28 @@ mod tests {
         }
         assert_eq!(h.matches("<svg class=\"chart\"").count(), 5, "4 plots + timeline");
         assert!(h.contains("REJECTED<span>exit 1</span>"));
+    }
+
+    #[test]
+    fn long_fault_labels_are_cut_to_the_label_column_with_the_whole_text_on_hover() {
+        let (id, detail) = fit_label(
+            "slow-payments-us-east",
+            "latency → experiment cohort @ payments-us-east",
+            LABEL_CHARS,
+        );
+        assert_eq!(id, "slow-payments-us-east");
+        assert_eq!(id.chars().count() + 1 + detail.chars().count(), LABEL_CHARS);
+        assert!(detail.ends_with('…'), "{detail}");
+        let (id, detail) = fit_label("kill", "process-kill → pid:42", LABEL_CHARS);
+        assert_eq!((id.as_str(), detail.as_str()), ("kill", "process-kill → pid:42"));
+        let long_id = "x".repeat(80);
+        let (id, detail) = fit_label(&long_id, "latency → y", LABEL_CHARS);
+        assert!(id.chars().count() + 1 + detail.chars().count() <= LABEL_CHARS);
+        let mut run = sample::latency_fault_run();
+        run.faults[0].target = "pidfile:/a/very/long/path/to/some/service.pid".into();
+        let h = render(&run);
+        assert!(h.contains("<title>payments-slow"), "full label on hover");
+        assert!(h.contains("service.pid</title>"));
     }
 
     #[test]
