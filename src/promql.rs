@@ -88,6 +88,9 @@ pub struct CohortSamples {
     pub control: Vec<f64>,
     /// Values with `$cohort` = `experiment`.
     pub experiment: Vec<f64>,
+    /// Both cohorts have a value at exactly the same steps, so value i of
+    /// each describes the same moment and the two can be judged as pairs.
+    pub aligned: bool,
 }
 
 /// The placeholder a hypothesis query uses for the cohort label value.
@@ -120,10 +123,17 @@ pub async fn cohort_samples(
     let control = substitute_cohort(query_template, Cohort::Control);
     let experiment = substitute_cohort(query_template, Cohort::Experiment);
     let (control, experiment) = tokio::try_join!(
-        range_values(cfg, &control, start, end),
-        range_values(cfg, &experiment, start, end),
+        range_points(cfg, &control, start, end),
+        range_points(cfg, &experiment, start, end),
     )?;
-    Ok(CohortSamples { control, experiment })
+    let aligned = !control.is_empty()
+        && control.len() == experiment.len()
+        && control.iter().zip(&experiment).all(|(c, e)| c.0 == e.0);
+    Ok(CohortSamples {
+        control: control.into_iter().map(|p| p.1).collect(),
+        experiment: experiment.into_iter().map(|p| p.1).collect(),
+        aligned,
+    })
 }
 
 /// Per-step values of one query over `[start, end]` (finite values only).
@@ -133,6 +143,17 @@ pub async fn range_values(
     start: SystemTime,
     end: SystemTime,
 ) -> Result<Vec<f64>, PromError> {
+    Ok(range_points(cfg, query, start, end).await?.into_iter().map(|p| p.1).collect())
+}
+
+/// Per-step (timestamp, value) points of one query over `[start, end]`
+/// (finite values only).
+async fn range_points(
+    cfg: &PromConfig,
+    query: &str,
+    start: SystemTime,
+    end: SystemTime,
+) -> Result<Vec<(f64, f64)>, PromError> {
     let params = [
         ("query", query.to_string()),
         ("start", unix_seconds(start)),
@@ -157,7 +178,7 @@ pub async fn range_values(
     };
     match series.len() {
         0 => Ok(Vec::new()),
-        1 => Ok(series[0].finite_values()),
+        1 => Ok(series[0].finite_points()),
         n => Err(PromError::MultipleSeries {
             query: query.to_string(),
             count: n,

@@ -585,9 +585,14 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 warnings.push(format!("hypothesis {}: {e}", h.name));
                 crate::promql::CohortSamples::default()
             });
-        prom_data.push(Some(stats::CohortData::Samples {
-            experiment: s.experiment,
-            control: s.control,
+        // Values at the same steps are paired (shared load swings cancel).
+        prom_data.push(Some(if s.aligned {
+            stats::CohortData::AlignedWindows {
+                experiment: s.experiment,
+                control: s.control,
+            }
+        } else {
+            stats::CohortData::Samples { experiment: s.experiment, control: s.control }
         }));
     }
     let verdicts: Vec<HypothesisVerdict> = exp

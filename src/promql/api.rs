@@ -74,10 +74,10 @@ pub struct Series {
 }
 
 impl Series {
-    /// Finite values in time order (NaN and ±Inf dropped: a ratio with a
-    /// zero denominator is "no data", not a sample).
-    pub fn finite_values(&self) -> Vec<f64> {
-        self.points.iter().map(|p| p.1).filter(|v| v.is_finite()).collect()
+    /// (timestamp, value) of the finite values in time order (NaN and ±Inf
+    /// dropped: a ratio with a zero denominator is "no data", not a sample).
+    pub fn finite_points(&self) -> Vec<(f64, f64)> {
+        self.points.iter().copied().filter(|p| p.1.is_finite()).collect()
     }
 
     /// The single value of an instant-query series.
@@ -160,7 +160,7 @@ mod tests {
         let Data::Matrix(s) = parse_success(body).unwrap() else {
             panic!("not a matrix")
         };
-        assert_eq!(s[0].finite_values(), vec![0.5, 2.0]);
+        assert_eq!(s[0].finite_points(), vec![(1.0, 0.5), (4.0, 2.0)]);
         assert_eq!(s[0].labels(), r#"{cohort="control"}"#);
     }
 

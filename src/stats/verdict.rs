@@ -338,8 +338,8 @@ fn judge_draft(
                     MetricKind::LatencyQuantile(p) => {
                         judge_quantile(spec, p, experiment, control, alpha, seed)
                     }
-                    MetricKind::Throughput if aligned => {
-                        judge_throughput_paired(spec, experiment, control, alpha)
+                    MetricKind::Throughput | MetricKind::Samples if aligned => {
+                        judge_paired(spec, experiment, control, alpha)
                     }
                     MetricKind::Throughput => {
                         judge_welch(spec, experiment, control, alpha)
@@ -586,27 +586,53 @@ fn judge_rate(
     }
 }
 
-/// Time-aligned throughput windows (window i of both cohorts covers the
-/// same seconds): the one-sample t-test on the per-window log ratios
-/// ln(E_i/C_i) against ln(1 − r). Traffic bursts hit both cohorts and
-/// cancel in the ratio, which makes it far more powerful than Welch on the
-/// raw rates (STATISTICS.md §2). Windows that cannot be paired (unequal
-/// counts, or an empty window, where the log ratio is undefined and a
-/// collapse must still be caught) fall back to Welch.
-fn judge_throughput_paired(
+/// Time-aligned values (window or step i of both cohorts covers the same
+/// seconds): the one-sample t-test on per-window differences — log ratios
+/// ln(E_i/C_i) against ln(1 ± r) for relative tolerances, E_i − C_i
+/// against ±δ for absolute ones. Traffic bursts and load swings hit both
+/// cohorts and cancel in the pair, which makes it far more powerful than
+/// Welch on the raw values (STATISTICS.md §2). Falls back to Welch when the
+/// values cannot be paired: unequal counts, a non-positive value under a
+/// relative tolerance (the log is undefined, and a collapse to zero must
+/// still be caught), or no spread at all in the differences.
+fn judge_paired(
     spec: &HypothesisSpec,
     experiment: &[f64],
     control: &[f64],
     alpha: f64,
 ) -> Result<Judged, String> {
-    let pairable = experiment.len() == control.len()
-        && experiment.iter().chain(control).all(|v| *v > 0.0);
-    let fraction = match spec.tolerance {
-        Tolerance::Relative { fraction } if fraction <= 0.0 && fraction > -1.0 => {
-            -fraction
+    /// How a pair becomes a difference and what "worse" means.
+    enum Form {
+        /// ln(E/C) above ln(1 + r) is worse (latency-like, `+r%`).
+        RatioUp(f64),
+        /// ln(E/C) below ln(1 − r) is worse (throughput-like, `-r%`).
+        RatioDown(f64),
+        /// E − C above δ is worse (`+δ`).
+        ShiftUp(f64),
+        /// C − E above δ is worse (`-δ`).
+        ShiftDown(f64),
+    }
+    let form = match (spec.kind, spec.tolerance) {
+        (MetricKind::Throughput, Tolerance::Relative { fraction })
+            if fraction <= 0.0 && fraction > -1.0 =>
+        {
+            Form::RatioDown(-fraction)
         }
+        (MetricKind::Samples, Tolerance::Relative { fraction }) if fraction >= 0.0 => {
+            Form::RatioUp(fraction)
+        }
+        (MetricKind::Samples, Tolerance::Relative { fraction }) if fraction > -1.0 => {
+            Form::RatioDown(-fraction)
+        }
+        (MetricKind::Samples, Tolerance::Absolute { points }) if points >= 0.0 => {
+            Form::ShiftUp(points)
+        }
+        (MetricKind::Samples, Tolerance::Absolute { points }) => Form::ShiftDown(-points),
         _ => return judge_welch(spec, experiment, control, alpha),
     };
+    let ratio = matches!(form, Form::RatioUp(_) | Form::RatioDown(_));
+    let pairable = experiment.len() == control.len()
+        && (!ratio || experiment.iter().chain(control).all(|v| *v > 0.0));
     if !pairable {
         return judge_welch(spec, experiment, control, alpha);
     }
@@ -614,35 +640,68 @@ fn judge_throughput_paired(
     if let Some(g) = gate(spec, n, MIN_WINDOWS, "windows") {
         return Ok(g);
     }
-    let d: Vec<f64> = experiment.iter().zip(control).map(|(e, c)| (e / c).ln()).collect();
+    let d: Vec<f64> = experiment
+        .iter()
+        .zip(control)
+        .map(|(e, c)| if ratio { (e / c).ln() } else { e - c })
+        .collect();
     let (mean, var) = mean_var(&d);
     if var.is_nan() || var <= 0.0 {
-        // Identical ratios in every window: no spread to test against.
+        // Identical differences in every window: no spread to test against.
         return judge_welch(spec, experiment, control, alpha);
     }
     let k = d.len() as f64;
     let df = k - 1.0;
     let se = (var / k).sqrt();
-    // Boundary: the experiment at (1 − r) × control; lower is worse.
-    let bound = (1.0 - fraction).ln();
+    // The boundary in difference units, whether larger differences are
+    // worse, the margin as displayed, and the display scale (increasing in
+    // "worse").
+    type Shape = (f64, bool, f64, fn(f64) -> f64, &'static str);
+    let (bound, worse_up, margin, display, scale): Shape = match form {
+        Form::RatioUp(r) => (
+            (1.0 + r).ln(),
+            true,
+            r,
+            f64::exp_m1,
+            "relative change (experiment/control - 1)",
+        ),
+        Form::RatioDown(r) => (
+            (1.0 - r).ln(),
+            false,
+            r,
+            |x: f64| -x.exp_m1(),
+            "relative shortfall (1 - experiment/control)",
+        ),
+        Form::ShiftUp(m) => (m, true, m, |x| x, "difference (experiment - control)"),
+        Form::ShiftDown(m) => {
+            (-m, false, m, |x: f64| -x, "shortfall (control - experiment)")
+        }
+    };
     let t = (mean - bound) / se;
-    let p_reject = t_p_value(t, df, Alternative::Less);
-    let p_accept = t_p_value(t, df, Alternative::Greater);
+    let (worse, better) = if worse_up {
+        (Alternative::Greater, Alternative::Less)
+    } else {
+        (Alternative::Less, Alternative::Greater)
+    };
+    let p_reject = t_p_value(t, df, worse);
+    let p_accept = t_p_value(t, df, better);
     let q = crossing(|x| 1.0 - student_t_sf(x, df), 1.0 - alpha, -100.0, 100.0);
-    let shortfall = |x: f64| -x.exp_m1();
+    let (lo, hi) = (mean - q * se, mean + q * se);
+    let (ci_low, ci_high) =
+        if worse_up { (display(lo), display(hi)) } else { (display(hi), display(lo)) };
     let gap = mean - bound;
     let needed_n =
         needed(z_power_sq(alpha) * var / (gap * gap)).map(|v| v.max(MIN_WINDOWS));
     Ok(Judged::Draft(Draft {
-        test: "paired-log-ratio-t",
-        estimate: shortfall(mean),
-        ci_low: shortfall(mean + q * se),
-        ci_high: shortfall(mean - q * se),
-        margin: fraction,
+        test: if ratio { "paired-log-ratio-t" } else { "paired-difference-t" },
+        estimate: display(mean),
+        ci_low,
+        ci_high,
+        margin,
         p_reject,
         p_accept,
         needed_n,
-        scale: "relative shortfall (1 - experiment/control)".into(),
+        scale: scale.into(),
         note: String::new(),
     }))
 }
@@ -1018,6 +1077,70 @@ mod tests {
         let unpaired = judge(&s, &samples(e, c), 0.05, 0);
         assert_eq!(unpaired.test, "welch-t");
         assert_eq!(unpaired.verdict, Verdict::Inconclusive);
+    }
+
+    #[test]
+    fn aligned_generic_samples_are_paired_by_ratio_or_difference_like_scipy() {
+        // Per-step values of a PromQL query, a shared level swinging ±16%.
+        // scipy 1.17.1 ttest_1samp on ln(E/C) vs ln(1.1) and on E - C vs 3.
+        let c = vec![
+            50.74, 61.88, 59.56, 45.78, 48.27, 44.98, 52.91, 49.94, 55.22, 33.87, 61.51,
+            48.77, 54.12, 47.45, 47.0,
+        ];
+        let e = vec![
+            53.22, 63.02, 61.26, 48.12, 50.23, 47.33, 57.36, 52.61, 57.97, 36.03, 65.49,
+            51.45, 58.93, 49.56, 48.2,
+        ];
+        let close = |a: f64, b: f64, tol: f64| (a - b).abs() <= tol * b.abs();
+        let v = judge(
+            &spec(MetricKind::Samples, rel(0.10)),
+            &aligned(e.clone(), c.clone()),
+            0.05,
+            0,
+        );
+        assert_eq!(
+            (v.test.as_str(), v.verdict),
+            ("paired-log-ratio-t", Verdict::Accepted)
+        );
+        assert!(close(v.p_accept, 8.212330440939936e-08, 1e-9), "{}", v.p_accept);
+        assert!(close(v.p_reject, 0.9999999178766956, 1e-9), "{}", v.p_reject);
+        assert!(close(v.estimate, 0.05113209878258004, 1e-9), "{}", v.estimate);
+        assert!(close(v.ci_low, 0.04236150239195495, 1e-8), "{}", v.ci_low);
+        assert!(close(v.ci_high, 0.05997649237395625, 1e-8), "{}", v.ci_high);
+        // Unpaired, Welch cannot accept the same data (scipy: p 0.19).
+        let w = judge(
+            &spec(MetricKind::Samples, rel(0.10)),
+            &samples(e.clone(), c.clone()),
+            0.05,
+            0,
+        );
+        assert_eq!((w.test.as_str(), w.verdict), ("welch-t", Verdict::Inconclusive));
+
+        let abs = Tolerance::Absolute { points: 3.0 };
+        let v = judge(
+            &spec(MetricKind::Samples, abs),
+            &aligned(e.clone(), c.clone()),
+            0.05,
+            0,
+        );
+        assert_eq!(v.test, "paired-difference-t");
+        assert!(close(v.p_reject, 0.921594130336965, 1e-9), "{}", v.p_reject);
+        assert!(close(v.p_accept, 0.07840586966303496, 1e-9), "{}", v.p_accept);
+        assert!(close(v.estimate, 2.585333333333333, 1e-9));
+        assert!(
+            close(v.ci_low, 2.097179759044474, 1e-8)
+                && close(v.ci_high, 3.0734869076221916, 1e-8)
+        );
+        assert_eq!(v.verdict, Verdict::Inconclusive, "the interval holds the margin 3");
+        // Mirrored: "-3" means control - experiment must stay below 3.
+        let v = judge(
+            &spec(MetricKind::Samples, Tolerance::Absolute { points: -3.0 }),
+            &aligned(c, e),
+            0.05,
+            0,
+        );
+        assert!(close(v.p_accept, 0.07840586966303496, 1e-9), "{}", v.p_accept);
+        assert!(close(v.estimate, 2.585333333333333, 1e-9), "{}", v.estimate);
     }
 
     #[test]

@@ -237,6 +237,7 @@ async fn cohort_samples_returns_aligned_per_step_values_for_both_cohorts() {
     assert_eq!(s.experiment.len(), s.control.len(), "{s:?}");
     assert!(s.control.iter().all(|v| (v - 0.1).abs() < 1e-9), "{s:?}");
     assert!(s.experiment.iter().all(|v| (v - 0.3).abs() < 1e-9), "{s:?}");
+    assert!(s.aligned, "both cohorts have values at the same steps: {s:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -722,7 +723,15 @@ async fn chaos_run_accepts_no_fault_judged_by_promql() {
     }
     let (out, _) = run_promql_experiment(false, false).await;
     assert_eq!(out.status.code(), Some(0), "{}", explain(&out));
-    assert_eq!(promql_verdict(&result_json(&out)), "accepted", "{}", explain(&out));
+    let result = result_json(&out);
+    assert_eq!(promql_verdict(&result), "accepted", "{}", explain(&out));
+    // Both cohorts are evaluated on one step grid: judged as pairs.
+    assert_eq!(
+        result["hypotheses"][0]["test"],
+        "paired-log-ratio-t",
+        "{}",
+        explain(&out)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
