@@ -714,9 +714,9 @@ fn live(recorder: &Recorder, span: Span) -> (CohortLive, CohortLive) {
 
 /// Every configured upstream must accept a TCP connection before anything
 /// starts (exit 5 otherwise), so a typo never looks like a failed service.
-/// Every upstream must accept a TCP connection. All are probed at once on
-/// the runtime (no blocking connects), each address with a 2 s timeout, so
-/// a fleet of unreachable upstreams costs 2 s, not 2 s each.
+/// All are probed at once on the runtime (no blocking connects), each
+/// address with a 2 s timeout, so a fleet of unreachable upstreams costs
+/// 2 s, not 2 s each.
 async fn check_upstreams(exp: &Experiment) -> Result<(), RunError> {
     let t = &exp.traffic;
     let mut urls: Vec<String> = Vec::new();
@@ -728,22 +728,26 @@ async fn check_upstreams(exp: &Experiment) -> Result<(), RunError> {
             urls.extend(list.iter().map(|u| u.url.clone()));
         }
     }
-    let mut probes = tokio::task::JoinSet::new();
-    for (i, url) in urls.iter().enumerate() {
-        let authority =
-            url.trim_start_matches("http://").split('/').next().unwrap_or("").to_string();
-        probes.spawn(async move { (i, probe_upstream(&authority).await) });
-    }
-    let mut results: Vec<(usize, Result<(), String>)> = Vec::new();
-    while let Some(joined) = probes.join_next().await {
-        if let Ok(r) = joined {
-            results.push(r);
-        }
-    }
-    // Report the first failing upstream in the file's order.
-    results.sort_by_key(|(i, _)| *i);
-    if let Some((i, Err(why))) = results.into_iter().find(|(_, r)| r.is_err()) {
-        let url = urls.get(i).map(String::as_str).unwrap_or("?");
+    // Spawned first so they all run at once; awaited in the file's order so
+    // the first failing upstream is the one reported.
+    let probes: Vec<_> = urls
+        .iter()
+        .map(|url| {
+            let authority = url
+                .trim_start_matches("http://")
+                .split('/')
+                .next()
+                .unwrap_or("")
+                .to_string();
+            tokio::spawn(async move { probe_upstream(&authority).await })
+        })
+        .collect();
+    for (url, probe) in urls.iter().zip(probes) {
+        let why = match probe.await {
+            Ok(Ok(())) => continue,
+            Ok(Err(why)) => why,
+            Err(e) => format!("could not be probed ({e})"),
+        };
         return Err(RunError::Preflight(format!(
             "upstream {url} {why}; start the service (or the demo fleet) first — nothing \
              was injected"
