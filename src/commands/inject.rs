@@ -273,6 +273,14 @@ pub fn code_for(e: &FaultError) -> u8 {
     }
 }
 
+/// What `--dry-run` prints: the resolved targets and exact commands.
+pub fn print_dry_run(injector: &dyn fault::Injector) {
+    println!("dry run: nothing will be changed");
+    for line in injector.describe() {
+        println!("{line}");
+    }
+}
+
 /// Preflight + prepare, printing warnings and the seed; `Err(code)` after
 /// printing the error.
 pub fn plan(
@@ -315,10 +323,7 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     if args.target.dry_run {
-        println!("dry run: nothing will be changed");
-        for line in injector.describe() {
-            println!("{line}");
-        }
+        print_dry_run(injector.as_ref());
         return Ok(exit::OK);
     }
     // Handlers first: a signal between inject and the wait must not kill

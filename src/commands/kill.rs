@@ -5,7 +5,7 @@ use clap::Args;
 use nix::sys::signal::Signal;
 use std::time::Duration;
 
-use super::inject::{parse_signal, plan, TargetArgs};
+use super::inject::{parse_signal, plan, print_dry_run, TargetArgs};
 use crate::exit;
 use crate::fault::{self, InfraFault};
 use crate::journal::Journal;
@@ -54,10 +54,7 @@ fn try_run(args: KillArgs) -> anyhow::Result<u8> {
         Err(code) => return Ok(code),
     };
     if args.target.dry_run {
-        println!("dry run: nothing will be changed");
-        for line in injector.describe() {
-            println!("{line}");
-        }
+        print_dry_run(injector.as_ref());
         return Ok(exit::OK);
     }
     let dir = args.target.journal_dir();
