@@ -341,10 +341,9 @@ fn judge_draft(
                     MetricKind::Throughput | MetricKind::Samples if aligned => {
                         judge_paired(spec, experiment, control, alpha)
                     }
-                    MetricKind::Throughput => {
+                    MetricKind::Throughput | MetricKind::Samples => {
                         judge_welch(spec, experiment, control, alpha)
                     }
-                    MetricKind::Samples => judge_welch(spec, experiment, control, alpha),
                     MetricKind::ErrorRate => {
                         Err("error_rate needs counts (events/total), not samples".into())
                     }
@@ -706,9 +705,9 @@ fn judge_paired(
     }))
 }
 
-/// Welch verdicts for throughput windows that cannot be paired and for
-/// generic samples. The tolerance picks
-/// the parametrisation of "control adjusted by the margin".
+/// Welch verdicts for values that cannot be paired (throughput windows or
+/// generic samples). The tolerance picks the parametrisation of "control
+/// adjusted by the margin".
 fn judge_welch(
     spec: &HypothesisSpec,
     experiment: &[f64],
