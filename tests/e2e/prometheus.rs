@@ -332,7 +332,8 @@ async fn a_guardrail_above_its_threshold_is_detected() {
 
 #[tokio::test]
 async fn the_guardrail_watch_aborts_after_three_blind_checks_not_on_the_first() {
-    let mut cfg = config(format!("http://127.0.0.1:{}", free_port()));
+    let closed = crate::support::ClosedPort::new();
+    let mut cfg = config(closed.url());
     cfg.timeout = Duration::from_millis(500);
     let g =
         chaos::experiment::Guardrail { name: "g".into(), query: "up".into(), above: 1.0 };
@@ -353,8 +354,9 @@ pub(crate) fn support_prometheus() -> bool {
 
 #[tokio::test]
 async fn an_unreachable_server_fails_the_preflight_quickly_with_the_url() {
-    let port = free_port(); // bound then released: nothing listens there
-    let cfg = config(format!("http://127.0.0.1:{port}"));
+    let closed = crate::support::ClosedPort::new();
+    let port = closed.port;
+    let cfg = config(closed.url());
     let t = Instant::now();
     let err =
         within(10, "check_reachable", promql::check_reachable(&cfg)).await.unwrap_err();
@@ -534,7 +536,8 @@ async fn chaos_promql_prints_per_cohort_samples_and_gates_on_a_guardrail() {
 
 #[test]
 fn chaos_promql_exits_5_quickly_when_prometheus_is_unreachable() {
-    let url = format!("http://127.0.0.1:{}", free_port());
+    let closed = crate::support::ClosedPort::new();
+    let url = closed.url();
     let t = Instant::now();
     let out = crate::support::chaos(&["promql", "--url", &url, "--timeout", "1s", "up"]);
     assert_eq!(out.status.code(), Some(5));

@@ -412,8 +412,9 @@ async fn abort_closes_without_a_response_and_reset_sends_rst() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_upstreams_and_bad_clients_get_clear_status_codes() {
-    // A port that was just free: connection refused.
-    let dead = TcpListener::bind("127.0.0.1:0").await.unwrap().local_addr().unwrap();
+    // Bound but never listening: connection refused, and kept from other tests.
+    let closed = crate::support::ClosedPort::new();
+    let dead: std::net::SocketAddr = ([127, 0, 0, 1], closed.port).into();
     let (h, rec) = start(config(dead, 0.0, 1.0)).await;
     let c = client();
     let s = get(&c, &format!("http://{}/", h.local_addr()), Some("k")).await;

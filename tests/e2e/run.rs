@@ -282,7 +282,8 @@ probability = "30%"
 #[test]
 fn an_unreachable_upstream_fails_preflight_with_exit_5_and_injects_nothing() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let dead = free_port();
+    let closed = crate::support::ClosedPort::new();
+    let dead = closed.port;
     let exp = write(
         dir.path(),
         "dead.toml",

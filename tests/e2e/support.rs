@@ -74,3 +74,26 @@ pub fn heavy() -> std::sync::MutexGuard<'static, ()> {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     LOCK.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
+
+/// A loopback port that refuses connections for as long as this value
+/// lives. A socket is bound to it but never listens: connects get
+/// ECONNREFUSED, and no parallel test can bind the port in the meantime
+/// (a port merely "bound then released" can be taken by another test's
+/// listener, which turned a "refused" into a "reset" in CI once).
+pub struct ClosedPort {
+    _socket: tokio::net::TcpSocket,
+    pub port: u16,
+}
+
+impl ClosedPort {
+    pub fn new() -> ClosedPort {
+        let socket = tokio::net::TcpSocket::new_v4().expect("tcp socket");
+        socket.bind("127.0.0.1:0".parse().expect("addr")).expect("bind 127.0.0.1:0");
+        let port = socket.local_addr().expect("local addr").port();
+        ClosedPort { _socket: socket, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+}
