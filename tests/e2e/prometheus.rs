@@ -626,7 +626,8 @@ async fn run_promql_experiment(
         serve(|_req| Response::new(Full::new(Bytes::from_static(b"ok")))).await;
     let metrics: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let prom = within(60, "prometheus start", start_prometheus(metrics)).await;
-    let listen: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The runner's load goes to whatever port the proxy got.
+    let listen: SocketAddr = "127.0.0.1:0".parse().unwrap();
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("promql.toml");
     std::fs::write(

@@ -24,18 +24,11 @@ fn chaos_with(fleet: &Fleet, dir: &Path, args: &[&str]) -> Output {
     Command::new(chaos_bin())
         .args(args)
         .envs(fleet.env_vars())
-        .env("CHAOS_DEMO_LISTEN", format!("127.0.0.1:{}", free_port()))
+        .env("CHAOS_DEMO_LISTEN", "127.0.0.1:0")
         .env("CHAOS_JOURNAL_DIR", dir.join("journal"))
         .env("NO_COLOR", "1")
         .output()
         .expect("run chaos")
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("port")
 }
 
 fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
@@ -294,15 +287,14 @@ name = "dead upstream"
 duration = "5s"
 
 [traffic]
-listen = "127.0.0.1:{}"
+listen = "127.0.0.1:0"
 upstream = "http://127.0.0.1:{dead}"
 
 [[hypothesis]]
 name = "errors"
 metric = "error_rate"
 tolerance = "+0.5pp"
-"#,
-            free_port()
+"#
         ),
     );
     let out = Command::new(chaos_bin())
@@ -376,8 +368,7 @@ fn sigint_mid_run_reverts_a_pause_and_exits_130() {
     // Any listening socket passes the upstream health check.
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
     let up_port = upstream.local_addr().expect("addr").port();
-    let exp =
-        write(dir.path(), "pause.toml", &pause_experiment(free_port(), up_port, &tag));
+    let exp = write(dir.path(), "pause.toml", &pause_experiment(0, up_port, &tag));
     let mut child = Command::new(chaos_bin())
         .args(["run", "--quiet", "--report-dir"])
         .arg(dir.path().join("reports"))
@@ -412,8 +403,7 @@ fn dry_run_prints_the_plan_and_changes_nothing() {
     let victim = Victim::spawn(&tag);
     let upstream = TcpListener::bind("127.0.0.1:0").expect("bind");
     let up_port = upstream.local_addr().expect("addr").port();
-    let exp =
-        write(dir.path(), "pause.toml", &pause_experiment(free_port(), up_port, &tag));
+    let exp = write(dir.path(), "pause.toml", &pause_experiment(0, up_port, &tag));
     let out = Command::new(chaos_bin())
         .args(["run", "--dry-run"])
         .arg(&exp)
@@ -516,7 +506,7 @@ duration = "5s"
 baseline = "0s"
 
 [traffic]
-listen = "127.0.0.1:{}"
+listen = "127.0.0.1:0"
 upstream = "http://127.0.0.1:{up_port}"
 
 [[hypothesis]]
@@ -531,8 +521,7 @@ target = "name:^sleep {tag}$"
 count = 1
 interval = "1s"
 duration = "3500ms"
-"#,
-            free_port()
+"#
         ),
     );
     let out = Command::new(chaos_bin())
