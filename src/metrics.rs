@@ -5,8 +5,10 @@
 
 pub mod exposition;
 pub mod histogram;
+pub mod keys;
 pub mod labels;
 pub mod platform;
 pub mod recorder;
 
+pub use keys::KeySketch;
 pub use recorder::{CohortSnapshot, Outcome, Recorder, Sample, Window};

@@ -296,6 +296,33 @@ pub struct SrmInfo {
     pub p_value: f64,
     /// True when the split is off (verdicts are then inconclusive).
     pub mismatch: bool,
+    /// What was counted. Results written before the key-level check
+    /// counted requests.
+    #[serde(default = "SrmUnit::legacy")]
+    pub unit: SrmUnit,
+}
+
+/// The unit [`SrmInfo`] counted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SrmUnit {
+    /// Distinct cohort keys (occupied buckets of the key sketch).
+    Keys,
+    /// Requests.
+    Requests,
+}
+
+impl SrmUnit {
+    fn legacy() -> SrmUnit {
+        SrmUnit::Requests
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SrmUnit::Keys => "keys",
+            SrmUnit::Requests => "requests",
+        }
+    }
 }
 
 impl RunReport {

@@ -12,8 +12,8 @@ use crate::cohort::Cohort;
 use crate::exit;
 use crate::metrics::Recorder;
 use crate::traffic::{
-    sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault, Proxy, ProxyConfig,
-    ProxyMode, Upstream, UpstreamPools, Workers,
+    key_sample_ratio_mismatch, sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault,
+    Proxy, ProxyConfig, ProxyMode, Upstream, UpstreamPools, Workers,
 };
 use crate::units::{parse_duration, parse_percent};
 
@@ -243,16 +243,20 @@ async fn serve(
     let c = recorder.snapshot(Cohort::Control);
     let e = recorder.snapshot(Cohort::Experiment);
     let u = recorder.untouched_total();
-    let srm = sample_ratio_mismatch(c.total, e.total, u, cf, ef);
+    let by_keys = key_sample_ratio_mismatch(recorder.keys(), cf, ef);
+    let by_requests = sample_ratio_mismatch(c.total, e.total, u, cf, ef);
+    let flag = |m: bool| if m { " MISMATCH" } else { "" };
     println!(
         "control {} requests ({} errors), experiment {} requests ({} errors), \
-         untouched {u}; sample ratio p={:.4}{}",
+         untouched {u}; sample ratio by keys p={:.4}{}, by requests p={:.4}{}",
         c.total,
         c.errors,
         e.total,
         e.errors,
-        srm.p_value,
-        if srm.mismatch { " MISMATCH" } else { "" }
+        by_keys.p_value,
+        flag(by_keys.mismatch),
+        by_requests.p_value,
+        flag(by_requests.mismatch)
     );
     Ok(exit::OK)
 }

@@ -141,6 +141,10 @@ pub struct Load {
     pub key_header: String,
     /// Number of distinct user ids.
     pub keys: u64,
+    /// How long a client waits for a response before giving up; `None`
+    /// means the proxy's upstream timeout plus one second. Requests given
+    /// up on count as failures of their cohort.
+    pub timeout: Option<Duration>,
 }
 
 /// What a hypothesis measures.

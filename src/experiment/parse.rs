@@ -570,6 +570,7 @@ fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
     let key_header = t.string(sink, "key_header", "e.g. key_header = \"x-user-id\"");
     let keys =
         t.integer(sink, "keys", 1..=1_000_000_000, "distinct user ids, e.g. 10000");
+    let timeout = t.duration(sink, "timeout", false);
     t.finish(sink);
     Some(Load {
         path: path.map(|p| p.value).unwrap_or_else(|| "/".into()),
@@ -577,6 +578,7 @@ fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
         concurrency: concurrency.map(|c| c.value as usize).unwrap_or(64),
         key_header: key_header.map(|k| k.value).unwrap_or_else(|| "x-user-id".into()),
         keys: keys.map(|k| k.value as u64).unwrap_or(10_000),
+        timeout: timeout.map(|d| d.value),
     })
 }
 

@@ -47,6 +47,27 @@ fn builds_a_model_with_documented_defaults_from_a_minimal_file() {
 }
 
 #[test]
+fn the_load_section_takes_a_client_timeout_and_refuses_a_zero_one() {
+    let with = |t: &str| {
+        load_str(&format!("{MINIMAL}\n[load]\nrate = 5000\ntimeout = \"{t}\"\n"))
+    };
+    let e = with("750ms").experiment.expect("valid");
+    let load = e.load.expect("[load]");
+    assert_eq!(load.timeout, Some(Duration::from_millis(750)));
+    let bad = with("0s");
+    assert!(bad.experiment.is_none());
+    assert!(
+        bad.diagnostics
+            .iter()
+            .any(|d| d.path == "load.timeout" && d.message.contains("greater than zero")),
+        "{:?}",
+        bad.diagnostics
+    );
+    let none = load_str(&format!("{MINIMAL}\n[load]\nrate = 5000\n"));
+    assert_eq!(none.experiment.and_then(|e| e.load).and_then(|l| l.timeout), None);
+}
+
+#[test]
 fn reads_every_fault_kind_with_its_parameters() {
     let src = format!(
         "{MINIMAL}

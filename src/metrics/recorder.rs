@@ -18,6 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::exposition::PromState;
+use super::keys::KeySketch;
 use super::labels::{CohortLabel, FaultKindLabel, StatusClass};
 use crate::cohort::Cohort;
 
@@ -86,6 +87,7 @@ pub struct Recorder {
     reservoir_cap: usize,
     cohorts: [CohortState; 2],
     untouched: AtomicU64,
+    keys: KeySketch,
     prom: Arc<PromState>,
     registry: Registry,
 }
@@ -238,6 +240,7 @@ impl Recorder {
             reservoir_cap: reservoir_per_cohort,
             cohorts: [state(0x5EED_0001), state(0x5EED_0002)],
             untouched: AtomicU64::new(0),
+            keys: KeySketch::new(),
             prom,
             registry,
         }
@@ -277,6 +280,20 @@ impl Recorder {
         // the data is still consistent enough to keep counting.
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         inner.record(self.reservoir_cap, sample, outcome.status);
+    }
+
+    /// Notes the assignment position of a recorded request's key (edge
+    /// mode only: a sidecar never assigns). Called alongside [`record`], so
+    /// a request lost before recording is missing from both.
+    ///
+    /// [`record`]: Recorder::record
+    pub fn note_key(&self, position: f64) {
+        self.keys.note(position);
+    }
+
+    /// The keys seen so far, for the key-level sample-ratio check.
+    pub fn keys(&self) -> &KeySketch {
+        &self.keys
     }
 
     /// Counts one injected fault.

@@ -649,9 +649,10 @@ fn notes(r: &RunReport) -> String {
             (GREEN, "traffic split as configured")
         };
         items.push(format!(
-            "<li><b style=\"color:{color}\">Sample ratio</b> — {word} (χ² {}, p {})</li>",
+            "<li><b style=\"color:{color}\">Sample ratio</b> — {word} (χ² {}, p {}, counting {})</li>",
             fmt_num(srm.chi2, 2),
-            fmt_p(srm.p_value)
+            fmt_p(srm.p_value),
+            srm.unit.as_str()
         ));
     }
     let t = &r.timings;

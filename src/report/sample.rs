@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use super::{
     AbortInfo, CohortSeries, ExperimentInfo, FaultRecord, HypothesisResult, Quantiles,
-    RunReport, SrmInfo, Timings, WindowPoint, SCHEMA_VERSION,
+    RunReport, SrmInfo, SrmUnit, Timings, WindowPoint, SCHEMA_VERSION,
 };
 use crate::cohort::Cohort;
 use crate::outcome::{RunOutcome, Verdict};
@@ -224,7 +224,12 @@ fn build_with(abort_at: Option<f64>, fault: bool) -> RunReport {
             },
         ],
         cohorts,
-        srm: Some(SrmInfo { chi2: 0.21, p_value: 0.65, mismatch: false }),
+        srm: Some(SrmInfo {
+            chi2: 0.21,
+            p_value: 0.65,
+            mismatch: false,
+            unit: SrmUnit::Keys,
+        }),
         warnings: vec![
             "throughput windows are 2 s; windows of at least 10 s give a steadier \
              Welch test"

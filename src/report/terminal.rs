@@ -114,10 +114,11 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     if let Some(srm) = report.srm.filter(|s| s.mismatch) {
         let _ = writeln!(
             out,
-            "{} sample ratio mismatch (chi2 {}, p {}): verdicts are unreliable",
+            "{} sample ratio mismatch (chi2 {}, p {}, counting {}): verdicts are unreliable",
             paint(YELLOW, "warning:"),
             fmt_num(srm.chi2, 2),
-            fmt_p(srm.p_value)
+            fmt_p(srm.p_value),
+            srm.unit.as_str()
         );
     }
     for w in &report.warnings {

@@ -127,8 +127,9 @@ impl Shared {
         (self.control, self.experiment)
     }
 
-    /// The cohort of a request in edge mode (sticky by key).
-    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Option<Cohort> {
+    /// The cohort of a request in edge mode (sticky by key), with the key's
+    /// position in [0, 1) for the key-level sample-ratio check.
+    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> (Option<Cohort>, f64) {
         let pos = match &self.cohort_key {
             CohortKey::Header(_) => self
                 .key_header
@@ -143,7 +144,8 @@ impl Shared {
                 std::net::IpAddr::V6(a) => assign_position(&a.octets(), self.salt),
             }),
         };
-        cohort_at(pos.unwrap_or_else(random_unit), self.experiment, self.control)
+        let pos = pos.unwrap_or_else(random_unit);
+        (cohort_at(pos, self.experiment, self.control), pos)
     }
 
     fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
@@ -319,29 +321,78 @@ async fn forward(
     }
 }
 
-async fn process(
+/// A request's cohort and, in edge mode, where its key fell in [0, 1).
+#[derive(Debug, Clone, Copy)]
+struct Assignment {
+    cohort: Option<Cohort>,
+    key_position: Option<f64>,
+}
+
+/// Edge mode assigns the cohort by key (and overwrites any client-sent
+/// cohort header); sidecar mode trusts the header the edge set.
+fn assign_request(
     shared: &Shared,
     conn: &ConnInfo,
-    mut req: Request<Incoming>,
-) -> (Option<Cohort>, Reply) {
-    let cohort = match shared.mode {
+    req: &mut Request<Incoming>,
+) -> Assignment {
+    match shared.mode {
         ProxyMode::Edge => {
-            let c = shared.assign(&req, conn.peer);
+            let (cohort, pos) = shared.assign(req, conn.peer);
             // Clients must not pick their own cohort.
             let headers = req.headers_mut();
             headers.remove(COHORT_HEADER);
-            if let Some(c) = c {
+            if let Some(c) = cohort {
                 headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
             }
-            c
+            Assignment { cohort, key_position: Some(pos) }
         }
-        ProxyMode::Sidecar => req
-            .headers()
-            .get(COHORT_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| Cohort::parse(v.trim())),
-    };
+        ProxyMode::Sidecar => Assignment {
+            cohort: req
+                .headers()
+                .get(COHORT_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| Cohort::parse(v.trim())),
+            key_position: None,
+        },
+    }
+}
 
+/// Records a request exactly once: with its status when it is answered,
+/// or, when the client gives up first (hyper then drops the request's
+/// future), as a request without a response at the moment it was
+/// abandoned. Without this, requests that a latency fault pushed past the
+/// client's timeout would vanish from the experiment cohort instead of
+/// counting as the failures the client saw.
+struct Unrecorded<'a> {
+    shared: &'a Shared,
+    arrived: Instant,
+    assignment: Option<Assignment>,
+}
+
+impl Unrecorded<'_> {
+    fn record(&mut self, status: Option<u16>) {
+        if let Some(a) = self.assignment.take() {
+            let outcome = Outcome { status, latency: self.arrived.elapsed() };
+            if let Some(pos) = a.key_position {
+                self.shared.recorder.note_key(pos);
+            }
+            self.shared.recorder.record(a.cohort, self.arrived, outcome);
+        }
+    }
+}
+
+impl Drop for Unrecorded<'_> {
+    fn drop(&mut self) {
+        self.record(None);
+    }
+}
+
+async fn process(
+    shared: &Shared,
+    conn: &ConnInfo,
+    req: Request<Incoming>,
+    cohort: Option<Cohort>,
+) -> Reply {
     // Roll every enabled fault once; only the experiment cohort is eligible.
     let faults =
         if cohort == Some(Cohort::Experiment) { Some(shared.faults()) } else { None };
@@ -378,11 +429,11 @@ async fn process(
             }
             HttpFaultKind::Reset => {
                 conn.kill(true);
-                return (cohort, Reply::Drop);
+                return Reply::Drop;
             }
             _ => {
                 conn.kill(false);
-                return (cohort, Reply::Drop);
+                return Reply::Drop;
             }
         }
     } else {
@@ -423,22 +474,23 @@ async fn process(
     if let Some(c) = cohort {
         resp.headers_mut().insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
     }
-    (cohort, Reply::Respond(resp))
+    Reply::Respond(resp)
 }
 
 async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnInfo>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let arrived = Instant::now();
-    let (cohort, reply) = process(&shared, &conn, req).await;
-    let status = match &reply {
+    let assignment = assign_request(&shared, &conn, &mut req);
+    let mut unrecorded =
+        Unrecorded { shared: &shared, arrived, assignment: Some(assignment) };
+    let reply = process(&shared, &conn, req, assignment.cohort).await;
+    unrecorded.record(match &reply {
         Reply::Respond(r) => Some(r.status().as_u16()),
         Reply::Drop => None,
-    };
-    let outcome = Outcome { status, latency: arrived.elapsed() };
-    shared.recorder.record(cohort, arrived, outcome);
+    });
     match reply {
         Reply::Respond(r) => Ok(r),
         // HTTP/1: the connection task drops the connection (and this future)

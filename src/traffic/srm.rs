@@ -5,6 +5,8 @@
 use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
+use crate::metrics::KeySketch;
+
 /// p-value below which the split is declared broken (the usual SRM bar:
 /// strict, because a false alarm throws away a whole experiment).
 pub const SRM_ALPHA: f64 = 0.001;
@@ -66,9 +68,111 @@ pub fn sample_ratio_mismatch(
     SrmResult { chi2, df, p_value, mismatch: p_value < SRM_ALPHA }
 }
 
+/// The check on the unit that is randomised: distinct keys. Each cohort
+/// owns a slice of [0, 1) (experiment first, then control, then untouched,
+/// as in assignment); the keys seen occupy buckets of the sketch, and under
+/// a faithful split the occupied buckets are spread over the slices in
+/// proportion to their sizes. Requests of one key are correlated, so this
+/// is the check whose false-alarm rate is its alpha whatever the traffic
+/// per key (see docs/statistics.md, "Sample-ratio mismatch").
+pub fn key_sample_ratio_mismatch(
+    keys: &KeySketch,
+    control_fraction: f64,
+    experiment_fraction: f64,
+) -> SrmResult {
+    let split = experiment_fraction + control_fraction;
+    let e = keys.occupancy(0.0, experiment_fraction);
+    let c = keys.occupancy(experiment_fraction, split);
+    let u = keys.occupancy(split, 1.0);
+    let buckets = (e.buckets + c.buckets + u.buckets).max(1) as f64;
+    sample_ratio_mismatch(
+        c.occupied,
+        e.occupied,
+        u.occupied,
+        c.buckets as f64 / buckets,
+        e.buckets as f64 / buckets,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::traffic::assign::{mix, unit};
+
+    /// `n` distinct keys, each sent `weight(i)` times; returns the key
+    /// sketch and the request counts (control, experiment, untouched).
+    fn traffic(
+        n: u64,
+        seed: u64,
+        (c, e): (f64, f64),
+        weight: impl Fn(u64) -> u64,
+        keep: impl Fn(f64) -> bool,
+    ) -> (KeySketch, [u64; 3]) {
+        let keys = KeySketch::new();
+        let mut requests = [0u64; 3];
+        for i in 0..n {
+            let pos = unit(mix(seed ^ mix(i)));
+            if !keep(pos) {
+                continue;
+            }
+            keys.note(pos);
+            let slot = if pos < e {
+                1
+            } else if pos < e + c {
+                0
+            } else {
+                2
+            };
+            requests[slot] += weight(i);
+        }
+        (keys, requests)
+    }
+
+    #[test]
+    fn heavy_keys_fool_the_request_count_but_not_the_key_count() {
+        // 50 faithful 50/50 splits of 2,000 keys with a request volume per
+        // key of 1..=1000 (heavy-tailed users): the request counts are off
+        // the configured split by chance alone in most of them (the key
+        // count's variance is ~26x the binomial's), the key counts in none.
+        let weight = |i: u64| 1 + mix(i ^ 0xabc) % 1000;
+        let (mut by_requests, mut by_keys) = (0, 0);
+        for seed in 0..50u64 {
+            let (keys, [c, e, u]) =
+                traffic(2_000, mix(seed), (0.5, 0.5), weight, |_| true);
+            by_requests += usize::from(sample_ratio_mismatch(c, e, u, 0.5, 0.5).mismatch);
+            by_keys += usize::from(key_sample_ratio_mismatch(&keys, 0.5, 0.5).mismatch);
+        }
+        assert!(by_requests >= 35, "request-level flagged only {by_requests} of 50");
+        assert!(by_keys <= 1, "key-level flagged {by_keys} of 50");
+    }
+
+    #[test]
+    fn keys_missing_from_one_cohort_are_flagged() {
+        // A fifth of the experiment cohort's keys never recorded, as a
+        // cohort-dependent crash before recording would do.
+        let lost = |pos: f64| !(pos < 0.05 && mix(pos.to_bits()) % 5 == 0);
+        let (keys, _) = traffic(20_000, 11, (0.05, 0.05), |_| 1, lost);
+        let r = key_sample_ratio_mismatch(&keys, 0.05, 0.05);
+        assert!(r.mismatch, "{r:?}");
+        let (keys, _) = traffic(20_000, 11, (0.05, 0.05), |_| 1, |_| true);
+        assert!(!key_sample_ratio_mismatch(&keys, 0.05, 0.05).mismatch);
+    }
+
+    #[test]
+    fn the_key_check_false_alarms_at_about_its_nominal_rate() {
+        // 400 faithful A/A splits of 3,000 keys with a heavy-tailed request
+        // volume: p < 0.05 in at most 5% + 3 sigma of them.
+        let weight = |i: u64| 1 + mix(i ^ 0x5eed) % 300;
+        let mut below = 0;
+        for seed in 0..400u64 {
+            let (keys, _) = traffic(3_000, mix(seed), (0.25, 0.25), weight, |_| true);
+            if key_sample_ratio_mismatch(&keys, 0.25, 0.25).p_value < 0.05 {
+                below += 1;
+            }
+        }
+        assert!(below <= 33, "{below} of 400 below 0.05");
+        assert!(below >= 5, "{below} of 400: the test lost all power");
+    }
 
     #[test]
     fn a_faithful_split_passes() {

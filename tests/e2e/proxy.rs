@@ -187,6 +187,10 @@ async fn splits_20000_random_keys_within_five_percent_of_the_configured_shares()
     assert_eq!(rec.snapshot(Cohort::Control).total, c);
     assert_eq!(rec.untouched_total(), u);
     assert!(!sample_ratio_mismatch(c, e, u, 0.25, 0.25).mismatch);
+    // The check that gates verdicts counts distinct keys: 4,000 random keys
+    // each sent once land as configured.
+    let by_keys = chaos::traffic::key_sample_ratio_mismatch(rec.keys(), 0.25, 0.25);
+    assert!(!by_keys.mismatch, "{by_keys:?}");
     h.shutdown().await;
 }
 
@@ -480,10 +484,60 @@ async fn the_srm_check_flags_a_deliberately_skewed_split() {
     let e = rec.snapshot(Cohort::Experiment).total;
     let u = rec.untouched_total();
     assert!(!sample_ratio_mismatch(c, e, u, 0.25, 0.25).mismatch);
+    // The check that gates verdicts counts distinct keys: 4,000 random keys
+    // each sent once land as configured.
+    let by_keys = chaos::traffic::key_sample_ratio_mismatch(rec.keys(), 0.25, 0.25);
+    assert!(!by_keys.mismatch, "{by_keys:?}");
     // Skew: drop a fifth of the experiment cohort, as a broken recorder
     // or a cohort-dependent crash would.
     let skewed = sample_ratio_mismatch(c, e * 4 / 5, u, 0.25, 0.25);
     assert!(skewed.mismatch, "{skewed:?}");
+    h.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_the_client_gives_up_on_count_as_failures_of_their_cohort() {
+    // A 5 s latency fault against clients that wait 300 ms: every request
+    // is abandoned. They must show up as experiment-cohort failures (what
+    // the clients saw), not vanish and leave the cohort looking healthy.
+    let up = upstream().await;
+    let (h, rec) = start(config(up, 0.5, 0.5)).await;
+    h.set_faults(vec![HttpFault::parse_spec("kind=latency,delay=5s").unwrap()]);
+    let url = format!("http://{}/", h.local_addr());
+    let c = client();
+    let keys = random_keys(40, 21);
+    let mut abandoned = 0;
+    for k in &keys {
+        let mut b = http::Request::get(&url);
+        if let Some(k) = k {
+            b = b.header("x-user-id", k.as_str());
+        }
+        let req = b.body(Empty::new()).unwrap();
+        if timeout(Duration::from_millis(300), c.request(req)).await.is_err() {
+            abandoned += 1;
+        }
+    }
+    // The proxy notices the closed connections; give it a moment.
+    let recorded = crate::support::eventually(Duration::from_secs(5), || {
+        let e = rec.snapshot(Cohort::Experiment);
+        (e.total == abandoned).then_some(e)
+    });
+    let e = recorded.unwrap_or_else(|| {
+        panic!("{abandoned} abandoned, recorded {:?}", rec.totals(Cohort::Experiment))
+    });
+    assert!(abandoned >= 10, "only {abandoned} of 40 keys in the experiment cohort");
+    assert_eq!(e.errors, abandoned, "abandoned requests are failures");
+    assert_eq!(e.status_counts.get(&0), Some(&abandoned), "{:?}", e.status_counts);
+    for s in &e.samples {
+        assert!(
+            (250.0..2000.0).contains(&s.latency_ms),
+            "recorded when abandoned, not at the fault's 5 s: {s:?}"
+        );
+    }
+    let ctl = rec.snapshot(Cohort::Control);
+    assert_eq!((ctl.total, ctl.errors), (40 - abandoned, 0));
+    // Every key was recorded, so the key-level split check is satisfied.
+    assert!(!chaos::traffic::key_sample_ratio_mismatch(rec.keys(), 0.5, 0.5).mismatch);
     h.shutdown().await;
 }
 

@@ -68,6 +68,23 @@ keys = 50000
     )
 }
 
+/// `chaos run --quiet` on `exp` against the fleet, reports under `dir/reports`.
+fn run_quiet(fleet: &Fleet, dir: &Path, exp: &Path) -> (Output, PathBuf) {
+    let reports = dir.join("reports");
+    let out = chaos_with(
+        fleet,
+        dir,
+        &[
+            "run",
+            "--quiet",
+            "--report-dir",
+            reports.to_str().expect("utf-8"),
+            exp.to_str().expect("utf-8"),
+        ],
+    );
+    (out, reports)
+}
+
 fn result_json(report_root: &Path) -> (PathBuf, serde_json::Value) {
     let run_dir = std::fs::read_dir(report_root)
         .expect("report dir")
@@ -246,19 +263,8 @@ probability = "30%"
 "#,
         ),
     );
-    let reports = dir.path().join("reports");
     let started = Instant::now();
-    let out = chaos_with(
-        &fleet,
-        dir.path(),
-        &[
-            "run",
-            "--quiet",
-            "--report-dir",
-            reports.to_str().expect("utf-8"),
-            exp.to_str().expect("utf-8"),
-        ],
-    );
+    let (out, reports) = run_quiet(&fleet, dir.path(), &exp);
     assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
     assert!(started.elapsed() < Duration::from_secs(35), "did not stop early");
     let (_, v) = result_json(&reports);
@@ -270,6 +276,48 @@ probability = "30%"
     let fault = &v["faults"][0];
     assert!(fault["reverted_at_s"].as_f64().is_some(), "{fault}");
     assert!(stdout(&out).to_lowercase().contains("abort"), "{}", stdout(&out));
+}
+
+#[test]
+fn a_latency_fault_past_the_clients_timeout_aborts_as_failures() {
+    // Clients give up after 400 ms; the fault holds requests for 3 s. The
+    // abandoned requests are the experiment cohort's failures: the run
+    // must abort on them, not see an empty (or healthy) cohort.
+    let _heavy = crate::support::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = fleet(Variant::Resilient, dir.path());
+    let text = demo_experiment(
+        "30s",
+        r#"
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+0.5pp"
+abort = "+5pp"
+
+[[fault]]
+name = "edge-stall"
+kind = "latency"
+delay = "3s"
+"#,
+    )
+    .replace("keys = 50000", "keys = 50000\ntimeout = \"400ms\"");
+    let exp = write(dir.path(), "stall.toml", &text);
+    let (out, reports) = run_quiet(&fleet, dir.path(), &exp);
+    assert_eq!(out.status.code(), Some(3), "{}\n{}", stdout(&out), stderr(&out));
+    let (_, v) = result_json(&reports);
+    assert_eq!(v["outcome"], "aborted", "{}", v["abort"]);
+    assert_eq!(v["abort"]["hypothesis"], "errors flat", "{}", v["abort"]);
+    let experiment = v["cohorts"]
+        .as_array()
+        .and_then(|cs| cs.iter().find(|c| c["cohort"] == "experiment"))
+        .unwrap_or_else(|| panic!("no experiment cohort in {}", v["cohorts"]));
+    let (total, errors) = (experiment["total"].as_u64(), experiment["errors"].as_u64());
+    assert!(
+        total.zip(errors).is_some_and(|(t, e)| t > 100 && e * 4 >= t),
+        "experiment cohort {experiment}"
+    );
+    assert!(v["faults"][0]["reverted_at_s"].is_number(), "{}", v["faults"]);
 }
 
 #[test]
