@@ -318,8 +318,80 @@ pub fn journal_files(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     Ok(out)
 }
 
+/// Deletes (or, with `dry_run`, only lists) the *settled* journals in
+/// `dir` last written more than `older_than` before `now`: their runner is
+/// gone (the lock is free) and every applied fault is marked reverted. A
+/// journal with anything pending, or whose runner is alive, is never
+/// touched, whatever its age — it is the only record of what to undo.
+pub fn prune(
+    dir: &Path,
+    older_than: std::time::Duration,
+    now: std::time::SystemTime,
+    dry_run: bool,
+) -> Result<Vec<PathBuf>, JournalError> {
+    let mut pruned = Vec::new();
+    for path in journal_files(dir)? {
+        // Held until the file is gone, so no `recover` replays it meanwhile.
+        let Some(_claim) = Orphan::claim(&path)? else { continue };
+        if !pending(&read_entries(&path)?).is_empty() {
+            continue;
+        }
+        let read_err = |source| JournalError::Read { path: path.clone(), source };
+        let modified =
+            std::fs::metadata(&path).and_then(|m| m.modified()).map_err(read_err)?;
+        let age = now.duration_since(modified).unwrap_or_default();
+        if age < older_than {
+            continue;
+        }
+        if !dry_run {
+            std::fs::remove_file(&path)
+                .map_err(|source| JournalError::Write { path: path.clone(), source })?;
+        }
+        pruned.push(path);
+    }
+    Ok(pruned)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn prune_removes_only_old_settled_journals_of_dead_runners() {
+        use std::time::{Duration, SystemTime};
+        let dir = tempfile::tempdir().unwrap();
+        let revert = || RevertAction::Nothing { note: "kill".into() };
+        // Settled: applied and reverted, runner gone.
+        let mut settled = Journal::open(dir.path(), "settled").unwrap();
+        let id = settled.record_apply("kill pid 1", None, revert()).unwrap();
+        settled.record_reverted(id, None).unwrap();
+        let settled_path = settled.path().to_path_buf();
+        drop(settled);
+        // Pending: applied, never reverted, runner gone.
+        let mut pending_j = Journal::open(dir.path(), "pending").unwrap();
+        pending_j.record_apply("pause pid 2", None, revert()).unwrap();
+        let pending_path = pending_j.path().to_path_buf();
+        drop(pending_j);
+        // Alive: settled but its runner still holds the lock.
+        let alive = Journal::open(dir.path(), "alive").unwrap();
+
+        let later = SystemTime::now() + Duration::from_secs(40 * 86_400);
+        let day30 = Duration::from_secs(30 * 86_400);
+        // Too young: nothing goes.
+        assert!(prune(dir.path(), day30, SystemTime::now(), false).unwrap().is_empty());
+        // Dry run lists without deleting.
+        assert_eq!(
+            prune(dir.path(), day30, later, true).unwrap(),
+            vec![settled_path.clone()]
+        );
+        assert!(settled_path.exists());
+        assert_eq!(
+            prune(dir.path(), day30, later, false).unwrap(),
+            vec![settled_path.clone()]
+        );
+        assert!(!settled_path.exists());
+        assert!(pending_path.exists(), "a pending journal is never pruned");
+        assert!(alive.path().exists(), "a live runner's journal is never pruned");
+    }
+
     use super::*;
 
     #[test]

@@ -5,17 +5,23 @@ use std::path::PathBuf;
 
 use crate::exit;
 use crate::fault;
-use crate::journal::Journal;
+use crate::journal::{self, Journal};
 
 pub const AFTER_HELP: &str = "Examples:
   chaos recover
   chaos recover --journal-dir /var/lib/chaos --dry-run
+  chaos recover --prune-older-than 30d     (e.g. from a daily cron job)
 
 Reads every journal in the directory; journals of runners still alive are
 skipped, every fault a dead runner applied and did not revert is reverted
 (SIGCONT for paused processes, nft tables and tc qdiscs deleted). Safe to
 run any number of times. Exit codes: 0 nothing left, 5 a revert failed
-(the record stays pending; fix the cause and run again).";
+(the record stays pending; fix the cause and run again).
+
+Journals are kept after a run as its audit trail. --prune-older-than AGE
+deletes, after recovering, the settled ones (runner gone, every fault
+reverted) last written more than AGE ago (\"30d\", \"12h\"); a journal
+with anything still pending is never deleted.";
 
 /// `chaos recover` arguments.
 #[derive(Debug, Args)]
@@ -27,6 +33,25 @@ pub struct RecoverArgs {
     /// Print what would be reverted; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Also delete settled journals older than AGE (e.g. 30d, 12h); with
+    /// --dry-run, list them.
+    #[arg(long, value_name = "AGE", value_parser = parse_age)]
+    pub prune_older_than: Option<std::time::Duration>,
+}
+
+/// `"30d"` (days, up to ten years) or any duration `chaos` accepts.
+fn parse_age(text: &str) -> Result<std::time::Duration, String> {
+    match text.trim().strip_suffix('d') {
+        Some(days) => match days.parse::<u64>() {
+            Ok(d) if (1..=3650).contains(&d) => {
+                Ok(std::time::Duration::from_secs(d * 86_400))
+            }
+            _ => Err(format!(
+                "expected a number of days from 1 to 3650, like \"30d\", found {text:?}"
+            )),
+        },
+        None => crate::units::parse_duration(text),
+    }
 }
 
 fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
@@ -58,6 +83,21 @@ fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
         report.reverted.len(),
         report.failed.len()
     );
+    if let Some(age) = args.prune_older_than {
+        let pruned =
+            match journal::prune(&dir, age, std::time::SystemTime::now(), args.dry_run) {
+                Ok(p) => p,
+                Err(e) => {
+                    eprintln!("error: pruning journals: {e}");
+                    return Ok(exit::ENVIRONMENT);
+                }
+            };
+        let verb = if args.dry_run { "would prune" } else { "pruned" };
+        for path in &pruned {
+            println!("{verb}: {}", path.display());
+        }
+        println!("{} settled journal(s) {verb}", pruned.len());
+    }
     Ok(if report.failed.is_empty() { exit::OK } else { exit::ENVIRONMENT })
 }
 
@@ -69,5 +109,21 @@ pub fn run(args: RecoverArgs) -> u8 {
             eprintln!("error: {e:#}");
             crate::exit::ENVIRONMENT
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_age;
+    use std::time::Duration;
+
+    #[test]
+    fn ages_take_days_or_any_duration() {
+        assert_eq!(parse_age("30d"), Ok(Duration::from_secs(30 * 86_400)));
+        assert_eq!(parse_age("12h"), Ok(Duration::from_secs(12 * 3600)));
+        assert!(parse_age("0d").is_err());
+        assert!(parse_age("xd").is_err());
+        assert!(parse_age("3651d").is_err());
+        assert!(parse_age("5").is_err(), "a bare number has no unit");
     }
 }

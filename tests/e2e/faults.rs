@@ -156,6 +156,74 @@ fn kill_by_name_signals_exactly_the_selected_process_and_journals_it() {
 }
 
 #[test]
+fn recover_prunes_old_settled_journals_and_keeps_recent_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let jd = dir.path().to_str().unwrap();
+    let journals = || -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "journal"))
+            .collect();
+        v.sort();
+        v
+    };
+    // Two settled journals from two real kills; the first is made 40 days old.
+    let mut first = victim();
+    let out = chaos(&[
+        "kill",
+        "--target",
+        &format!("pid:{}", first.0.id()),
+        "--journal-dir",
+        jd,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let _ = first.0.wait();
+    let old = journals().pop().expect("first journal");
+    let aged = Command::new("touch").args(["-d", "40 days ago"]).arg(&old).status();
+    assert!(aged.is_ok_and(|s| s.success()), "touch -d");
+    let mut second = victim();
+    let out = chaos(&[
+        "kill",
+        "--target",
+        &format!("pid:{}", second.0.id()),
+        "--journal-dir",
+        jd,
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let _ = second.0.wait();
+    assert_eq!(journals().len(), 2);
+
+    let out = chaos(&[
+        "recover",
+        "--journal-dir",
+        jd,
+        "--prune-older-than",
+        "30d",
+        "--dry-run",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("would prune: {}", old.display())),
+        "{}",
+        text(&out)
+    );
+    assert_eq!(journals().len(), 2, "a dry run deletes nothing");
+
+    let out = chaos(&["recover", "--journal-dir", jd, "--prune-older-than", "30d"]);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    assert!(text(&out).contains("1 settled journal(s) pruned"), "{}", text(&out));
+    let left = journals();
+    assert_eq!(left.len(), 1);
+    assert_ne!(left[0], old, "the recent journal stays");
+
+    let out = chaos(&["recover", "--journal-dir", jd, "--prune-older-than", "0d"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(text(&out).contains("number of days"), "{}", text(&out));
+}
+
+#[test]
 fn pause_stops_the_process_for_the_duration_then_resumes_it() {
     let v = victim();
     let dir = tempfile::tempdir().unwrap();
