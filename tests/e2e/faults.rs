@@ -170,29 +170,18 @@ fn recover_prunes_old_settled_journals_and_keeps_recent_ones() {
         v
     };
     // Two settled journals from two real kills; the first is made 40 days old.
-    let mut first = victim();
-    let out = chaos(&[
-        "kill",
-        "--target",
-        &format!("pid:{}", first.0.id()),
-        "--journal-dir",
-        jd,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let _ = first.0.wait();
+    let kill_a_victim = || {
+        let mut v = victim();
+        let target = format!("pid:{}", v.0.id());
+        let out = chaos(&["kill", "--target", &target, "--journal-dir", jd]);
+        assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+        let _ = v.0.wait();
+    };
+    kill_a_victim();
     let old = journals().pop().expect("first journal");
     let aged = Command::new("touch").args(["-d", "40 days ago"]).arg(&old).status();
     assert!(aged.is_ok_and(|s| s.success()), "touch -d");
-    let mut second = victim();
-    let out = chaos(&[
-        "kill",
-        "--target",
-        &format!("pid:{}", second.0.id()),
-        "--journal-dir",
-        jd,
-    ]);
-    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    let _ = second.0.wait();
+    kill_a_victim();
     assert_eq!(journals().len(), 2);
 
     let out = chaos(&[
