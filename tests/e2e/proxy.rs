@@ -497,31 +497,37 @@ async fn the_srm_check_flags_a_deliberately_skewed_split() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_the_client_gives_up_on_count_as_failures_of_their_cohort() {
-    // A 5 s latency fault against clients that wait 300 ms: every request
-    // is abandoned. They must show up as experiment-cohort failures (what
-    // the clients saw), not vanish and leave the cohort looking healthy.
+    // A 5 s latency fault against clients that wait 1 s: every experiment
+    // request is abandoned. They must show up as experiment-cohort failures
+    // (what the clients saw), not vanish and leave the cohort looking
+    // healthy. All 40 requests go at once, so the test takes about 1 s.
     let up = upstream().await;
     let (h, rec) = start(config(up, 0.5, 0.5)).await;
     h.set_faults(vec![HttpFault::parse_spec("kind=latency,delay=5s").unwrap()]);
     let url = format!("http://{}/", h.local_addr());
     let c = client();
-    let keys = random_keys(40, 21);
+    let mut requests = tokio::task::JoinSet::new();
+    for k in random_keys(40, 21).into_iter().flatten() {
+        let req =
+            http::Request::get(&url).header("x-user-id", k).body(Empty::new()).unwrap();
+        let c = c.clone();
+        requests
+            .spawn(async move { timeout(Duration::from_secs(1), c.request(req)).await });
+    }
     let mut abandoned = 0;
-    for k in &keys {
-        let mut b = http::Request::get(&url);
-        if let Some(k) = k {
-            b = b.header("x-user-id", k.as_str());
-        }
-        let req = b.body(Empty::new()).unwrap();
-        if timeout(Duration::from_millis(300), c.request(req)).await.is_err() {
-            abandoned += 1;
-        }
+    while let Some(done) = requests.join_next().await {
+        abandoned += u64::from(done.expect("request task").is_err());
     }
     // The proxy notices the closed connections; give it a moment.
-    let recorded = crate::support::eventually(Duration::from_secs(5), || {
+    let mut recorded = None;
+    for _ in 0..100 {
         let e = rec.snapshot(Cohort::Experiment);
-        (e.total == abandoned).then_some(e)
-    });
+        if e.total == abandoned {
+            recorded = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let e = recorded.unwrap_or_else(|| {
         panic!("{abandoned} abandoned, recorded {:?}", rec.totals(Cohort::Experiment))
     });
@@ -530,7 +536,7 @@ async fn requests_the_client_gives_up_on_count_as_failures_of_their_cohort() {
     assert_eq!(e.status_counts.get(&0), Some(&abandoned), "{:?}", e.status_counts);
     for s in &e.samples {
         assert!(
-            (250.0..2000.0).contains(&s.latency_ms),
+            (900.0..4000.0).contains(&s.latency_ms),
             "recorded when abandoned, not at the fault's 5 s: {s:?}"
         );
     }
