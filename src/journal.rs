@@ -354,6 +354,8 @@ pub fn prune(
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
     #[test]
     fn prune_removes_only_old_settled_journals_of_dead_runners() {
         use std::time::{Duration, SystemTime};
@@ -391,8 +393,6 @@ mod tests {
         assert!(pending_path.exists(), "a pending journal is never pruned");
         assert!(alive.path().exists(), "a live runner's journal is never pruned");
     }
-
-    use super::*;
 
     #[test]
     fn an_applied_record_stays_pending_until_marked_reverted() {

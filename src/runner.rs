@@ -558,7 +558,14 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     }
     let control = recorder.snapshot(Cohort::Control);
     let experiment = recorder.snapshot(Cohort::Experiment);
-    let srm = srm_of(&recorder, exp);
+    // Both split checks now, with the snapshots: shutting the proxy down
+    // records the requests it abandons.
+    let checks = crate::traffic::split_checks(
+        &recorder,
+        exp.traffic.control_fraction,
+        exp.traffic.experiment_fraction,
+    );
+    let srm = checks.by_keys;
     edge.shutdown().await;
     for (_, s) in sidecars {
         s.shutdown().await;
@@ -632,7 +639,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
              cohort's requests go unrecorded",
             srm.chi2, srm.p_value
         ));
-    } else if let Some(w) = request_imbalance_warning(&recorder, exp) {
+    } else if let Some(w) = request_imbalance_warning(&checks.by_requests) {
         warnings.push(w);
     }
     if let Some(e) = env_error {
@@ -929,14 +936,7 @@ fn srm_of(recorder: &Recorder, exp: &Experiment) -> crate::traffic::SrmResult {
 /// Requests split off the configured shares while keys are not: traffic is
 /// concentrated in few keys. Not a broken split, but the request-level tests
 /// assume independent requests, so the reader should know.
-fn request_imbalance_warning(recorder: &Recorder, exp: &Experiment) -> Option<String> {
-    let by_requests = crate::traffic::sample_ratio_mismatch(
-        recorder.totals(Cohort::Control).0,
-        recorder.totals(Cohort::Experiment).0,
-        recorder.untouched_total(),
-        exp.traffic.control_fraction,
-        exp.traffic.experiment_fraction,
-    );
+fn request_imbalance_warning(by_requests: &crate::traffic::SrmResult) -> Option<String> {
     by_requests.mismatch.then(|| {
         format!(
             "requests are unevenly split between the cohorts (chi2 {:.1}, p {:.2e}) \

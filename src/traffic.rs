@@ -20,5 +20,8 @@ pub use config::{
 };
 pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
 pub use server::{Proxy, ProxyError, ProxyHandle};
-pub use srm::{key_sample_ratio_mismatch, sample_ratio_mismatch, SrmResult};
+pub use srm::{
+    key_sample_ratio_mismatch, sample_ratio_mismatch, split_checks, SplitChecks,
+    SrmResult,
+};
 pub use workers::{Workers, WorkersError};

@@ -12,8 +12,8 @@ use crate::cohort::Cohort;
 use crate::exit;
 use crate::metrics::Recorder;
 use crate::traffic::{
-    key_sample_ratio_mismatch, sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault,
-    Proxy, ProxyConfig, ProxyMode, Upstream, UpstreamPools, Workers,
+    split_checks, AdminConfig, CohortKey, HttpFault, Proxy, ProxyConfig, ProxyMode,
+    SplitChecks, Upstream, UpstreamPools, Workers,
 };
 use crate::units::{parse_duration, parse_percent};
 
@@ -243,8 +243,7 @@ async fn serve(
     let c = recorder.snapshot(Cohort::Control);
     let e = recorder.snapshot(Cohort::Experiment);
     let u = recorder.untouched_total();
-    let by_keys = key_sample_ratio_mismatch(recorder.keys(), cf, ef);
-    let by_requests = sample_ratio_mismatch(c.total, e.total, u, cf, ef);
+    let SplitChecks { by_keys, by_requests } = split_checks(&recorder, cf, ef);
     let flag = |m: bool| if m { " MISMATCH" } else { "" };
     println!(
         "control {} requests ({} errors), experiment {} requests ({} errors), \

@@ -20,7 +20,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use super::server::Shared;
-use super::srm::{key_sample_ratio_mismatch, sample_ratio_mismatch};
+use super::srm::split_checks;
 use crate::cohort::Cohort;
 
 type AdminResponse = Response<Full<Bytes>>;
@@ -99,18 +99,15 @@ fn route(shared: &Shared, req: &Request<Incoming>) -> AdminResponse {
             let e = rec.totals(Cohort::Experiment);
             let u = rec.untouched_total();
             let (cf, ef) = shared.fractions();
-            // `srm` counts distinct keys (what gates verdicts); the
-            // request-level result is there for comparison.
-            let srm = key_sample_ratio_mismatch(rec.keys(), cf, ef);
-            let by_requests = sample_ratio_mismatch(c.0, e.0, u, cf, ef);
+            let checks = split_checks(rec, cf, ef);
             json(
                 StatusCode::OK,
                 &serde_json::json!({
                     "control": {"total": c.0, "errors": c.1},
                     "experiment": {"total": e.0, "errors": e.1},
                     "untouched": {"total": u},
-                    "srm": srm,
-                    "srm_requests": by_requests,
+                    "srm": checks.by_keys,
+                    "srm_requests": checks.by_requests,
                 }),
             )
         }

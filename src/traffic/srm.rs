@@ -5,7 +5,8 @@
 use serde::Serialize;
 use statrs::distribution::{ChiSquared, ContinuousCDF};
 
-use crate::metrics::KeySketch;
+use crate::cohort::Cohort;
+use crate::metrics::{KeySketch, Recorder};
 
 /// p-value below which the split is declared broken (the usual SRM bar:
 /// strict, because a false alarm throws away a whole experiment).
@@ -94,10 +95,40 @@ pub fn key_sample_ratio_mismatch(
     )
 }
 
+/// Both checks of one recorder at one moment: by distinct keys (what gates
+/// verdicts) and by requests (for comparison: off while keys are fine means
+/// a few keys carry much of the traffic).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct SplitChecks {
+    pub by_keys: SrmResult,
+    pub by_requests: SrmResult,
+}
+
+pub fn split_checks(
+    recorder: &Recorder,
+    control_fraction: f64,
+    experiment_fraction: f64,
+) -> SplitChecks {
+    SplitChecks {
+        by_keys: key_sample_ratio_mismatch(
+            recorder.keys(),
+            control_fraction,
+            experiment_fraction,
+        ),
+        by_requests: sample_ratio_mismatch(
+            recorder.totals(Cohort::Control).0,
+            recorder.totals(Cohort::Experiment).0,
+            recorder.untouched_total(),
+            control_fraction,
+            experiment_fraction,
+        ),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::traffic::assign::{mix, unit};
+    use crate::traffic::assign::{cohort_at, mix, unit};
 
     /// `n` distinct keys, each sent `weight(i)` times; returns the key
     /// sketch and the request counts (control, experiment, untouched).
@@ -116,12 +147,10 @@ mod tests {
                 continue;
             }
             keys.note(pos);
-            let slot = if pos < e {
-                1
-            } else if pos < e + c {
-                0
-            } else {
-                2
+            let slot = match cohort_at(pos, e, c) {
+                Some(Cohort::Control) => 0,
+                Some(Cohort::Experiment) => 1,
+                None => 2,
             };
             requests[slot] += weight(i);
         }
@@ -132,8 +161,8 @@ mod tests {
     fn heavy_keys_fool_the_request_count_but_not_the_key_count() {
         // 50 faithful 50/50 splits of 2,000 keys with a request volume per
         // key of 1..=1000 (heavy-tailed users): the request counts are off
-        // the configured split by chance alone in most of them (the key
-        // count's variance is ~26x the binomial's), the key counts in none.
+        // the configured split by chance alone in most of them (their
+        // variance is ~26x the binomial's), the key counts in none.
         let weight = |i: u64| 1 + mix(i ^ 0xabc) % 1000;
         let (mut by_requests, mut by_keys) = (0, 0);
         for seed in 0..50u64 {
