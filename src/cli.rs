@@ -68,6 +68,9 @@ pub enum Command {
     Gameday(commands::gameday::GamedayArgs),
     /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
     Continuous(commands::continuous::ContinuousArgs),
+    /// Serve the fault engine to a remote controller (over SSH), with a lease.
+    #[command(after_help = commands::agent::AFTER_HELP)]
+    Agent(commands::agent::AgentArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -103,6 +106,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => commands::history::run(args),
         Command::Gameday(args) => commands::gameday::run(args),
         Command::Continuous(args) => commands::continuous::run(args),
+        Command::Agent(args) => commands::agent::run(args),
     };
     exit::code(code)
 }

@@ -2,6 +2,7 @@
 //! `run` returns an exit code from [`crate::exit`]; `anyhow` is allowed here
 //! (and only here) to attach file and target context to errors.
 
+pub mod agent;
 pub mod analyze;
 pub mod continuous;
 pub mod demo;

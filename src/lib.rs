@@ -4,6 +4,7 @@
 //! Data flows one way: `experiment` (validated, read-only model) → `runner`
 //! (lifecycle) which wires `traffic`, `fault`, `metrics`, `stats`, `report`.
 
+pub mod agent;
 pub mod cli;
 pub mod cohort;
 pub mod commands;

@@ -6,6 +6,7 @@ mod daemon;
 mod dashboards;
 mod demo;
 mod faults;
+mod fleet_agent;
 mod gameday;
 mod netns;
 mod prometheus;
