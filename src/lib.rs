@@ -12,6 +12,7 @@ pub mod demo;
 pub mod exit;
 pub mod experiment;
 pub mod fault;
+pub mod fleet;
 pub mod journal;
 pub mod load;
 pub mod metrics;
