@@ -8,6 +8,7 @@ pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
 pub mod demo_run;
+pub mod fleet;
 pub mod gameday;
 pub mod history;
 pub mod inject;

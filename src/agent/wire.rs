@@ -308,9 +308,11 @@ impl TryFrom<WireFault> for InfraFault {
                     method: match method.as_str() {
                         "blackhole" => OutageMethod::Blackhole,
                         "pause" => OutageMethod::Pause,
-                        other => return Err(WireError(format!(
+                        other => {
+                            return Err(WireError(format!(
                             "region-outage method {other:?}; expected blackhole or pause"
-                        ))),
+                        )))
+                        }
                     },
                 })
             }

@@ -75,11 +75,13 @@ impl Inventory {
     /// Reads an inventory file: `.yml`/`.yaml` as Ansible YAML, anything
     /// else as TOML. Errors are rendered diagnostics.
     pub fn load(path: &Path) -> Result<Inventory, String> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| format!("{}: error: cannot read the inventory: {e}", path.display()))?;
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            format!("{}: error: cannot read the inventory: {e}", path.display())
+        })?;
         let file = path.display().to_string();
         let yaml = path.extension().is_some_and(|e| e == "yml" || e == "yaml");
-        let parsed = if yaml { from_ansible(&file, &text) } else { from_toml(&file, &text) };
+        let parsed =
+            if yaml { from_ansible(&file, &text) } else { from_toml(&file, &text) };
         parsed.map_err(|diags| {
             diags.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
         })
@@ -87,18 +89,27 @@ impl Inventory {
 
     /// The hosts a place names, in inventory order.
     pub fn select(&self, place: &Place) -> Result<Vec<&Host>, String> {
-        let names = || self.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
+        let names =
+            || self.hosts.iter().map(|h| h.name.as_str()).collect::<Vec<_>>().join(", ");
         match place {
             Place::Local => Ok(Vec::new()),
             Place::Host(name) => match self.hosts.iter().find(|h| &h.name == name) {
                 Some(h) => Ok(vec![h]),
-                None => Err(format!("no host {name:?} in the inventory; hosts: {}", names())),
+                None => {
+                    Err(format!("no host {name:?} in the inventory; hosts: {}", names()))
+                }
             },
             Place::Hosts(pairs) => {
-                let hits: Vec<&Host> = self.hosts.iter().filter(|h| h.matches(pairs)).collect();
+                let hits: Vec<&Host> =
+                    self.hosts.iter().filter(|h| h.matches(pairs)).collect();
                 if hits.is_empty() {
-                    let want: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
-                    Err(format!("no host has labels {}; hosts: {}", want.join(","), names()))
+                    let want: Vec<String> =
+                        pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    Err(format!(
+                        "no host has labels {}; hosts: {}",
+                        want.join(","),
+                        names()
+                    ))
                 } else {
                     Ok(hits)
                 }
@@ -206,13 +217,17 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         if let Some(t) = ssh.connect_timeout {
             match crate::units::parse_duration(t.get_ref()) {
                 Ok(d) => inv.ssh.connect_timeout = d,
-                Err(e) => sink.error(Some(t.span()), "ssh.connect_timeout", e, "e.g. \"5s\""),
+                Err(e) => {
+                    sink.error(Some(t.span()), "ssh.connect_timeout", e, "e.g. \"5s\"")
+                }
             }
         }
         if let Some(p) = ssh.install_path {
             match crate::fleet::ssh::check_remote_path(p.get_ref()) {
                 Ok(()) => inv.ssh.install_path = p.into_inner(),
-                Err(e) => sink.error(Some(p.span()), "ssh.install_path", e, "an absolute path"),
+                Err(e) => {
+                    sink.error(Some(p.span()), "ssh.install_path", e, "an absolute path")
+                }
             }
         }
     }
@@ -221,7 +236,12 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         let path = format!("host[{i}]");
         let name = h.name.get_ref().clone();
         if let Err(e) = check_word(&name) {
-            sink.error(Some(h.name.span()), &format!("{path}.name"), e, "letters, digits, - _ .");
+            sink.error(
+                Some(h.name.span()),
+                &format!("{path}.name"),
+                e,
+                "letters, digits, - _ .",
+            );
         } else if !seen.insert(name.clone()) {
             sink.error(
                 Some(h.name.span()),
@@ -231,7 +251,12 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
             );
         }
         if let Err(e) = check_address(h.address.get_ref()) {
-            sink.error(Some(h.address.span()), &format!("{path}.address"), e, "an IP address or host name");
+            sink.error(
+                Some(h.address.span()),
+                &format!("{path}.address"),
+                e,
+                "an IP address or host name",
+            );
         }
         if let Some(u) = &h.user {
             if let Err(e) = check_word(u.get_ref()) {
@@ -240,7 +265,12 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         }
         if let Some(c) = &h.chaos {
             if let Err(e) = crate::fleet::ssh::check_remote_path(c.get_ref()) {
-                sink.error(Some(c.span()), &format!("{path}.chaos"), e, "e.g. \"/usr/local/bin/chaos\"");
+                sink.error(
+                    Some(c.span()),
+                    &format!("{path}.chaos"),
+                    e,
+                    "e.g. \"/usr/local/bin/chaos\"",
+                );
             }
         }
         inv.hosts.push(Host {
@@ -249,13 +279,21 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
             user: h.user.map(toml::Spanned::into_inner),
             port: h.port,
             identity: h.identity.map(|p| expand_home(&p)),
-            chaos: h.chaos.map(toml::Spanned::into_inner).unwrap_or_else(|| "chaos".into()),
+            chaos: h
+                .chaos
+                .map(toml::Spanned::into_inner)
+                .unwrap_or_else(|| "chaos".into()),
             labels: h.labels,
             groups: BTreeSet::new(),
         });
     }
     if inv.hosts.is_empty() && !sink.has_errors() {
-        sink.error(None, "host", "the inventory declares no hosts".into(), "add [[host]] tables");
+        sink.error(
+            None,
+            "host",
+            "the inventory declares no hosts".into(),
+            "add [[host]] tables",
+        );
     }
     if sink.has_errors() {
         Err(sink.diagnostics)
@@ -271,13 +309,19 @@ fn from_ansible(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         Ok(v) => v,
         Err(e) => {
             let span = e.location().map(|l| l.index()..l.index());
-            sink.error(span, "", e.to_string(), "an Ansible YAML inventory: all: {hosts: ..., children: ...}");
+            sink.error(
+                span,
+                "",
+                e.to_string(),
+                "an Ansible YAML inventory: all: {hosts: ..., children: ...}",
+            );
             return Err(sink.diagnostics);
         }
     };
     // Where a key first appears, for error locations.
     let at = |key: &str| text.find(&format!("{key}:")).map(|i| i..i);
-    let mut hosts: BTreeMap<String, (BTreeMap<String, Value>, BTreeSet<String>)> = BTreeMap::new();
+    let mut hosts: BTreeMap<String, (BTreeMap<String, Value>, BTreeSet<String>)> =
+        BTreeMap::new();
     let mut order = Vec::new();
     fn walk(
         group: &str,
@@ -351,16 +395,27 @@ fn from_ansible(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
             sink.error(at(&name), &name, e, "letters, digits, - _ .");
             continue;
         }
-        let address = vars.get("ansible_host").and_then(text_of).unwrap_or_else(|| name.clone());
+        let address =
+            vars.get("ansible_host").and_then(text_of).unwrap_or_else(|| name.clone());
         if let Err(e) = check_address(&address) {
-            sink.error(at("ansible_host"), &format!("{name}.ansible_host"), e, "an IP address or host name");
+            sink.error(
+                at("ansible_host"),
+                &format!("{name}.ansible_host"),
+                e,
+                "an IP address or host name",
+            );
         }
         let port = match vars.get("ansible_port") {
             None => None,
             Some(v) => match text_of(v).and_then(|t| t.parse::<u16>().ok()) {
                 Some(p) => Some(p),
                 None => {
-                    sink.error(at("ansible_port"), &format!("{name}.ansible_port"), "ansible_port must be a port number".into(), "e.g. 22");
+                    sink.error(
+                        at("ansible_port"),
+                        &format!("{name}.ansible_port"),
+                        "ansible_port must be a port number".into(),
+                        "e.g. 22",
+                    );
                     None
                 }
             },
@@ -368,12 +423,23 @@ fn from_ansible(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         let user = vars.get("ansible_user").and_then(text_of);
         if let Some(u) = &user {
             if let Err(e) = check_word(u) {
-                sink.error(at("ansible_user"), &format!("{name}.ansible_user"), e, "a login name");
+                sink.error(
+                    at("ansible_user"),
+                    &format!("{name}.ansible_user"),
+                    e,
+                    "a login name",
+                );
             }
         }
-        let chaos = vars.get("chaos_path").and_then(text_of).unwrap_or_else(|| "chaos".into());
+        let chaos =
+            vars.get("chaos_path").and_then(text_of).unwrap_or_else(|| "chaos".into());
         if let Err(e) = crate::fleet::ssh::check_remote_path(&chaos) {
-            sink.error(at("chaos_path"), &format!("{name}.chaos_path"), e, "e.g. /usr/local/bin/chaos");
+            sink.error(
+                at("chaos_path"),
+                &format!("{name}.chaos_path"),
+                e,
+                "e.g. /usr/local/bin/chaos",
+            );
         }
         let labels = vars
             .iter()
@@ -385,14 +451,22 @@ fn from_ansible(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
             address,
             user,
             port,
-            identity: vars.get("ansible_ssh_private_key_file").and_then(text_of).map(|p| expand_home(&p)),
+            identity: vars
+                .get("ansible_ssh_private_key_file")
+                .and_then(text_of)
+                .map(|p| expand_home(&p)),
             chaos,
             labels,
             groups: groups.clone(),
         });
     }
     if inv.hosts.is_empty() && !sink.has_errors() {
-        sink.error(None, "all", "the inventory declares no hosts".into(), "all: {hosts: {web-1: {ansible_host: 10.0.0.11}}}");
+        sink.error(
+            None,
+            "all",
+            "the inventory declares no hosts".into(),
+            "all: {hosts: {web-1: {ansible_host: 10.0.0.11}}}",
+        );
     }
     if sink.has_errors() {
         Err(sink.diagnostics)
@@ -462,7 +536,8 @@ labels = { region = "eu-west", role = "payments" }
         let inv = from_toml("inv.toml", TOML).unwrap();
         assert_eq!(inv.hosts.len(), 2);
         assert_eq!(inv.ssh.connect_timeout, Duration::from_secs(3));
-        let pay = inv.select(&Place::Hosts(vec![("role".into(), "payments".into())])).unwrap();
+        let pay =
+            inv.select(&Place::Hosts(vec![("role".into(), "payments".into())])).unwrap();
         assert_eq!(pay.len(), 2);
         let east = inv
             .select(&Place::Hosts(vec![
@@ -471,17 +546,24 @@ labels = { region = "eu-west", role = "payments" }
             ]))
             .unwrap();
         assert_eq!(east[0].name, "web-1");
-        assert!(inv.select(&Place::Host("db-1".into())).unwrap_err().contains("web-1, web-2"));
+        assert!(inv
+            .select(&Place::Host("db-1".into()))
+            .unwrap_err()
+            .contains("web-1, web-2"));
     }
 
     #[test]
     fn toml_problems_point_at_file_line_and_column() {
-        let bad = TOML.replace("address = \"10.0.0.12\"", "address = \"-oProxyCommand=x\"");
+        let bad =
+            TOML.replace("address = \"10.0.0.12\"", "address = \"-oProxyCommand=x\"");
         let err = from_toml("inv.toml", &bad).unwrap_err();
         let text = err[0].to_string();
         assert!(text.starts_with("inv.toml:16:11: error:"), "{text}");
         assert!(text.contains("hint:"), "{text}");
-        let unknown = from_toml("inv.toml", "[[host]]\nname = \"a\"\naddress = \"b\"\nlabel = {}\n");
+        let unknown = from_toml(
+            "inv.toml",
+            "[[host]]\nname = \"a\"\naddress = \"b\"\nlabel = {}\n",
+        );
         assert!(unknown.unwrap_err()[0].to_string().starts_with("inv.toml:4:1"));
     }
 
@@ -515,10 +597,15 @@ all:
         assert_eq!((web1.port, web1.user.as_deref()), (Some(2222), Some("root")));
         assert_eq!(web1.identity, Some(PathBuf::from("/keys/id")));
         assert_eq!(web1.labels.get("region").map(String::as_str), Some("us-east"));
-        assert_eq!(inv.hosts[2].labels.get("region").map(String::as_str), Some("eu-west"));
-        let group = inv.select(&Place::Hosts(vec![("group".into(), "payments".into())])).unwrap();
+        assert_eq!(
+            inv.hosts[2].labels.get("region").map(String::as_str),
+            Some("eu-west")
+        );
+        let group =
+            inv.select(&Place::Hosts(vec![("group".into(), "payments".into())])).unwrap();
         assert_eq!(group.len(), 2);
-        let bad = from_ansible("inv.yml", "all:\n  hosts:\n    a:\n      ansible_port: x\n");
+        let bad =
+            from_ansible("inv.yml", "all:\n  hosts:\n    a:\n      ansible_port: x\n");
         assert!(bad.unwrap_err()[0].to_string().starts_with("inv.yml:4:7"), "located");
     }
 

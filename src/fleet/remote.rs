@@ -48,12 +48,20 @@ fn request_timeout(lease: Duration) -> Duration {
 }
 
 /// What went wrong with a connection, preferring ssh's own words.
-fn cause(host: &Host, child: &mut Child, tail: &StderrTail, err: ClientError) -> FleetError {
+fn cause(
+    host: &Host,
+    child: &mut Child,
+    tail: &StderrTail,
+    err: ClientError,
+) -> FleetError {
     if let ClientError::Lost(_) = err {
         // ssh has exited or is about to; its stderr says why.
         let code = crate::fleet::remote::wait_exit(child, Duration::from_secs(2));
         std::thread::sleep(Duration::from_millis(30));
-        return FleetError::Host { host: host.name.clone(), cause: ssh::diagnose(&tail.text(), code) };
+        return FleetError::Host {
+            host: host.name.clone(),
+            cause: ssh::diagnose(&tail.text(), code),
+        };
     }
     FleetError::Agent { host: host.name.clone(), source: err }
 }
@@ -64,7 +72,9 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> Option<i32> {
     loop {
         match child.try_wait() {
             Ok(Some(status)) => return status.code(),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
+            Ok(None) if Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
             _ => return None,
         }
     }
@@ -88,7 +98,10 @@ pub fn connect(
                 .zip(hosts)
                 .map(|(j, h)| {
                     j.join().unwrap_or_else(|_| {
-                        Err(FleetError::Host { host: h.name.clone(), cause: "install panicked".into() })
+                        Err(FleetError::Host {
+                            host: h.name.clone(),
+                            cause: "install panicked".into(),
+                        })
                     })
                 })
                 .collect()
@@ -116,7 +129,8 @@ pub fn connect(
         ];
         match ssh::spawn(host, ssh_settings, &remote, opts.echo_stderr) {
             Ok((mut child, tail)) => {
-                let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take()) else {
+                let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take())
+                else {
                     errors.push(FleetError::Host {
                         host: host.name.clone(),
                         cause: "ssh without pipes".into(),
@@ -150,7 +164,9 @@ pub fn connect(
                             ),
                         })
                     }
-                    Ok(info) => Ok(Remote { host, info, client: Some(client), child, tail }),
+                    Ok(info) => {
+                        Ok(Remote { host, info, client: Some(client), child, tail })
+                    }
                     Err(e) => {
                         drop(client);
                         Err(cause(&host, &mut child, &tail, e))
@@ -161,7 +177,10 @@ pub fn connect(
         jobs.into_iter()
             .map(|j| {
                 j.join().unwrap_or_else(|_| {
-                    Err(FleetError::Host { host: "?".into(), cause: "hello panicked".into() })
+                    Err(FleetError::Host {
+                        host: "?".into(),
+                        cause: "hello panicked".into(),
+                    })
                 })
             })
             .collect()
@@ -231,7 +250,10 @@ impl Fleet {
             jobs.into_iter()
                 .map(|j| {
                     j.join().unwrap_or_else(|_| {
-                        Err(FleetError::Host { host: "?".into(), cause: "worker panicked".into() })
+                        Err(FleetError::Host {
+                            host: "?".into(),
+                            cause: "worker panicked".into(),
+                        })
                     })
                 })
                 .collect()
@@ -239,7 +261,11 @@ impl Fleet {
     }
 
     /// Preflight of every host for its faults, in parallel.
-    pub fn preflight(&self, work: &[Assignment], ctx: &WireContext) -> Vec<Result<Vec<String>, FleetError>> {
+    pub fn preflight(
+        &self,
+        work: &[Assignment],
+        ctx: &WireContext,
+    ) -> Vec<Result<Vec<String>, FleetError>> {
         // One request per host with all of its faults.
         let mut per_host: Vec<(usize, Vec<WireFault>)> = Vec::new();
         for (i, f) in work {
@@ -255,7 +281,11 @@ impl Fleet {
                     let remote = &self.remotes[i];
                     let ctx = ctx.clone();
                     s.spawn(move || {
-                        match remote.call(|id| Request::Preflight { id, faults, context: ctx })? {
+                        match remote.call(|id| Request::Preflight {
+                            id,
+                            faults,
+                            context: ctx,
+                        })? {
                             Response::Ready { warnings, .. } => Ok(warnings),
                             other => Err(unexpected(remote, other)),
                         }
@@ -265,7 +295,10 @@ impl Fleet {
             jobs.into_iter()
                 .map(|j| {
                     j.join().unwrap_or_else(|_| {
-                        Err(FleetError::Host { host: "?".into(), cause: "preflight panicked".into() })
+                        Err(FleetError::Host {
+                            host: "?".into(),
+                            cause: "preflight panicked".into(),
+                        })
                     })
                 })
                 .collect()
@@ -273,7 +306,11 @@ impl Fleet {
     }
 
     /// The exact commands each host would run (the agents' describe).
-    pub fn describe(&self, work: &[Assignment], ctx: &WireContext) -> Vec<Result<Vec<String>, FleetError>> {
+    pub fn describe(
+        &self,
+        work: &[Assignment],
+        ctx: &WireContext,
+    ) -> Vec<Result<Vec<String>, FleetError>> {
         self.each(work, |remote, fault| {
             let fault = fault.clone();
             let context = ctx.clone();
@@ -296,7 +333,13 @@ impl Fleet {
             let fault = fault.clone();
             let context = ctx.clone();
             let label = label.to_string();
-            match remote.call(|id| Request::Apply { id, label, fault, context, lease_ms })? {
+            match remote.call(|id| Request::Apply {
+                id,
+                label,
+                fault,
+                context,
+                lease_ms,
+            })? {
                 Response::Applied { handle, lines, .. } => Ok((handle, lines)),
                 other => Err(unexpected(remote, other)),
             }
@@ -380,5 +423,8 @@ impl Drop for Fleet {
 }
 
 fn unexpected(remote: &Remote, resp: Response) -> FleetError {
-    FleetError::Host { host: remote.host.name.clone(), cause: format!("unexpected answer {resp:?}") }
+    FleetError::Host {
+        host: remote.host.name.clone(),
+        cause: format!("unexpected answer {resp:?}"),
+    }
 }

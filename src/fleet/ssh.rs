@@ -43,7 +43,9 @@ pub fn shell_word(s: &str) -> Result<String, String> {
     if s.chars().any(char::is_control) {
         return Err(format!("{s:?} contains control characters"));
     }
-    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c)) {
+    if !s.is_empty()
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+=:,@%".contains(c))
+    {
         Ok(s.to_string())
     } else {
         Ok(format!("'{}'", s.replace('\'', "'\\''")))
@@ -51,7 +53,11 @@ pub fn shell_word(s: &str) -> Result<String, String> {
 }
 
 /// `ssh` argv (without the program) for running `remote` on `host`.
-pub fn ssh_args(host: &Host, ssh: &SshSettings, remote: &[String]) -> Result<Vec<String>, String> {
+pub fn ssh_args(
+    host: &Host,
+    ssh: &SshSettings,
+    remote: &[String],
+) -> Result<Vec<String>, String> {
     let mut args: Vec<String> = Vec::new();
     let mut opt = |o: String| {
         args.push("-o".into());
@@ -159,7 +165,9 @@ pub fn spawn(
 pub fn diagnose(stderr: &str, code: Option<i32>) -> String {
     let has = |s: &str| stderr.contains(s);
     let last = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim();
-    if has("REMOTE HOST IDENTIFICATION HAS CHANGED") || has("Host key verification failed") {
+    if has("REMOTE HOST IDENTIFICATION HAS CHANGED")
+        || has("Host key verification failed")
+    {
         format!("wrong or unknown host key (StrictHostKeyChecking): {last}")
     } else if has("Connection timed out")
         || has("No route to host")
@@ -179,6 +187,16 @@ pub fn diagnose(stderr: &str, code: Option<i32>) -> String {
     }
 }
 
+/// Runs `remote` on the host to completion; (exit code, stdout). ssh
+/// failures (exit 255) come back as errors naming the cause.
+pub fn run(
+    host: &Host,
+    ssh: &SshSettings,
+    remote: &[String],
+) -> Result<(Option<i32>, String), FleetError> {
+    run_remote(host, ssh, remote, None)
+}
+
 /// Runs `remote` on the host to completion, feeding `stdin`; returns
 /// (exit code, stdout).
 fn run_remote(
@@ -194,7 +212,8 @@ fn run_remote(
             pipe.write_all(bytes).map_err(|e| fail(format!("sending to ssh: {e}")))?;
         }
     }
-    let out = child.wait_with_output().map_err(|e| fail(format!("waiting for ssh: {e}")))?;
+    let out =
+        child.wait_with_output().map_err(|e| fail(format!("waiting for ssh: {e}")))?;
     let code = out.status.code();
     if code == Some(255) {
         std::thread::sleep(std::time::Duration::from_millis(20));
@@ -218,24 +237,33 @@ pub fn ensure_installed(host: &Host, ssh: &SshSettings) -> Result<String, FleetE
     let ours = format!("chaos {}", env!("CARGO_PKG_VERSION"));
     let fail = |cause: String| FleetError::Host { host: host.name.clone(), cause };
     for candidate in [host.chaos.as_str(), ssh.install_path.as_str()] {
-        let (code, out) = run_remote(host, ssh, &[candidate.into(), "--version".into()], None)?;
+        let (code, out) =
+            run_remote(host, ssh, &[candidate.into(), "--version".into()], None)?;
         if code == Some(0) && out.trim() == ours {
             return Ok(candidate.to_string());
         }
     }
     check_remote_path(&ssh.install_path).map_err(fail)?;
     if !ssh.install_path.starts_with('/') {
-        return Err(fail(format!("install_path {:?} must be absolute", ssh.install_path)));
+        return Err(fail(format!(
+            "install_path {:?} must be absolute",
+            ssh.install_path
+        )));
     }
-    let exe = std::env::current_exe().map_err(|e| fail(format!("cannot find this binary: {e}")))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| fail(format!("cannot find this binary: {e}")))?;
     let (bytes, local) =
         sha256_file(&exe).map_err(|e| fail(format!("reading {}: {e}", exe.display())))?;
     let path = &ssh.install_path;
     let tmp = format!("{path}.chaos-upload");
-    let dir = path.rsplit_once('/').map(|(d, _)| if d.is_empty() { "/" } else { d }).unwrap_or("/");
+    let dir = path
+        .rsplit_once('/')
+        .map(|(d, _)| if d.is_empty() { "/" } else { d })
+        .unwrap_or("/");
     // Every interpolated part passed check_remote_path: no quoting needed.
     let script = format!("umask 022 && mkdir -p {dir} && cat > {tmp} && sha256sum {tmp}");
-    let (code, out) = run_remote(host, ssh, &["sh".into(), "-c".into(), script], Some(&bytes))?;
+    let (code, out) =
+        run_remote(host, ssh, &["sh".into(), "-c".into(), script], Some(&bytes))?;
     let remote = out.split_whitespace().next().unwrap_or("");
     if code != Some(0) || remote != local {
         let _ = run_remote(host, ssh, &["rm".into(), "-f".into(), tmp.clone()], None);
@@ -278,14 +306,18 @@ mod tests {
             ..Default::default()
         };
         let args =
-            ssh_args(&host(), &ssh, &["chaos".into(), "agent".into(), "it's".into()]).unwrap();
+            ssh_args(&host(), &ssh, &["chaos".into(), "agent".into(), "it's".into()])
+                .unwrap();
         let joined = args.join(" ");
         assert!(joined.contains("-o StrictHostKeyChecking=yes"), "{joined}");
         assert!(joined.contains("-o BatchMode=yes"));
         assert!(joined.contains("-o UserKnownHostsFile=/tmp/kh"));
         assert!(joined.contains("-o ConnectTimeout=3"));
         assert!(!joined.contains("-F"), "no -F unless configured");
-        assert_eq!(&args[args.len() - 3..], ["--", "10.0.0.11", "chaos agent 'it'\\''s'"]);
+        assert_eq!(
+            &args[args.len() - 3..],
+            ["--", "10.0.0.11", "chaos agent 'it'\\''s'"]
+        );
         assert!(shell_word("a\nb").is_err());
         assert_eq!(shell_word("$(reboot)").unwrap(), "'$(reboot)'");
     }
@@ -302,8 +334,11 @@ mod tests {
     #[test]
     fn connection_failures_are_named_by_cause() {
         assert!(diagnose("Host key verification failed.", Some(255)).contains("host key"));
-        assert!(diagnose("ssh: connect to host 10.0.0.9 port 22: No route to host", Some(255))
-            .starts_with("unreachable"));
+        assert!(diagnose(
+            "ssh: connect to host 10.0.0.9 port 22: No route to host",
+            Some(255)
+        )
+        .starts_with("unreachable"));
         assert!(diagnose("sh: 1: chaos: not found", Some(127)).contains("--install"));
     }
 }

@@ -115,7 +115,8 @@ impl fmt::Display for Placement {
             Place::Host(h) => write!(f, "{HOST_MARK}{h}"),
             Place::Hosts(pairs) if pairs.is_empty() => write!(f, "{HOSTS_MARK}*"),
             Place::Hosts(pairs) => {
-                let list: Vec<String> = pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                let list: Vec<String> =
+                    pairs.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 write!(f, "{HOSTS_MARK}{}", list.join(","))
             }
         }
@@ -152,7 +153,10 @@ mod tests {
     #[test]
     fn host_placeholders_expand_per_host() {
         let p = Placement::parse("name:payments-{host}@hosts:role=payments").unwrap();
-        assert_eq!(p.for_host("web-2").unwrap(), TargetSelector::Name("payments-web-2".into()));
+        assert_eq!(
+            p.for_host("web-2").unwrap(),
+            TargetSelector::Name("payments-web-2".into())
+        );
     }
 
     #[test]
