@@ -176,6 +176,7 @@ fn run_variant(
                 seed: None,
                 quiet: args.quiet,
                 metrics_listen: None,
+                inventory: None,
             };
             execute(&exp, &common)
         }

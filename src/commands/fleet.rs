@@ -9,11 +9,11 @@ use clap::Args;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use crate::agent::wire::{WireContext, WireFault};
+use crate::agent::wire::WireContext;
 use crate::exit;
 use crate::fault::{FaultContext, InfraFault};
 use crate::fleet::inventory::{HostLimits, Inventory};
-use crate::fleet::remote::{self, Assignment, ConnectOptions, Fleet};
+use crate::fleet::remote::{self, retarget, Assignment, ConnectOptions, Fleet};
 use crate::fleet::FleetError;
 use crate::target::place::{Place, Placement};
 use crate::units;
@@ -45,24 +45,6 @@ impl FleetArgs {
     fn limits(&self) -> HostLimits {
         HostLimits { max_hosts: self.max_hosts, max_host_percent: self.max_host_percent }
     }
-}
-
-/// The fault with its target swapped for `selector` (via the wire form,
-/// which re-parses everything).
-fn retarget(fault: &InfraFault, selector: &crate::target::TargetSelector) -> WireFault {
-    let mut wire = WireFault::from(fault);
-    let text = selector.to_string();
-    match &mut wire {
-        WireFault::ProcessKill { target, .. }
-        | WireFault::ProcessPause { target, .. }
-        | WireFault::Netem { target, .. }
-        | WireFault::PacketLoss { target, .. }
-        | WireFault::Blackhole { target, .. }
-        | WireFault::TcpReset { target, .. }
-        | WireFault::Bandwidth { target, .. } => *target = text,
-        WireFault::RegionOutage { .. } => {}
-    }
-    wire
 }
 
 /// Connected, preflighted hosts and the fault each gets.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::diagnostic::{did_you_mean, Sink};
 use super::model::*;
 use super::reader::{table_of, tables_of, At, TableReader};
+use crate::target::place::Placement;
 use crate::target::{TargetSelector, SELECTOR_KINDS};
 use crate::units::Tolerance;
 
@@ -60,6 +61,8 @@ const SECTIONS: &[&str] = &[
     "safety",
     "prometheus",
     "guardrail",
+    "host",
+    "ssh",
 ];
 
 /// Parses and validates `src` (the contents of `file`).
@@ -88,6 +91,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .map(|t| t.sidecars.iter().map(|s| s.name.clone()).collect())
         .unwrap_or_default();
     let faults = read_faults(&mut top, sink, &regions, &region_names, &sidecar_names);
+    let hosts = crate::fleet::inventory::read_experiment_hosts(src, sink);
     // Unknown top-level sections.
     for (key, item) in root.iter() {
         if SECTIONS.contains(&key) {
@@ -117,6 +121,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         safety,
         prometheus,
         guardrails,
+        hosts,
     })
 }
 
@@ -1029,10 +1034,15 @@ fn read_fault(
     } else {
         (1.0, "edge".into())
     };
+    let mut host_target = None;
     let target = if !http && kind_name != "region-outage" {
         match r.req_string(sink, "target", TARGET_HINT) {
-            Some(t) => match TargetSelector::parse(&t.value) {
-                Ok(sel) => {
+            Some(t) => match Placement::parse(&t.value) {
+                Ok(placed) => {
+                    if placed.is_remote() {
+                        host_target = Some(placed.clone());
+                    }
+                    let sel = placed.selector;
                     check_target_fits(sink, &path, kind_name, &t, sel, region_names)
                 }
                 Err(msg) => {
@@ -1265,6 +1275,7 @@ fn read_fault(
         probability,
         at,
         target: if http || kind_name == "region-outage" { None } else { Some(target?) },
+        host_target,
         selection,
         kind: kind?,
     })

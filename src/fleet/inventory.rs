@@ -51,6 +51,11 @@ pub struct SshSettings {
     pub connect_timeout: Duration,
     /// Where `--install` puts this binary on a host.
     pub install_path: String,
+    /// Agent lease for `chaos run` (commands take `--lease`).
+    pub lease: Duration,
+    /// `chaos run`: install this binary where it is missing (commands
+    /// take `--install`).
+    pub install: bool,
 }
 
 impl Default for SshSettings {
@@ -60,6 +65,8 @@ impl Default for SshSettings {
             config: None,
             connect_timeout: Duration::from_secs(5),
             install_path: "/usr/local/bin/chaos".into(),
+            lease: crate::agent::protocol::DEFAULT_LEASE,
+            install: false,
         }
     }
 }
@@ -172,6 +179,10 @@ struct TomlSsh {
     connect_timeout: Option<toml::Spanned<String>>,
     /// Where --install copies the binary.
     install_path: Option<toml::Spanned<String>>,
+    /// Agent lease for `chaos run`, e.g. "10s".
+    lease: Option<toml::Spanned<String>>,
+    /// `chaos run`: install chaos on hosts without it.
+    install: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -194,24 +205,81 @@ struct TomlHost {
     labels: BTreeMap<String, String>,
 }
 
+/// The `[ssh]` table and `[[host]]` tables of an experiment file (other
+/// sections are the experiment parser's); `None` when it has no hosts.
+#[derive(Debug, Deserialize)]
+struct TomlSection {
+    #[serde(default)]
+    ssh: Option<TomlSsh>,
+    #[serde(default)]
+    host: Vec<TomlHost>,
+}
+
+/// Reads the hosts declared in an experiment file into `sink`.
+pub fn read_experiment_hosts(src: &str, sink: &mut Sink) -> Option<Inventory> {
+    let spec: TomlSection = match toml::from_str(src) {
+        Ok(s) => s,
+        Err(e) => {
+            sink.error(e.span(), "host", e.message().to_string(), HOST_HINT);
+            return None;
+        }
+    };
+    if spec.host.is_empty() && spec.ssh.is_none() {
+        return None;
+    }
+    let before = sink.diagnostics.len();
+    let inv = convert(spec.ssh, spec.host, sink);
+    if inv.hosts.is_empty() {
+        sink.error(None, "host", "[ssh] without any [[host]] table".into(), HOST_HINT);
+    }
+    (sink.diagnostics.len() == before).then_some(inv)
+}
+
+const HOST_HINT: &str = "an inventory has [[host]] tables (name, address, user, port, \
+    identity, chaos, labels) and an optional [ssh] table (known_hosts, config, \
+    connect_timeout, install_path, lease, install)";
+
 fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
     let mut sink = Sink::new(file, text);
     let spec: TomlFile = match toml::from_str(text) {
         Ok(s) => s,
         Err(e) => {
-            sink.error(
-                e.span(),
-                "",
-                e.message().to_string(),
-                "an inventory has [[host]] tables (name, address, user, port, identity, chaos, \
-                 labels) and an optional [ssh] table (known_hosts, config, connect_timeout, \
-                 install_path)",
-            );
+            sink.error(e.span(), "", e.message().to_string(), HOST_HINT);
             return Err(sink.diagnostics);
         }
     };
+    let inv = convert(spec.ssh, spec.host, &mut sink);
+    if inv.hosts.is_empty() && !sink.has_errors() {
+        sink.error(
+            None,
+            "host",
+            "the inventory declares no hosts".into(),
+            "add [[host]] tables",
+        );
+    }
+    if sink.has_errors() {
+        Err(sink.diagnostics)
+    } else {
+        Ok(inv)
+    }
+}
+
+fn convert(ssh: Option<TomlSsh>, hosts: Vec<TomlHost>, sink: &mut Sink) -> Inventory {
     let mut inv = Inventory::default();
-    if let Some(ssh) = spec.ssh {
+    if let Some(ssh) = ssh {
+        if let Some(t) = ssh.lease {
+            match crate::units::parse_duration(t.get_ref()) {
+                Ok(d) if d >= Duration::from_secs(1) => inv.ssh.lease = d,
+                Ok(_) => sink.error(
+                    Some(t.span()),
+                    "ssh.lease",
+                    "the lease must be at least 1s".into(),
+                    "e.g. \"10s\"",
+                ),
+                Err(e) => sink.error(Some(t.span()), "ssh.lease", e, "e.g. \"10s\""),
+            }
+        }
+        inv.ssh.install = ssh.install.unwrap_or(false);
         inv.ssh.known_hosts = ssh.known_hosts.map(|p| expand_home(&p));
         inv.ssh.config = ssh.config.map(|p| expand_home(&p));
         if let Some(t) = ssh.connect_timeout {
@@ -232,7 +300,7 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
         }
     }
     let mut seen = BTreeSet::new();
-    for (i, h) in spec.host.into_iter().enumerate() {
+    for (i, h) in hosts.into_iter().enumerate() {
         let path = format!("host[{i}]");
         let name = h.name.get_ref().clone();
         if let Err(e) = check_word(&name) {
@@ -287,19 +355,7 @@ fn from_toml(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {
             groups: BTreeSet::new(),
         });
     }
-    if inv.hosts.is_empty() && !sink.has_errors() {
-        sink.error(
-            None,
-            "host",
-            "the inventory declares no hosts".into(),
-            "add [[host]] tables",
-        );
-    }
-    if sink.has_errors() {
-        Err(sink.diagnostics)
-    } else {
-        Ok(inv)
-    }
+    inv
 }
 
 fn from_ansible(file: &str, text: &str) -> Result<Inventory, Vec<Diagnostic>> {

@@ -1,6 +1,6 @@
 //! Agents on many hosts at once. Connecting spawns one `ssh HOST chaos
-//! agent --stdio` per host from the calling thread (see [`super::ssh`] on
-//! why the thread matters), then talks to all of them in parallel:
+//! agent --stdio` per host from a spawner thread the fleet keeps alive
+//! (see [`super::ssh`] on why the thread matters), then talks to all of them in parallel:
 //! `hello` (protocol and version), preflight, describe, apply, revert.
 //! Heartbeats keep every agent's lease alive while this process lives;
 //! dropping a [`Fleet`] reverts and closes every connection.
@@ -39,6 +39,8 @@ pub struct Remote {
 pub struct Fleet {
     pub remotes: Vec<Remote>,
     lease: Duration,
+    /// Dropping it lets the ssh spawner thread end (after the children).
+    _keeper: std::sync::mpsc::Sender<()>,
 }
 
 fn request_timeout(lease: Duration) -> Duration {
@@ -110,24 +112,55 @@ pub fn connect(
         hosts.iter().map(|h| Ok(h.chaos.clone())).collect()
     };
     let mut errors = Vec::new();
-    let mut spawned = Vec::new();
-    // Spawned here, on the caller's long-lived thread (PR_SET_PDEATHSIG).
+    let mut jobs = Vec::new();
     for (host, command) in hosts.iter().zip(commands) {
-        let command = match command {
-            Ok(c) => c,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        let remote = [
-            command,
-            "agent".to_string(),
-            "--stdio".to_string(),
-            "--lease".to_string(),
-            format!("{}ms", millis(opts.lease)),
-        ];
-        match ssh::spawn(host, ssh_settings, &remote, opts.echo_stderr) {
+        match command {
+            Ok(c) => jobs.push(((*host).clone(), c)),
+            Err(e) => errors.push(e),
+        }
+    }
+    // The ssh children are spawned on a thread of their own that lives
+    // as long as the Fleet: PR_SET_PDEATHSIG fires when the spawning
+    // *thread* exits, and a caller's thread (a tokio worker given to
+    // block_in_place, a scoped worker) may go away before the fleet does.
+    let (keeper, keep_rx) = std::sync::mpsc::channel::<()>();
+    let (kids_tx, kids_rx) = std::sync::mpsc::channel();
+    let settings = ssh_settings.clone();
+    let echo = opts.echo_stderr;
+    let lease_arg = format!("{}ms", millis(opts.lease));
+    let spawner =
+        std::thread::Builder::new().name("ssh-spawner".into()).spawn(move || {
+            let kids: Vec<_> = jobs
+                .into_iter()
+                .map(|(host, command)| {
+                    let remote = [
+                        command,
+                        "agent".into(),
+                        "--stdio".into(),
+                        "--lease".into(),
+                        lease_arg.clone(),
+                    ];
+                    let r = ssh::spawn(&host, &settings, &remote, echo);
+                    (host, r)
+                })
+                .collect();
+            let _ = kids_tx.send(kids);
+            // Hold the thread (and with it the children) until the Fleet goes.
+            let _ = keep_rx.recv();
+        });
+    let kids = match spawner.ok().and_then(|_| kids_rx.recv().ok()) {
+        Some(k) => k,
+        None => {
+            errors.push(FleetError::Host {
+                host: "*".into(),
+                cause: "cannot start the ssh spawner thread".into(),
+            });
+            Vec::new()
+        }
+    };
+    let mut spawned = Vec::new();
+    for (host, result) in kids {
+        match result {
             Ok((mut child, tail)) => {
                 let (Some(out), Some(inp)) = (child.stdout.take(), child.stdin.take())
                 else {
@@ -142,7 +175,7 @@ pub fn connect(
                     inp,
                     request_timeout(opts.lease),
                 );
-                spawned.push(((*host).clone(), child, tail, client));
+                spawned.push((host, child, tail, client));
             }
             Err(e) => errors.push(e),
         }
@@ -192,7 +225,7 @@ pub fn connect(
             Err(e) => errors.push(e),
         }
     }
-    let fleet = Fleet { remotes, lease };
+    let fleet = Fleet { remotes, lease, _keeper: keeper };
     if errors.is_empty() {
         Ok(fleet)
     } else {
@@ -427,4 +460,25 @@ fn unexpected(remote: &Remote, resp: Response) -> FleetError {
         host: remote.host.name.clone(),
         cause: format!("unexpected answer {resp:?}"),
     }
+}
+
+/// The fault with its target swapped for `selector` (via the wire form;
+/// the agent re-parses everything).
+pub fn retarget(
+    fault: &crate::fault::InfraFault,
+    selector: &crate::target::TargetSelector,
+) -> WireFault {
+    let mut wire = WireFault::from(fault);
+    let text = selector.to_string();
+    match &mut wire {
+        WireFault::ProcessKill { target, .. }
+        | WireFault::ProcessPause { target, .. }
+        | WireFault::Netem { target, .. }
+        | WireFault::PacketLoss { target, .. }
+        | WireFault::Blackhole { target, .. }
+        | WireFault::TcpReset { target, .. }
+        | WireFault::Bandwidth { target, .. } => *target = text,
+        WireFault::RegionOutage { .. } => {}
+    }
+    wire
 }

@@ -142,15 +142,11 @@ fn long_faults(f: &TestFleet, inv: &str) -> Vec<std::process::Child> {
         let mut full = vec!["inject"];
         full.extend(&args);
         full.extend(["--inventory", inv, "--duration", "60s", "--lease", "2s"]);
-        kids.push(
-            f.controller(&full)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
+        let log_path = f.dir.path().join(format!("ctl{}.log", kids.len()));
+        let log = std::fs::File::create(log_path).unwrap();
+        kids.push(f.controller(&full).stdout(Stdio::null()).stderr(log).spawn().unwrap());
     }
-    let all = eventually(Duration::from_secs(15), || {
+    let all = eventually(Duration::from_secs(30), || {
         let now = f.snapshot();
         (now[0] != before[0]
             && now[1] != before[1]
@@ -160,7 +156,18 @@ fn long_faults(f: &TestFleet, inv: &str) -> Vec<std::process::Child> {
             && state(f.hosts[1].service("payments")) == Some('T'))
         .then_some(())
     });
-    assert!(all.is_some(), "faults never became active on both hosts");
+    let logs: Vec<String> = (0..2)
+        .map(|i| {
+            let p = f.dir.path().join(format!("ctl{i}.log"));
+            std::fs::read_to_string(p).unwrap_or_default()
+        })
+        .collect();
+    assert!(
+        all.is_some(),
+        "faults never became active on both hosts: {:?}\n{}",
+        f.snapshot(),
+        logs.join("\n")
+    );
     kids
 }
 
