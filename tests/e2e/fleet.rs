@@ -430,3 +430,190 @@ fn install_copies_this_binary_to_a_host_without_chaos() {
         nix::sys::signal::Signal::SIGCONT,
     );
 }
+
+/// An HTTP upstream answering 200 inside namespace `ns` on 127.0.0.1;
+/// returns its port. Served by a runtime on a thread for the test's life.
+fn upstream_in(ns: &str) -> u16 {
+    let listener = crate::netns::in_netns(ns, || {
+        std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
+
+#[test]
+fn an_experiment_with_host_targets_runs_its_faults_on_two_hosts_and_is_judged() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let inv = f.inventory();
+    let before = f.snapshot();
+    let port = upstream_in(&f.ctl);
+    let exp = format!(
+        r#"
+[experiment]
+name = "fleet"
+duration = "6s"
+baseline = "1s"
+min_samples = 100
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:{port}"
+experiment_percent = 40
+control_percent = 40
+
+[load]
+path = "/"
+rate = 200
+concurrency = 16
+keys = 100000
+
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+1pp"
+
+[[fault]]
+name = "pause-payments"
+kind = "process-pause"
+target = "name:payments-{{host}}@hosts:role=payments"
+duration = "2s"
+
+[[fault]]
+name = "kill-db"
+kind = "process-kill"
+target = "name:db-{{host}}@hosts:role=payments"
+signal = "TERM"
+start = "3s"
+
+[[fault]]
+name = "loss"
+kind = "packet-loss"
+target = "iface:eth0@hosts:role=payments"
+loss = "30%"
+duration = "2s"
+
+[[fault]]
+name = "blackhole"
+kind = "blackhole"
+target = "iface:eth0@hosts:role=payments"
+# Not the controller (10.77.0.2): that would cut the agents off.
+destinations = ["192.0.2.0/24"]
+start = "3s"
+duration = "2s"
+
+[[fault]]
+name = "slow-link"
+kind = "bandwidth"
+target = "iface:eth0@hosts:role=payments"
+rate = "1mbit"
+duration = "4s"
+"#
+    );
+    let path = f.dir.path().join("fleet-exp.toml");
+    std::fs::write(&path, exp).unwrap();
+    let reports = f.dir.path().join("reports");
+    let journal = f.dir.path().join("ctl-journal");
+    let dry = f
+        .controller(&[
+            "run",
+            "--dry-run",
+            "--inventory",
+            inv.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .env("CHAOS_JOURNAL_DIR", &journal)
+        .output()
+        .unwrap();
+    let dry_text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    for want in
+        ["host web-1:", "host web-2:", "kill -STOP", "tc qdisc add dev eth0", "nft"]
+    {
+        assert!(dry_text.contains(want), "dry run shows {want:?}: {dry_text}");
+    }
+    assert!(!dry_text.contains("host web-3:"), "{dry_text}");
+    assert_eq!(f.snapshot(), before, "the dry run changed nothing");
+
+    let (w1, w2) = (f.host("web-1"), f.host("web-2"));
+    let (p1, p2) = (w1.service("payments"), w2.service("payments"));
+    let (d1, d2, d3) =
+        (w1.service("db"), w2.service("db"), f.host("web-3").service("db"));
+    let child = f
+        .controller(&[
+            "run",
+            "--quiet",
+            "--json",
+            "--report-dir",
+            reports.to_str().unwrap(),
+            "--inventory",
+            inv.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .env("CHAOS_JOURNAL_DIR", &journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = eventually(Duration::from_secs(20), || {
+        (state(p1) == Some('T') && state(p2) == Some('T')).then_some(())
+    });
+    let shaped = eventually(Duration::from_secs(5), || {
+        (w1.net_snapshot().contains("tbf") && w2.net_snapshot().contains("tbf"))
+            .then_some(())
+    });
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        paused.is_some() && shaped.is_some(),
+        "faults seen on both hosts: {}",
+        text(&out)
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out));
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json result");
+    assert_eq!(v["outcome"], "accepted", "{v}");
+    for d in [d1, d2] {
+        let gone = eventually(Duration::from_secs(2), || {
+            matches!(state(d), None | Some('Z')).then_some(())
+        });
+        assert!(gone.is_some(), "db on a payments host was killed");
+    }
+    assert_eq!(state(d3), Some('S'), "web-3's db untouched");
+    // Everything but the killed db processes (zombies: the test is
+    // their parent) is as before.
+    let strip = |s: &str| {
+        s.lines()
+            .filter(|l| {
+                !l.starts_with("db-") && !l.ends_with("Some('Z')") && !l.ends_with("None")
+            })
+            .map(|l| format!("{l}\n"))
+            .collect::<String>()
+    };
+    let settled = eventually(Duration::from_secs(3), || {
+        let now = f.snapshot();
+        (0..3).all(|i| strip(&now[i]) == strip(&before[i])).then_some(())
+    });
+    assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
+}
