@@ -14,6 +14,7 @@ pub mod experiment;
 pub mod fault;
 pub mod fleet;
 pub mod journal;
+pub mod k8s;
 pub mod load;
 pub mod metrics;
 pub mod outcome;

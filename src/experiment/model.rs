@@ -33,6 +33,9 @@ pub struct Experiment {
     pub guardrails: Vec<Guardrail>,
     /// `[[host]]` / `[ssh]`: the fleet for host targets (or `--inventory`).
     pub hosts: Option<crate::fleet::inventory::Inventory>,
+    /// `[kubernetes]`: the cluster, self-healing checks (its pod faults
+    /// are in `faults`).
+    pub kubernetes: Option<crate::k8s::spec::Settings>,
 }
 
 /// `[[guardrail]]`: abort (and revert) as soon as `query` is above `above`,
@@ -276,6 +279,8 @@ pub enum FaultKind {
     Bandwidth { rate: String },
     /// Every target of a region unreachable.
     RegionOutage { region: String, method: OutageMethod },
+    /// A pod fault through the Kubernetes API (`[[kubernetes.fault]]`).
+    Kubernetes(crate::k8s::spec::PodFault),
 }
 
 impl FaultKind {
@@ -295,6 +300,7 @@ impl FaultKind {
             FaultKind::TcpReset { .. } => "tcp-reset",
             FaultKind::Bandwidth { .. } => "bandwidth",
             FaultKind::RegionOutage { .. } => "region-outage",
+            FaultKind::Kubernetes(p) => p.kind_name(),
         }
     }
 

@@ -10,6 +10,8 @@ mod fleet;
 mod fleet_agent;
 mod fleet_support;
 mod gameday;
+mod k8s;
+mod k8s_support;
 mod netns;
 mod prometheus;
 mod proxy;
