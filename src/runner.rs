@@ -281,15 +281,15 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         .clone()
         .filter(|_| !exp.guardrails.is_empty())
         .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
-    let mut journal = if infra.is_empty() && !remote::any(exp) && !crate::k8s::inject::any(exp)
-    {
-        None
-    } else {
-        Some(
-            Journal::open(&opts.journal_dir, &run_id)
-                .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
-        )
-    };
+    let mut journal =
+        if infra.is_empty() && !remote::any(exp) && !crate::k8s::inject::any(exp) {
+            None
+        } else {
+            Some(
+                Journal::open(&opts.journal_dir, &run_id)
+                    .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
+            )
+        };
 
     // ---- start the proxies and the load.
     let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), RESERVOIR));

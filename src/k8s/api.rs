@@ -8,7 +8,9 @@
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Pod;
 use k8s_openapi::api::policy::v1::Eviction;
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{DeleteOptions, LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    DeleteOptions, LabelSelector, ObjectMeta,
+};
 use kube::api::{Api, ListParams};
 use std::time::Duration;
 
@@ -37,12 +39,8 @@ impl std::fmt::Display for PodRef {
 
 /// `spec.selector` as `kubectl -l` text.
 pub fn selector_text(sel: &LabelSelector) -> String {
-    let mut parts: Vec<String> = sel
-        .match_labels
-        .iter()
-        .flatten()
-        .map(|(k, v)| format!("{k}={v}"))
-        .collect();
+    let mut parts: Vec<String> =
+        sel.match_labels.iter().flatten().map(|(k, v)| format!("{k}={v}")).collect();
     for e in sel.match_expressions.iter().flatten() {
         let values = e.values.clone().unwrap_or_default().join(",");
         parts.push(match e.operator.as_str() {
@@ -63,13 +61,16 @@ fn pods_path(ns: &str) -> String {
 /// statefulsets).
 pub fn pod_selector(kube: &Kube, w: &Workload) -> Result<String, K8sError> {
     let empty = |what: &str| {
-        K8sError::Target(format!("{what} has an empty selector; refusing to match every pod"))
+        K8sError::Target(format!(
+            "{what} has an empty selector; refusing to match every pod"
+        ))
     };
     match w {
         Workload::Pods { selector, .. } => Ok(selector.clone()),
         Workload::Deployment { namespace, name } => {
             let api: Api<Deployment> = Api::namespaced(kube.client.clone(), namespace);
-            let call = format!("GET /apis/apps/v1/namespaces/{namespace}/deployments/{name}");
+            let call =
+                format!("GET /apis/apps/v1/namespaces/{namespace}/deployments/{name}");
             let d = kube.call(&call, api.get(name))?;
             let sel = d.spec.map(|s| selector_text(&s.selector)).unwrap_or_default();
             if sel.is_empty() {
@@ -79,7 +80,8 @@ pub fn pod_selector(kube: &Kube, w: &Workload) -> Result<String, K8sError> {
         }
         Workload::StatefulSet { namespace, name } => {
             let api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), namespace);
-            let call = format!("GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
+            let call =
+                format!("GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
             let s = kube.call(&call, api.get(name))?;
             let sel = s.spec.map(|s| selector_text(&s.selector)).unwrap_or_default();
             if sel.is_empty() {
@@ -116,7 +118,8 @@ pub fn list_pods(kube: &Kube, w: &Workload) -> Result<Vec<PodRef>, K8sError> {
 
 fn delete_options(grace: Option<Duration>, dry_run: bool) -> DeleteOptions {
     DeleteOptions {
-        grace_period_seconds: grace.map(|g| i64::try_from(g.as_secs()).unwrap_or(i64::MAX)),
+        grace_period_seconds: grace
+            .map(|g| i64::try_from(g.as_secs()).unwrap_or(i64::MAX)),
         dry_run: dry_run.then(|| vec!["All".to_string()]),
         ..Default::default()
     }
@@ -161,7 +164,8 @@ pub fn delete_pod(
     grace: Option<Duration>,
     dry_run: bool,
 ) -> Result<Killed, K8sError> {
-    let path = with_dry_run(format!("{}/{}", pods_path(&pod.namespace), pod.name), dry_run);
+    let path =
+        with_dry_run(format!("{}/{}", pods_path(&pod.namespace), pod.name), dry_run);
     let body = serde_json::to_vec(&delete_options(grace, dry_run))
         .map_err(|e| K8sError::Transport { call: path.clone(), cause: e.to_string() })?;
     let req = json_request(http::Method::DELETE, &path, body)?;
@@ -200,7 +204,9 @@ pub fn evict_pod(
     match kube.call(&call, kube.client.request::<serde_json::Value>(req)) {
         Ok(_) => Ok(Killed::Yes),
         Err(e) if e.status() == Some(404) => Ok(Killed::AlreadyGone),
-        Err(K8sError::Api { status: 429, message, .. }) => Ok(Killed::RefusedByBudget(message)),
+        Err(K8sError::Api { status: 429, message, .. }) => {
+            Ok(Killed::RefusedByBudget(message))
+        }
         Err(e) => Err(e),
     }
 }
@@ -217,7 +223,8 @@ pub fn replicas(kube: &Kube, w: &Workload) -> Result<(i32, i32), K8sError> {
     match w {
         Workload::Deployment { namespace, name } => {
             let api: Api<Deployment> = Api::namespaced(kube.client.clone(), namespace);
-            let call = format!("GET /apis/apps/v1/namespaces/{namespace}/deployments/{name}");
+            let call =
+                format!("GET /apis/apps/v1/namespaces/{namespace}/deployments/{name}");
             let d = kube.call(&call, api.get(name))?;
             let desired = d.spec.and_then(|s| s.replicas).unwrap_or(1);
             let ready = d.status.and_then(|s| s.ready_replicas).unwrap_or(0);
@@ -225,7 +232,8 @@ pub fn replicas(kube: &Kube, w: &Workload) -> Result<(i32, i32), K8sError> {
         }
         Workload::StatefulSet { namespace, name } => {
             let api: Api<StatefulSet> = Api::namespaced(kube.client.clone(), namespace);
-            let call = format!("GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
+            let call =
+                format!("GET /apis/apps/v1/namespaces/{namespace}/statefulsets/{name}");
             let s = kube.call(&call, api.get(name))?;
             let desired = s.spec.and_then(|s| s.replicas).unwrap_or(1);
             let ready = s.status.and_then(|s| s.ready_replicas).unwrap_or(0);

@@ -37,8 +37,11 @@ impl Kube {
             .enable_all()
             .build()
             .map_err(|e| K8sError::Config(format!("cannot start a runtime: {e}")))?;
-        let (file, context, timeout) =
-            (settings.kubeconfig.clone(), settings.context.clone(), settings.request_timeout);
+        let (file, context, timeout) = (
+            settings.kubeconfig.clone(),
+            settings.context.clone(),
+            settings.request_timeout,
+        );
         let made = on_thread(&rt, async move {
             let opts = KubeConfigOptions { context, ..Default::default() };
             let mut config = match &file {
@@ -60,9 +63,16 @@ impl Kube {
                     ))
                 })?,
             };
-            config.connect_timeout = Some(timeout);
-            config.read_timeout = Some(timeout);
-            config.write_timeout = Some(timeout);
+            // The bound that names the call is `call`'s own timeout; the
+            // client's fire a little later, only as a backstop.
+            let backstop = timeout + Duration::from_secs(1);
+            config.connect_timeout = Some(backstop);
+            config.read_timeout = Some(backstop);
+            config.write_timeout = Some(backstop);
+            // No silent retries: a 429 on an eviction is a
+            // PodDisruptionBudget's answer, not a transient failure, and
+            // every call must end within the request timeout.
+            config.default_retry = false;
             let server = config.cluster_url.to_string();
             let client = kube::Client::try_from(config)
                 .map_err(|e| K8sError::Config(format!("cannot build a client: {e}")))?;
@@ -113,7 +123,10 @@ impl Drop for Kube {
 
 /// Blocks on `fut` on `rt` from a thread of its own, so it works from
 /// plain threads and from inside the runner's runtime alike.
-fn on_thread<T: Send>(rt: &tokio::runtime::Runtime, fut: impl Future<Output = T> + Send) -> T {
+fn on_thread<T: Send>(
+    rt: &tokio::runtime::Runtime,
+    fut: impl Future<Output = T> + Send,
+) -> T {
     std::thread::scope(|s| {
         let h = s.spawn(|| rt.block_on(fut));
         match h.join() {

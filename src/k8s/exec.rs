@@ -36,7 +36,8 @@ pub fn find_agent(
     node: &str,
 ) -> Result<AgentPod, K8sError> {
     let api: Api<Pod> = Api::namespaced(kube.client.clone(), namespace);
-    let lp = ListParams::default().labels(selector).fields(&format!("spec.nodeName={node}"));
+    let lp =
+        ListParams::default().labels(selector).fields(&format!("spec.nodeName={node}"));
     let call = format!(
         "GET /api/v1/namespaces/{namespace}/pods?labelSelector={selector}&fieldSelector=spec.nodeName={node}"
     );
@@ -85,9 +86,9 @@ struct ChunkWriter {
 
 impl Write for ChunkWriter {
     fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        self.tx
-            .send(data.to_vec())
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "exec stream closed"))?;
+        self.tx.send(data.to_vec()).map_err(|_| {
+            std::io::Error::new(std::io::ErrorKind::BrokenPipe, "exec stream closed")
+        })?;
         Ok(data.len())
     }
 
@@ -112,25 +113,33 @@ pub fn connect(
         "--lease".into(),
         format!("{}ms", millis(lease)),
     ];
-    let ap = AttachParams::default().container("agent").stdin(true).stdout(true).stderr(false);
+    let ap =
+        AttachParams::default().container("agent").stdin(true).stdout(true).stderr(false);
     let call = format!(
         "POST /api/v1/namespaces/{}/pods/{}/exec?command=chaos&command=agent&command=--stdio (WebSocket)",
         pod.namespace, pod.name
     );
     let name = pod.name.clone();
     let attached = kube.call(&call, async move { api.exec(&name, command, &ap).await });
+    let refused = |what: String| {
+        format!(
+            "the API server refused the pods/exec upgrade ({what}); chaos needs `create` on \
+             pods/exec for the agent pods (deploy/kubernetes/rbac.yaml) and an API server path \
+             that passes WebSocket upgrades"
+        )
+    };
     let mut attached = attached.map_err(|e| match e {
-        K8sError::Transport { call, cause } => K8sError::Transport {
+        K8sError::Transport { call, cause } => {
+            K8sError::Transport { call, cause: refused(cause) }
+        }
+        K8sError::Api { call, status, reason, message, .. } => K8sError::Transport {
             call,
-            cause: format!(
-                "the API server refused the pods/exec upgrade ({cause}); chaos needs `create` on \
-                 pods/exec for the agent pods (deploy/kubernetes/rbac.yaml) and an API server \
-                 path that passes WebSocket upgrades"
-            ),
+            cause: refused(format!("{status} {reason}: {message}")),
         },
         other => other,
     })?;
-    let (Some(mut stdout), Some(mut stdin)) = (attached.stdout(), attached.stdin()) else {
+    let (Some(mut stdout), Some(mut stdin)) = (attached.stdout(), attached.stdin())
+    else {
         return Err(K8sError::Transport {
             call,
             cause: "the exec stream has no stdin/stdout".into(),

@@ -68,16 +68,24 @@ impl PodKill {
     /// The pods this fault would hit now.
     fn choose(&self) -> Result<(Vec<PodRef>, usize, bool), K8sError> {
         let pods = api::list_pods(&self.kube, &self.fault.target)?;
-        let (idx, capped) =
-            select::choose(pods.len(), self.fault.mode, self.radius, fault_seed(self.seed, &self.id));
+        let (idx, capped) = select::choose(
+            pods.len(),
+            self.fault.mode,
+            self.radius,
+            fault_seed(self.seed, &self.id),
+        );
         let n = pods.len();
         Ok((idx.into_iter().map(|i| pods[i].clone()).collect(), n, capped))
     }
 
     fn kill(&self, pod: &PodRef, dry_run: bool) -> Result<Killed, K8sError> {
         match self.fault.method {
-            KillMethod::Delete => api::delete_pod(&self.kube, pod, self.fault.grace_period, dry_run),
-            KillMethod::Evict => api::evict_pod(&self.kube, pod, self.fault.grace_period, dry_run),
+            KillMethod::Delete => {
+                api::delete_pod(&self.kube, pod, self.fault.grace_period, dry_run)
+            }
+            KillMethod::Evict => {
+                api::evict_pod(&self.kube, pod, self.fault.grace_period, dry_run)
+            }
         }
     }
 
@@ -157,11 +165,7 @@ impl Injector for PodKill {
 /// Connects to the cluster, resolves every pod fault's pods and, for a
 /// dry run, asks the server to dry-run each kill (`dryRun=All`) when
 /// `server_dry_run` is on. Nothing is changed.
-pub fn prepare(
-    exp: &Experiment,
-    seed: u64,
-    dry_run: bool,
-) -> Result<Prepared, K8sError> {
+pub fn prepare(exp: &Experiment, seed: u64, dry_run: bool) -> Result<Prepared, K8sError> {
     let last_kill: LastKill = Arc::default();
     let Some(settings) = exp.kubernetes.as_ref().filter(|_| any(exp)) else {
         return Ok(Prepared {
@@ -199,7 +203,11 @@ pub fn prepare(
     })
 }
 
-fn plan_lines(pk: &PodKill, settings: &Settings, dry_run: bool) -> Result<Vec<String>, K8sError> {
+fn plan_lines(
+    pk: &PodKill,
+    settings: &Settings,
+    dry_run: bool,
+) -> Result<Vec<String>, K8sError> {
     let before = pk.kube.calls().len();
     let (pods, matched, capped) = pk.choose()?;
     if pods.is_empty() {
@@ -281,7 +289,8 @@ impl Checks {
     /// last kill, or from now when nothing was killed) has passed.
     pub fn judge(&self) -> Vec<CheckResult> {
         let Some(kube) = &self.kube else { return Vec::new() };
-        let since = self.last_kill.lock().ok().and_then(|t| *t).unwrap_or_else(Instant::now);
+        let since =
+            self.last_kill.lock().ok().and_then(|t| *t).unwrap_or_else(Instant::now);
         self.checks
             .iter()
             .map(|c| {

@@ -23,7 +23,8 @@ pub enum Mode {
 }
 
 /// Mode names, for messages.
-pub const MODES: &[&str] = &["one", "all", "fixed", "fixed-percent", "random-max-percent"];
+pub const MODES: &[&str] =
+    &["one", "all", "fixed", "fixed-percent", "random-max-percent"];
 
 impl Mode {
     /// The mode as written in the file, with its value.
@@ -96,8 +97,14 @@ mod tests {
 
     #[test]
     fn same_seed_same_pods_and_the_radius_caps() {
-        assert_eq!(choose(20, Mode::Fixed(5), WIDE, 7), choose(20, Mode::Fixed(5), WIDE, 7));
-        assert_ne!(choose(20, Mode::Fixed(5), WIDE, 7).0, choose(20, Mode::Fixed(5), WIDE, 8).0);
+        assert_eq!(
+            choose(20, Mode::Fixed(5), WIDE, 7),
+            choose(20, Mode::Fixed(5), WIDE, 7)
+        );
+        assert_ne!(
+            choose(20, Mode::Fixed(5), WIDE, 7).0,
+            choose(20, Mode::Fixed(5), WIDE, 8).0
+        );
         let (c, capped) =
             choose(10, Mode::All, Radius { max_targets: 3, max_fraction: 1.0 }, 1);
         assert_eq!((c.len(), capped), (3, true));

@@ -170,7 +170,12 @@ pub fn read(src: &str, sink: &mut Sink) -> (Option<Settings>, Vec<Fault>) {
                 "the request timeout must be at least 100ms".into(),
                 "e.g. \"10s\"",
             ),
-            Err(e) => sink.error(Some(t.span()), "kubernetes.request_timeout", e, "e.g. \"10s\""),
+            Err(e) => sink.error(
+                Some(t.span()),
+                "kubernetes.request_timeout",
+                e,
+                "e.g. \"10s\"",
+            ),
         }
     }
     if let Some(ns) = k.agent_namespace {
@@ -218,7 +223,12 @@ pub fn read(src: &str, sink: &mut Sink) -> (Option<Settings>, Vec<Fault>) {
                 continue;
             }
             Err(e) => {
-                sink.error(Some(c.target.span()), "kubernetes.check.target", e, TARGET_HINT);
+                sink.error(
+                    Some(c.target.span()),
+                    "kubernetes.check.target",
+                    e,
+                    TARGET_HINT,
+                );
                 continue;
             }
         };
@@ -232,13 +242,19 @@ pub fn read(src: &str, sink: &mut Sink) -> (Option<Settings>, Vec<Fault>) {
                 "`within` must be positive".into(),
                 "e.g. \"60s\"",
             ),
-            Err(e) => sink.error(Some(c.within.span()), "kubernetes.check.within", e, "e.g. \"60s\""),
+            Err(e) => sink.error(
+                Some(c.within.span()),
+                "kubernetes.check.within",
+                e,
+                "e.g. \"60s\"",
+            ),
         }
     }
     (Some(settings), faults)
 }
 
-const TARGET_HINT: &str = "write pod:NAMESPACE/LABEL_SELECTOR, deployment:NAMESPACE/NAME \
+const TARGET_HINT: &str =
+    "write pod:NAMESPACE/LABEL_SELECTOR, deployment:NAMESPACE/NAME \
     or statefulset:NAMESPACE/NAME";
 
 fn read_fault(
@@ -273,7 +289,10 @@ fn read_fault(
             sink.error(
                 Some(f.target.span()),
                 "kubernetes.fault.target",
-                format!("{} is a system namespace; faults never touch it by default", t.namespace()),
+                format!(
+                    "{} is a system namespace; faults never touch it by default",
+                    t.namespace()
+                ),
                 &format!(
                     "set allow_system_namespaces = true in [kubernetes] if you mean it \
                      (system namespaces: {})",
@@ -287,7 +306,12 @@ fn read_fault(
         match crate::units::parse_duration(g.get_ref()) {
             Ok(d) => Some(d),
             Err(e) => {
-                sink.error(Some(g.span()), "kubernetes.fault.grace_period", e, "e.g. \"0s\" or \"30s\"");
+                sink.error(
+                    Some(g.span()),
+                    "kubernetes.fault.grace_period",
+                    e,
+                    "e.g. \"0s\" or \"30s\"",
+                );
                 None
             }
         }
@@ -391,7 +415,12 @@ fn read_mode(f: &TomlFault, sink: &mut Sink) -> Option<Mode> {
                 Some(m) => format!("did you mean {m:?}?"),
                 None => format!("modes: {}", MODES.join(", ")),
             };
-            sink.error(span, "kubernetes.fault.mode", format!("unknown mode {other:?}"), &hint);
+            sink.error(
+                span,
+                "kubernetes.fault.mode",
+                format!("unknown mode {other:?}"),
+                &hint,
+            );
             None
         }
     }

@@ -21,7 +21,8 @@ pub enum Workload {
 }
 
 /// The kinds accepted, for messages.
-pub const WORKLOAD_KINDS: &str = "pod:NAMESPACE/LABEL_SELECTOR, deployment:NAMESPACE/NAME, \
+pub const WORKLOAD_KINDS: &str =
+    "pod:NAMESPACE/LABEL_SELECTOR, deployment:NAMESPACE/NAME, \
 statefulset:NAMESPACE/NAME";
 
 fn dns_label(s: &str) -> bool {
@@ -54,7 +55,9 @@ impl Workload {
     /// Parses `kind:NAMESPACE/REST`; the error says what was expected.
     pub fn parse(text: &str) -> Result<Workload, String> {
         let Some((kind, rest)) = text.split_once(':') else {
-            return Err(format!("target {text:?} has no kind; expected {WORKLOAD_KINDS}"));
+            return Err(format!(
+                "target {text:?} has no kind; expected {WORKLOAD_KINDS}"
+            ));
         };
         let Some((namespace, value)) = rest.split_once('/') else {
             return Err(format!(
@@ -71,7 +74,9 @@ impl Workload {
             "pod" if plausible_selector(value) => {
                 Ok(Workload::Pods { namespace, selector: value.trim().to_string() })
             }
-            "pod" => Err(format!("{value:?} is not a label selector (e.g. app=web,tier!=db)")),
+            "pod" => {
+                Err(format!("{value:?} is not a label selector (e.g. app=web,tier!=db)"))
+            }
             "deployment" | "statefulset" if dns_subdomain(value) => {
                 let name = value.to_string();
                 Ok(if kind == "deployment" {
@@ -80,8 +85,12 @@ impl Workload {
                     Workload::StatefulSet { namespace, name }
                 })
             }
-            "deployment" | "statefulset" => Err(format!("{value:?} is not a {kind} name")),
-            other => Err(format!("unknown target kind {other:?}; expected {WORKLOAD_KINDS}")),
+            "deployment" | "statefulset" => {
+                Err(format!("{value:?} is not a {kind} name"))
+            }
+            other => {
+                Err(format!("unknown target kind {other:?}; expected {WORKLOAD_KINDS}"))
+            }
         }
     }
 
@@ -102,7 +111,9 @@ impl Workload {
 impl fmt::Display for Workload {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Workload::Pods { namespace, selector } => write!(f, "pod:{namespace}/{selector}"),
+            Workload::Pods { namespace, selector } => {
+                write!(f, "pod:{namespace}/{selector}")
+            }
             Workload::Deployment { namespace, name } => {
                 write!(f, "deployment:{namespace}/{name}")
             }
@@ -140,7 +151,9 @@ mod tests {
     fn refuses_bad_targets_with_a_reason() {
         assert!(Workload::parse("pod:shop").unwrap_err().contains("no namespace"));
         assert!(Workload::parse("pod:Shop/app=x").unwrap_err().contains("namespace"));
-        assert!(Workload::parse("deployment:shop/Bad_Name").unwrap_err().contains("name"));
+        assert!(Workload::parse("deployment:shop/Bad_Name")
+            .unwrap_err()
+            .contains("name"));
         assert!(Workload::parse("job:shop/x").unwrap_err().contains("unknown"));
         assert!(Workload::parse("pod:shop/app=$(x)").is_err());
     }

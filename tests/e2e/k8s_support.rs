@@ -20,7 +20,9 @@ use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
 use k8s_openapi::api::core::v1::{Pod, PodSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ListMeta, ObjectMeta, Status};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
+    LabelSelector, ListMeta, ObjectMeta, Status,
+};
 
 /// One request the server saw.
 #[derive(Debug, Clone)]
@@ -97,7 +99,10 @@ pub fn deployment(ns: &str, name: &str, app: &str, replicas: i32) -> Deployment 
             },
             ..Default::default()
         }),
-        status: Some(DeploymentStatus { ready_replicas: Some(replicas), ..Default::default() }),
+        status: Some(DeploymentStatus {
+            ready_replicas: Some(replicas),
+            ..Default::default()
+        }),
     }
 }
 
@@ -127,7 +132,8 @@ fn reason_of(code: u16) -> &'static str {
 fn matches_selector(pod: &Pod, selector: &str) -> bool {
     let labels = pod.metadata.labels.clone().unwrap_or_default();
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let (k, v) = term.split_once("==").or_else(|| term.split_once('=')).unwrap_or((term, ""));
+        let (k, v) =
+            term.split_once("==").or_else(|| term.split_once('=')).unwrap_or((term, ""));
         labels.get(k).map(String::as_str) == Some(v)
     })
 }
@@ -220,7 +226,9 @@ impl FakeKube {
     /// Answers `status` (a k8s Status body) to requests starting with
     /// `METHOD /path...`.
     pub fn fail(&self, prefix: &str, status: u16) {
-        self.with(|s| s.rules.push(Rule { prefix: prefix.into(), status, delay: Duration::ZERO }));
+        self.with(|s| {
+            s.rules.push(Rule { prefix: prefix.into(), status, delay: Duration::ZERO })
+        });
     }
 
     /// Delays answers to matching requests (then answers normally).
@@ -276,7 +284,10 @@ fn reply(code: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
-async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
+async fn handle(
+    state: Arc<Mutex<State>>,
+    req: Request<hyper::body::Incoming>,
+) -> Response<Full<Bytes>> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -285,7 +296,12 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
     let line = format!("{method} {path}");
     let rule = {
         let mut s = state.lock().expect("state");
-        s.seen.push(Seen { method: method.clone(), path: path.clone(), query: query.clone(), body: body_json });
+        s.seen.push(Seen {
+            method: method.clone(),
+            path: path.clone(),
+            query: query.clone(),
+            body: body_json,
+        });
         s.rules.iter().find(|r| line.starts_with(&r.prefix)).cloned()
     };
     if let Some(r) = &rule {
@@ -324,7 +340,8 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
             let heal_after = s.heal_after;
             let last_kill = s.last_kill;
             match s.deployments.iter().find(|d| {
-                d.metadata.namespace.as_deref() == Some(*ns) && d.metadata.name.as_deref() == Some(*name)
+                d.metadata.namespace.as_deref() == Some(*ns)
+                    && d.metadata.name.as_deref() == Some(*name)
             }) {
                 Some(d) => {
                     let mut d = d.clone();
@@ -341,16 +358,27 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
                     });
                     reply(200, serde_json::to_vec(&d).expect("deployment"))
                 }
-                None => reply(404, status_body(404, "NotFound", &format!("deployments.apps \"{name}\" not found"))),
+                None => reply(
+                    404,
+                    status_body(
+                        404,
+                        "NotFound",
+                        &format!("deployments.apps \"{name}\" not found"),
+                    ),
+                ),
             }
         }
         ("DELETE", ["api", "v1", "namespaces", ns, "pods", name])
         | ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
             let evict = method == "POST";
             let Some(i) = s.pods.iter().position(|p| {
-                p.metadata.namespace.as_deref() == Some(*ns) && p.metadata.name.as_deref() == Some(*name)
+                p.metadata.namespace.as_deref() == Some(*ns)
+                    && p.metadata.name.as_deref() == Some(*name)
             }) else {
-                return reply(404, status_body(404, "NotFound", &format!("pods \"{name}\" not found")));
+                return reply(
+                    404,
+                    status_body(404, "NotFound", &format!("pods \"{name}\" not found")),
+                );
             };
             if evict && s.pdb_blocks {
                 return reply(
@@ -379,6 +407,13 @@ async fn handle(state: Arc<Mutex<State>>, req: Request<hyper::body::Incoming>) -
             // No WebSocket here: the upgrade is refused.
             reply(400, status_body(400, "BadRequest", "Upgrade request required"))
         }
-        _ => reply(404, status_body(404, "NotFound", &format!("the fake API server does not serve {line}"))),
+        _ => reply(
+            404,
+            status_body(
+                404,
+                "NotFound",
+                &format!("the fake API server does not serve {line}"),
+            ),
+        ),
     }
 }
