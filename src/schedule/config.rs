@@ -106,11 +106,11 @@ pub struct LoadedConfig {
 /// Reads and validates the daemon config at `path`.
 pub fn load(path: &Path) -> LoadedConfig {
     let display = path.display().to_string();
-    let src = match std::fs::read_to_string(path) {
+    let src = match crate::input_file::read_text(path, crate::experiment::MAX_FILE_BYTES as u64) {
         Ok(s) => s,
         Err(e) => {
             let mut sink = Sink::new(&display, "");
-            sink.error(None, "", format!("cannot read file: {e}"), "check the path");
+            sink.error(None, "", format!("file {e}"), "check the path");
             return LoadedConfig { config: None, diagnostics: sink.diagnostics };
         }
     };
@@ -227,18 +227,13 @@ fn read_daemon(
     cfg: &mut DaemonConfig,
     default_tz: &mut TimeZone,
 ) {
+    let allow_remote =
+        t.boolean(sink, "allow_remote").map(|b| b.value).unwrap_or(false);
+    let mut listen_at = None;
     if let Some(s) = t.string(sink, "listen", "write e.g. \"127.0.0.1:9464\"") {
         match s.value.parse::<SocketAddr>() {
             Ok(a) => {
-                if !a.ip().is_loopback() {
-                    sink.warn(
-                        s.span.clone(),
-                        "daemon.listen",
-                        format!("status API listens on non-loopback {a}"),
-                        "the status is readable by anyone who can reach it; keep \
-                         127.0.0.1 unless a proxy guards it",
-                    );
-                }
+                listen_at = Some((a, s.span.clone()));
                 cfg.listen = a;
             }
             Err(e) => sink.error(
@@ -259,6 +254,21 @@ fn read_daemon(
             );
         } else {
             cfg.token = Some(s.value);
+        }
+    }
+    // The API pauses and resumes schedules: the same rule as the proxy's
+    // admin endpoint (loopback, or explicitly remote with a token).
+    if let Some((a, span)) = listen_at {
+        if let Some(why) =
+            crate::traffic::admin::exposure_refusal(a, allow_remote, cfg.token.is_some())
+        {
+            sink.error(
+                span,
+                "daemon.listen",
+                format!("status API {why}"),
+                "keep 127.0.0.1, or set allow_remote = true and token = \
+                 \"${CHAOS_DAEMON_TOKEN}\" in [daemon]",
+            );
         }
     }
     if let Some(s) = t.string(sink, "history", "write history = \"chaos-history.db\"") {
