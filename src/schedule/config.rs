@@ -600,6 +600,38 @@ cron = "@daily"
         assert!(has("not a process selector", 13), "{text:#?}");
     }
 
+    /// Issue 12 case 12, for the daemon's API: non-loopback only with
+    /// `allow_remote = true` and a token.
+    #[test]
+    fn r12_12_a_non_loopback_daemon_api_needs_allow_remote_and_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        write_experiment(dir.path());
+        let file = dir.path().join("c.toml");
+        let with = |daemon: &str| {
+            load_str(
+                &file,
+                &format!(
+                    "[daemon]\n{daemon}\n[[schedule]]\nname = \"x\"\n\
+                     experiment = \"exp.toml\"\ncron = \"@hourly\"\n"
+                ),
+            )
+        };
+        let bare = with("listen = \"0.0.0.0:9464\"");
+        assert!(bare.config.is_none());
+        assert!(
+            bare.diagnostics.iter().any(|d| d.line == 2 && d.message.contains("loopback")),
+            "{:?}",
+            bare.diagnostics
+        );
+        let no_token = with("listen = \"0.0.0.0:9464\"\nallow_remote = true");
+        assert!(no_token.config.is_none());
+        let ok = with(
+            "listen = \"0.0.0.0:9464\"\nallow_remote = true\ntoken = \"0123456789abcdef\"",
+        );
+        assert!(ok.config.is_some(), "{:?}", ok.diagnostics);
+        assert!(with("listen = \"127.0.0.1:9464\"").config.is_some());
+    }
+
     #[test]
     fn the_example_daemon_config_in_scenarios_validates() {
         let path =
