@@ -91,7 +91,7 @@ fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
     // fstat on the opened file, refuse FIFOs and devices, read with a
     // bound: `validate /dev/zero` or a FIFO return at once.
     crate::input_file::read_limited(path, MAX_FILE_BYTES as u64)
-        .map_err(|e| format!("file {e}"))
+        .map_err(|e| e.to_string())
 }
 
 fn single_error(file: &str, message: String, hint: &str) -> Loaded {

@@ -15,15 +15,15 @@ use std::path::Path;
 /// Why a file was not read.
 #[derive(Debug, thiserror::Error)]
 pub enum InputFileError {
-    #[error("cannot open: {0}")]
+    #[error("cannot open file: {0}")]
     Open(std::io::Error),
-    #[error("is a {0}, not a regular file")]
+    #[error("file is a {0}, not a regular file")]
     NotRegular(&'static str),
-    #[error("is {size} bytes, larger than the {limit}-byte limit")]
+    #[error("file is {size} bytes, larger than the {limit}-byte limit")]
     TooLarge { size: u64, limit: u64 },
-    #[error("cannot read: {0}")]
+    #[error("cannot read file: {0}")]
     Read(std::io::Error),
-    #[error("is not valid UTF-8 text")]
+    #[error("file is not valid UTF-8 text")]
     NotUtf8,
 }
 

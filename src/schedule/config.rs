@@ -110,7 +110,7 @@ pub fn load(path: &Path) -> LoadedConfig {
         Ok(s) => s,
         Err(e) => {
             let mut sink = Sink::new(&display, "");
-            sink.error(None, "", format!("file {e}"), "check the path");
+            sink.error(None, "", e.to_string(), "check the path");
             return LoadedConfig { config: None, diagnostics: sink.diagnostics };
         }
     };

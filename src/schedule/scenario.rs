@@ -93,7 +93,7 @@ pub fn load(path: &Path) -> LoadedScenario {
         Ok(src) => load_str(path, &src),
         Err(e) => {
             let mut sink = Sink::new(&path.display().to_string(), "");
-            sink.error(None, "", format!("file {e}"), "check the path");
+            sink.error(None, "", e.to_string(), "check the path");
             LoadedScenario { scenario: None, diagnostics: sink.diagnostics }
         }
     }
