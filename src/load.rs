@@ -237,8 +237,9 @@ fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
 /// check first so a refused config is an error, not a silent no-load.
 pub fn check(cfg: &LoadConfig) -> Result<(), LoadError> {
     validate(cfg)?;
-    http::HeaderName::from_bytes(cfg.key_header.as_bytes())
-        .map_err(|e| LoadError::Config(format!("key_header {:?}: {e}", cfg.key_header)))?;
+    http::HeaderName::from_bytes(cfg.key_header.as_bytes()).map_err(|e| {
+        LoadError::Config(format!("key_header {:?}: {e}", cfg.key_header))
+    })?;
     Ok(())
 }
 
@@ -246,7 +247,9 @@ pub fn check(cfg: &LoadConfig) -> Result<(), LoadError> {
 /// one or more of ALPHA, DIGIT and ``!#$%&'*+-.^_`|~``.
 pub fn valid_header_name(name: &str) -> bool {
     !name.is_empty()
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
 }
 
 /// True for a request path the generator can send: starts with '/', only

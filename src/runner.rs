@@ -115,7 +115,9 @@ fn load_config(
         key_header: l.key_header.clone(),
         key_space: l.keys,
         seed,
-        timeout: l.timeout.unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
+        timeout: l
+            .timeout
+            .unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
     };
     crate::load::check(&cfg)?;
     Ok(cfg)
@@ -125,7 +127,10 @@ fn load_config(
 /// signal: the run had no traffic it was promised, an environment error.
 fn load_failure(
     joined: Result<
-        Result<Result<crate::load::LoadStats, crate::load::LoadError>, tokio::task::JoinError>,
+        Result<
+            Result<crate::load::LoadStats, crate::load::LoadError>,
+            tokio::task::JoinError,
+        >,
         tokio::time::error::Elapsed,
     >,
 ) -> Option<String> {
@@ -613,7 +618,8 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
     let _ = stop_tx.send(true);
     if let Some(t) = load_task {
-        if let Some(e) = load_failure(tokio::time::timeout(Duration::from_secs(3), t).await)
+        if let Some(e) =
+            load_failure(tokio::time::timeout(Duration::from_secs(3), t).await)
         {
             progress.event(&e);
             outcome = outcome.or(Some(RunOutcome::EnvironmentError));

@@ -231,7 +231,8 @@ mod tests {
         ] {
             assert!(TargetSelector::parse(bad).is_err(), "{bad:?} was accepted");
         }
-        for good in ["iface:eth0", "iface:eth0.100", "iface:veth-a_1", "iface:fifteen_chars_x"]
+        for good in
+            ["iface:eth0", "iface:eth0.100", "iface:veth-a_1", "iface:fifteen_chars_x"]
         {
             assert!(TargetSelector::parse(good).is_ok(), "{good:?} was refused");
         }

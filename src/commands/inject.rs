@@ -85,7 +85,9 @@ impl TargetArgs {
 
     pub fn context(&self, prefix: &str) -> anyhow::Result<FaultContext> {
         if self.percent.is_some_and(|p| p <= 0.0) {
-            anyhow::bail!("--percent 0% selects nothing; use a share above 0% or --count");
+            anyhow::bail!(
+                "--percent 0% selects nothing; use a share above 0% or --count"
+            );
         }
         let mut regions: BTreeMap<String, Vec<TargetSelector>> = BTreeMap::new();
         for decl in &self.regions {

@@ -169,8 +169,9 @@ const TOKEN_FILE_MAX_BYTES: u64 = 4096;
 fn apply_admin_token(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<()> {
     let token = match &args.admin_token_file {
         Some(path) => {
-            let text = crate::input_file::read_text(path, TOKEN_FILE_MAX_BYTES)
-                .map_err(|e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()))?;
+            let text = crate::input_file::read_text(path, TOKEN_FILE_MAX_BYTES).map_err(
+                |e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()),
+            )?;
             let line = text.lines().next().unwrap_or("").trim().to_string();
             anyhow::ensure!(
                 !line.is_empty(),

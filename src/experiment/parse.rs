@@ -448,10 +448,8 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         );
     }
     let upstream_timeout = t.duration(sink, "upstream_timeout", false);
-    let allow_remote = t
-        .boolean(sink, "admin_allow_remote")
-        .map(|b| b.value)
-        .unwrap_or(false);
+    let allow_remote =
+        t.boolean(sink, "admin_allow_remote").map(|b| b.value).unwrap_or(false);
     let admin = match t.string(sink, "admin", "") {
         Some(s) => {
             let a = parse_socket(sink, &t, "admin", &s);

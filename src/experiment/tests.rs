@@ -334,7 +334,11 @@ percent = "50%"
 /// refused with FILE:LINE:COL pointing at the value, plus a hint.
 #[test]
 fn r12_8_and_10_hostile_values_are_refused_at_their_line_and_column() {
-    assert!(load_str(NETWORK).experiment.is_some(), "{:?}", load_str(NETWORK).diagnostics);
+    assert!(
+        load_str(NETWORK).experiment.is_some(),
+        "{:?}",
+        load_str(NETWORK).diagnostics
+    );
     let cases: &[(&str, &str, &str)] = &[
         ("\"iface:veth1@blue\"", "\"iface:..\"", "interface name"),
         ("\"iface:veth1@blue\"", "\"iface:.\"", "interface name"),
@@ -347,11 +351,7 @@ fn r12_8_and_10_hostile_values_are_refused_at_their_line_and_column() {
         ("\"50%\"", "\"0%\"", "0%"),
         ("\"1mbit\"", "\"99999999999999999999gbit\"", "rate"),
         ("\"1mbit\"", "\"10000gbit\"", "rate"),
-        (
-            "[\"netns:eu-1\", \"iface:veth0@eu-2\", \"name:api-eu\"]",
-            "[]",
-            "no targets",
-        ),
+        ("[\"netns:eu-1\", \"iface:veth0@eu-2\", \"name:api-eu\"]", "[]", "no targets"),
         ("\"/checkout\"", "\"/check out\"", "request path"),
         ("\"/checkout\"", "\"checkout\"", "request path"),
         ("\"x-user-id\"", "\"x user\"", "header name"),
@@ -361,11 +361,10 @@ fn r12_8_and_10_hostile_values_are_refused_at_their_line_and_column() {
         let src = NETWORK.replacen(from, to, 1);
         let loaded = load_str(&src);
         assert!(loaded.experiment.is_none(), "{to} was accepted");
-        let d = loaded
-            .diagnostics
-            .iter()
-            .find(|d| d.message.contains(want))
-            .unwrap_or_else(|| panic!("{to}: no {want:?} in {:?}", loaded.diagnostics));
+        let d =
+            loaded.diagnostics.iter().find(|d| d.message.contains(want)).unwrap_or_else(
+                || panic!("{to}: no {want:?} in {:?}", loaded.diagnostics),
+            );
         let offset = src.find(to).expect("replaced");
         let line = src[..offset].matches('\n').count() + 1;
         let col = offset - src[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;

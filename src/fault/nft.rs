@@ -51,7 +51,8 @@ pub fn table_comment(table: &str) -> String {
 fn check_table(table: &str) -> Result<(), FaultError> {
     let ok = table.len() <= 64
         && table.strip_prefix(TABLE_PREFIX).is_some_and(|rest| {
-            !rest.is_empty() && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+            !rest.is_empty()
+                && rest.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
         });
     if ok {
         Ok(())
@@ -276,7 +277,8 @@ mod tests {
 
     #[test]
     fn tcp_reset_rejects_only_tcp() {
-        let r = ruleset("chaos_x", &ns(), &NetFilter::default(), Verdict::TcpReset).unwrap();
+        let r =
+            ruleset("chaos_x", &ns(), &NetFilter::default(), Verdict::TcpReset).unwrap();
         assert!(
             r.contains(
                 "meta l4proto tcp tcp flags & rst == 0 counter reject with tcp reset"
@@ -306,7 +308,9 @@ mod tests {
                 "{iface:?} reached the ruleset"
             );
         }
-        for table in ["filter", "chaos_", "chaos_a;flush ruleset", "chaos_a b", "chaos_\n"] {
+        for table in
+            ["filter", "chaos_", "chaos_a;flush ruleset", "chaos_a b", "chaos_\n"]
+        {
             assert!(ruleset(table, &ns(), &filter, Verdict::Drop).is_err(), "{table:?}");
         }
         for dest in ["10.0.0.0/24 } drop; #", "1.2.3.4/33", "x", "10.0.0.1\n"] {

@@ -220,7 +220,8 @@ mod tests {
     fn r12_10_an_overflowing_rate_is_refused() {
         assert!(parse_rate("1000gbit").is_ok());
         assert!(tbf_args("1000gbit").is_ok());
-        for bad in ["10000gbit", "99999999999999999999gbit", "1e400bit", "0bit", "-1mbit"] {
+        for bad in ["10000gbit", "99999999999999999999gbit", "1e400bit", "0bit", "-1mbit"]
+        {
             assert!(parse_rate(bad).is_err(), "{bad}");
         }
     }

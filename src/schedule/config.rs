@@ -106,7 +106,10 @@ pub struct LoadedConfig {
 /// Reads and validates the daemon config at `path`.
 pub fn load(path: &Path) -> LoadedConfig {
     let display = path.display().to_string();
-    let src = match crate::input_file::read_text(path, crate::experiment::MAX_FILE_BYTES as u64) {
+    let src = match crate::input_file::read_text(
+        path,
+        crate::experiment::MAX_FILE_BYTES as u64,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let mut sink = Sink::new(&display, "");
@@ -227,8 +230,7 @@ fn read_daemon(
     cfg: &mut DaemonConfig,
     default_tz: &mut TimeZone,
 ) {
-    let allow_remote =
-        t.boolean(sink, "allow_remote").map(|b| b.value).unwrap_or(false);
+    let allow_remote = t.boolean(sink, "allow_remote").map(|b| b.value).unwrap_or(false);
     let mut listen_at = None;
     if let Some(s) = t.string(sink, "listen", "write e.g. \"127.0.0.1:9464\"") {
         match s.value.parse::<SocketAddr>() {
@@ -619,7 +621,9 @@ cron = "@daily"
         let bare = with("listen = \"0.0.0.0:9464\"");
         assert!(bare.config.is_none());
         assert!(
-            bare.diagnostics.iter().any(|d| d.line == 2 && d.message.contains("loopback")),
+            bare.diagnostics
+                .iter()
+                .any(|d| d.line == 2 && d.message.contains("loopback")),
             "{:?}",
             bare.diagnostics
         );

@@ -256,9 +256,8 @@ mod tests {
             .unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
-            let _ = tx.send(
-                [fifo, "/dev/zero".into()].map(|p| pid_from_file(&p).is_err()),
-            );
+            let _ =
+                tx.send([fifo, "/dev/zero".into()].map(|p| pid_from_file(&p).is_err()));
         });
         let refused = rx
             .recv_timeout(std::time::Duration::from_secs(5))

@@ -77,7 +77,8 @@ targets = {region_targets}
 fn validate_file(dir: &Path, name: &str, src: &str) -> (Output, String) {
     let path = dir.join(name);
     std::fs::write(&path, src).expect("write experiment");
-    let out = chaos_within(&["validate", path.to_str().unwrap()], Duration::from_secs(20));
+    let out =
+        chaos_within(&["validate", path.to_str().unwrap()], Duration::from_secs(20));
     let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     (out, stdout)
 }
@@ -104,8 +105,10 @@ fn r12_8_hostile_interface_names_are_refused_at_file_line_col_and_with_exit_2_on
     .iter()
     .enumerate()
     {
-        let src =
-            experiment(&format!("kind = \"blackhole\"\ntarget = {value}"), r#"["netns:x"]"#);
+        let src = experiment(
+            &format!("kind = \"blackhole\"\ntarget = {value}"),
+            r#"["netns:x"]"#,
+        );
         let (out, stdout) = validate_file(dir.path(), &format!("bad{i}.toml"), &src);
         assert_eq!(out.status.code(), Some(2), "{value}: {}", text(&out));
         let (line, col) = position(&src, value);
@@ -214,7 +217,16 @@ fn r12_8_against_real_nft_a_hostile_name_is_refused_and_a_blackhole_is_exactly_i
     // plain `drop` rules (every packet of the namespace dropped).
     let hostile = format!("iface:q\"drop;drop;#@{}", ns.0);
     let out = chaos_within(
-        &["inject", "blackhole", "--target", &hostile, "--duration", "1s", "--journal-dir", jdir],
+        &[
+            "inject",
+            "blackhole",
+            "--target",
+            &hostile,
+            "--duration",
+            "1s",
+            "--journal-dir",
+            jdir,
+        ],
         Duration::from_secs(20),
     );
     assert_eq!(out.status.code(), Some(2), "{}", text(&out));
@@ -369,8 +381,8 @@ fn r12_9_a_pidfile_that_is_a_fifo_dev_zero_or_a_secret_is_refused_without_echo()
 }
 
 #[test]
-fn r12_10_validate_refuses_pid_1_2_its_ancestors_zero_percent_empty_regions_and_huge_rates()
-{
+fn r12_10_validate_refuses_pid_1_2_its_ancestors_zero_percent_empty_regions_and_huge_rates(
+) {
     let dir = tempfile::tempdir().unwrap();
     let me = std::process::id();
     let region = r#"["netns:x"]"#;
@@ -414,11 +426,28 @@ fn r12_11_ad_hoc_kill_and_inject_hit_at_most_three_targets_unless_raised() {
         Duration::from_secs(20),
     );
     let inject = chaos_within(
-        &["inject", "process-pause", "--target", &target, "--percent", "100%", "--dry-run"],
+        &[
+            "inject",
+            "process-pause",
+            "--target",
+            &target,
+            "--percent",
+            "100%",
+            "--dry-run",
+        ],
         Duration::from_secs(20),
     );
     let raised = chaos_within(
-        &["kill", "--target", &target, "--percent", "100%", "--max-targets", "4", "--dry-run"],
+        &[
+            "kill",
+            "--target",
+            &target,
+            "--percent",
+            "100%",
+            "--max-targets",
+            "4",
+            "--dry-run",
+        ],
         Duration::from_secs(20),
     );
     for v in &mut victims {
@@ -456,11 +485,23 @@ fn r12_a_blast_radius_refusal_exits_2_from_run_as_from_kill() {
     .unwrap();
     let journal = tempfile::tempdir().unwrap();
     let run = chaos_within(
-        &["run", exp.to_str().unwrap(), "--journal-dir", journal.path().to_str().unwrap()],
+        &[
+            "run",
+            exp.to_str().unwrap(),
+            "--journal-dir",
+            journal.path().to_str().unwrap(),
+        ],
         Duration::from_secs(30),
     );
     let kill = chaos_within(
-        &["kill", "--target", &format!("name:{pattern}"), "--percent", "100%", "--dry-run"],
+        &[
+            "kill",
+            "--target",
+            &format!("name:{pattern}"),
+            "--percent",
+            "100%",
+            "--dry-run",
+        ],
         Duration::from_secs(20),
     );
     for v in &mut victims {
@@ -487,7 +528,8 @@ fn r12_load_a_bad_path_or_key_header_is_refused_at_validation() {
         assert_eq!(out.status.code(), Some(2), "{load}: {}", text(&out));
         let (line, col) = position(&src, load.split(" = ").nth(1).unwrap());
         assert!(
-            stdout.contains(&format!("load.toml:{line}:{col}: error:")) && stdout.contains(want),
+            stdout.contains(&format!("load.toml:{line}:{col}: error:"))
+                && stdout.contains(want),
             "{load}: {stdout}"
         );
     }
