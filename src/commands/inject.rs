@@ -94,6 +94,9 @@ impl TargetArgs {
             let (name, sels) = decl.split_once('=').with_context(|| {
                 format!("--region {decl:?}: expected NAME=SELECTOR[,...]")
             })?;
+            TargetSelector::parse(&format!("region:{name}"))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--region {decl:?}"))?;
             let parsed = sels
                 .split(',')
                 .map(TargetSelector::parse)

@@ -899,6 +899,16 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                 ),
             }
         }
+        if let Some(Err(msg)) =
+            name.as_ref().map(|n| TargetSelector::parse(&format!("region:{}", n.value)))
+        {
+            sink.error(
+                name.as_ref().and_then(|n| n.span.clone()),
+                &format!("{path}.name"),
+                msg,
+                "a region name is printable text, e.g. name = \"us-east\"",
+            );
+        }
         if let Some(n) = name {
             if !seen.insert(n.value.clone()) {
                 sink.error(
