@@ -1161,3 +1161,52 @@ fn new_run_id() -> String {
         rand::random::<u16>()
     )
 }
+
+#[cfg(test)]
+mod load_failure_tests {
+    use super::*;
+
+    /// Issue 12 "Also": the load task's result used to be dropped, so a
+    /// failed generator meant no traffic and no error.
+    #[tokio::test]
+    async fn r12_a_failed_or_crashed_load_task_is_an_environment_error() {
+        let failed = tokio::spawn(async {
+            Err::<crate::load::LoadStats, _>(crate::load::LoadError::Config("x".into()))
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), failed).await);
+        assert!(got.is_some_and(|e| e.contains("load generator failed")));
+        let crashed = tokio::spawn(async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok::<crate::load::LoadStats, crate::load::LoadError>(Default::default())
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), crashed).await);
+        assert!(got.is_some_and(|e| e.contains("crashed")));
+        let fine = tokio::spawn(async {
+            Ok::<_, crate::load::LoadError>(crate::load::LoadStats::default())
+        });
+        assert!(load_failure(tokio::time::timeout(Duration::from_secs(5), fine).await)
+            .is_none());
+    }
+
+    #[test]
+    fn r12_a_refused_fault_maps_through_the_typed_exit_code() {
+        let blast = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::Target(crate::target::TargetError::BlastRadius {
+                selector: "name:x".into(),
+                selected: 4,
+                matched: 4,
+                limit: "max_targets = 3".into(),
+            }),
+        };
+        assert_eq!(blast.exit_code(), crate::exit::INVALID);
+        let missing = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::NoNetAdmin,
+        };
+        assert_eq!(missing.exit_code(), crate::exit::ENVIRONMENT);
+    }
+}
