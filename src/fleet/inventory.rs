@@ -614,7 +614,7 @@ labels = { region = "eu-west", role = "payments" }
             TOML.replace("address = \"10.0.0.12\"", "address = \"-oProxyCommand=x\"");
         let err = from_toml("inv.toml", &bad).unwrap_err();
         let text = err[0].to_string();
-        assert!(text.starts_with("inv.toml:16:11: error:"), "{text}");
+        assert!(text.starts_with("inv.toml:14:11: error:"), "{text}");
         assert!(text.contains("hint:"), "{text}");
         let unknown = from_toml(
             "inv.toml",

@@ -10,6 +10,7 @@ mod fleet;
 mod fleet_agent;
 mod fleet_support;
 mod gameday;
+mod hostile;
 mod netns;
 mod prometheus;
 mod proxy;
