@@ -207,7 +207,6 @@ pub fn inject(
     if dry {
         return Ok(dry_run(&p));
     }
-    p.fleet.start_heartbeats();
     if let Err(code) = apply_all(&p, fault.kind()) {
         return Ok(code);
     }

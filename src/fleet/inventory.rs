@@ -666,6 +666,22 @@ all:
     }
 
     #[test]
+    fn hosts_in_an_experiment_file_are_read_and_located() {
+        let src =
+            "[experiment]\nname = \"x\"\n\n[[host]]\nname = \"a\"\naddress = \"b c\"\n";
+        let mut sink = Sink::new("exp.toml", src);
+        assert!(read_experiment_hosts(src, &mut sink).is_none());
+        let text = sink.diagnostics[0].to_string();
+        assert!(text.starts_with("exp.toml:6:11: error: address"), "{text}");
+        let ok = src.replace("b c", "10.0.0.1");
+        let mut sink = Sink::new("exp.toml", &ok);
+        let inv = read_experiment_hosts(&ok, &mut sink).expect("hosts");
+        assert_eq!(inv.hosts[0].address, "10.0.0.1");
+        let none = "[experiment]\nname = \"x\"\n";
+        assert!(read_experiment_hosts(none, &mut Sink::new("e", none)).is_none());
+    }
+
+    #[test]
     fn host_limits_count_hosts() {
         let l = HostLimits { max_hosts: Some(2), max_host_percent: None };
         assert!(l.check(2, 3).is_ok());
