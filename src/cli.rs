@@ -68,6 +68,12 @@ pub enum Command {
     Gameday(commands::gameday::GamedayArgs),
     /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
     Continuous(commands::continuous::ContinuousArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = commands::completions::AFTER_HELP)]
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the manual page, or write one page per subcommand into a directory.
+    #[command(after_help = commands::man::AFTER_HELP)]
+    Man(commands::man::ManArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -103,6 +109,8 @@ pub fn main() -> ExitCode {
         Command::History(args) => commands::history::run(args),
         Command::Gameday(args) => commands::gameday::run(args),
         Command::Continuous(args) => commands::continuous::run(args),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man(args) => commands::man::run(&args),
     };
     exit::code(code)
 }

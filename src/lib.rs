@@ -14,6 +14,7 @@ pub mod fault;
 pub mod journal;
 pub mod load;
 pub mod metrics;
+pub mod otel;
 pub mod outcome;
 pub mod promql;
 pub mod report;
