@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use crate::commands;
 use crate::exit;
 
+/// One line: `chaos -h` and the NAME line of the man page.
+const SHORT_ABOUT: &str = "Run chaos experiments that prove a service survives failure.";
+
 const ABOUT: &str = "Run chaos experiments that prove a service survives failure.
 
 chaos splits live HTTP traffic into a small control cohort and an equally
@@ -20,7 +23,7 @@ Start with:  chaos validate experiments/*.toml";
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
-#[command(name = "chaos", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "chaos", version, about = SHORT_ABOUT, long_about = ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Log verbosity for diagnostics on stderr (e.g. "debug", "chaos=trace").
     #[arg(long, global = true, env = "CHAOS_LOG", default_value = "warn")]

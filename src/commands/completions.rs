@@ -24,8 +24,21 @@ pub struct CompletionsArgs {
 
 /// Writes the completion script for `args.shell` to stdout.
 pub fn run(args: &CompletionsArgs) -> u8 {
-    let mut cmd = crate::cli::Cli::command();
+    let mut cmd = visible_only(crate::cli::Cli::command());
     let mut out = std::io::stdout().lock();
     clap_complete::generate(args.shell, &mut cmd, "chaos", &mut out);
     exit::OK
+}
+
+/// The command tree without hidden subcommands (the internal
+/// `demo-service`): clap_complete's bash generator lists hidden ones too,
+/// and clap has no way to remove a subcommand, so the root is rebuilt
+/// with the same arguments and only the visible subcommands.
+fn visible_only(root: clap::Command) -> clap::Command {
+    let visible: Vec<clap::Command> =
+        root.get_subcommands().filter(|c| !c.is_hide_set()).cloned().collect();
+    clap::Command::new("chaos")
+        .version(env!("CARGO_PKG_VERSION"))
+        .subcommands(visible)
+        .args(root.get_arguments().cloned())
 }

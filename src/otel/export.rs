@@ -129,13 +129,26 @@ async fn post(client: &Http, endpoint: &Uri, body: Bytes) -> Result<(), String> 
         .header(CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(body))
         .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| format!("{endpoint}: {e}"))?;
+    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
     let status = resp.status();
     // Read the (small) answer so the connection can be reused.
     let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("{endpoint} answered HTTP {status}"))
+        Err(format!("the collector answered HTTP {status}"))
     }
+}
+
+/// "client error (Connect): tcp connect error: Connection refused": hyper's
+/// top-level error alone does not say why.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(err) = cur {
+        s.push_str(": ");
+        s.push_str(&err.to_string());
+        cur = err.source();
+    }
+    s
 }
