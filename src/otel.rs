@@ -335,3 +335,37 @@ impl Active {
             .start_with_context(&self.tracer, &self.root)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_endpoint_without_a_path_gets_the_otlp_traces_path() {
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:4318").unwrap(),
+            "http://127.0.0.1:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint_url("http://collector:4318/").unwrap(),
+            "http://collector:4318/v1/traces"
+        );
+        assert_eq!(
+            endpoint_url("http://tempo:4318/otlp/v1/traces").unwrap(),
+            "http://tempo:4318/otlp/v1/traces"
+        );
+        for bad in ["https://x:4318", "grpc://x:4317", "http://x", "http://:4318", ""] {
+            assert!(endpoint_url(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn without_otel_every_hook_is_a_no_op() {
+        let mut t = RunTrace::start(None, "x", "run");
+        t.phase(Phase::Baseline);
+        t.fault_applied("f", "latency", "d");
+        t.fault_reverted("f", None);
+        assert_eq!(t.trace_id(), None);
+        assert_eq!(t.finish(Err((5, "no"))).await, None);
+    }
+}

@@ -259,3 +259,48 @@ async fn a_sidecar_finds_the_cohort_in_baggage_an_instrumented_service_propagate
     edge.shutdown().await;
     sidecar.shutdown().await;
 }
+
+#[test]
+fn the_demo_api_carries_the_cohort_to_payments_in_baggage_by_the_same_rules() {
+    use chaos::cohort::Cohort;
+    use chaos::demo::{Fleet, FleetSpec, Variant, PAYMENT_BAGGAGE_HEADER};
+    let dir = tempfile::tempdir().unwrap();
+    let mut spec = FleetSpec::new(Variant::Resilient, dir.path().join("fleet"));
+    spec.exe = Some(crate::support::chaos_bin());
+    let fleet = Fleet::start(spec).expect("fleet starts");
+    let url = format!("{}/checkout", fleet.api_url(Cohort::Experiment).unwrap());
+    let client = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(15))
+        .build()
+        .unwrap();
+    let cases: [(&[(&str, &str)], &str); 4] = [
+        // The edge's header, the client's own members kept.
+        (
+            &[("x-chaos-cohort", "experiment"), ("baggage", "tenant=acme;p=1")],
+            "tenant=acme;p=1,chaos.cohort=experiment",
+        ),
+        // The header decides over a stale member.
+        (
+            &[("x-chaos-cohort", "control"), ("baggage", "chaos.cohort=experiment,k=v")],
+            "k=v,chaos.cohort=control",
+        ),
+        // Baggage alone (an OpenTelemetry hop dropped the header).
+        (&[("baggage", "chaos.cohort=experiment")], "chaos.cohort=experiment"),
+        // No cohort at all: nothing invented.
+        (&[], ""),
+    ];
+    for (headers, want) in cases {
+        let mut req = client.get(&url);
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let resp = req.send().unwrap();
+        assert_eq!(resp.status(), 200, "{headers:?}");
+        let seen = resp
+            .headers()
+            .get(PAYMENT_BAGGAGE_HEADER)
+            .map(|v| v.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        assert_eq!(seen, want, "{headers:?}");
+    }
+}
