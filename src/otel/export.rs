@@ -68,6 +68,20 @@ impl SpanProcessor for ChannelProcessor {
     }
 }
 
+/// Why one batch did not reach the collector.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// No answer within [`EXPORT_TIMEOUT`] (a hanging collector).
+    #[error("the collector did not answer within {0:?}")]
+    Timeout(Duration),
+    /// Connecting or sending failed (refused, reset, DNS).
+    #[error("{0}")]
+    Transport(String),
+    /// The collector answered, but not with 2xx.
+    #[error("the collector answered HTTP {0}")]
+    Status(http::StatusCode),
+}
+
 /// What the exporter achieved.
 #[derive(Debug, Default)]
 pub struct Delivery {
@@ -108,35 +122,34 @@ pub async fn deliver(
             resource_spans: group_spans_by_resource_and_scope(batch, &resource),
         };
         let body = Bytes::from(request.encode_to_vec());
-        match tokio::time::timeout(EXPORT_TIMEOUT, post(&client, &endpoint, body)).await {
-            Ok(Ok(())) => delivery.spans += n,
-            Ok(Err(e)) => delivery.error = Some(e),
-            Err(_) => {
-                delivery.error = Some(format!(
-                    "the collector did not answer within {EXPORT_TIMEOUT:?}"
-                ))
+        let sent = tokio::time::timeout(EXPORT_TIMEOUT, post(&client, &endpoint, body))
+            .await
+            .unwrap_or(Err(ExportError::Timeout(EXPORT_TIMEOUT)));
+        match sent {
+            Ok(()) => delivery.spans += n,
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, spans = n, "OTLP export failed");
+                delivery.error = Some(e.to_string());
             }
-        }
-        if let Some(e) = &delivery.error {
-            tracing::debug!(%endpoint, error = %e, spans = n, "OTLP export failed");
         }
     }
     delivery
 }
 
-async fn post(client: &Http, endpoint: &Uri, body: Bytes) -> Result<(), String> {
+async fn post(client: &Http, endpoint: &Uri, body: Bytes) -> Result<(), ExportError> {
     let req = http::Request::post(endpoint.clone())
         .header(CONTENT_TYPE, "application/x-protobuf")
         .body(Full::new(body))
-        .map_err(|e| e.to_string())?;
-    let resp = client.request(req).await.map_err(|e| error_chain(&e))?;
+        .map_err(|e| ExportError::Transport(e.to_string()))?;
+    let resp =
+        client.request(req).await.map_err(|e| ExportError::Transport(error_chain(&e)))?;
     let status = resp.status();
     // Read the (small) answer so the connection can be reused.
     let _ = Limited::new(resp.into_body(), 64 * 1024).collect().await;
     if status.is_success() {
         Ok(())
     } else {
-        Err(format!("the collector answered HTTP {status}"))
+        Err(ExportError::Status(status))
     }
 }
 

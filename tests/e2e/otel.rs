@@ -377,6 +377,7 @@ fn a_refusing_or_hanging_collector_neither_fails_nor_slows_a_run() {
         let errs = crate::report::schema_errors(&result);
         assert!(errs.is_empty(), "{errs:#?}");
     }
+    eprintln!("wall time per run: {took:?}");
     for name in ["refused", "hanging"] {
         let extra = took[name].as_secs_f64() - took["plain"].as_secs_f64();
         // The flush budget is 1 s; 0.5 s more for a busy 2-core machine.
