@@ -74,14 +74,19 @@ fn count_members(value: &[u8]) -> usize {
     members(value).filter(|m| !m.trim_ascii().is_empty()).count()
 }
 
+/// A fast pre-check (SIMD substring search) so baggage without our key is
+/// never split into members.
 fn mentions_ours(value: &[u8]) -> bool {
-    value.windows(COHORT_KEY.len()).any(|w| w == COHORT_KEY.as_bytes())
+    memchr::memmem::find(value, COHORT_KEY.as_bytes()).is_some()
 }
 
 /// The cohort in the request's baggage, if a `chaos.cohort` member names
 /// one (the first such member wins).
 pub fn cohort(headers: &HeaderMap) -> Option<Cohort> {
     headers.get_all(BAGGAGE).iter().find_map(|v| {
+        if !mentions_ours(v.as_bytes()) {
+            return None;
+        }
         members(v.as_bytes())
             .find(|m| is_ours(m))
             .and_then(value_of)
@@ -96,7 +101,9 @@ pub fn cohort(headers: &HeaderMap) -> Option<Cohort> {
 /// (equivalent per RFC 9110, and some propagators read only the first)
 /// only when something has to change.
 pub fn set_cohort(headers: &mut HeaderMap, cohort: Option<Cohort>) -> Applied {
-    let mut lines = headers.get_all(BAGGAGE).iter();
+    // One hash lookup; `all` re-iterates the same entry without another.
+    let all = headers.get_all(BAGGAGE);
+    let mut lines = all.iter();
     let Some(first) = lines.next() else {
         // The common case: no baggage at all.
         return match cohort {
@@ -108,7 +115,7 @@ pub fn set_cohort(headers: &mut HeaderMap, cohort: Option<Cohort>) -> Applied {
         };
     };
     let several = lines.next().is_some();
-    let spoofed = headers.get_all(BAGGAGE).iter().any(|v| mentions_ours(v.as_bytes()));
+    let spoofed = all.iter().any(|v| mentions_ours(v.as_bytes()));
     if cohort.is_none() && !spoofed {
         return Applied::Untouched;
     }
@@ -117,7 +124,7 @@ pub fn set_cohort(headers: &mut HeaderMap, cohort: Option<Cohort>) -> Applied {
     if !spoofed && !several {
         kept.extend_from_slice(first.as_bytes());
     } else {
-        for line in headers.get_all(BAGGAGE) {
+        for line in all.iter() {
             for m in members(line.as_bytes()) {
                 if is_ours(m) || m.trim_ascii().is_empty() {
                     continue;
@@ -153,7 +160,8 @@ pub fn set_cohort(headers: &mut HeaderMap, cohort: Option<Cohort>) -> Applied {
         headers.remove(BAGGAGE);
         return applied;
     }
-    match HeaderValue::from_bytes(&kept) {
+    // Takes the buffer as is (no second copy); still validates the bytes.
+    match HeaderValue::from_maybe_shared(bytes::Bytes::from(kept)) {
         Ok(v) => {
             headers.insert(BAGGAGE, v);
         }
