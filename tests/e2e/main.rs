@@ -8,6 +8,7 @@ mod dashboards;
 mod demo;
 mod faults;
 mod gameday;
+mod hostile;
 mod netns;
 mod otel;
 mod prometheus;
