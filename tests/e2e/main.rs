@@ -2,6 +2,7 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod baggage;
 mod daemon;
 mod dashboards;
 mod demo;
@@ -9,9 +10,11 @@ mod faults;
 mod gameday;
 mod hostile;
 mod netns;
+mod otel;
 mod prometheus;
 mod proxy;
 mod report;
 mod run;
+mod shell;
 mod support;
 mod validate;
