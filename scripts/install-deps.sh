@@ -3,8 +3,8 @@
 # when every tool is already present it does nothing (no network needed).
 set -euo pipefail
 
-packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates openssh-server openssh-client util-linux)
-tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps sshd ssh ssh-keygen setpriv)
+packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db openssh-server openssh-client util-linux)
+tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man sshd ssh ssh-keygen setpriv)
 
 missing=0
 for t in "${tools[@]}"; do

@@ -33,6 +33,19 @@ pub struct Experiment {
     pub guardrails: Vec<Guardrail>,
     /// `[[host]]` / `[ssh]`: the fleet for host targets (or `--inventory`).
     pub hosts: Option<crate::fleet::inventory::Inventory>,
+    /// `[otel]`: where each run's trace goes; `None` = no tracing.
+    pub otel: Option<OtelSink>,
+}
+
+/// `[otel]`: an OTLP/HTTP (protobuf) trace receiver, e.g. an OpenTelemetry
+/// Collector, Jaeger or Tempo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelSink {
+    /// Full URL spans are POSTed to (`/v1/traces` added when the file gave
+    /// only `http://host:port`).
+    pub endpoint: String,
+    /// `service.name` of the run's spans.
+    pub service_name: String,
 }
 
 /// `[[guardrail]]`: abort (and revert) as soon as `query` is above `above`,
