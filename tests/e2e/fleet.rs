@@ -84,7 +84,10 @@ fn faults_on_two_of_three_hosts_apply_there_only_and_revert() {
 
     // nft loss and blackhole, and tbf, on eth0 of the payments hosts.
     for args in [
-        vec!["packet-loss", "--loss", "30%"],
+        // Never towards the controller (10.77.0.2): loss on the agents'
+        // own SSH path can starve their lease (they would then revert
+        // and leave, which is safe but not what this test is about).
+        vec!["packet-loss", "--loss", "30%", "--destination", "192.0.2.0/24"],
         vec!["blackhole", "--destination", "10.77.0.0/24", "--port", "8080"],
         vec!["bandwidth", "--rate", "1mbit"],
     ] {
@@ -138,6 +141,8 @@ fn long_faults(f: &TestFleet, inv: &str) -> Vec<std::process::Child> {
             "iface:eth0@hosts:role=payments",
             "--loss",
             "20%",
+            "--destination",
+            "192.0.2.0/24",
         ],
     ] {
         let mut full = vec!["inject"];
@@ -510,6 +515,7 @@ name = "loss"
 kind = "packet-loss"
 target = "iface:eth0@hosts:role=payments"
 loss = "30%"
+destinations = ["192.0.2.0/24"]
 duration = "2s"
 
 [[fault]]
