@@ -4,6 +4,7 @@
 
 pub mod agent;
 pub mod analyze;
+pub mod completions;
 pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
@@ -13,6 +14,7 @@ pub mod gameday;
 pub mod history;
 pub mod inject;
 pub mod kill;
+pub mod man;
 pub mod promql;
 pub mod proxy;
 pub mod recover;

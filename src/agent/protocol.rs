@@ -12,8 +12,6 @@ use std::time::Duration;
 
 use super::wire::{WireContext, WireFault};
 use crate::fault::FaultError;
-use crate::journal::JournalError;
-use crate::target::TargetError;
 
 /// The protocol version this build speaks.
 pub const PROTOCOL: u32 = 1;
@@ -195,18 +193,13 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    /// The code for a fault-engine error (the same split `chaos inject`
-    /// makes between exit 2 and exit 5).
+    /// The code for a fault-engine error: the engine's own split
+    /// between invalid input (exit 2) and the environment (exit 5).
     pub fn for_fault(e: &FaultError) -> ErrorCode {
-        match e {
-            FaultError::Invalid(_)
-            | FaultError::WrongTarget { .. }
-            | FaultError::Target(TargetError::Refused { .. })
-            | FaultError::Target(TargetError::Invalid { .. })
-            | FaultError::Target(TargetError::UnknownRegion { .. })
-            | FaultError::Target(TargetError::BlastRadius { .. })
-            | FaultError::Journal(JournalError::RunId(_)) => ErrorCode::Invalid,
-            _ => ErrorCode::Environment,
+        if e.exit_code() == crate::exit::INVALID {
+            ErrorCode::Invalid
+        } else {
+            ErrorCode::Environment
         }
     }
 

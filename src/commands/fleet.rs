@@ -207,7 +207,6 @@ pub fn inject(
     if dry {
         return Ok(dry_run(&p));
     }
-    p.fleet.start_heartbeats();
     if let Err(code) = apply_all(&p, fault.kind()) {
         return Ok(code);
     }
@@ -222,18 +221,13 @@ pub fn inject(
     let deadline = duration.map(|d| Instant::now() + d);
     let mut interrupted = false;
     let mut lost = Vec::new();
-    while !one_shot {
+    // A one-shot kill has nothing to hold.
+    while !one_shot && !interrupted && lost.is_empty() {
         if deadline.is_some_and(|d| Instant::now() >= d) {
             break;
         }
-        if interrupt.sleep(Duration::from_millis(200)) {
-            interrupted = true;
-            break;
-        }
+        interrupted = interrupt.sleep(Duration::from_millis(200));
         lost = p.fleet.lost().iter().map(|r| r.host.name.clone()).collect();
-        if !lost.is_empty() {
-            break;
-        }
     }
     let failures = p.fleet.close();
     for e in &failures {
@@ -286,23 +280,23 @@ pub fn recover(inventory: &std::path::Path, hosts: Option<&str>, dry_run: bool) 
             return exit::INVALID;
         }
     };
-    let results: Vec<(String, Result<(Option<i32>, String), FleetError>)> =
-        std::thread::scope(|s| {
-            let jobs: Vec<_> = selected
-                .iter()
-                .map(|h| {
-                    let ssh = &inv.ssh;
-                    s.spawn(move || {
-                        let mut remote = vec![h.chaos.clone(), "recover".to_string()];
-                        if dry_run {
-                            remote.push("--dry-run".into());
-                        }
-                        (h.name.clone(), crate::fleet::ssh::run(h, ssh, &remote))
-                    })
+    type HostOutput = (String, Result<(Option<i32>, String), FleetError>);
+    let results: Vec<HostOutput> = std::thread::scope(|s| {
+        let jobs: Vec<_> = selected
+            .iter()
+            .map(|h| {
+                let ssh = &inv.ssh;
+                s.spawn(move || {
+                    let mut remote = vec![h.chaos.clone(), "recover".to_string()];
+                    if dry_run {
+                        remote.push("--dry-run".into());
+                    }
+                    (h.name.clone(), crate::fleet::ssh::run(h, ssh, &remote))
                 })
-                .collect();
-            jobs.into_iter().filter_map(|j| j.join().ok()).collect()
-        });
+            })
+            .collect();
+        jobs.into_iter().filter_map(|j| j.join().ok()).collect()
+    });
     let mut code = exit::OK;
     for (host, result) in results {
         match result {

@@ -614,7 +614,7 @@ labels = { region = "eu-west", role = "payments" }
             TOML.replace("address = \"10.0.0.12\"", "address = \"-oProxyCommand=x\"");
         let err = from_toml("inv.toml", &bad).unwrap_err();
         let text = err[0].to_string();
-        assert!(text.starts_with("inv.toml:16:11: error:"), "{text}");
+        assert!(text.starts_with("inv.toml:14:11: error:"), "{text}");
         assert!(text.contains("hint:"), "{text}");
         let unknown = from_toml(
             "inv.toml",
@@ -663,6 +663,22 @@ all:
         let bad =
             from_ansible("inv.yml", "all:\n  hosts:\n    a:\n      ansible_port: x\n");
         assert!(bad.unwrap_err()[0].to_string().starts_with("inv.yml:4:7"), "located");
+    }
+
+    #[test]
+    fn hosts_in_an_experiment_file_are_read_and_located() {
+        let src =
+            "[experiment]\nname = \"x\"\n\n[[host]]\nname = \"a\"\naddress = \"b c\"\n";
+        let mut sink = Sink::new("exp.toml", src);
+        assert!(read_experiment_hosts(src, &mut sink).is_none());
+        let text = sink.diagnostics[0].to_string();
+        assert!(text.starts_with("exp.toml:6:11: error: address"), "{text}");
+        let ok = src.replace("b c", "10.0.0.1");
+        let mut sink = Sink::new("exp.toml", &ok);
+        let inv = read_experiment_hosts(&ok, &mut sink).expect("hosts");
+        assert_eq!(inv.hosts[0].address, "10.0.0.1");
+        let none = "[experiment]\nname = \"x\"\n";
+        assert!(read_experiment_hosts(none, &mut Sink::new("e", none)).is_none());
     }
 
     #[test]

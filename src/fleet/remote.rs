@@ -2,7 +2,8 @@
 //! agent --stdio` per host from a spawner thread the fleet keeps alive
 //! (see [`super::ssh`] on why the thread matters), then talks to all of them in parallel:
 //! `hello` (protocol and version), preflight, describe, apply, revert.
-//! Heartbeats keep every agent's lease alive while this process lives;
+//! Heartbeats, started right after each `hello`, keep every agent's
+//! lease alive while this process lives;
 //! dropping a [`Fleet`] reverts and closes every connection.
 
 use std::process::Child;
@@ -198,6 +199,9 @@ pub fn connect(
                         })
                     }
                     Ok(info) => {
+                        // At once: connecting many hosts (and preflight)
+                        // can take longer than one lease.
+                        client.start_heartbeat(lease / 3, lease);
                         Ok(Remote { host, info, client: Some(client), child, tail })
                     }
                     Err(e) => {
@@ -385,15 +389,6 @@ impl Fleet {
         match remote.call(|id| Request::Revert { id, handle: Some(handle) })? {
             Response::Reverted { .. } => Ok(()),
             other => Err(unexpected(remote, other)),
-        }
-    }
-
-    /// Starts heartbeats to every agent (every third of the lease).
-    pub fn start_heartbeats(&self) {
-        for r in &self.remotes {
-            if let Some(c) = &r.client {
-                c.start_heartbeat(self.lease / 3, self.lease);
-            }
         }
     }
 

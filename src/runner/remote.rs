@@ -121,7 +121,6 @@ pub fn prepare(
         }
         described.push(lines);
     }
-    fleet.start_heartbeats();
     let fleet = Arc::new(fleet);
     Ok(per_fault
         .into_iter()

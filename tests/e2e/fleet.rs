@@ -66,7 +66,7 @@ fn faults_on_two_of_three_hosts_apply_there_only_and_revert() {
             "inject",
             "process-pause",
             "--target",
-            "name:payments-{host}@hosts:role=payments",
+            &f.svc("payments", "@hosts:role=payments"),
             "--inventory",
             inv,
             "--duration",
@@ -84,7 +84,10 @@ fn faults_on_two_of_three_hosts_apply_there_only_and_revert() {
 
     // nft loss and blackhole, and tbf, on eth0 of the payments hosts.
     for args in [
-        vec!["packet-loss", "--loss", "30%"],
+        // Never towards the controller (10.77.0.2): loss on the agents'
+        // own SSH path can starve their lease (they would then revert
+        // and leave, which is safe but not what this test is about).
+        vec!["packet-loss", "--loss", "30%", "--destination", "192.0.2.0/24"],
         vec!["blackhole", "--destination", "10.77.0.0/24", "--port", "8080"],
         vec!["bandwidth", "--rate", "1mbit"],
     ] {
@@ -128,15 +131,18 @@ fn settle(f: &TestFleet, before: &[String]) {
 /// controllers), waits for both faults, and returns them.
 fn long_faults(f: &TestFleet, inv: &str) -> Vec<std::process::Child> {
     let before = f.snapshot();
+    let pay = f.svc("payments", "@hosts:role=payments");
     let mut kids = Vec::new();
     for args in [
-        vec!["process-pause", "--target", "name:payments-{host}@hosts:role=payments"],
+        vec!["process-pause", "--target", &pay],
         vec![
             "packet-loss",
             "--target",
             "iface:eth0@hosts:role=payments",
             "--loss",
             "20%",
+            "--destination",
+            "192.0.2.0/24",
         ],
     ] {
         let mut full = vec!["inject"];
@@ -241,7 +247,7 @@ fn a_sigkilled_agent_is_settled_by_recover_over_the_inventory() {
             "inject",
             "process-pause",
             "--target",
-            "name:payments-{host}@host:web-1",
+            &f.svc("payments", "@host:web-1"),
             "--inventory",
             inv,
             "--duration",
@@ -395,15 +401,9 @@ fn install_copies_this_binary_to_a_host_without_chaos() {
     });
     let inv = inv.to_str().unwrap();
     let pid = f.host("web-3").service("db");
-    let without = f.run(&[
-        "kill",
-        "--target",
-        "name:db-{host}@host:web-3",
-        "--signal",
-        "STOP",
-        "--inventory",
-        inv,
-    ]);
+    let db3 = f.svc("db", "@host:web-3");
+    let without =
+        f.run(&["kill", "--target", &db3, "--signal", "STOP", "--inventory", inv]);
     assert_eq!(without.status.code(), Some(5), "{}", text(&without));
     assert!(
         String::from_utf8_lossy(&without.stderr).contains("--install"),
@@ -413,7 +413,7 @@ fn install_copies_this_binary_to_a_host_without_chaos() {
     let with = f.run(&[
         "kill",
         "--target",
-        "name:db-{host}@host:web-3",
+        &db3,
         "--signal",
         "STOP",
         "--inventory",
@@ -470,6 +470,8 @@ fn an_experiment_with_host_targets_runs_its_faults_on_two_hosts_and_is_judged() 
     let inv = f.inventory();
     let before = f.snapshot();
     let port = upstream_in(&f.ctl);
+    let pay = f.svc("payments", "@hosts:role=payments");
+    let db = f.svc("db", "@hosts:role=payments");
     let exp = format!(
         r#"
 [experiment]
@@ -498,13 +500,13 @@ tolerance = "+1pp"
 [[fault]]
 name = "pause-payments"
 kind = "process-pause"
-target = "name:payments-{{host}}@hosts:role=payments"
+target = "{pay}"
 duration = "2s"
 
 [[fault]]
 name = "kill-db"
 kind = "process-kill"
-target = "name:db-{{host}}@hosts:role=payments"
+target = "{db}"
 signal = "TERM"
 start = "3s"
 
@@ -513,6 +515,7 @@ name = "loss"
 kind = "packet-loss"
 target = "iface:eth0@hosts:role=payments"
 loss = "30%"
+destinations = ["192.0.2.0/24"]
 duration = "2s"
 
 [[fault]]

@@ -126,7 +126,9 @@ fn faults_through_agent(lease: Duration) -> Option<(LocalAgent, Victim, Lab, Str
         },
         lease_ms,
     );
-    assert_eq!(state(pid), Some('T'), "paused");
+    let paused =
+        eventually(Duration::from_secs(2), || (state(pid) == Some('T')).then_some(()));
+    assert!(paused.is_some(), "paused");
     assert_ne!(lab.snapshot(), before, "nft table in place");
     Some((agent, v, lab, before))
 }
@@ -190,7 +192,9 @@ fn sigterm_makes_the_agent_revert_and_leave() {
         },
         30_000,
     );
-    assert_eq!(state(pid), Some('T'));
+    let paused =
+        eventually(Duration::from_secs(2), || (state(pid) == Some('T')).then_some(()));
+    assert!(paused.is_some(), "paused");
     let agent_pid = nix::unistd::Pid::from_raw(agent.child.id() as i32);
     nix::sys::signal::kill(agent_pid, nix::sys::signal::Signal::SIGTERM).unwrap();
     assert_eq!(agent.exit_code(Duration::from_secs(3)), Some(3));

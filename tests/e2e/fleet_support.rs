@@ -9,8 +9,10 @@
 //! host is told apart by (a) its state directory: its sshd sets
 //! `CHAOS_STATE_DIR` for sessions, so each agent keeps its own journal
 //! and locks, and (b) its demo service processes, whose command line
-//! names the host (`payments-web-1`): experiments target them as
-//! `name:payments-{host}@hosts:...`, `{host}` being replaced per host.
+//! names the host and the fleet (`payments-web-1-TAG`, TAG unique per
+//! test fleet, since parallel tests' fleets share the PID space too):
+//! experiments target them as `name:payments-{host}-TAG@hosts:...`
+//! ([`TestFleet::svc`]), `{host}` being replaced per host.
 //!
 //! Drop kills each sshd and every process left in the host namespaces
 //! (sessions, agents: all started by this test) by PID, and deletes the
@@ -45,6 +47,7 @@ pub struct TestHost {
     pub addr: String,
     pub dir: PathBuf,
     pub labels: Vec<(String, String)>,
+    tag: String,
     sshd: Option<Child>,
     services: Vec<Child>,
 }
@@ -122,6 +125,8 @@ pub fn state(pid: u32) -> Option<char> {
 
 /// The fleet; see the module comment.
 pub struct TestFleet {
+    /// Unique to this fleet; part of every demo service's name.
+    pub tag: String,
     pub dir: tempfile::TempDir,
     pub bridge: String,
     pub ctl: String,
@@ -166,6 +171,7 @@ impl TestFleet {
         let dir = tempfile::tempdir().expect("tempdir");
         std::fs::create_dir_all("/run/sshd").expect("/run/sshd for privilege separation");
         let mut fleet = TestFleet {
+            tag: unique_name("t"),
             client_key: dir.path().join("client_key"),
             known_hosts: dir.path().join("known_hosts"),
             bridge: unique_name("fbr"),
@@ -203,6 +209,7 @@ impl TestFleet {
                     .iter()
                     .map(|(k, v)| (k.to_string(), v.to_string()))
                     .collect(),
+                tag: fleet.tag.clone(),
                 sshd: None,
                 services: Vec::new(),
             };
@@ -249,7 +256,7 @@ impl TestFleet {
             host.sshd = Some(sshd);
             for svc in ["payments", "db"] {
                 let child = Command::new("sleep")
-                    .arg0(format!("{svc}-{name}"))
+                    .arg0(format!("{svc}-{name}-{}", fleet.tag))
                     .arg("600")
                     .spawn()
                     .expect("demo service");
@@ -316,6 +323,11 @@ impl TestFleet {
 
     pub fn snapshot(&self) -> Vec<String> {
         self.hosts.iter().map(TestHost::snapshot).collect()
+    }
+
+    /// `name:SVC-{host}-TAG` followed by `place` (e.g. `@host:web-1`).
+    pub fn svc(&self, svc: &str, place: &str) -> String {
+        format!("name:{svc}-{{host}}-{}{place}", self.tag)
     }
 
     pub fn host(&self, name: &str) -> &TestHost {

@@ -2,6 +2,7 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod baggage;
 mod daemon;
 mod dashboards;
 mod demo;
@@ -12,10 +13,13 @@ mod fleet_support;
 mod gameday;
 mod k8s;
 mod k8s_support;
+mod hostile;
 mod netns;
+mod otel;
 mod prometheus;
 mod proxy;
 mod report;
 mod run;
+mod shell;
 mod support;
 mod validate;
