@@ -242,7 +242,14 @@ fn get(url: &str) -> String {
 
 #[test]
 fn the_daemon_api_halts_and_resumes_and_metrics_show_it() {
-    let v = victim();
+    // The monkey's target ignores SIGUSR1 (an ignored disposition survives
+    // exec), so strikes are visible in the log and harmless.
+    let v = Guard::new(
+        Command::new("sh")
+            .args(["-c", "trap '' USR1; exec sleep 300"])
+            .spawn()
+            .expect("spawn sleeper"),
+    );
     let dirs = Dirs::new();
     let config = dirs.journal.path().join("continuous.toml");
     std::fs::write(
@@ -251,7 +258,7 @@ fn the_daemon_api_halts_and_resumes_and_metrics_show_it() {
             "[daemon]\nlisten = \"127.0.0.1:0\"\ntoken = \"halt-token-0123456789\"\n\
              history = \"history.db\"\nreport_dir = \"reports\"\njournal_dir = \"journal\"\n\n\
              [[monkey]]\nname = \"m\"\ntargets = [\"pid:{}\"]\ncron = \"* * * * * *\"\n\
-             max_targets = 1\nsignal = \"SIGCONT\"\n",
+             max_targets = 1\nsignal = \"SIGUSR1\"\n",
             v.0.id()
         ),
     )
