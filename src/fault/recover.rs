@@ -141,6 +141,9 @@ fn remove_dead_probes() -> Vec<String> {
 }
 
 #[cfg(test)]
+mod fuzz;
+
+#[cfg(test)]
 mod tests {
     use super::*;
     use crate::journal::{Journal, RevertAction};
