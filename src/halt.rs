@@ -204,7 +204,7 @@ pub fn live_runners(state: &Path) -> Vec<LiveRunner> {
             continue;
         }
         let Ok(file) = File::open(&path) else { continue };
-        if file.try_lock_shared().is_ok() {
+        if FileExt::try_lock_shared(&file).is_ok() {
             // Nobody holds it: its process is gone.
             let _ = std::fs::remove_file(&path);
             continue;

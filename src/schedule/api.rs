@@ -175,10 +175,11 @@ fn token_matches(expected: &str, got: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Ok when the request carries the configured bearer token.
-fn authorize<B>(req: &Request<B>, shared: &Shared) -> Result<(), Response<Full<Bytes>>> {
+/// `None` when the request carries the configured bearer token, else the
+/// refusal to send.
+fn refusal<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
     let Some(expected) = &shared.token else {
-        return Err(error(
+        return Some(error(
             StatusCode::FORBIDDEN,
             "changes are disabled: set [daemon] token in the config",
         ));
@@ -190,9 +191,9 @@ fn authorize<B>(req: &Request<B>, shared: &Shared) -> Result<(), Response<Full<B
         .and_then(|v| v.strip_prefix("Bearer "))
         .unwrap_or("");
     if !token_matches(expected, got) {
-        return Err(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        return Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
     }
-    Ok(())
+    None
 }
 
 /// `POST /halt?reason=TEXT` and `POST /resume`: the machine-wide marker
@@ -287,13 +288,13 @@ pub fn handle<B>(
                 .into(),
         ),
         (&Method::POST, "/halt" | "/resume") => {
-            if let Err(denied) = authorize(req, shared) {
+            if let Some(denied) = refusal(req, shared) {
                 return denied;
             }
             halt_or_resume(path, req.uri().query(), shared)
         }
         (&Method::POST, p) if p.starts_with("/schedules/") => {
-            if let Err(denied) = authorize(req, shared) {
+            if let Some(denied) = refusal(req, shared) {
                 return denied;
             }
             let rest = &p["/schedules/".len()..];
