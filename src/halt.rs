@@ -160,6 +160,8 @@ impl Drop for Registration {
 /// may SIGTERM if it does not stop on its own.
 pub fn register(state: &Path, what: &str) -> Result<Registration, HaltError> {
     let dir = runners_dir(state);
+    // Sweeps the entries SIGKILLed processes left behind.
+    let _ = live_runners(state);
     let pid = std::process::id();
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -20,7 +20,8 @@ the reason \"halted: REASON\", `chaos inject` exits 3, the daemon keeps
 serving its API and shows chaos_halted 1. Until `chaos resume`, no
 experiment, inject, kill or daemon strike starts (exit 5, naming the
 reason). Registered runners still alive after --grace get SIGTERM. The
-halt survives a reboot: a person lifts it.
+halt survives a reboot: a person lifts it. `chaos recover` still works
+while halted.
 Exit codes: 0 halted and every runner stopped, 5 the marker could not be
 written or a runner was still alive 2 s after the halt.";
 

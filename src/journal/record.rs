@@ -73,8 +73,12 @@ fn verify(line: &str) -> Result<Option<String>, String> {
     let Some(tail) = line.get(cut..) else { return Ok(None) };
     let Some(hex) = tail.strip_prefix(SUM_KEY) else { return Ok(None) };
     let hex = &hex[..16];
-    let Ok(want) = u64::from_str_radix(hex, 16) else {
-        return Err("its checksum is not hexadecimal".into());
+    // Exactly as written: lowercase digits only, so "A" for "a" or "+" for
+    // "0" is a change like any other.
+    let canonical = hex.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    let want = match u64::from_str_radix(hex, 16) {
+        Ok(v) if canonical => v,
+        _ => return Err("its checksum is not 16 lowercase hex digits".into()),
     };
     let json = format!("{}}}", &line[..cut]);
     if fnv1a64(json.as_bytes()) != want {
@@ -202,6 +206,21 @@ mod tests {
             let c = decode(&changed);
             assert!(c.entries.is_empty(), "flip at {i} accepted: {:?}", c.entries);
             assert_eq!(c.damaged.len(), 1, "flip at {i}");
+        }
+    }
+
+    #[test]
+    fn a_checksum_in_another_case_or_with_a_sign_does_not_verify() {
+        let line = encode(&apply());
+        let cut = line.len() - 3 - 16;
+        let mut upper = line.clone();
+        upper.replace_range(cut.., &line[cut..].to_ascii_uppercase());
+        let mut plus = line.clone();
+        plus.replace_range(cut..cut + 1, "+");
+        for changed in [upper, plus] {
+            if changed != line {
+                assert!(decode(changed.as_bytes()).entries.is_empty(), "{changed}");
+            }
         }
     }
 

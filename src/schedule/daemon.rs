@@ -127,6 +127,8 @@ impl<E: Executor> Daemon<E> {
                 _ = self.shared.replan.notified() => continue,
             }
             let now = self.clock.now();
+            let halt = crate::halt::check(&self.shared.state_dir).map(|h| h.to_string());
+            self.shared.planner().set_halted(halt);
             let exec = self.exec.clone();
             let decisions =
                 self.shared.planner().due(

@@ -315,8 +315,14 @@ fn the_daemon_api_halts_and_resumes_and_metrics_show_it() {
     let status: serde_json::Value =
         serde_json::from_str(&get(&format!("{base}/status"))).unwrap();
     assert_eq!(status["halted"]["reason"], "api test!");
-    // The daemon's own strikes stop; so does everything else on the machine.
-    wait_line("halted: api test!");
+    // The daemon's own fires are skipped (not failed); so is everything
+    // else on the machine.
+    wait_line("skip m: halted: api test!");
+    let metrics = get(&format!("{base}/metrics"));
+    assert!(
+        metrics.contains("chaos_daemon_skips_total{schedule=\"m\",reason=\"halted\"}"),
+        "{metrics}"
+    );
     let target = format!("pid:{}", v.0.id());
     let out = dirs.run(&[
         "inject",
