@@ -724,7 +724,7 @@ fn halt_abort(now: Duration) -> Option<AbortInfo> {
     crate::halt::check_default().map(|h| AbortInfo {
         at_s: now.as_secs_f64(),
         hypothesis: None,
-        reason: format!("halted: {} (by {} at {})", h.reason, h.by, h.at),
+        reason: h.to_string(),
         p_value: f64::NAN,
         estimate: f64::NAN,
     })
