@@ -134,7 +134,10 @@ pub struct Journal {
     state: PathBuf,
     file: File,
     next_id: u64,
-    locks: BTreeMap<String, TargetLock>,
+    /// Held target locks, with how many applied records use each: two
+    /// faults of one run on one target share the lock, and it is released
+    /// only when the last of them is reverted.
+    locks: BTreeMap<String, (TargetLock, usize)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -260,20 +263,28 @@ impl Journal {
     }
 
     /// Takes the machine-wide exclusive lock for a target key (e.g.
-    /// `proc-1234`, `net-chaos-a`). Re-locking a key this journal holds is
-    /// a no-op.
+    /// `proc-1234`, `net-chaos-a`). Locking a key this journal holds again
+    /// counts one more user; each [`Journal::unlock_target`] (or
+    /// `record_reverted`) releases one.
     pub fn lock_target(&mut self, key: &str) -> Result<(), JournalError> {
-        if self.locks.contains_key(key) {
+        if let Some((_, users)) = self.locks.get_mut(key) {
+            *users += 1;
             return Ok(());
         }
         let lock = TargetLock::acquire(&self.state, key)?;
-        self.locks.insert(key.to_string(), lock);
+        self.locks.insert(key.to_string(), (lock, 1));
         Ok(())
     }
 
-    /// Releases a target lock (no-op when not held).
+    /// Releases one use of a target lock; the lock itself goes with the
+    /// last (no-op when not held).
     pub fn unlock_target(&mut self, key: &str) {
-        self.locks.remove(key);
+        if let Some((_, users)) = self.locks.get_mut(key) {
+            *users -= 1;
+            if *users == 0 {
+                self.locks.remove(key);
+            }
+        }
     }
 
     fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
@@ -585,6 +596,19 @@ mod tests {
         let contents = read_journal(&path).unwrap();
         assert!(pending(&contents.entries).is_empty(), "{:?}", contents.entries);
         assert_eq!(contents.damaged.len(), 1, "only the fragment is damaged");
+    }
+
+    #[test]
+    fn a_lock_shared_by_two_faults_of_one_run_is_held_until_both_are_reverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = open(dir.path(), "a").unwrap();
+        let mut b = open(dir.path(), "b").unwrap();
+        a.lock_target("proc-9").unwrap();
+        a.lock_target("proc-9").unwrap();
+        a.unlock_target("proc-9");
+        assert!(b.lock_target("proc-9").is_err(), "one user is left");
+        a.unlock_target("proc-9");
+        b.lock_target("proc-9").unwrap();
     }
 
     #[test]
