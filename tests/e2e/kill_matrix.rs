@@ -186,6 +186,8 @@ fn sigkill_in_every_phase_and_fault_kind_then_recover_leaves_nothing_behind() {
         assert!(crate::support::require_capability(false, "nft"));
         return;
     }
+    // Six runners at once: keep the timing-sensitive heavy tests apart.
+    let _heavy = crate::support::heavy();
     let started = Instant::now();
     let work: Vec<(&'static str, Phase)> =
         KINDS.iter().flat_map(|k| PHASES.iter().map(move |p| (*k, *p))).collect();
