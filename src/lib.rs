@@ -12,6 +12,7 @@ pub mod exit;
 pub mod experiment;
 pub mod fault;
 pub mod halt;
+pub mod input_file;
 pub mod journal;
 pub mod load;
 pub mod metrics;

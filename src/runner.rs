@@ -69,15 +69,75 @@ pub enum RunError {
     /// Preflight found the environment unfit.
     #[error("preflight: {0}")]
     Preflight(String),
+    /// A fault or its targets were refused at preflight; typed so the exit
+    /// code is the one `inject` and `kill` give for the same refusal.
+    #[error("preflight: {context}{source}")]
+    Fault { context: String, source: fault::FaultError },
+    /// The load generator cannot run with this `[load]`.
+    #[error("preflight: [load]: {0}")]
+    Load(#[from] crate::load::LoadError),
 }
 
 impl RunError {
-    /// Exit code: 2 for an unusable experiment, 5 for the environment.
+    /// Exit code: 2 for an unusable experiment or a refused target, 5 for
+    /// the environment ([`fault::FaultError::exit_code`] decides faults).
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Plan(_) => crate::exit::INVALID,
-            RunError::Preflight(_) => crate::exit::ENVIRONMENT,
+            RunError::Fault { source, .. } => source.exit_code(),
+            RunError::Preflight(_) | RunError::Load(_) => crate::exit::ENVIRONMENT,
         }
+    }
+
+    fn fault(context: String) -> impl FnOnce(fault::FaultError) -> RunError {
+        move |source| RunError::Fault { context, source }
+    }
+}
+
+/// The load generator's config for `[load]`, aimed at `proxy`. Checked at
+/// preflight (with the configured listen address) so a config the
+/// generator refuses fails the run before anything is injected instead of
+/// silently producing no traffic.
+fn load_config(
+    exp: &Experiment,
+    l: &crate::experiment::Load,
+    proxy: SocketAddr,
+    seed: u64,
+) -> Result<crate::load::LoadConfig, RunError> {
+    let target = format!("http://{proxy}{}", l.path);
+    let cfg = crate::load::LoadConfig {
+        target: target.parse().map_err(|e| {
+            crate::load::LoadError::Config(format!("target {target:?}: {e}"))
+        })?,
+        max_requests: None,
+        rate_per_s: l.rate,
+        concurrency: l.concurrency,
+        key_header: l.key_header.clone(),
+        key_space: l.keys,
+        seed,
+        timeout: l
+            .timeout
+            .unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
+    };
+    crate::load::check(&cfg)?;
+    Ok(cfg)
+}
+
+/// A load task that failed (or panicked) instead of running to the stop
+/// signal: the run had no traffic it was promised, an environment error.
+fn load_failure(
+    joined: Result<
+        Result<
+            Result<crate::load::LoadStats, crate::load::LoadError>,
+            tokio::task::JoinError,
+        >,
+        tokio::time::error::Elapsed,
+    >,
+) -> Option<String> {
+    match joined {
+        Ok(Ok(Ok(_))) | Err(_) => None,
+        Ok(Ok(Err(e))) => Some(format!("load generator failed: {e}")),
+        Ok(Err(e)) => Some(format!("load generator crashed: {e}")),
     }
 }
 
@@ -110,7 +170,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
     let (infra, ctx) = infra_plan(exp, seed, "dry-run")?;
     let pre =
         fault::preflight(&infra.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), &ctx)
-            .map_err(|e| RunError::Preflight(e.to_string()))?;
+            .map_err(RunError::fault(String::new()))?;
     lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
     for f in &exp.faults {
         let when = format!(
@@ -130,7 +190,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
             ));
         } else if let Some((_, infra_fault)) = infra.iter().find(|(id, _)| id == &f.id) {
             let inj = fault::prepare(infra_fault, &ctx, &pre)
-                .map_err(|e| RunError::Preflight(e.to_string()))?;
+                .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
             lines.extend(inj.describe().into_iter().map(|d| format!("  {d}")));
         }
@@ -211,8 +271,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     // ---- preflight: nothing is changed until every check passed.
     let (infra, ctx) = infra_plan(exp, seed, &run_id)?;
     let infra_only: Vec<InfraFault> = infra.iter().map(|(_, f)| f.clone()).collect();
-    let pre = fault::preflight(&infra_only, &ctx)
-        .map_err(|e| RunError::Preflight(e.to_string()))?;
+    let pre =
+        fault::preflight(&infra_only, &ctx).map_err(RunError::fault(String::new()))?;
+    if let Some(l) = &exp.load {
+        load_config(exp, l, exp.traffic.listen, seed)?;
+    }
     let mut warnings = pre.warnings.clone();
     for w in &pre.warnings {
         progress.event(&format!("warning: {w}"));
@@ -235,7 +298,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         };
         if let Some((_, i)) = infra.iter().find(|(id, _)| id == &f.id) {
             let inj = fault::prepare(i, &ctx, &pre)
-                .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+                .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             sf.description = summarize(&inj.describe(), f.kind.name());
             sf.injector = Some(inj);
         } else if let Some(h) = &sf.http {
@@ -304,23 +367,24 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let load_task = exp.load.as_ref().map(|l| {
-        let target = format!("http://{}{}", edge.local_addr(), l.path);
-        let cfg = crate::load::LoadConfig {
-            target: target.parse().unwrap_or_default(),
-            max_requests: None,
-            rate_per_s: l.rate,
-            concurrency: l.concurrency,
-            key_header: l.key_header.clone(),
-            key_space: l.keys,
-            seed,
-            timeout: l
-                .timeout
-                .unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
-        };
-        let max = exp.meta.baseline + exp.meta.duration + Duration::from_secs(5);
-        tokio::spawn(crate::load::run(cfg, stop_rx.clone(), max))
-    });
+    let max_load = exp.meta.baseline + exp.meta.duration + Duration::from_secs(5);
+    let load_task = match &exp.load {
+        // Checked at preflight with the configured address; the bound
+        // one differs only by port, so this cannot fail differently.
+        Some(l) => match load_config(exp, l, edge.local_addr(), seed) {
+            Ok(cfg) => {
+                Some(tokio::spawn(crate::load::run(cfg, stop_rx.clone(), max_load)))
+            }
+            Err(e) => {
+                edge.shutdown().await;
+                for (_, s) in sidecars {
+                    s.shutdown().await;
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let preflight_s = t_start.elapsed().as_secs_f64();
     progress.event(&format!(
         "proxy on {} ({} sidecar(s)); baseline {}",
@@ -567,7 +631,13 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
     let _ = stop_tx.send(true);
     if let Some(t) = load_task {
-        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        if let Some(e) =
+            load_failure(tokio::time::timeout(Duration::from_secs(3), t).await)
+        {
+            progress.event(&e);
+            outcome = outcome.or(Some(RunOutcome::EnvironmentError));
+            env_error = env_error.or(Some(e));
+        }
     }
     let control = recorder.snapshot(Cohort::Control);
     let experiment = recorder.snapshot(Cohort::Experiment);
@@ -1125,4 +1195,53 @@ fn new_run_id() -> String {
         now.second(),
         rand::random::<u16>()
     )
+}
+
+#[cfg(test)]
+mod load_failure_tests {
+    use super::*;
+
+    /// Issue 12 "Also": the load task's result used to be dropped, so a
+    /// failed generator meant no traffic and no error.
+    #[tokio::test]
+    async fn r12_a_failed_or_crashed_load_task_is_an_environment_error() {
+        let failed = tokio::spawn(async {
+            Err::<crate::load::LoadStats, _>(crate::load::LoadError::Config("x".into()))
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), failed).await);
+        assert!(got.is_some_and(|e| e.contains("load generator failed")));
+        let crashed = tokio::spawn(async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok::<crate::load::LoadStats, crate::load::LoadError>(Default::default())
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), crashed).await);
+        assert!(got.is_some_and(|e| e.contains("crashed")));
+        let fine = tokio::spawn(async {
+            Ok::<_, crate::load::LoadError>(crate::load::LoadStats::default())
+        });
+        assert!(load_failure(tokio::time::timeout(Duration::from_secs(5), fine).await)
+            .is_none());
+    }
+
+    #[test]
+    fn r12_a_refused_fault_maps_through_the_typed_exit_code() {
+        let blast = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::Target(crate::target::TargetError::BlastRadius {
+                selector: "name:x".into(),
+                selected: 4,
+                matched: 4,
+                limit: "max_targets = 3".into(),
+            }),
+        };
+        assert_eq!(blast.exit_code(), crate::exit::INVALID);
+        let missing = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::NoNetAdmin,
+        };
+        assert_eq!(missing.exit_code(), crate::exit::ENVIRONMENT);
+    }
 }

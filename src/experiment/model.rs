@@ -124,6 +124,9 @@ pub struct Traffic {
     pub upstream_timeout: Duration,
     /// Admin/metrics endpoint (loopback unless stated).
     pub admin: Option<SocketAddr>,
+    /// A non-loopback `admin` was asked for explicitly (the run also needs
+    /// CHAOS_ADMIN_TOKEN).
+    pub admin_allow_remote: bool,
     /// Sidecar proxies in front of dependencies.
     pub sidecars: Vec<SidecarSpec>,
 }

@@ -188,7 +188,7 @@ fn refusal<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>
         .headers()
         .get(http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
+        .and_then(crate::traffic::admin::bearer_token)
         .unwrap_or("");
     if !token_matches(expected, got) {
         return Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));

@@ -47,6 +47,8 @@ pub enum ProxyError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for admin requests on {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: std::io::Error },
+    #[error("refusing the admin endpoint: {0}")]
+    AdminExposed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -581,6 +583,17 @@ impl Proxy {
             && (cfg.pools.control.is_empty() || cfg.pools.experiment.is_empty())
         {
             return Err(ConfigError::NoUpstream.into());
+        }
+        // Enforced here too (before anything binds), so no caller can
+        // skip the rule.
+        if let Some(admin) = &cfg.admin {
+            if let Some(why) = super::admin::exposure_refusal(
+                admin.listen,
+                admin.allow_remote,
+                admin.token.is_some(),
+            ) {
+                return Err(ProxyError::AdminExposed(why));
+            }
         }
         let listener = TcpListener::bind(cfg.listen)
             .await

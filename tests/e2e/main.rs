@@ -8,6 +8,7 @@ mod demo;
 mod faults;
 mod gameday;
 mod halt;
+mod hostile;
 mod kill_matrix;
 mod netns;
 mod prometheus;
