@@ -16,6 +16,7 @@ pub mod input_file;
 pub mod journal;
 pub mod load;
 pub mod metrics;
+pub mod otel;
 pub mod outcome;
 pub mod promql;
 pub mod report;
