@@ -11,6 +11,7 @@ pub mod demo_fleet;
 pub mod demo_run;
 pub mod fleet;
 pub mod gameday;
+pub mod halt;
 pub mod history;
 pub mod inject;
 pub mod kill;

@@ -13,6 +13,7 @@ pub mod exit;
 pub mod experiment;
 pub mod fault;
 pub mod fleet;
+pub mod halt;
 pub mod input_file;
 pub mod journal;
 pub mod load;
