@@ -21,8 +21,10 @@ controller's heartbeats renew it), on end of input, or on SIGHUP,
 SIGTERM, SIGINT or SIGPIPE it reverts everything it applied and exits.
 If the agent itself is SIGKILLed, `chaos recover` on this host (or
 `chaos recover --inventory FILE` from the controller) settles its journal.
-Exit codes: 0 shut down on request, 3 left on its own (lease, end of
-input, signal) with everything reverted, 5 a revert failed.";
+`chaos halt` on this host makes it revert and exit as well (and refuse
+to start while halted). Exit codes: 0 shut down on request, 3 left on its
+own (lease, end of input, signal, halt) with everything reverted, 5 a
+revert failed (or halted at start).";
 
 /// `chaos agent` arguments.
 #[derive(Debug, Args)]
@@ -46,7 +48,7 @@ pub fn run(args: AgentArgs) -> u8 {
         eprintln!("error: installing signal handlers: {e}");
         return exit::ENVIRONMENT;
     }
-    let dir = args.journal_dir.unwrap_or_else(Journal::default_dir);
+    let dir = crate::journal::resolve_dir(args.journal_dir.as_deref());
     let secs = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -62,7 +64,17 @@ pub fn run(args: AgentArgs) -> u8 {
     let opts = server::AgentOptions { lease: args.lease, host: server::hostname() };
     let stdin = std::io::BufReader::new(std::io::stdin());
     let stdout = std::io::stdout();
-    let outcome = server::serve(stdin, stdout, journal, &opts, &agent::exit_signal);
+    // `chaos halt` on this host stops the agent like a signal does: the
+    // marker is polled every tick, and the registration lets `halt`
+    // SIGTERM an agent too stuck to poll.
+    let state = crate::journal::state_dir();
+    let _registered = crate::halt::register_default("chaos agent");
+    let stop = || {
+        agent::exit_signal().or_else(|| {
+            crate::halt::check(&state).map(|h| format!("halted on this host: {h}"))
+        })
+    };
+    let outcome = server::serve(stdin, stdout, journal, &opts, &stop);
     eprintln!(
         "chaos agent: {}; reverted {} fault(s){}",
         outcome.reason,

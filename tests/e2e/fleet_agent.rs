@@ -22,8 +22,17 @@ pub struct LocalAgent {
 
 impl LocalAgent {
     pub fn spawn(lease: &str) -> LocalAgent {
+        Self::spawn_with_state(lease, None)
+    }
+
+    /// With `CHAOS_STATE_DIR` (locks, halt marker) set to `state`.
+    pub fn spawn_with_state(lease: &str, state: Option<&std::path::Path>) -> LocalAgent {
         let journal = tempfile::tempdir().unwrap();
-        let mut child = Command::new(chaos_bin())
+        let mut cmd = Command::new(chaos_bin());
+        if let Some(state) = state {
+            cmd.env("CHAOS_STATE_DIR", state);
+        }
+        let mut child = cmd
             .args(["agent", "--stdio", "--lease", lease, "--journal-dir"])
             .arg(journal.path())
             .stdin(Stdio::piped())
@@ -201,4 +210,37 @@ fn sigterm_makes_the_agent_revert_and_leave() {
     let resumed =
         eventually(Duration::from_secs(1), || (state(pid) == Some('S')).then_some(()));
     assert!(resumed.is_some(), "SIGTERM resumed the paused process");
+}
+
+#[test]
+fn chaos_halt_makes_the_agent_revert_and_leave() {
+    let state_dir = tempfile::tempdir().unwrap();
+    let v = victim();
+    let pid = v.0.id();
+    let mut agent = LocalAgent::spawn_with_state("30s", Some(state_dir.path()));
+    agent.client().hello(Duration::from_secs(30)).expect("hello");
+    apply(
+        agent.client(),
+        "pause",
+        WireFault::ProcessPause {
+            target: format!("pid:{pid}"),
+            selection: WireSelection::Count(1),
+        },
+        30_000,
+    );
+    let paused =
+        eventually(Duration::from_secs(2), || (state(pid) == Some('T')).then_some(()));
+    assert!(paused.is_some(), "paused");
+    let start = Instant::now();
+    let halt = Command::new(chaos_bin())
+        .args(["halt", "--reason", "e2e"])
+        .env("CHAOS_STATE_DIR", state_dir.path())
+        .output()
+        .unwrap();
+    assert!(halt.status.success(), "{}", String::from_utf8_lossy(&halt.stderr));
+    assert_eq!(agent.exit_code(Duration::from_secs(3)), Some(3), "the agent left");
+    let resumed =
+        eventually(Duration::from_secs(1), || (state(pid) == Some('S')).then_some(()));
+    eprintln!("halt: agent reverted after {:?}", start.elapsed());
+    assert!(resumed.is_some(), "halt resumed the paused process");
 }
