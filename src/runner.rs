@@ -5,6 +5,7 @@
 
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod window;
 
 use std::net::SocketAddr;
@@ -173,6 +174,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
         fault::preflight(&infra.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), &ctx)
             .map_err(RunError::fault(String::new()))?;
     lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
+    let remote_faults = remote::prepare(exp, &ctx)?;
     for f in &exp.faults {
         let when = format!(
             "at +{}{}",
@@ -194,6 +196,9 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
                 .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
             lines.extend(inj.describe().into_iter().map(|d| format!("  {d}")));
+        } else if let Some(rf) = remote_faults.get(&f.id) {
+            lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
+            lines.extend(rf.describe().into_iter().map(|d| format!("  {d}")));
         }
     }
     lines.push("dry run: nothing was started or changed".into());
@@ -205,6 +210,10 @@ type InfraPlan = (Vec<(String, InfraFault)>, fault::FaultContext);
 fn infra_plan(exp: &Experiment, seed: u64, run_id: &str) -> Result<InfraPlan, RunError> {
     let mut infra = Vec::new();
     for f in &exp.faults {
+        if f.host_target.is_some() {
+            // Runs on its hosts' agents: see `remote`.
+            continue;
+        }
         if let Some(i) = plan::infra_fault(f)? {
             infra.push((f.id.clone(), i));
         }
@@ -302,6 +311,7 @@ async fn run_traced(
     for w in &pre.warnings {
         progress.event(&format!("warning: {w}"));
     }
+    let mut remote_faults = remote::prepare(exp, &ctx)?;
     let mut schedule = Vec::new();
     for f in &exp.faults {
         let stop = f.start + f.duration.unwrap_or(exp.meta.duration);
@@ -323,6 +333,9 @@ async fn run_traced(
                 .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             sf.description = summarize(&inj.describe(), f.kind.name());
             sf.injector = Some(inj);
+        } else if let Some(rf) = remote_faults.remove(&f.id) {
+            sf.description = summarize(&rf.describe(), f.kind.name());
+            sf.injector = Some(Box::new(rf));
         } else if let Some(h) = &sf.http {
             sf.description = format!(
                 "{} on {:.0}% of experiment-cohort requests at {}",
@@ -345,7 +358,7 @@ async fn run_traced(
         .clone()
         .filter(|_| !exp.guardrails.is_empty())
         .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
-    let mut journal = if infra.is_empty() {
+    let mut journal = if infra.is_empty() && !remote::any(exp) {
         None
     } else {
         Some(

@@ -31,6 +31,8 @@ pub struct Experiment {
     pub prometheus: Option<PrometheusSource>,
     /// `[[guardrail]]`: PromQL abort conditions checked during the run.
     pub guardrails: Vec<Guardrail>,
+    /// `[[host]]` / `[ssh]`: the fleet for host targets (or `--inventory`).
+    pub hosts: Option<crate::fleet::inventory::Inventory>,
     /// `[otel]`: where each run's trace goes; `None` = no tracing.
     pub otel: Option<OtelSink>,
 }
@@ -341,6 +343,9 @@ pub struct Fault {
     pub at: String,
     /// Infrastructure faults: what is hit.
     pub target: Option<TargetSelector>,
+    /// Infrastructure faults on other hosts: the target with its host
+    /// part (`...@host:NAME`, `...@hosts:K=V`); `None` = this machine.
+    pub host_target: Option<crate::target::place::Placement>,
     /// Process faults: how many of the matches.
     pub selection: Selection,
     /// The kind and its parameters.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::diagnostic::{did_you_mean, Sink};
 use super::model::*;
 use super::reader::{table_of, tables_of, At, TableReader};
+use crate::target::place::Placement;
 use crate::target::{TargetSelector, SELECTOR_KINDS};
 use crate::units::Tolerance;
 
@@ -60,6 +61,8 @@ const SECTIONS: &[&str] = &[
     "safety",
     "prometheus",
     "guardrail",
+    "host",
+    "ssh",
     "otel",
 ];
 
@@ -90,6 +93,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .map(|t| t.sidecars.iter().map(|s| s.name.clone()).collect())
         .unwrap_or_default();
     let faults = read_faults(&mut top, sink, &regions, &region_names, &sidecar_names);
+    let hosts = crate::fleet::inventory::read_experiment_hosts(src, sink);
     // Unknown top-level sections.
     for (key, item) in root.iter() {
         if SECTIONS.contains(&key) {
@@ -119,6 +123,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         safety,
         prometheus,
         guardrails,
+        hosts,
         otel,
     })
 }
@@ -1119,10 +1124,15 @@ fn read_fault(
     } else {
         (1.0, "edge".into())
     };
+    let mut host_target = None;
     let target = if !http && kind_name != "region-outage" {
         match r.req_string(sink, "target", TARGET_HINT) {
-            Some(t) => match TargetSelector::parse(&t.value) {
-                Ok(sel) => {
+            Some(t) => match Placement::parse(&t.value) {
+                Ok(placed) => {
+                    if placed.is_remote() {
+                        host_target = Some(placed.clone());
+                    }
+                    let sel = placed.selector;
                     check_target_fits(sink, &path, kind_name, &t, sel, region_names)
                 }
                 Err(msg) => {
@@ -1364,6 +1374,7 @@ fn read_fault(
         probability,
         at,
         target: if http || kind_name == "region-outage" { None } else { Some(target?) },
+        host_target,
         selection,
         kind: kind?,
     })
