@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::cluster::{ClusteredMean, Clustering, KeyData, MIN_KEYS};
 use super::holm::holm_adjust;
 use super::mann_whitney::{rank_sums_sorted, sorted};
 use super::proportions::{
@@ -110,6 +111,9 @@ pub struct HypothesisVerdict {
     pub reason: String,
     /// Unit of estimate/ci/margin, e.g. "relative change of the p99".
     pub scale: String,
+    /// Per-key inference, when keys were known: the design effects applied
+    /// and what the per-request test said on the same data.
+    pub clustering: Option<Clustering>,
 }
 
 fn z_power_sq(alpha: f64) -> f64 {
@@ -154,6 +158,7 @@ struct Draft {
     needed_n: Option<u64>,
     scale: String,
     note: String,
+    clustering: Option<Clustering>,
 }
 
 fn inconclusive(
@@ -180,6 +185,7 @@ fn inconclusive(
         tested: false,
         reason,
         scale: String::new(),
+        clustering: None,
     }
 }
 
@@ -239,6 +245,7 @@ fn finish(
         tested: true,
         reason,
         scale: d.scale,
+        clustering: d.clustering,
     }
 }
 
@@ -268,15 +275,29 @@ pub fn judge(
     alpha: f64,
     seed: u64,
 ) -> HypothesisVerdict {
+    judge_keyed(spec, data, None, alpha, seed)
+}
+
+/// [`judge`] with per-key data: error rates and latencies then use the
+/// per-key (cluster-robust) variance whenever keys repeat (`cluster.rs`);
+/// with unique keys the result is [`judge`]'s. `keys` that do not fit the
+/// data (labels of another length) are ignored.
+pub fn judge_keyed(
+    spec: &HypothesisSpec,
+    data: &CohortData,
+    keys: Option<&KeyData>,
+    alpha: f64,
+    seed: u64,
+) -> HypothesisVerdict {
     let n = data_size(data);
-    match judge_draft(spec, data, alpha, seed) {
+    match judge_draft(spec, data, keys, alpha, seed) {
         Ok(Judged::Draft(d)) => finish(spec, n, alpha, d),
         Ok(Judged::Gate { reason, needed_n }) => {
             let mut v = inconclusive(spec, n, reason, needed_n);
             if spec.min_samples > 0 {
                 let statistical_only = HypothesisSpec { min_samples: 0, ..spec.clone() };
                 if let Ok(Judged::Draft(d)) =
-                    judge_draft(&statistical_only, data, alpha, seed)
+                    judge_draft(&statistical_only, data, keys, alpha, seed)
                 {
                     v.test = d.test.into();
                     v.estimate = d.estimate;
@@ -284,6 +305,7 @@ pub fn judge(
                     v.ci_high = d.ci_high;
                     v.margin = d.margin;
                     v.scale = d.scale;
+                    v.clustering = d.clustering;
                     v.reason
                         .push_str("; the estimate and interval are for information only");
                 }
@@ -307,6 +329,7 @@ fn data_size(data: &CohortData) -> (u64, u64) {
 fn judge_draft(
     spec: &HypothesisSpec,
     data: &CohortData,
+    keys: Option<&KeyData>,
     alpha: f64,
     seed: u64,
 ) -> Result<Judged, String> {
@@ -316,7 +339,12 @@ fn judge_draft(
     }
     match (spec.kind, data) {
         (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => {
-            judge_rate(spec, *experiment, *control, alpha)
+            match keys {
+                Some(KeyData::Sums { experiment: ke, control: kc }) => {
+                    judge_rate_keyed(spec, (*experiment, *control), (ke, kc), alpha)
+                }
+                _ => judge_rate(spec, *experiment, *control, alpha),
+            }
         }
         (_, CohortData::Counts { .. }) => {
             Err(format!("{:?} needs samples per cohort, not counts", spec.kind))
@@ -331,13 +359,21 @@ fn judge_draft(
             {
                 Err(format!("samples must be finite numbers, found {bad}"))
             } else {
+                let labels = match keys {
+                    Some(KeyData::Labels { experiment: le, control: lc })
+                        if le.len() == experiment.len() && lc.len() == control.len() =>
+                    {
+                        Some((le.as_slice(), lc.as_slice()))
+                    }
+                    _ => None,
+                };
                 match kind {
                     MetricKind::LatencyDistribution => {
-                        judge_latency_mwu(spec, experiment, control, alpha)
+                        judge_latency_mwu(spec, experiment, control, labels, alpha)
                     }
-                    MetricKind::LatencyQuantile(p) => {
-                        judge_quantile(spec, p, experiment, control, alpha, seed)
-                    }
+                    MetricKind::LatencyQuantile(p) => judge_quantile(
+                        spec, p, experiment, control, labels, alpha, seed,
+                    ),
                     MetricKind::Throughput | MetricKind::Samples if aligned => {
                         judge_paired(spec, experiment, control, alpha)
                     }
@@ -383,6 +419,7 @@ fn judge_latency_mwu(
     spec: &HypothesisSpec,
     experiment: &[f64],
     control: &[f64],
+    labels: Option<(&[u64], &[u64])>,
     alpha: f64,
 ) -> Result<Judged, String> {
     let r = relative_upper(spec, "a latency distribution")?;
@@ -393,16 +430,42 @@ fn judge_latency_mwu(
     if let Some(g) = gate(spec, n, MIN_MWU, "requests") {
         return Ok(g);
     }
+    // Per-key variance of the rank statistic, when keys are known.
+    let keyed = labels
+        .and_then(|(le, lc)| rank_design_effects(experiment, control, le, lc, 1.0 + r));
+    if let Some(k) = &keyed {
+        if let Some(g) = few_keys_gate(&k.0, &k.1) {
+            return Ok(g);
+        }
+    }
+    let (de, dc) = keyed
+        .as_ref()
+        .map(|(e, c)| (e.design_effect(), c.design_effect()))
+        .unwrap_or((1.0, 1.0));
+    let (n1, n2) = (experiment.len() as f64, control.len() as f64);
+    // Var(U) scales by the design effects weighted as the two cohorts'
+    // shares of Var(mean rank E − mean rank C) (Hájek projection).
+    let inflation = (de / n1 + dc / n2) / (1.0 / n1 + 1.0 / n2);
     let a = sorted(experiment);
     let b = sorted(control);
     // The verdict's p-values: MWU of E against (1+r)·C, literally.
     let at_margin = rank_sums_sorted(&a, &b, 1.0 + r);
-    let p_reject = at_margin.p_value(Alternative::Greater);
-    let p_accept = at_margin.p_value(Alternative::Less);
+    let p_reject = mwu_p(&at_margin, Alternative::Greater, inflation);
+    let p_accept = mwu_p(&at_margin, Alternative::Less, inflation);
+    let clustering = keyed.as_ref().map(|(e, c)| Clustering {
+        keys_experiment: e.keys,
+        keys_control: c.keys,
+        design_effect_experiment: de,
+        design_effect_control: dc,
+        p_reject_per_request: at_margin.p_value(Alternative::Greater),
+        p_accept_per_request: at_margin.p_value(Alternative::Less),
+    });
     // Interval and estimate by inverting the test over the scale factor e^x.
-    let p_greater =
-        |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Greater);
-    let p_less = |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Less);
+    let p_greater = |x: f64| {
+        mwu_p(&rank_sums_sorted(&a, &b, x.exp()), Alternative::Greater, inflation)
+    };
+    let p_less =
+        |x: f64| mwu_p(&rank_sums_sorted(&a, &b, x.exp()), Alternative::Less, inflation);
     // Scale factors e^±20 bracket any real latency ratio; beyond is ±inf.
     let (lo, hi) = (-20.0, 20.0);
     let l = crossing(p_greater, alpha, lo, hi);
@@ -419,7 +482,8 @@ fn judge_latency_mwu(
         let sd = if logs.len() > 2 { mean_var(&logs).1.sqrt() } else { f64::NAN };
         let gap = (m - est).abs();
         let p = normal_cdf(gap / (sd * std::f64::consts::SQRT_2));
-        needed(z_power_sq(alpha) / (6.0 * (p - 0.5).powi(2))).map(|v| v.max(MIN_MWU))
+        needed(z_power_sq(alpha) * de.max(dc) / (6.0 * (p - 0.5).powi(2)))
+            .map(|v| v.max(MIN_MWU))
     };
     Ok(Judged::Draft(Draft {
         test: "mann-whitney",
@@ -431,7 +495,8 @@ fn judge_latency_mwu(
         p_accept,
         needed_n,
         scale: "relative scale shift of latency (experiment/control - 1)".into(),
-        note: String::new(),
+        note: clustering.map(key_note).unwrap_or_default(),
+        clustering,
     }))
 }
 
@@ -440,6 +505,7 @@ fn judge_quantile(
     p: f64,
     experiment: &[f64],
     control: &[f64],
+    labels: Option<(&[u64], &[u64])>,
     alpha: f64,
     seed: u64,
 ) -> Result<Judged, String> {
@@ -457,14 +523,56 @@ fn judge_quantile(
     }
     let a = sorted(experiment);
     let b = sorted(control);
-    let boot = bootstrap_log_quantile_ratio(&a, &b, p, BOOTSTRAP_REPLICATES, seed);
+    let mut boot = bootstrap_log_quantile_ratio(&a, &b, p, BOOTSTRAP_REPLICATES, seed);
     let m = r.ln_1p();
+    // Per-key variance of a quantile (Woodruff): the design effect of the
+    // indicator 1{x <= q̂_p} in each cohort. The request-level bootstrap's
+    // spread around θ̂ is widened by the larger cohort's √d (conservative:
+    // the cohorts' shares of Var θ̂ are not separated).
+    let keyed = labels.map(|(le, lc)| {
+        let below = |x: &[f64], q: f64| -> Vec<f64> {
+            x.iter().map(|v| f64::from(u8::from(*v <= q))).collect()
+        };
+        let qe = super::quantile::harrell_davis(&a, p);
+        let qc = super::quantile::harrell_davis(&b, p);
+        (
+            ClusteredMean::from_labelled(&below(experiment, qe), le),
+            ClusteredMean::from_labelled(&below(control, qc), lc),
+        )
+    });
+    let mut clustering = None;
+    if let Some((Some(ke), Some(kc))) = keyed {
+        if let Some(g) = few_keys_gate(&ke, &kc) {
+            return Ok(g);
+        }
+        let (de, dc) = (ke.design_effect(), kc.design_effect());
+        clustering = Some(Clustering {
+            keys_experiment: ke.keys,
+            keys_control: kc.keys,
+            design_effect_experiment: de,
+            design_effect_control: dc,
+            p_reject_per_request: boot.p_at_most(m),
+            p_accept_per_request: boot.p_at_least(m),
+        });
+        let widen = de.max(dc).sqrt();
+        if widen > 1.0 {
+            let centre = boot.estimate;
+            // Monotone, so the replicates stay sorted.
+            for v in boot.replicates.iter_mut() {
+                *v = centre + (*v - centre) * widen;
+            }
+        }
+    }
+    let d_max = clustering
+        .map(|c| c.design_effect_experiment.max(c.design_effect_control))
+        .unwrap_or(1.0);
     let needed_n = {
         let logs: Vec<f64> = control.iter().map(|v| v.ln()).collect();
         let var = mean_var(&logs).1;
         let zp = normal_quantile(p);
         let gap = m - boot.estimate;
-        let per = 2.0 * p * (1.0 - p) * var / (normal_pdf(zp).powi(2) * gap * gap);
+        let per =
+            2.0 * p * (1.0 - p) * var * d_max / (normal_pdf(zp).powi(2) * gap * gap);
         needed(z_power_sq(alpha) * per).map(|v| v.max(min))
     };
     Ok(Judged::Draft(Draft {
@@ -477,8 +585,179 @@ fn judge_quantile(
         p_accept: boot.p_at_least(m),
         needed_n,
         scale: format!("relative change of the p{} (experiment/control - 1)", p * 100.0),
-        note: format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
+        note: match clustering {
+            Some(c) => format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}; {}", key_note(c)),
+            None => format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
+        },
+        clustering,
     }))
+}
+
+/// INCONCLUSIVE when keys repeat and a cohort has fewer than
+/// [`MIN_KEYS`] of them: the per-key variance would rest on too few
+/// independent units, and the per-request one is known to be wrong.
+fn few_keys_gate(e: &ClusteredMean, c: &ClusteredMean) -> Option<Judged> {
+    let repeat = e.keys_repeat() || c.keys_repeat();
+    (repeat && e.keys.min(c.keys) < MIN_KEYS).then(|| Judged::Gate {
+        reason: format!(
+            "too few distinct keys for per-key inference: {} experiment / {} control, \
+             need at least {MIN_KEYS} per cohort when keys repeat (requests of one key \
+             are not independent)",
+            e.keys, c.keys
+        ),
+        needed_n: None,
+    })
+}
+
+fn key_note(c: Clustering) -> String {
+    if c.adjusted() {
+        format!(
+            "per-key variance over {}/{} keys: design effect {:.2}/{:.2} \
+             (per-request test: P(worse) {:.3e}, P(within) {:.3e})",
+            c.keys_experiment,
+            c.keys_control,
+            c.design_effect_experiment,
+            c.design_effect_control,
+            c.p_reject_per_request,
+            c.p_accept_per_request
+        )
+    } else {
+        format!(
+            "per-key variance over {}/{} keys: no excess over per-request (design effect 1)",
+            c.keys_experiment, c.keys_control
+        )
+    }
+}
+
+/// Mann-Whitney p-value with Var(U) multiplied by `inflation` (exactly
+/// [`RankSums::p_value`] at 1).
+fn mwu_p(r: &super::mann_whitney::RankSums, alt: Alternative, inflation: f64) -> f64 {
+    if inflation == 1.0 {
+        return r.p_value(alt);
+    }
+    let sigma = r.sigma() * inflation.sqrt();
+    if sigma == 0.0 {
+        return 1.0;
+    }
+    let u2 = r.n1 * r.n2 - r.u1;
+    let (u, factor) = match alt {
+        Alternative::Greater => (r.u1, 1.0),
+        Alternative::Less => (u2, 1.0),
+        Alternative::TwoSided => (r.u1.max(u2), 2.0),
+    };
+    let z = (u - r.n1 * r.n2 / 2.0 - 0.5) / sigma;
+    (factor * normal_sf(z)).clamp(0.0, 1.0)
+}
+
+/// Per-cohort clustered means of the pooled mid-ranks of E and scale·C
+/// (the placements the Mann-Whitney statistic sums), by key label.
+fn rank_design_effects(
+    experiment: &[f64],
+    control: &[f64],
+    le: &[u64],
+    lc: &[u64],
+    scale: f64,
+) -> Option<(ClusteredMean, ClusteredMean)> {
+    let mut pooled: Vec<(f64, usize)> = experiment
+        .iter()
+        .copied()
+        .chain(control.iter().map(|v| v * scale))
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    pooled.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+    let mut ranks = vec![0.0; pooled.len()];
+    let mut i = 0;
+    while i < pooled.len() {
+        let mut j = i;
+        while j + 1 < pooled.len() && pooled[j + 1].0 == pooled[i].0 {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for item in &pooled[i..=j] {
+            ranks[item.1] = avg;
+        }
+        i = j + 1;
+    }
+    let (re, rc) = ranks.split_at(experiment.len());
+    Some((ClusteredMean::from_labelled(re, le)?, ClusteredMean::from_labelled(rc, lc)?))
+}
+
+/// Error rates with per-key sums: the per-request test on Rao-Scott
+/// effective counts (x/d, n/d per cohort, d the design effect of that
+/// cohort's error share). With d = 1 in both cohorts this is exactly
+/// [`judge_rate`].
+fn judge_rate_keyed(
+    spec: &HypothesisSpec,
+    (e, c): (Counts, Counts),
+    (ke, kc): (&[super::cluster::KeySums], &[super::cluster::KeySums]),
+    alpha: f64,
+) -> Result<Judged, String> {
+    let per_request = judge_rate(spec, e, c, alpha)?;
+    let Judged::Draft(base) = per_request else { return Ok(per_request) };
+    let (Some(me), Some(mc)) = (ClusteredMean::from_keys(ke), ClusteredMean::from_keys(kc))
+    else {
+        return Ok(Judged::Draft(base));
+    };
+    if let Some(g) = few_keys_gate(&me, &mc) {
+        return Ok(g);
+    }
+    let (de, dc) = (me.design_effect(), mc.design_effect());
+    let clustering = Clustering {
+        keys_experiment: me.keys,
+        keys_control: mc.keys,
+        design_effect_experiment: de,
+        design_effect_control: dc,
+        p_reject_per_request: base.p_reject,
+        p_accept_per_request: base.p_accept,
+    };
+    if de == 1.0 && dc == 1.0 {
+        let note = join_note(&base.note, &key_note(clustering));
+        return Ok(Judged::Draft(Draft { note, clustering: Some(clustering), ..base }));
+    }
+    let effective = |x: Counts, d: f64| {
+        let n = (x.total as f64 / d).round().max(1.0);
+        let k = (x.events as f64 * n / x.total as f64).round().min(n);
+        Counts::new(k as u64, n as u64)
+    };
+    let (ee, ec) = (effective(e, de), effective(c, dc));
+    // min_samples is a policy on requests, already met; the effective
+    // counts only carry the variance.
+    let statistical = HypothesisSpec { min_samples: 0, ..spec.clone() };
+    match judge_rate(&statistical, ee, ec, alpha)? {
+        Judged::Draft(d) => {
+            let note = join_note(
+                &d.note,
+                &format!(
+                    "{}; Rao-Scott effective requests {}/{}",
+                    key_note(clustering),
+                    ee.total,
+                    ec.total
+                ),
+            );
+            Ok(Judged::Draft(Draft {
+                needed_n: d.needed_n.map(|n| (n as f64 * de.max(dc)).ceil() as u64),
+                note,
+                clustering: Some(clustering),
+                ..d
+            }))
+        }
+        Judged::Gate { reason, .. } => Ok(Judged::Gate {
+            reason: format!(
+                "keys repeat so much that the cohorts carry too little independent \
+                 information (design effect {de:.1}/{dc:.1}): {reason}"
+            ),
+            needed_n: None,
+        }),
+    }
+}
+
+fn join_note(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}; {b}")
+    }
 }
 
 fn judge_rate(
@@ -518,6 +797,7 @@ fn judge_rate(
                 needed_n: needed(zz * var / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
                 scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
                 note: String::new(),
+                clustering: None,
             }))
         }
         Tolerance::Absolute { points: 0.0 } => {
@@ -547,6 +827,7 @@ fn judge_rate(
                 needed_n: None,
                 scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
                 note: "a zero tolerance can be rejected but never accepted".into(),
+                clustering: None,
             }))
         }
         Tolerance::Relative { fraction } if fraction >= 0.0 => {
@@ -577,6 +858,7 @@ fn judge_rate(
                 needed_n: needed(zz * per / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
                 scale: "relative change of the error rate (experiment/control - 1)".into(),
                 note: String::new(),
+                clustering: None,
             }))
         }
         t => Err(format!(
@@ -702,6 +984,7 @@ fn judge_paired(
         needed_n,
         scale: scale.into(),
         note: String::new(),
+        clustering: None,
     }))
 }
 
@@ -827,6 +1110,7 @@ fn judge_welch(
         needed_n,
         scale: scale.into(),
         note: String::new(),
+        clustering: None,
     }))
 }
 
@@ -1190,6 +1474,7 @@ mod tests {
             tested,
             reason: String::new(),
             scale: String::new(),
+            clustering: None,
         }
     }
 
