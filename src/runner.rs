@@ -1071,6 +1071,15 @@ fn hypothesis_result(
         // read like "tested and far from rejected".
         p_value: if v.tested { v.p_reject } else { f64::NAN },
         p_value_adjusted: if v.tested { v.p_reject_adjusted } else { f64::NAN },
+        p_within: if v.tested { v.p_accept } else { f64::NAN },
+        per_key: v.clustering.map(|c| crate::report::PerKeyInfo {
+            keys_experiment: c.keys_experiment,
+            keys_control: c.keys_control,
+            design_effect_experiment: c.design_effect_experiment,
+            design_effect_control: c.design_effect_control,
+            p_value_per_request: c.p_reject_per_request,
+            p_within_per_request: c.p_accept_per_request,
+        }),
         n_experiment: v.n_experiment,
         n_control: v.n_control,
         needed_n: v.needed_n,
