@@ -223,4 +223,45 @@ mod tests {
         let one = ClusteredMean::from_keys(&[KeySums::counts(5, 1)]).expect("data");
         assert!(one.var_key.is_nan());
     }
+
+    /// statsmodels 0.15 (`OLS(y, 1).fit(cov_type="cluster")`) on the
+    /// committed vectors of tests/vectors/gen_cluster_vectors.py.
+    #[test]
+    fn matches_statsmodels_cluster_robust_variances_on_committed_vectors() {
+        let text = include_str!("../../tests/vectors/cluster_vectors.json");
+        let doc: serde_json::Value = serde_json::from_str(text).expect("vectors are JSON");
+        let cases = doc["cases"].as_array().expect("cases");
+        assert_eq!(cases.len(), 6);
+        let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();
+        for c in cases {
+            let name = c["name"].as_str().expect("name");
+            let values: Vec<f64> = c["values"]
+                .as_array()
+                .expect("values")
+                .iter()
+                .map(|v| v.as_f64().expect("number"))
+                .collect();
+            let labels: Vec<u64> = c["labels"]
+                .as_array()
+                .expect("labels")
+                .iter()
+                .map(|v| v.as_u64().expect("label"))
+                .collect();
+            let e = &c["expect"];
+            let m = ClusteredMean::from_labelled(&values, &labels).expect("enough data");
+            let want = |k: &str| e[k].as_f64().expect("expected number");
+            assert!(close(m.mean, want("mean")), "{name}: mean {}", m.mean);
+            assert!(close(m.var_key, want("var_key")), "{name}: var_key {}", m.var_key);
+            assert!(
+                close(m.var_request, want("var_request")),
+                "{name}: var_request {}",
+                m.var_request
+            );
+            assert_eq!(Some(m.keys), e["keys"].as_u64(), "{name}");
+            let raw = want("design_effect_raw");
+            assert!(close(m.var_key / m.var_request, raw), "{name}");
+            let applied = if m.keys == m.n { 1.0 } else { raw.max(1.0) };
+            assert!(close(m.design_effect(), applied), "{name}: {}", m.design_effect());
+        }
+    }
 }
