@@ -313,6 +313,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             concurrency: l.concurrency,
             key_header: l.key_header.clone(),
             key_space: l.keys,
+            key_zipf: l.key_zipf,
             seed,
             timeout: l
                 .timeout

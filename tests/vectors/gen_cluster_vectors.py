@@ -12,9 +12,13 @@ their key labels are fitted as OLS `y ~ 1` in statsmodels:
 - var_key: the squared standard error of the intercept with
   cov_type="cluster", groups=labels (CR1: G/(G-1) * (N-1)/(N-1) * sandwich,
   the delta-method variance of the ratio sum(y)/N over keys);
+- var_key_cr2: Bell-McCaffrey CR2, computed from the general sandwich
+  (X'X)^-1 sum_g X_g' A_g e_g e_g' A_g X_g (X'X)^-1 with A_g = (I - H_gg)^-1/2
+  by an eigendecomposition of each cluster's block of the hat matrix (an
+  independent route to the closed form the Rust code uses);
 - var_request: the squared standard error of the plain fit (s^2 / N).
 
-The design effect is var_key / var_request (before clamping at 1).
+The design effect is var_key_cr2 / var_request (before clamping at 1).
 """
 import json
 
@@ -31,6 +35,20 @@ def zipf_users(n, users, s):
     return rng.choice(users, size=n, p=w / w.sum())
 
 
+def cr2(x, e, labels):
+    xtx_inv = np.linalg.inv(x.T @ x)
+    meat = np.zeros((x.shape[1], x.shape[1]))
+    for g in np.unique(labels):
+        idx = labels == g
+        xg, eg = x[idx], np.asarray(e)[idx]
+        h = xg @ xtx_inv @ xg.T
+        w, v = np.linalg.eigh(np.eye(len(eg)) - h)
+        a = v @ np.diag(1.0 / np.sqrt(np.clip(w, 1e-300, None))) @ v.T
+        u = xg.T @ a @ eg
+        meat += np.outer(u, u)
+    return float((xtx_inv @ meat @ xtx_inv)[0, 0])
+
+
 def add(name, y, labels):
     y = np.round(np.asarray(y, dtype=float), 4)
     labels = np.asarray(labels, dtype=np.int64)
@@ -39,16 +57,18 @@ def add(name, y, labels):
     plain = sm.OLS(y, x).fit()
     var_key = float(robust.bse[0] ** 2)
     var_request = float(plain.bse[0] ** 2)
+    var_cr2 = cr2(x, y - plain.fittedvalues, labels)
     cases.append(dict(
         name=name,
         values=[float(v) for v in y],
         labels=[int(v) for v in labels],
         expect=dict(
             mean=float(robust.params[0]),
-            var_key=var_key,
+            var_key_cr1=var_key,
+            var_key_cr2=var_cr2,
             var_request=var_request,
             keys=int(len(np.unique(labels))),
-            design_effect_raw=var_key / var_request,
+            design_effect_raw=var_cr2 / var_request,
         ),
     ))
 
