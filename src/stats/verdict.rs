@@ -5,7 +5,7 @@
 
 use serde::Serialize;
 
-use super::cluster::{ClusteredMean, Clustering, KeyData, MIN_KEYS};
+use super::cluster::{combined_df, ClusteredMean, Clustering, KeyData, MIN_KEYS};
 use super::holm::holm_adjust;
 use super::mann_whitney::{rank_sums_sorted, sorted};
 use super::proportions::{
@@ -444,8 +444,14 @@ fn judge_latency_mwu(
         .unwrap_or((1.0, 1.0));
     let (n1, n2) = (experiment.len() as f64, control.len() as f64);
     // Var(U) scales by the design effects weighted as the two cohorts'
-    // shares of Var(mean rank E − mean rank C) (Hájek projection).
+    // shares of Var(mean rank E − mean rank C) (Hájek projection); the
+    // reference is Student's t with the Satterthwaite df of that sum.
     let inflation = (de / n1 + dc / n2) / (1.0 / n1 + 1.0 / n2);
+    let df = keyed
+        .as_ref()
+        .map(|(e, c)| combined_df((de / n1, e.df()), (dc / n2, c.df())))
+        .unwrap_or(f64::INFINITY);
+    let inflation = (inflation, df);
     let a = sorted(experiment);
     let b = sorted(control);
     // The verdict's p-values: MWU of E against (1+r)·C, literally.
@@ -455,6 +461,7 @@ fn judge_latency_mwu(
     let clustering = keyed.as_ref().map(|(e, c)| Clustering {
         keys_experiment: e.keys,
         keys_control: c.keys,
+        df,
         design_effect_experiment: de,
         design_effect_control: dc,
         p_reject_per_request: at_margin.p_value(Alternative::Greater),
@@ -549,6 +556,7 @@ fn judge_quantile(
         clustering = Some(Clustering {
             keys_experiment: ke.keys,
             keys_control: kc.keys,
+            df: f64::INFINITY,
             design_effect_experiment: de,
             design_effect_control: dc,
             p_reject_per_request: boot.p_at_most(m),
@@ -629,9 +637,13 @@ fn key_note(c: Clustering) -> String {
     }
 }
 
-/// Mann-Whitney p-value with Var(U) multiplied by `inflation` (exactly
-/// [`RankSums::p_value`] at 1).
-fn mwu_p(r: &super::mann_whitney::RankSums, alt: Alternative, inflation: f64) -> f64 {
+/// Mann-Whitney p-value with Var(U) multiplied by `inflation` and a
+/// Student-t reference with `df` (exactly [`RankSums::p_value`] at 1).
+fn mwu_p(
+    r: &super::mann_whitney::RankSums,
+    alt: Alternative,
+    (inflation, df): (f64, f64),
+) -> f64 {
     if inflation == 1.0 {
         return r.p_value(alt);
     }
@@ -646,7 +658,8 @@ fn mwu_p(r: &super::mann_whitney::RankSums, alt: Alternative, inflation: f64) ->
         Alternative::TwoSided => (r.u1.max(u2), 2.0),
     };
     let z = (u - r.n1 * r.n2 / 2.0 - 0.5) / sigma;
-    (factor * normal_sf(z)).clamp(0.0, 1.0)
+    let tail = if df.is_finite() { student_t_sf(z, df) } else { normal_sf(z) };
+    (factor * tail).clamp(0.0, 1.0)
 }
 
 /// Per-cohort clustered means of the pooled mid-ranks of E and scale·C
@@ -703,9 +716,14 @@ fn judge_rate_keyed(
         return Ok(g);
     }
     let (de, dc) = (me.design_effect(), mc.design_effect());
+    let df = combined_df(
+        (de * me.var_request, me.df()),
+        (dc * mc.var_request, mc.df()),
+    );
     let clustering = Clustering {
         keys_experiment: me.keys,
         keys_control: mc.keys,
+        df,
         design_effect_experiment: de,
         design_effect_control: dc,
         p_reject_per_request: base.p_reject,
@@ -715,40 +733,87 @@ fn judge_rate_keyed(
         let note = join_note(&base.note, &key_note(clustering));
         return Ok(Judged::Draft(Draft { note, clustering: Some(clustering), ..base }));
     }
-    let effective = |x: Counts, d: f64| {
-        let n = (x.total as f64 / d).round().max(1.0);
-        let k = (x.events as f64 * n / x.total as f64).round().min(n);
-        Counts::new(k as u64, n as u64)
-    };
-    let (ee, ec) = (effective(e, de), effective(c, dc));
-    // min_samples is a policy on requests, already met; the effective
-    // counts only carry the variance.
-    let statistical = HypothesisSpec { min_samples: 0, ..spec.clone() };
-    match judge_rate(&statistical, ee, ec, alpha)? {
-        Judged::Draft(d) => {
-            let note = join_note(
-                &d.note,
-                &format!(
-                    "{}; Rao-Scott effective requests {}/{}",
-                    key_note(clustering),
-                    ee.total,
-                    ec.total
-                ),
-            );
-            Ok(Judged::Draft(Draft {
-                needed_n: d.needed_n.map(|n| (n as f64 * de.max(dc)).ceil() as u64),
+    Ok(Judged::Draft(rate_wald_t(spec, (e, c), (de, dc), df, alpha, clustering)?))
+}
+
+/// Error-rate verdicts on the per-key variance: a Wald interval on
+/// V_c = d_c · p̃_c(1 − p̃_c)/n_c per cohort (p̃ = (x+1)/(n+2), so a cohort
+/// without errors still has a variance, as in the abort monitor), with
+/// Student's t on the Satterthwaite df. Rao-Scott effective counts fed to
+/// the score intervals would be the textbook route, but with one heavy
+/// failing key the effective n collapses to a handful and Wilson's
+/// interval, built for Bernoulli trials, turns a coin flip of which cohort
+/// got that key into a rejection (the e2e run in tests/e2e/keys.rs).
+fn rate_wald_t(
+    spec: &HypothesisSpec,
+    (e, c): (Counts, Counts),
+    (de, dc): (f64, f64),
+    df: f64,
+    alpha: f64,
+    clustering: Clustering,
+) -> Result<Draft, String> {
+    let tilde = |x: Counts| (x.events as f64 + 1.0) / (x.total as f64 + 2.0);
+    let var = |x: Counts, d: f64| d * tilde(x) * (1.0 - tilde(x)) / x.total as f64;
+    let (ve, vc) = (var(e, de), var(c, dc));
+    let q = crossing(|x| 1.0 - student_t_sf(x, df), 1.0 - alpha, -100.0, 100.0);
+    let zz = z_power_sq(alpha);
+    let note = key_note(clustering);
+    let scale_abs = "difference in error rate (fraction; 0.01 = 1 pp)";
+    match spec.tolerance {
+        Tolerance::Absolute { points } if points >= 0.0 => {
+            let d = e.rate() - c.rate();
+            let se = (ve + vc).sqrt();
+            let t = (d - points) / se;
+            let gap = points - d;
+            Ok(Draft {
+                test: "per-key-wald-t",
+                estimate: d,
+                ci_low: d - q * se,
+                ci_high: d + q * se,
+                margin: points,
+                p_reject: student_t_sf(t, df),
+                p_accept: if points > 0.0 { student_t_sf(-t, df) } else { 1.0 },
+                needed_n: needed(zz * (ve * e.total as f64 + vc * c.total as f64) / (gap * gap))
+                    .map(|v| v.max(MIN_RATE_N)),
+                scale: scale_abs.into(),
+                note: if points > 0.0 {
+                    note
+                } else {
+                    format!("a zero tolerance can be rejected but never accepted; {note}")
+                },
+                clustering: Some(clustering),
+            })
+        }
+        Tolerance::Relative { fraction } if fraction >= 0.0 => {
+            if e.events < MIN_KATZ_EVENTS || c.events < MIN_KATZ_EVENTS {
+                return Err(format!(
+                    "a relative error-rate tolerance needs at least {MIN_KATZ_EVENTS} errors \
+                     per cohort (experiment {}, control {})",
+                    e.events, c.events
+                ));
+            }
+            // Delta method on ln(p_E / p_C).
+            let lr = (e.rate() / c.rate()).ln();
+            let se = (ve / e.rate().powi(2) + vc / c.rate().powi(2)).sqrt();
+            let m = fraction.ln_1p();
+            let t = (lr - m) / se;
+            Ok(Draft {
+                test: "per-key-log-relative-risk-t",
+                estimate: lr.exp_m1(),
+                ci_low: (lr - q * se).exp_m1(),
+                ci_high: (lr + q * se).exp_m1(),
+                margin: fraction,
+                p_reject: student_t_sf(t, df),
+                p_accept: student_t_sf(-t, df),
+                needed_n: None,
+                scale: "relative change of the error rate (experiment/control - 1)".into(),
                 note,
                 clustering: Some(clustering),
-                ..d
-            }))
+            })
         }
-        Judged::Gate { reason, .. } => Ok(Judged::Gate {
-            reason: format!(
-                "keys repeat so much that the cohorts carry too little independent \
-                 information (design effect {de:.1}/{dc:.1}): {reason}"
-            ),
-            needed_n: None,
-        }),
+        t => Err(format!(
+            "tolerance {t} does not fit an error rate: use \"+0.5pp\" or \"+10%\" (higher is worse)"
+        )),
     }
 }
 
@@ -766,6 +831,19 @@ fn judge_rate(
     c: Counts,
     alpha: f64,
 ) -> Result<Judged, String> {
+    judge_rate_with_gate(spec, e, c, alpha, MIN_RATE_N)
+}
+
+/// [`judge_rate`] with the per-cohort minimum `min_n` (Rao-Scott effective
+/// counts are judged without the request gate: the raw counts passed it,
+/// and a tiny effective n must show as a wide interval, not vanish).
+fn judge_rate_with_gate(
+    spec: &HypothesisSpec,
+    e: Counts,
+    c: Counts,
+    alpha: f64,
+    min_n: u64,
+) -> Result<Judged, String> {
     for (cohort, x) in [("experiment", e), ("control", c)] {
         if x.events > x.total {
             return Err(format!(
@@ -774,7 +852,7 @@ fn judge_rate(
             ));
         }
     }
-    if let Some(g) = gate(spec, (e.total, c.total), MIN_RATE_N, "requests") {
+    if let Some(g) = gate(spec, (e.total, c.total), min_n, "requests") {
         return Ok(g);
     }
     let z = normal_quantile(1.0 - alpha);

@@ -7,6 +7,7 @@ mod dashboards;
 mod demo;
 mod faults;
 mod gameday;
+mod keys;
 mod netns;
 mod prometheus;
 mod proxy;

@@ -157,7 +157,7 @@ struct Tally {
 fn judge_run(
     e: &Cohort,
     c: &Cohort,
-    keyed: bool,
+    (keyed, with_latency): (bool, bool),
     error_tolerance: f64,
     seed: u64,
     t: &mut Tally,
@@ -174,27 +174,30 @@ fn judge_run(
         control: c.latency.clone(),
     };
     let counts = CohortData::Counts { experiment: e.counts, control: c.counts };
-    let (v1, v2) = if keyed {
-        let labels =
-            KeyData::Labels { experiment: e.labels.clone(), control: c.labels.clone() };
-        let sums = KeyData::Sums { experiment: e.errors.clone(), control: c.errors.clone() };
-        (
-            judge_keyed(&lat, &samples, Some(&labels), 0.05, seed),
-            judge_keyed(&err, &counts, Some(&sums), 0.05, seed),
-        )
-    } else {
-        (judge(&lat, &samples, 0.05, seed), judge(&err, &counts, 0.05, seed))
-    };
+    let labels =
+        KeyData::Labels { experiment: e.labels.clone(), control: c.labels.clone() };
+    let sums = KeyData::Sums { experiment: e.errors.clone(), control: c.errors.clone() };
+    let keys = |k| if keyed { Some(k) } else { None };
+    let mut verdicts = vec![judge_keyed(&err, &counts, keys(&sums), 0.05, seed)];
+    if with_latency {
+        verdicts.push(judge_keyed(&lat, &samples, keys(&labels), 0.05, seed));
+    }
     t.inconclusive_few_keys +=
-        usize::from(v1.reason.contains("distinct keys") || v2.reason.contains("distinct keys"));
-    t.latency += usize::from(v1.verdict == Verdict::Rejected);
-    t.errors += usize::from(v2.verdict == Verdict::Rejected);
-    let (_, overall) = judge_experiment(vec![v1, v2], 0.05, false);
+        usize::from(verdicts.iter().any(|v| v.reason.contains("distinct keys")));
+    t.errors += usize::from(verdicts[0].verdict == Verdict::Rejected);
+    t.latency += usize::from(verdicts.get(1).is_some_and(|v| v.verdict == Verdict::Rejected));
+    let (_, overall) = judge_experiment(verdicts, 0.05, false);
     t.overall += usize::from(overall == Verdict::Rejected);
 }
 
 /// `runs` experiments; returns (per-request, per-key) tallies.
-fn study(seed: u64, pop: &Population, runs: usize, extra_error: f64) -> (Tally, Tally) {
+fn study(
+    seed: u64,
+    pop: &Population,
+    runs: usize,
+    extra_error: f64,
+    with_latency: bool,
+) -> (Tally, Tally) {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     let cdf = zipf_cdf(pop.users, pop.zipf);
     let (mut before, mut after) = (Tally::default(), Tally::default());
@@ -203,8 +206,8 @@ fn study(seed: u64, pop: &Population, runs: usize, extra_error: f64) -> (Tally, 
         let n_users = u.experiment.len();
         let (mut e, mut c) = (Cohort::new(n_users), Cohort::new(n_users));
         traffic(&mut rng, pop, &cdf, &u, pop.requests, extra_error, (&mut e, &mut c));
-        judge_run(&e, &c, false, 0.0, run as u64, &mut before);
-        judge_run(&e, &c, true, 0.0, run as u64, &mut after);
+        judge_run(&e, &c, (false, with_latency), 0.0, run as u64, &mut before);
+        judge_run(&e, &c, (true, with_latency), 0.0, run as u64, &mut after);
     }
     (before, after)
 }
@@ -272,7 +275,7 @@ fn pct(k: usize, n: usize) -> String {
 #[test]
 fn heavy_tailed_a_a_runs_reject_far_less_with_per_key_variance() {
     const RUNS: usize = 60;
-    let (before, after) = study(15, &HEAVY, RUNS, 0.0);
+    let (before, after) = study(15, &HEAVY, RUNS, 0.0, true);
     println!("A/A heavy-tailed users, {RUNS} runs: before {before:?}, after {after:?}");
     // Always-failing users land in one cohort: per-request inference
     // rejects A/A runs many times more often than alpha.
@@ -293,8 +296,8 @@ fn without_repeating_keys_per_key_inference_is_the_per_request_test() {
         let (mut e, mut c) = (Cohort::new(pop.requests), Cohort::new(pop.requests));
         traffic(&mut rng, &pop, &cdf, &u, pop.requests, 0.01, (&mut e, &mut c));
         let (mut before, mut after) = (Tally::default(), Tally::default());
-        judge_run(&e, &c, false, 0.0, run, &mut before);
-        judge_run(&e, &c, true, 0.0, run, &mut after);
+        judge_run(&e, &c, (false, true), 0.0, run, &mut before);
+        judge_run(&e, &c, (true, true), 0.0, run, &mut after);
         assert_eq!(
             (before.latency, before.errors, before.overall),
             (after.latency, after.errors, after.overall)
@@ -327,7 +330,7 @@ fn heavy_tailed_monitors_false_abort_far_less_with_per_key_variance() {
 #[ignore = "2,000-run study (minutes in debug); numbers recorded in docs/statistics.md"]
 fn heavy_tailed_users_study_for_the_docs() {
     const RUNS: usize = 2000;
-    let (b, a) = study(1501, &HEAVY, RUNS, 0.0);
+    let (b, a) = study(1501, &HEAVY, RUNS, 0.0, true);
     println!(
         "A/A, Zipf 1.1 over {} users, {} always failing, {} requests/run, {RUNS} runs:\n  \
          per-request: latency {}, errors {}, experiment {}\n  \
@@ -343,22 +346,20 @@ fn heavy_tailed_users_study_for_the_docs() {
         pct(a.overall, RUNS),
         a.inconclusive_few_keys
     );
-    let (b, a) = study(1502, &HEAVY, RUNS, 0.01);
+    let (b, a) = study(1502, &HEAVY, RUNS, 0.01, false);
     println!(
         "+1 pp errors, heavy-tailed: power per-request {} (invalid: A/A above), \
          per-key {}",
         pct(b.errors, RUNS),
         pct(a.errors, RUNS)
     );
-    let (b, a) = study(1503, &UNIQUE, RUNS, 0.0);
+    let (b, a) = study(1503, &UNIQUE, RUNS, 0.0, false);
     println!(
-        "A/A, unique keys: per-request errors {} latency {}, per-key errors {} latency {}",
+        "A/A, unique keys: errors per-request {}, per-key {}",
         pct(b.errors, RUNS),
-        pct(b.latency, RUNS),
-        pct(a.errors, RUNS),
-        pct(a.latency, RUNS)
+        pct(a.errors, RUNS)
     );
-    let (b, a) = study(1504, &UNIQUE, RUNS, 0.01);
+    let (b, a) = study(1504, &UNIQUE, RUNS, 0.01, false);
     println!(
         "+1 pp errors, unique keys: power per-request {}, per-key {}",
         pct(b.errors, RUNS),
