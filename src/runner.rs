@@ -627,7 +627,13 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             let data = prom_data.unwrap_or_else(|| {
                 window::cohort_data(shape, &control, &experiment, span)
             });
-            stats::judge_keyed(&spec, &data, per_key.as_ref(), exp.meta.alpha, verdict_seed)
+            stats::judge_keyed(
+                &spec,
+                &data,
+                per_key.as_ref(),
+                exp.meta.alpha,
+                verdict_seed,
+            )
         })
         .collect();
     let aborted = abort.is_some();

@@ -32,7 +32,8 @@ pub use proportions::{
 pub use quantile::{bootstrap_log_quantile_ratio, harrell_davis};
 pub use sequential::{AbortDecision, AbortMonitor};
 pub use verdict::{
-    judge, judge_experiment, judge_keyed, CohortData, HypothesisSpec, HypothesisVerdict, MetricKind,
+    judge, judge_experiment, judge_keyed, CohortData, HypothesisSpec, HypothesisVerdict,
+    MetricKind,
 };
 pub use welch::welch_t;
 

@@ -590,7 +590,8 @@ pub const MAX_ZIPF_KEYS: i64 = 1_000_000;
 /// ids drawn with weight 1/rank^zipf, the heavy-tailed traffic of real
 /// users (a few send most requests).
 fn read_load_keys(t: &mut TableReader, sink: &mut Sink) -> (Option<u64>, Option<f64>) {
-    let hint = "distinct user ids, e.g. keys = 10000 or keys = { count = 500, zipf = 1.1 }";
+    let hint =
+        "distinct user ids, e.g. keys = 10000 or keys = { count = 500, zipf = 1.1 }";
     let Some(item) = t.item("keys") else { return (None, None) };
     if item.as_integer().is_some() || table_of(item).is_none() {
         let n = t.integer(sink, "keys", 1..=1_000_000_000, hint);

@@ -305,7 +305,8 @@ impl Recorder {
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
         if key_position.is_none() {
             // Keyless: a bucket at random, as if it were a key of its own.
-            sample.key = (splitmix(&mut inner.rng) % super::keys::SUM_BUCKETS as u64) as u32;
+            sample.key =
+                (splitmix(&mut inner.rng) % super::keys::SUM_BUCKETS as u64) as u32;
         }
         inner.record(self.reservoir_cap, sample, outcome.status);
     }

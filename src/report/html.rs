@@ -742,7 +742,9 @@ mod tests {
     #[test]
     fn names_both_one_sided_p_values_and_the_per_key_variance() {
         let h = render(&sample::latency_fault_run());
-        assert!(h.contains("<th class=\"num\">P(worse)</th><th class=\"num\">P(within)</th>"));
+        assert!(
+            h.contains("<th class=\"num\">P(worse)</th><th class=\"num\">P(within)</th>")
+        );
         assert!(!h.contains("p (adj.)"));
         assert!(h.contains("per-key variance for &quot;api error rate&quot;"), "{h}");
     }

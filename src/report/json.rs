@@ -52,7 +52,10 @@ mod tests {
             assert!(h.remove("p_within").is_some() && h.remove("per_key").is_some());
         }
         let old = from_str(&v.to_string()).expect("old results still parse");
-        assert!(old.hypotheses.iter().all(|h| h.p_within.is_nan() && h.per_key.is_none()));
+        assert!(old
+            .hypotheses
+            .iter()
+            .all(|h| h.p_within.is_nan() && h.per_key.is_none()));
         assert_eq!(old.hypotheses[0].p_value, r.hypotheses[0].p_value);
     }
 

@@ -276,7 +276,9 @@ mod tests {
         // the large one that did not reject it.
         let line = t.lines().find(|l| l.starts_with("api error rate")).unwrap();
         assert!(line.contains("0.970") && line.contains("<0.001"), "{line}");
-        assert!(t.contains("per-key variance for \"api error rate\": design effect 3.10/1.00"));
+        assert!(t.contains(
+            "per-key variance for \"api error rate\": design effect 3.10/1.00"
+        ));
         assert!(t.contains("Per-request: P(worse) 0.900"), "{t}");
     }
 

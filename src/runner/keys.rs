@@ -85,9 +85,10 @@ pub fn key_data(
             experiment: window.experiment.error_sums(),
             control: window.control.error_sums(),
         }),
-        Shape::Latency => {
-            Some(KeyData::Labels { experiment: labels(experiment), control: labels(control) })
-        }
+        Shape::Latency => Some(KeyData::Labels {
+            experiment: labels(experiment),
+            control: labels(control),
+        }),
         Shape::Throughput => None,
     }
 }

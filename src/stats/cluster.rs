@@ -125,7 +125,15 @@ impl ClusteredMean {
             let df = if cr2_sq > 0.0 { cr2 * cr2 / cr2_sq } else { f64::NAN };
             (cr2 / (nf * nf), k as f64 / (k as f64 - 1.0) * cr1 / (nf * nf), df)
         };
-        Some(ClusteredMean { n, keys: k, mean, var_request, var_key, var_key_cr1, df_key })
+        Some(ClusteredMean {
+            n,
+            keys: k,
+            mean,
+            var_request,
+            var_key,
+            var_key_cr1,
+            df_key,
+        })
     }
 
     /// From per-request values and their key labels.
@@ -285,7 +293,8 @@ mod tests {
     #[test]
     fn matches_statsmodels_cluster_robust_variances_on_committed_vectors() {
         let text = include_str!("../../tests/vectors/cluster_vectors.json");
-        let doc: serde_json::Value = serde_json::from_str(text).expect("vectors are JSON");
+        let doc: serde_json::Value =
+            serde_json::from_str(text).expect("vectors are JSON");
         let cases = doc["cases"].as_array().expect("cases");
         assert_eq!(cases.len(), 6);
         let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * b.abs();

@@ -338,14 +338,13 @@ fn judge_draft(
         return Err(format!("alpha {alpha} must be in (0, 0.5)"));
     }
     match (spec.kind, data) {
-        (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => {
-            match keys {
-                Some(KeyData::Sums { experiment: ke, control: kc }) => {
-                    judge_rate_keyed(spec, (*experiment, *control), (ke, kc), alpha)
-                }
-                _ => judge_rate(spec, *experiment, *control, alpha),
+        (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => match keys
+        {
+            Some(KeyData::Sums { experiment: ke, control: kc }) => {
+                judge_rate_keyed(spec, (*experiment, *control), (ke, kc), alpha)
             }
-        }
+            _ => judge_rate(spec, *experiment, *control, alpha),
+        },
         (_, CohortData::Counts { .. }) => {
             Err(format!("{:?} needs samples per cohort, not counts", spec.kind))
         }
@@ -371,9 +370,9 @@ fn judge_draft(
                     MetricKind::LatencyDistribution => {
                         judge_latency_mwu(spec, experiment, control, labels, alpha)
                     }
-                    MetricKind::LatencyQuantile(p) => judge_quantile(
-                        spec, p, experiment, control, labels, alpha, seed,
-                    ),
+                    MetricKind::LatencyQuantile(p) => {
+                        judge_quantile(spec, p, experiment, control, labels, alpha, seed)
+                    }
                     MetricKind::Throughput | MetricKind::Samples if aligned => {
                         judge_paired(spec, experiment, control, alpha)
                     }
@@ -594,7 +593,9 @@ fn judge_quantile(
         needed_n,
         scale: format!("relative change of the p{} (experiment/control - 1)", p * 100.0),
         note: match clustering {
-            Some(c) => format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}; {}", key_note(c)),
+            Some(c) => {
+                format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}; {}", key_note(c))
+            }
             None => format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
         },
         clustering,
@@ -708,7 +709,8 @@ fn judge_rate_keyed(
 ) -> Result<Judged, String> {
     let per_request = judge_rate(spec, e, c, alpha)?;
     let Judged::Draft(base) = per_request else { return Ok(per_request) };
-    let (Some(me), Some(mc)) = (ClusteredMean::from_keys(ke), ClusteredMean::from_keys(kc))
+    let (Some(me), Some(mc)) =
+        (ClusteredMean::from_keys(ke), ClusteredMean::from_keys(kc))
     else {
         return Ok(Judged::Draft(base));
     };
@@ -716,10 +718,7 @@ fn judge_rate_keyed(
         return Ok(g);
     }
     let (de, dc) = (me.design_effect(), mc.design_effect());
-    let df = combined_df(
-        (de * me.var_request, me.df()),
-        (dc * mc.var_request, mc.df()),
-    );
+    let df = combined_df((de * me.var_request, me.df()), (dc * mc.var_request, mc.df()));
     let clustering = Clustering {
         keys_experiment: me.keys,
         keys_control: mc.keys,

@@ -46,40 +46,42 @@ fn broken_users_upstream(count: usize, among: u64) -> BrokenUsersUpstream {
             let Ok((s, _)) = listener.accept().await else { return };
             let broken = shared.clone();
             tokio::spawn(async move {
-                let svc = hyper::service::service_fn(move |req: http::Request<Incoming>| {
-                    let broken = broken.clone();
-                    async move {
-                        let header = |name: &str| {
-                            req.headers()
-                                .get(name)
-                                .and_then(|v| v.to_str().ok())
-                                .unwrap_or_default()
-                                .to_string()
-                        };
-                        let user = header("x-user-id");
-                        let heavy = user
-                            .strip_prefix("user-")
-                            .and_then(|n| n.parse::<u64>().ok())
-                            .is_some_and(|n| n < among);
-                        let fail = {
-                            let mut b = broken.lock().unwrap_or_else(|p| p.into_inner());
-                            if heavy
-                                && header("x-chaos-cohort") == "experiment"
-                                && b.len() < count
-                            {
-                                b.insert(user.clone());
-                            }
-                            b.contains(&user)
-                        };
-                        let status = if fail { 500 } else { 200 };
-                        Ok::<_, Infallible>(
-                            http::Response::builder()
-                                .status(status)
-                                .body(Full::new(Bytes::from_static(b"{}")))
-                                .expect("static response"),
-                        )
-                    }
-                });
+                let svc =
+                    hyper::service::service_fn(move |req: http::Request<Incoming>| {
+                        let broken = broken.clone();
+                        async move {
+                            let header = |name: &str| {
+                                req.headers()
+                                    .get(name)
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or_default()
+                                    .to_string()
+                            };
+                            let user = header("x-user-id");
+                            let heavy = user
+                                .strip_prefix("user-")
+                                .and_then(|n| n.parse::<u64>().ok())
+                                .is_some_and(|n| n < among);
+                            let fail = {
+                                let mut b =
+                                    broken.lock().unwrap_or_else(|p| p.into_inner());
+                                if heavy
+                                    && header("x-chaos-cohort") == "experiment"
+                                    && b.len() < count
+                                {
+                                    b.insert(user.clone());
+                                }
+                                b.contains(&user)
+                            };
+                            let status = if fail { 500 } else { 200 };
+                            Ok::<_, Infallible>(
+                                http::Response::builder()
+                                    .status(status)
+                                    .body(Full::new(Bytes::from_static(b"{}")))
+                                    .expect("static response"),
+                            )
+                        }
+                    });
                 let _ = hyper::server::conn::http1::Builder::new()
                     .serve_connection(TokioIo::new(s), svc)
                     .await;
@@ -154,8 +156,9 @@ critical = true
         .expect("run chaos");
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let v: serde_json::Value = serde_json::from_str(&stdout)
-        .unwrap_or_else(|e| panic!("--json prints the result ({e}):\n{stdout}\n{stderr}"));
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap_or_else(|e| {
+        panic!("--json prints the result ({e}):\n{stdout}\n{stderr}")
+    });
     let broken = up.broken.lock().expect("lock").clone();
     assert_eq!(broken.len(), 2, "two heavy users broke in the experiment: {broken:?}");
     let errors = &v["hypotheses"][0];
@@ -173,7 +176,6 @@ critical = true
     assert!(k["keys_experiment"].as_u64().expect("keys") >= 30, "{errors}");
     assert_ne!(errors["verdict"], "rejected", "{errors}");
     assert!(errors["p_value"].as_f64().expect("P(worse)") > 0.05, "{errors}");
-    eprintln!("{stdout}");
     assert_eq!(latency["verdict"], "accepted", "{latency}");
     assert!(latency["p_within"].as_f64().expect("P(within)") <= 0.05, "{latency}");
     assert_eq!(v["outcome"], "accepted", "{stdout}\n{stderr}");

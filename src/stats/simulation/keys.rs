@@ -167,12 +167,13 @@ fn judge_run(
         MetricKind::LatencyDistribution,
         Tolerance::Relative { fraction: 0.0 },
     );
-    let err =
-        spec("errors", MetricKind::ErrorRate, Tolerance::Absolute { points: error_tolerance });
-    let samples = CohortData::Samples {
-        experiment: e.latency.clone(),
-        control: c.latency.clone(),
-    };
+    let err = spec(
+        "errors",
+        MetricKind::ErrorRate,
+        Tolerance::Absolute { points: error_tolerance },
+    );
+    let samples =
+        CohortData::Samples { experiment: e.latency.clone(), control: c.latency.clone() };
     let counts = CohortData::Counts { experiment: e.counts, control: c.counts };
     let labels =
         KeyData::Labels { experiment: e.labels.clone(), control: c.labels.clone() };
@@ -185,7 +186,8 @@ fn judge_run(
     t.inconclusive_few_keys +=
         usize::from(verdicts.iter().any(|v| v.reason.contains("distinct keys")));
     t.errors += usize::from(verdicts[0].verdict == Verdict::Rejected);
-    t.latency += usize::from(verdicts.get(1).is_some_and(|v| v.verdict == Verdict::Rejected));
+    t.latency +=
+        usize::from(verdicts.get(1).is_some_and(|v| v.verdict == Verdict::Rejected));
     let (_, overall) = judge_experiment(verdicts, 0.05, false);
     t.overall += usize::from(overall == Verdict::Rejected);
 }
@@ -251,11 +253,13 @@ fn monitor_study(
             let rate_d = (d(&e.errors), d(&c.errors));
             let lat_d = (d(&e.log_latency), d(&c.log_latency));
             for (i, keyed) in [false, true].into_iter().enumerate() {
-                let (rd, ld) = if keyed { (rate_d, lat_d) } else { ((1.0, 1.0), (1.0, 1.0)) };
+                let (rd, ld) =
+                    if keyed { (rate_d, lat_d) } else { ((1.0, 1.0), (1.0, 1.0)) };
                 let burned = e.counts.total.min(c.counts.total)
                     >= super::super::sequential::BURN_IN_REQUESTS;
                 let r = rate[i].update_counts_keyed(e.counts, c.counts, rd);
-                let l = lat[i].update_latencies_keyed(&e.latency[le..], &c.latency[lc..], ld);
+                let l =
+                    lat[i].update_latencies_keyed(&e.latency[le..], &c.latency[lc..], ld);
                 aborted_rate[i] |= burned && r.is_abort();
                 aborted_lat[i] |= burned && l.is_abort();
             }
@@ -304,7 +308,8 @@ fn without_repeating_keys_per_key_inference_is_the_per_request_test() {
         );
         let err = spec("e", MetricKind::ErrorRate, Tolerance::Absolute { points: 0.0 });
         let counts = CohortData::Counts { experiment: e.counts, control: c.counts };
-        let sums = KeyData::Sums { experiment: e.errors.clone(), control: c.errors.clone() };
+        let sums =
+            KeyData::Sums { experiment: e.errors.clone(), control: c.errors.clone() };
         let a = judge(&err, &counts, 0.05, 0);
         let b = judge_keyed(&err, &counts, Some(&sums), 0.05, 0);
         assert_eq!(a.p_reject, b.p_reject, "bit for bit");
