@@ -458,4 +458,37 @@ mod tests {
         ));
         assert!(text.contains("chaos_faults_injected_total{kind=\"latency\"} 1"));
     }
+
+    /// Cost of the per-key sums on the recording path: the whole
+    /// `record_keyed` call against the part the per-key sums add (a hash
+    /// of the key position, a logarithm, five additions). Ignored: timing,
+    /// not correctness; `cargo test --lib recorder_cost -- --ignored
+    /// --nocapture` (numbers in docs/statistics.md).
+    #[test]
+    #[ignore = "micro-benchmark; prints ns per request"]
+    fn recorder_cost_of_per_key_sums() {
+        let n = 1_000_000u64;
+        let origin = Instant::now();
+        let rec = Recorder::new(origin, 10_000);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let at = origin + Duration::from_micros(i * 50);
+            let pos = crate::traffic::assign::unit(crate::traffic::assign::mix(i % 5000));
+            rec.record_keyed(Some(Cohort::Experiment), at, ok(1 + i % 7), Some(pos));
+        }
+        let whole = t.elapsed().as_nanos() as f64 / n as f64;
+        let mut b = KeyBuckets::new();
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let pos = crate::traffic::assign::unit(crate::traffic::assign::mix(i % 5000));
+            b.add(KeyBuckets::bucket_of(pos), i % 97 == 0, 1.0 + (i % 7) as f64);
+        }
+        let sums = t.elapsed().as_nanos() as f64 / n as f64;
+        std::hint::black_box(&b);
+        println!(
+            "record_keyed: {whole:.0} ns/request, of which per-key sums {sums:.0} ns \
+             ({:.1}%)",
+            100.0 * sums / whole
+        );
+    }
 }
