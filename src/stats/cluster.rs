@@ -85,10 +85,12 @@ pub struct ClusteredMean {
     pub var_key: f64,
     /// K/(K−1) · Σ_k (y_k − ȳ n_k)² / N²: statsmodels' CR1.
     pub var_key_cr1: f64,
-    /// Degrees of freedom of `var_key`: Satterthwaite's (Σ r_k)² / Σ r_k²
-    /// over the keys' terms r_k. When one heavy key carries most of the
-    /// variance this is near 1, however many keys there are, and tests
-    /// use Student's t instead of the normal (see [`ClusteredMean::df`]).
+    /// Bell-McCaffrey degrees of freedom of `var_key` (Satterthwaite
+    /// under independent requests), from the key sizes alone:
+    /// N² / (Σ n_k² + ((Σ b_k)² − Σ b_k²)/N²) with b_k = n_k²/(1 − n_k/N).
+    /// N − 1-like with unique keys; about 1/Σ(n_k/N)² when a few keys carry
+    /// the cohort, however many keys there are. Tests then use Student's t
+    /// instead of the normal (see [`ClusteredMean::df`]).
     pub df_key: f64,
 }
 
@@ -114,15 +116,19 @@ impl ClusteredMean {
         let (var_key, var_key_cr1, df_key) = if k < 2 {
             (f64::NAN, f64::NAN, f64::NAN)
         } else {
-            let (mut cr1, mut cr2, mut cr2_sq) = (0.0, 0.0, 0.0);
+            let (mut cr1, mut cr2) = (0.0, 0.0);
+            let (mut n_sq, mut b_sum, mut b_sq) = (0.0, 0.0, 0.0);
             for s in used {
-                let r2 = (s.sum - mean * s.n as f64).powi(2);
-                let term = r2 / (1.0 - s.n as f64 / nf);
+                let (nk, lev) = (s.n as f64, s.n as f64 / nf);
+                let r2 = (s.sum - mean * nk).powi(2);
                 cr1 += r2;
-                cr2 += term;
-                cr2_sq += term * term;
+                cr2 += r2 / (1.0 - lev);
+                let b = nk * nk / (1.0 - lev);
+                n_sq += nk * nk;
+                b_sum += b;
+                b_sq += b * b;
             }
-            let df = if cr2_sq > 0.0 { cr2 * cr2 / cr2_sq } else { f64::NAN };
+            let df = nf * nf / (n_sq + (b_sum * b_sum - b_sq) / (nf * nf));
             (cr2 / (nf * nf), k as f64 / (k as f64 - 1.0) * cr1 / (nf * nf), df)
         };
         Some(ClusteredMean {
