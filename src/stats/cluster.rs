@@ -331,6 +331,7 @@ mod tests {
                 m.var_request
             );
             assert_eq!(Some(m.keys), e["keys"].as_u64(), "{name}");
+            assert!(close(m.df_key, want("df_bm")), "{name}: df {}", m.df_key);
             let raw = want("design_effect_raw");
             assert!(close(m.var_key / m.var_request, raw), "{name}");
             let applied = if m.keys == m.n { 1.0 } else { raw.max(1.0) };

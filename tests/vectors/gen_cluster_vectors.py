@@ -19,6 +19,9 @@ their key labels are fitted as OLS `y ~ 1` in statsmodels:
 - var_request: the squared standard error of the plain fit (s^2 / N).
 
 The design effect is var_key_cr2 / var_request (before clamping at 1).
+df_bm: Bell-McCaffrey degrees of freedom of the CR2 variance under
+independent requests, (tr DC)^2 / tr((DC)^2) with C the covariance of the
+per-key residual sums and D the CR2 weights, by matrix algebra.
 """
 import json
 
@@ -49,6 +52,16 @@ def cr2(x, e, labels):
     return float((xtx_inv @ meat @ xtx_inv)[0, 0])
 
 
+def bm_df(labels):
+    _, n = np.unique(labels, return_counts=True)
+    n = n.astype(float)
+    total = n.sum()
+    c = np.diag(n) - np.outer(n, n) / total
+    d = np.diag(1.0 / ((1.0 - n / total) * total**2))
+    dc = d @ c
+    return float(np.trace(dc) ** 2 / np.trace(dc @ dc))
+
+
 def add(name, y, labels):
     y = np.round(np.asarray(y, dtype=float), 4)
     labels = np.asarray(labels, dtype=np.int64)
@@ -69,6 +82,7 @@ def add(name, y, labels):
             var_request=var_request,
             keys=int(len(np.unique(labels))),
             design_effect_raw=var_cr2 / var_request,
+            df_bm=bm_df(labels),
         ),
     ))
 
