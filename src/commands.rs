@@ -3,6 +3,7 @@
 //! (and only here) to attach file and target context to errors.
 
 pub mod analyze;
+pub mod completions;
 pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
@@ -11,6 +12,7 @@ pub mod gameday;
 pub mod history;
 pub mod inject;
 pub mod kill;
+pub mod man;
 pub mod promql;
 pub mod proxy;
 pub mod recover;

@@ -88,19 +88,10 @@ pub fn load_bytes(path: &Path, bytes: &[u8]) -> Loaded {
 }
 
 fn read_bounded(path: &Path) -> Result<Vec<u8>, String> {
-    use std::io::Read;
-    let file = std::fs::File::open(path).map_err(|e| format!("cannot open file: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot stat file: {e}"))?;
-    if meta.is_dir() {
-        return Err("is a directory, not an experiment file".into());
-    }
-    let mut buf = Vec::new();
-    // Read one byte past the limit so an oversized file is detected without
-    // reading all of it (e.g. /dev/zero).
-    file.take(MAX_FILE_BYTES as u64 + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| format!("cannot read file: {e}"))?;
-    Ok(buf)
+    // fstat on the opened file, refuse FIFOs and devices, read with a
+    // bound: `validate /dev/zero` or a FIFO return at once.
+    crate::input_file::read_limited(path, MAX_FILE_BYTES as u64)
+        .map_err(|e| e.to_string())
 }
 
 fn single_error(file: &str, message: String, hint: &str) -> Loaded {

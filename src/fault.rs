@@ -61,6 +61,28 @@ pub enum FaultError {
     WrongTarget { kind: &'static str, target: String, reason: String },
     #[error("{0}")]
     Invalid(String),
+    #[error("refusing to remove {what}: {reason}; left alone (remove it yourself if it is yours)")]
+    NotOwned { what: String, reason: String },
+}
+
+impl FaultError {
+    /// The one mapping from fault errors to exit codes, shared by `run`,
+    /// `inject`, `kill`, game days and the daemon. Refusals and bad input
+    /// are 2 (nothing was injected and the file or flags must change; a
+    /// blast-radius refusal is one of them), the rest (host, privileges,
+    /// missing or locked targets, failed commands) 5.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            FaultError::Invalid(_)
+            | FaultError::WrongTarget { .. }
+            | FaultError::Target(TargetError::Refused { .. })
+            | FaultError::Target(TargetError::Invalid { .. })
+            | FaultError::Target(TargetError::UnknownRegion { .. })
+            | FaultError::Target(TargetError::BlastRadius { .. })
+            | FaultError::Journal(JournalError::RunId(_)) => crate::exit::INVALID,
+            _ => crate::exit::ENVIRONMENT,
+        }
+    }
 }
 
 /// Only towards these peers / ports (empty = everything).
@@ -479,6 +501,14 @@ fn compile(
             }
             let mut seen = std::collections::BTreeSet::new();
             steps.retain(|s| seen.insert(s.lock.clone()));
+            if steps.is_empty() {
+                // Reporting "applied (0 targets)" would pass a game day
+                // that tested nothing.
+                return Err(FaultError::Target(TargetError::NoMatch {
+                    selector: selector.to_string(),
+                    reason: "the region resolves to no process or network target".into(),
+                }));
+            }
         }
     }
     Ok(Plan::new(notes, steps))

@@ -260,6 +260,35 @@ fn zipf_cdf(n: u64, s: f64) -> Vec<f64> {
     cdf
 }
 
+/// Everything [`run`] would refuse, checked without running: callers
+/// check first so a refused config is an error, not a silent no-load.
+pub fn check(cfg: &LoadConfig) -> Result<(), LoadError> {
+    validate(cfg)?;
+    http::HeaderName::from_bytes(cfg.key_header.as_bytes()).map_err(|e| {
+        LoadError::Config(format!("key_header {:?}: {e}", cfg.key_header))
+    })?;
+    Ok(())
+}
+
+/// True for a valid HTTP field name: an RFC 9110 `token` (§5.1, §5.6.2):
+/// one or more of ALPHA, DIGIT and ``!#$%&'*+-.^_`|~``.
+pub fn valid_header_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// True for a request path the generator can send: starts with '/', only
+/// visible ASCII (no spaces, controls or '#'), and an RFC 3986 path and
+/// query as the `http` crate parses it.
+pub fn valid_request_path(path: &str) -> bool {
+    path.starts_with('/')
+        && path.len() <= 8192
+        && path.bytes().all(|b| b.is_ascii_graphic() && b != b'#')
+        && path.parse::<http::uri::PathAndQuery>().is_ok()
+}
+
 fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
     let bad = |m: String| Err(LoadError::Config(m));
     if !(cfg.rate_per_s.is_finite() && cfg.rate_per_s > 0.0 && cfg.rate_per_s <= 1e6) {
@@ -367,5 +396,21 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(stats.sent + stats.dropped <= 40, "{stats:?}");
+    }
+
+    /// Issue 12 "Also": a bad path or header gave no traffic and no error.
+    #[test]
+    fn r12_load_paths_and_header_names_are_checked() {
+        assert!(valid_request_path("/checkout?x=1&y=%20"));
+        for bad in ["checkout", "/a b", "/a\nb", "/a#frag", "/\u{e9}", ""] {
+            assert!(!valid_request_path(bad), "{bad:?}");
+        }
+        assert!(valid_header_name("x-user-id"));
+        for bad in ["x user", "x:y", "", "x\u{e9}", "a\"b", "a\r\nb"] {
+            assert!(!valid_header_name(bad), "{bad:?}");
+        }
+        let mut c = cfg();
+        c.key_header = "bad header".into();
+        assert!(check(&c).is_err());
     }
 }

@@ -20,6 +20,7 @@ use crate::experiment::{Experiment, Fault, FaultKind, Metric};
 use crate::fault::{self, InfraFault, Injector};
 use crate::journal::Journal;
 use crate::metrics::{CohortSnapshot, Recorder};
+use crate::otel::{self, RunTrace};
 use crate::outcome::{RunOutcome, Verdict};
 use crate::report::{
     AbortInfo, ExperimentInfo, FaultRecord, HypothesisResult, RunReport, SrmInfo,
@@ -70,15 +71,76 @@ pub enum RunError {
     /// Preflight found the environment unfit.
     #[error("preflight: {0}")]
     Preflight(String),
+    /// A fault or its targets were refused at preflight; typed so the exit
+    /// code is the one `inject` and `kill` give for the same refusal.
+    #[error("preflight: {context}{source}")]
+    Fault { context: String, source: fault::FaultError },
+    /// The load generator cannot run with this `[load]`.
+    #[error("preflight: [load]: {0}")]
+    Load(#[from] crate::load::LoadError),
 }
 
 impl RunError {
-    /// Exit code: 2 for an unusable experiment, 5 for the environment.
+    /// Exit code: 2 for an unusable experiment or a refused target, 5 for
+    /// the environment ([`fault::FaultError::exit_code`] decides faults).
     pub fn exit_code(&self) -> u8 {
         match self {
             RunError::Plan(_) => crate::exit::INVALID,
-            RunError::Preflight(_) => crate::exit::ENVIRONMENT,
+            RunError::Fault { source, .. } => source.exit_code(),
+            RunError::Preflight(_) | RunError::Load(_) => crate::exit::ENVIRONMENT,
         }
+    }
+
+    fn fault(context: String) -> impl FnOnce(fault::FaultError) -> RunError {
+        move |source| RunError::Fault { context, source }
+    }
+}
+
+/// The load generator's config for `[load]`, aimed at `proxy`. Checked at
+/// preflight (with the configured listen address) so a config the
+/// generator refuses fails the run before anything is injected instead of
+/// silently producing no traffic.
+fn load_config(
+    exp: &Experiment,
+    l: &crate::experiment::Load,
+    proxy: SocketAddr,
+    seed: u64,
+) -> Result<crate::load::LoadConfig, RunError> {
+    let target = format!("http://{proxy}{}", l.path);
+    let cfg = crate::load::LoadConfig {
+        target: target.parse().map_err(|e| {
+            crate::load::LoadError::Config(format!("target {target:?}: {e}"))
+        })?,
+        max_requests: None,
+        rate_per_s: l.rate,
+        concurrency: l.concurrency,
+        key_header: l.key_header.clone(),
+        key_space: l.keys,
+        key_zipf: l.key_zipf,
+        seed,
+        timeout: l
+            .timeout
+            .unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
+    };
+    crate::load::check(&cfg)?;
+    Ok(cfg)
+}
+
+/// A load task that failed (or panicked) instead of running to the stop
+/// signal: the run had no traffic it was promised, an environment error.
+fn load_failure(
+    joined: Result<
+        Result<
+            Result<crate::load::LoadStats, crate::load::LoadError>,
+            tokio::task::JoinError,
+        >,
+        tokio::time::error::Elapsed,
+    >,
+) -> Option<String> {
+    match joined {
+        Ok(Ok(Ok(_))) | Err(_) => None,
+        Ok(Ok(Err(e))) => Some(format!("load generator failed: {e}")),
+        Ok(Err(e)) => Some(format!("load generator crashed: {e}")),
     }
 }
 
@@ -111,7 +173,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
     let (infra, ctx) = infra_plan(exp, seed, "dry-run")?;
     let pre =
         fault::preflight(&infra.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), &ctx)
-            .map_err(|e| RunError::Preflight(e.to_string()))?;
+            .map_err(RunError::fault(String::new()))?;
     lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
     for f in &exp.faults {
         let when = format!(
@@ -131,7 +193,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
             ));
         } else if let Some((_, infra_fault)) = infra.iter().find(|(id, _)| id == &f.id) {
             let inj = fault::prepare(infra_fault, &ctx, &pre)
-                .map_err(|e| RunError::Preflight(e.to_string()))?;
+                .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
             lines.extend(inj.describe().into_iter().map(|d| format!("  {d}")));
         }
@@ -198,12 +260,33 @@ fn monitor_note(monitors: &[Monitor]) -> String {
 }
 
 /// Runs the experiment to completion and returns its report. Errors are
-/// only returned before anything was injected.
+/// only returned before anything was injected. With `[otel]`, the run is
+/// traced (see [`crate::otel`]) and the report says where the trace went.
 pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunError> {
+    let run_id = new_run_id();
+    let mut trace = RunTrace::start(exp.otel.as_ref(), &exp.meta.name, &run_id);
+    let result = run_traced(exp, opts, run_id, &mut trace).await;
+    match result {
+        Ok(mut report) => {
+            report.trace = trace.finish(Ok(&report)).await;
+            Ok(report)
+        }
+        Err(e) => {
+            trace.finish(Err((e.exit_code(), &e.to_string()))).await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_traced(
+    exp: &Experiment,
+    opts: RunOptions,
+    run_id: String,
+    trace: &mut RunTrace,
+) -> Result<RunReport, RunError> {
     let t_start = Instant::now();
     let started_at = now_rfc3339();
     let seed = opts.seed.or(exp.meta.seed).unwrap_or_else(rand::random);
-    let run_id = new_run_id();
     let mut progress = Progress::new(opts.progress);
     progress.event(&format!("run {run_id}: {} (seed {seed})", exp.meta.name));
     let interrupted = || opts.interrupt.as_ref().is_some_and(|i| i.is_set());
@@ -211,8 +294,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     // ---- preflight: nothing is changed until every check passed.
     let (infra, ctx) = infra_plan(exp, seed, &run_id)?;
     let infra_only: Vec<InfraFault> = infra.iter().map(|(_, f)| f.clone()).collect();
-    let pre = fault::preflight(&infra_only, &ctx)
-        .map_err(|e| RunError::Preflight(e.to_string()))?;
+    let pre =
+        fault::preflight(&infra_only, &ctx).map_err(RunError::fault(String::new()))?;
+    if let Some(l) = &exp.load {
+        load_config(exp, l, exp.traffic.listen, seed)?;
+    }
     let mut warnings = pre.warnings.clone();
     for w in &pre.warnings {
         progress.event(&format!("warning: {w}"));
@@ -235,7 +321,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         };
         if let Some((_, i)) = infra.iter().find(|(id, _)| id == &f.id) {
             let inj = fault::prepare(i, &ctx, &pre)
-                .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+                .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             sf.description = summarize(&inj.describe(), f.kind.name());
             sf.injector = Some(inj);
         } else if let Some(h) = &sf.http {
@@ -304,25 +390,26 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         }
     }
     let (stop_tx, stop_rx) = watch::channel(false);
-    let load_task = exp.load.as_ref().map(|l| {
-        let target = format!("http://{}{}", edge.local_addr(), l.path);
-        let cfg = crate::load::LoadConfig {
-            target: target.parse().unwrap_or_default(),
-            max_requests: None,
-            rate_per_s: l.rate,
-            concurrency: l.concurrency,
-            key_header: l.key_header.clone(),
-            key_space: l.keys,
-            key_zipf: l.key_zipf,
-            seed,
-            timeout: l
-                .timeout
-                .unwrap_or(exp.traffic.upstream_timeout + Duration::from_secs(1)),
-        };
-        let max = exp.meta.baseline + exp.meta.duration + Duration::from_secs(5);
-        tokio::spawn(crate::load::run(cfg, stop_rx.clone(), max))
-    });
+    let max_load = exp.meta.baseline + exp.meta.duration + Duration::from_secs(5);
+    let load_task = match &exp.load {
+        // Checked at preflight with the configured address; the bound
+        // one differs only by port, so this cannot fail differently.
+        Some(l) => match load_config(exp, l, edge.local_addr(), seed) {
+            Ok(cfg) => {
+                Some(tokio::spawn(crate::load::run(cfg, stop_rx.clone(), max_load)))
+            }
+            Err(e) => {
+                edge.shutdown().await;
+                for (_, s) in sidecars {
+                    s.shutdown().await;
+                }
+                return Err(e);
+            }
+        },
+        None => None,
+    };
     let preflight_s = t_start.elapsed().as_secs_f64();
+    trace.phase(otel::Phase::Baseline);
     progress.event(&format!(
         "proxy on {} ({} sidecar(s)); baseline {}",
         edge.local_addr(),
@@ -346,6 +433,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     }
     let baseline_s = exp.meta.baseline.as_secs_f64();
     let inject_at = origin.elapsed();
+    trace.phase(otel::Phase::Observe);
     let inject_wall = std::time::SystemTime::now();
     let window_end = inject_at + exp.meta.duration;
     let mut monitors =
@@ -426,12 +514,20 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                         sf.next_repeat = Some(rel + every);
                     }
                     match r {
-                        Ok(()) if due_repeat => progress.event(&format!(
-                            "repeated {}: {}",
-                            sf.spec.id, sf.description
-                        )),
+                        Ok(()) if due_repeat => {
+                            trace.fault_repeated(&sf.spec.id);
+                            progress.event(&format!(
+                                "repeated {}: {}",
+                                sf.spec.id, sf.description
+                            ))
+                        }
                         Ok(()) => {
                             platform.fault_applied(&sf.spec.kind);
+                            trace.fault_applied(
+                                &sf.spec.id,
+                                sf.spec.kind.name(),
+                                &sf.description,
+                            );
                             progress.event(&format!(
                                 "applied {}: {}",
                                 sf.spec.id, sf.description
@@ -448,6 +544,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 } else if sf.http.is_some() {
                     sf.applied_at = Some(now);
                     platform.fault_applied(&sf.spec.kind);
+                    trace.fault_applied(
+                        &sf.spec.id,
+                        sf.spec.kind.name(),
+                        &sf.description,
+                    );
                     http_changed = true;
                     progress
                         .event(&format!("applied {}: {}", sf.spec.id, sf.description));
@@ -458,6 +559,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             {
                 revert_one(sf, &mut journal, now, &mut http_changed);
                 platform.fault_reverted(&sf.spec.kind);
+                trace.fault_reverted(&sf.spec.id, sf.revert_error.as_deref());
                 progress.event(&format!("reverted {}", sf.spec.id));
             }
         }
@@ -548,18 +650,27 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let observe_end_wall = std::time::SystemTime::now();
 
     // ---- revert everything, whatever happened above.
+    trace.aborted(abort.as_ref());
+    trace.phase(otel::Phase::Revert);
     let revert_started = Instant::now();
     revert_all(&mut schedule, &mut journal, origin.elapsed(), &edge, &sidecars);
     // The gauge saturates at zero, so faults already reverted above are
     // not counted twice.
     for sf in schedule.iter().filter(|sf| sf.applied_at.is_some()) {
         platform.fault_reverted(&sf.spec.kind);
+        trace.fault_reverted(&sf.spec.id, sf.revert_error.as_deref());
     }
     let revert_s = revert_started.elapsed().as_secs_f64();
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
     let _ = stop_tx.send(true);
     if let Some(t) = load_task {
-        let _ = tokio::time::timeout(Duration::from_secs(3), t).await;
+        if let Some(e) =
+            load_failure(tokio::time::timeout(Duration::from_secs(3), t).await)
+        {
+            progress.event(&e);
+            outcome = outcome.or(Some(RunOutcome::EnvironmentError));
+            env_error = env_error.or(Some(e));
+        }
     }
     let control = recorder.snapshot(Cohort::Control);
     let experiment = recorder.snapshot(Cohort::Experiment);
@@ -578,6 +689,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     progress.finish();
 
     // ---- verdicts over the observation window.
+    trace.phase(otel::Phase::Verdict);
     let span = Span { from_ms: ms(inject_at), to_ms: ms(observe_end) + 1 };
     let verdict_seed = seed ^ 0x5EED_0FB0_07A1;
     // PromQL hypotheses: per-step values per cohort over the fault window,
@@ -704,6 +816,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             unit: crate::report::SrmUnit::Keys,
         }),
         warnings,
+        trace: None,
     };
     Ok(report)
 }
@@ -1113,4 +1226,53 @@ fn new_run_id() -> String {
         now.second(),
         rand::random::<u16>()
     )
+}
+
+#[cfg(test)]
+mod load_failure_tests {
+    use super::*;
+
+    /// Issue 12 "Also": the load task's result used to be dropped, so a
+    /// failed generator meant no traffic and no error.
+    #[tokio::test]
+    async fn r12_a_failed_or_crashed_load_task_is_an_environment_error() {
+        let failed = tokio::spawn(async {
+            Err::<crate::load::LoadStats, _>(crate::load::LoadError::Config("x".into()))
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), failed).await);
+        assert!(got.is_some_and(|e| e.contains("load generator failed")));
+        let crashed = tokio::spawn(async {
+            panic!("boom");
+            #[allow(unreachable_code)]
+            Ok::<crate::load::LoadStats, crate::load::LoadError>(Default::default())
+        });
+        let got =
+            load_failure(tokio::time::timeout(Duration::from_secs(5), crashed).await);
+        assert!(got.is_some_and(|e| e.contains("crashed")));
+        let fine = tokio::spawn(async {
+            Ok::<_, crate::load::LoadError>(crate::load::LoadStats::default())
+        });
+        assert!(load_failure(tokio::time::timeout(Duration::from_secs(5), fine).await)
+            .is_none());
+    }
+
+    #[test]
+    fn r12_a_refused_fault_maps_through_the_typed_exit_code() {
+        let blast = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::Target(crate::target::TargetError::BlastRadius {
+                selector: "name:x".into(),
+                selected: 4,
+                matched: 4,
+                limit: "max_targets = 3".into(),
+            }),
+        };
+        assert_eq!(blast.exit_code(), crate::exit::INVALID);
+        let missing = RunError::Fault {
+            context: String::new(),
+            source: fault::FaultError::NoNetAdmin,
+        };
+        assert_eq!(missing.exit_code(), crate::exit::ENVIRONMENT);
+    }
 }

@@ -49,7 +49,14 @@ impl TargetSelector {
                 .filter(|p| *p > 0)
                 .map(TargetSelector::Pid)
                 .ok_or_else(|| format!("pid target {text:?} needs a positive integer")),
-            "pidfile" => Ok(TargetSelector::Pidfile(value.to_string())),
+            "pidfile" => {
+                if value.chars().any(char::is_control) {
+                    return Err(format!(
+                        "pidfile path {value:?} contains a control character"
+                    ));
+                }
+                Ok(TargetSelector::Pidfile(value.to_string()))
+            }
             "name" => match regex::Regex::new(value) {
                 Ok(_) => Ok(TargetSelector::Name(value.to_string())),
                 Err(e) => Err(format!("name target {text:?} is not a valid regex: {e}")),
@@ -60,11 +67,7 @@ impl TargetSelector {
                     Some((n, ns)) => (n, Some(ns)),
                     None => (value, None),
                 };
-                if name.is_empty() || name.len() > 15 || name.contains(['/', ' ']) {
-                    return Err(format!(
-                        "interface name {name:?} is invalid (1-15 characters, no '/' or space)"
-                    ));
-                }
+                check_iface(name)?;
                 if let Some(ns) = netns {
                     check_netns(ns)?;
                 }
@@ -73,7 +76,9 @@ impl TargetSelector {
                     netns: netns.map(str::to_string),
                 })
             }
-            "region" => Ok(TargetSelector::Region(value.to_string())),
+            "region" => {
+                check_region(value).map(|()| TargetSelector::Region(value.to_string()))
+            }
             other => Err(format!(
                 "unknown target kind {other:?} in {text:?}; expected one of {SELECTOR_KINDS}"
             )),
@@ -81,17 +86,63 @@ impl TargetSelector {
     }
 }
 
-fn check_netns(name: &str) -> Result<(), String> {
+/// Characters allowed in interface, namespace and region names. The
+/// kernel allows more in an interface name (anything but '/', ':' and
+/// whitespace), but a name also ends up inside nft rules (`iifname "..."`,
+/// where `*` is a wildcard and `"` ends the string) and in `ip`/`tc` argv:
+/// only this set is certain to mean itself everywhere.
+fn safe_name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')
+}
+
+/// Checks an interface name: the kernel's `dev_valid_name` rules (1 to 15
+/// bytes, not "." or "..", no '/', ':' or whitespace) narrowed to
+/// [`safe_name_char`], and no leading '-' (it would read as an option of
+/// `ip` or `tc`).
+pub fn check_iface(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name.starts_with('-')
+        && name.chars().all(safe_name_char);
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "interface name {name:?} is invalid (1-15 characters of letters, digits, \
+             - _ . ; not \".\" or \"..\", not starting with -)"
+        ))
+    }
+}
+
+/// Checks a network namespace name (a file in /run/netns, and an argv
+/// word of `ip netns exec`).
+pub fn check_netns(name: &str) -> Result<(), String> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        && name.chars().all(safe_name_char)
+        && !name.starts_with('-')
         && name != "."
         && name != "..";
     if ok {
         Ok(())
     } else {
         Err(format!(
-            "network namespace name {name:?} is invalid (letters, digits, - _ .)"
+            "network namespace name {name:?} is invalid (1-64 characters of letters, \
+             digits, - _ . ; not \".\" or \"..\", not starting with -)"
+        ))
+    }
+}
+
+/// Checks a region name: it is printed in plans, reports and logs, so no
+/// control characters (a newline would forge a log line).
+fn check_region(name: &str) -> Result<(), String> {
+    if name.len() <= 64 && name.chars().all(|c| !c.is_control()) {
+        Ok(())
+    } else {
+        Err(format!(
+            "region name {name:?} is invalid (at most 64 characters, no control characters)"
         ))
     }
 }
@@ -140,8 +191,50 @@ mod tests {
         assert!(TargetSelector::parse("name:(").unwrap_err().contains("regex"));
         assert!(TargetSelector::parse("iface:averyveryverylongname").is_err());
         assert!(TargetSelector::parse("netns:../etc").is_err());
+        assert!(TargetSelector::parse("netns:-n").is_err());
         assert!(TargetSelector::parse("host:x")
             .unwrap_err()
             .contains("unknown target kind"));
+    }
+
+    /// Issue 12 case 8: a quote in an interface name turned a blackhole
+    /// into two plain `drop` rules. Every name the nft builder or `ip`
+    /// could misread is refused at parse time.
+    #[test]
+    fn r12_8_hostile_interface_names_are_refused() {
+        for bad in [
+            "iface:q\"drop;drop;#@ns",
+            "iface:q\"drop;drop;#",
+            "iface:.",
+            "iface:..",
+            "iface:a\nb",
+            "iface:a\rb",
+            "iface:a\0b",
+            "iface:a b",
+            "iface:a\tb",
+            "iface:a/b",
+            "iface:a:b",
+            "iface:eth*",
+            "iface:a\\b",
+            "iface:a'b",
+            "iface:a{b}",
+            "iface:-dev",
+            "iface:sixteen_chars_xx",
+            "iface:\u{e9}t\u{e9}",
+            "iface:v0@bad\"ns",
+            "iface:v0@..",
+            "iface:v0@",
+            "netns:a\nb",
+            "netns:a\"b",
+            "region:a\nb",
+            "pidfile:/run/a\nb",
+        ] {
+            assert!(TargetSelector::parse(bad).is_err(), "{bad:?} was accepted");
+        }
+        for good in
+            ["iface:eth0", "iface:eth0.100", "iface:veth-a_1", "iface:fifteen_chars_x"]
+        {
+            assert!(TargetSelector::parse(good).is_ok(), "{good:?} was refused");
+        }
     }
 }

@@ -85,7 +85,10 @@ pub fn run(args: DemoRunArgs) -> u8 {
         }
     };
     let (file, text) = match &args.experiment {
-        Some(p) => match std::fs::read_to_string(p) {
+        Some(p) => match crate::input_file::read_text(
+            p,
+            crate::experiment::MAX_FILE_BYTES as u64,
+        ) {
             Ok(t) => (p.clone(), t),
             Err(e) => {
                 eprintln!("chaos: cannot read {}: {e}", p.display());

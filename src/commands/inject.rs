@@ -13,8 +13,8 @@ use crate::exit;
 use crate::fault::{
     self, FaultContext, FaultError, InfraFault, NetFilter, OutageMethod, Preflight,
 };
-use crate::journal::{Journal, JournalError};
-use crate::target::{BlastRadius, Selection, TargetError, TargetSelector};
+use crate::journal::Journal;
+use crate::target::{BlastRadius, Selection, TargetSelector};
 use crate::units;
 
 pub const AFTER_HELP: &str = "Examples:
@@ -30,8 +30,13 @@ The fault is journalled before it is applied and reverted when the duration
 ends, on Ctrl-C or SIGTERM (exit 130). If chaos itself is killed, run
 `chaos recover`. Without netem in the kernel, netem loss uses nftables and
 netem delay is refused (use the proxy's HTTP latency fault).
+At most --max-targets (default 3) targets are hit: `--target 'name:.*'
+--percent 100%` is refused (exit 2) instead of hitting every process.
 Exit codes: 0 done, 2 invalid input or refused target, 5 environment
 (missing tool, privilege, target not found or locked), 130 interrupted.";
+
+/// Ad-hoc commands get the blast radius experiments get by default.
+pub const DEFAULT_MAX_TARGETS: u32 = 3;
 
 /// Target selection flags shared by `kill` and `inject`.
 #[derive(Debug, Args)]
@@ -49,9 +54,11 @@ pub struct TargetArgs {
     /// Seed for choosing targets (printed; default: random).
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Refuse to hit more than this many targets.
-    #[arg(long)]
-    pub max_targets: Option<u32>,
+    /// Refuse to hit more than this many targets (the same default as an
+    /// experiment's [safety] max_targets; raise it deliberately).
+    #[arg(long, default_value_t = DEFAULT_MAX_TARGETS,
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_targets: u32,
     /// Refuse to hit more than this share of the matches, e.g. "50%".
     #[arg(long, value_parser = units::parse_percent)]
     pub max_percent: Option<f64>,
@@ -77,11 +84,19 @@ impl TargetArgs {
     }
 
     pub fn context(&self, prefix: &str) -> anyhow::Result<FaultContext> {
+        if self.percent.is_some_and(|p| p <= 0.0) {
+            anyhow::bail!(
+                "--percent 0% selects nothing; use a share above 0% or --count"
+            );
+        }
         let mut regions: BTreeMap<String, Vec<TargetSelector>> = BTreeMap::new();
         for decl in &self.regions {
             let (name, sels) = decl.split_once('=').with_context(|| {
                 format!("--region {decl:?}: expected NAME=SELECTOR[,...]")
             })?;
+            TargetSelector::parse(&format!("region:{name}"))
+                .map_err(anyhow::Error::msg)
+                .with_context(|| format!("--region {decl:?}"))?;
             let parsed = sels
                 .split(',')
                 .map(TargetSelector::parse)
@@ -105,7 +120,7 @@ impl TargetArgs {
             regions,
             seed,
             limits: BlastRadius {
-                max_targets: self.max_targets,
+                max_targets: Some(self.max_targets),
                 max_percent: self.max_percent,
             },
             run_id: format!("{prefix}-{}-{secs}", std::process::id()),
@@ -258,19 +273,9 @@ fn build(args: &InjectArgs) -> anyhow::Result<InfraFault> {
     })
 }
 
-/// Exit code for a fault error: refusals and bad input are 2, the rest
-/// (host, privileges, missing or locked targets) 5.
+/// Exit code for a fault error (see [`FaultError::exit_code`]).
 pub fn code_for(e: &FaultError) -> u8 {
-    match e {
-        FaultError::Invalid(_)
-        | FaultError::WrongTarget { .. }
-        | FaultError::Target(TargetError::Refused { .. })
-        | FaultError::Target(TargetError::Invalid { .. })
-        | FaultError::Target(TargetError::UnknownRegion { .. })
-        | FaultError::Target(TargetError::BlastRadius { .. })
-        | FaultError::Journal(JournalError::RunId(_)) => exit::INVALID,
-        _ => exit::ENVIRONMENT,
-    }
+    e.exit_code()
 }
 
 /// What `--dry-run` prints: the resolved targets and exact commands.

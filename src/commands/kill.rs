@@ -18,6 +18,8 @@ pub const AFTER_HELP: &str = "Examples:
 
 pid 1, chaos itself, its ancestors and kernel threads are never touched:
 naming them with pid:/pidfile: is refused (exit 2); name: patterns skip them.
+At most --max-targets (default 3) processes are signalled; more is refused
+(exit 2).
 Exit codes: 0 signalled, 2 invalid input or refused target, 5 environment
 (no matching process, no permission).";
 

@@ -21,7 +21,7 @@ pub const AFTER_HELP: &str = "\
 Examples:
   chaos proxy --listen 127.0.0.1:8080 --upstream http://127.0.0.1:9000 \\
       --experiment-percent 5 --control-percent 5 --cohort-key header:x-user-id \\
-      --admin 127.0.0.1:9901 --admin-token s3cret \\
+      --admin 127.0.0.1:9901 --admin-token-file /run/secrets/chaos-admin \\
       --fault kind=latency,delay=200ms,jitter=50ms,enabled=false
 
   curl -X POST -H 'Authorization: Bearer s3cret' \\
@@ -36,7 +36,12 @@ Fault specs (--fault, repeatable): kind=latency|error|abort|reset|malformed
 plus delay, jitter, distribution=uniform|normal|exponential, status, body,
 mode=truncate|flip-bytes|json-wrong-type|wrong-content-type|
 missing-content-type|oversized, probability (e.g. 50%), id, enabled.
-Faults only ever hit the experiment cohort. Runs until Ctrl-C or SIGTERM.";
+Faults only ever hit the experiment cohort. Runs until Ctrl-C or SIGTERM.
+
+The admin endpoint binds loopback only; a non-loopback --admin is refused
+(exit 2) unless --admin-allow-remote is given together with a token. Prefer
+--admin-token-file (or CHAOS_ADMIN_TOKEN) to --admin-token, which anyone on
+the host can read in /proc/PID/cmdline.";
 
 /// Arguments of `chaos proxy`.
 #[derive(Debug, Args)]
@@ -80,9 +85,16 @@ pub struct ProxyArgs {
     /// Admin endpoint address (health, metrics, fault toggles).
     #[arg(long)]
     pub admin: Option<SocketAddr>,
-    /// Token required for admin changes.
+    /// Token required for admin changes (visible in /proc/PID/cmdline:
+    /// prefer --admin-token-file or the environment variable).
     #[arg(long, env = "CHAOS_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// Read the admin token from this file (first line; at most 4 KiB).
+    #[arg(long, value_name = "FILE", conflicts_with = "admin_token")]
+    pub admin_token_file: Option<std::path::PathBuf>,
+    /// Allow a non-loopback --admin address (needs a token).
+    #[arg(long, requires = "admin")]
+    pub admin_allow_remote: bool,
     /// Upstream response timeout (504 when exceeded).
     #[arg(long, default_value = "30s")]
     pub upstream_timeout: String,
@@ -128,7 +140,8 @@ pub fn config_from_args(
     let mode = if args.sidecar { ProxyMode::Sidecar } else { ProxyMode::Edge };
     let admin = args.admin.map(|listen| AdminConfig {
         listen,
-        token: args.admin_token.clone().filter(|t| !t.is_empty()),
+        token: None,
+        allow_remote: args.admin_allow_remote,
     });
     let mut cfg =
         ProxyConfig::from_parts(args.listen, pools, key, e, c, mode, admin, args.seed)?;
@@ -144,7 +157,48 @@ pub fn config_from_args(
         .iter()
         .map(|f| HttpFault::parse_spec(f).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
+    apply_admin_token(args, &mut cfg)?;
     Ok((cfg, faults))
+}
+
+/// A token file holds one line; more than this is not a token file.
+const TOKEN_FILE_MAX_BYTES: u64 = 4096;
+
+/// Sets the admin token (flag, environment or file) and applies the
+/// exposure rule, so a refused address is exit 2 before anything binds.
+fn apply_admin_token(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<()> {
+    let token = match &args.admin_token_file {
+        Some(path) => {
+            let text = crate::input_file::read_text(path, TOKEN_FILE_MAX_BYTES).map_err(
+                |e| anyhow::anyhow!("--admin-token-file {}: {e}", path.display()),
+            )?;
+            let line = text.lines().next().unwrap_or("").trim().to_string();
+            anyhow::ensure!(
+                !line.is_empty(),
+                "--admin-token-file {}: the first line is empty",
+                path.display()
+            );
+            Some(line)
+        }
+        None => args.admin_token.clone().filter(|t| !t.is_empty()),
+    };
+    if let Some(admin) = cfg.admin.as_mut() {
+        if token.is_some() {
+            admin.token = token;
+        }
+        admin.allow_remote |= args.admin_allow_remote;
+        if let Some(why) = crate::traffic::admin::exposure_refusal(
+            admin.listen,
+            admin.allow_remote,
+            admin.token.is_some(),
+        ) {
+            anyhow::bail!(
+                "--admin {why}: pass --admin-allow-remote with --admin-token-file \
+                 (or CHAOS_ADMIN_TOKEN)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// `--config EXPERIMENT.toml`: the runner's own mapping of [traffic], so
@@ -158,11 +212,9 @@ fn config_from_experiment(
     let mut cfg = crate::runner::plan::edge_proxy(&exp, args.seed)
         .with_context(|| format!("[traffic] of {}", path.display()))?;
     if let Some(listen) = args.admin {
-        cfg.admin = Some(AdminConfig { listen, token: None });
+        cfg.admin = Some(AdminConfig { listen, token: None, allow_remote: false });
     }
-    if let (Some(admin), Some(token)) = (cfg.admin.as_mut(), &args.admin_token) {
-        admin.token = Some(token.clone()).filter(|t| !t.is_empty());
-    }
+    apply_admin_token(args, &mut cfg)?;
     let mut faults: Vec<HttpFault> = exp
         .faults
         .iter()

@@ -89,11 +89,17 @@ pub fn run(args: ReportArgs) -> u8 {
     exit::OK
 }
 
+/// A result.json holds at most a reservoir of samples per cohort: tens of
+/// MiB at the largest settings.
+const REPORT_MAX_BYTES: u64 = 256 * 1024 * 1024;
+
 fn load(paths: &[PathBuf]) -> anyhow::Result<Vec<RunReport>> {
     paths
         .iter()
         .map(|p| {
-            let text = std::fs::read_to_string(p)
+            // Bounded and regular files only: a FIFO or /dev/zero given
+            // by mistake fails at once instead of hanging or filling RAM.
+            let text = crate::input_file::read_text(p, REPORT_MAX_BYTES)
                 .with_context(|| format!("reading {}", p.display()))?;
             let r = report::json::from_str(&text)
                 .with_context(|| format!("{} is not a chaos result.json", p.display()))?;

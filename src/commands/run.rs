@@ -149,6 +149,15 @@ fn options(
     common: &RunCommon,
     interrupt: Option<crate::signals::Interrupt>,
 ) -> RunOptions {
+    // Read-only (GET /metrics changes nothing), so the admin rule (remote
+    // only with a token) does not apply; the explicit address is the
+    // "told otherwise" of the safety model, and worth a warning.
+    if let Some(a) = common.metrics_listen.filter(|a| !a.ip().is_loopback()) {
+        eprintln!(
+            "warning: --metrics-listen {a} is not loopback: the run's metrics are readable \
+             by anyone who can reach it"
+        );
+    }
     RunOptions {
         journal_dir: common
             .journal_dir

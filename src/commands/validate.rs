@@ -47,11 +47,8 @@ enum FileKind {
 /// Looks at the top-level tables only; anything unreadable, too large or
 /// not TOML goes to the experiment loader, whose diagnostics explain it.
 fn kind_of(path: &Path) -> FileKind {
-    const MAX_SNIFF: u64 = 1024 * 1024;
-    let small = std::fs::metadata(path).map(|m| m.len() <= MAX_SNIFF).unwrap_or(false);
-    let Some(doc) = small
-        .then(|| std::fs::read_to_string(path).ok())
-        .flatten()
+    let Some(doc) = crate::input_file::read_text(path, experiment::MAX_FILE_BYTES as u64)
+        .ok()
         .and_then(|src| src.parse::<toml_edit::DocumentMut>().ok())
     else {
         return FileKind::Experiment;

@@ -60,6 +60,7 @@ const SECTIONS: &[&str] = &[
     "safety",
     "prometheus",
     "guardrail",
+    "otel",
 ];
 
 /// Parses and validates `src` (the contents of `file`).
@@ -82,6 +83,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .and_then(|t| read_prometheus(t, sink));
     let hypotheses = read_hypotheses(&mut top, sink, prometheus.is_some());
     let guardrails = read_guardrails(&mut top, sink, prometheus.is_some());
+    let otel = section(&mut top, sink, "otel", false).and_then(|t| read_otel(t, sink));
     let region_names: BTreeSet<String> = regions.iter().map(|r| r.name.clone()).collect();
     let sidecar_names: BTreeSet<String> = sidecars_and_traffic
         .as_ref()
@@ -117,7 +119,43 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         safety,
         prometheus,
         guardrails,
+        otel,
     })
+}
+
+/// `[otel] endpoint = "http://HOST:PORT[/PATH]"`, `service_name`.
+fn read_otel(mut t: TableReader, sink: &mut Sink) -> Option<OtelSink> {
+    let endpoint = t.req_string(sink, "endpoint", "endpoint = \"http://127.0.0.1:4318\"");
+    let service = t.string(sink, "service_name", "service_name = \"chaos\"");
+    t.finish(sink);
+    let endpoint = endpoint?;
+    let url = match crate::otel::endpoint_url(&endpoint.value) {
+        Ok(url) => url,
+        Err(problem) => {
+            sink.error(
+                endpoint.span,
+                "otel.endpoint",
+                format!("invalid OTLP endpoint {:?}: {problem}", endpoint.value),
+                "write the collector's OTLP/HTTP receiver, e.g. \"http://127.0.0.1:4318\" \
+                 (/v1/traces is added)",
+            );
+            return None;
+        }
+    };
+    let service_name = match service {
+        Some(s) if s.value.trim().is_empty() => {
+            sink.error(
+                s.span,
+                "otel.service_name",
+                "service_name is empty".into(),
+                "leave it out for the default \"chaos\"",
+            );
+            return None;
+        }
+        Some(s) => s.value,
+        None => "chaos".to_string(),
+    };
+    Some(OtelSink { endpoint: url, service_name })
 }
 
 fn read_guardrails(
@@ -448,17 +486,23 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         );
     }
     let upstream_timeout = t.duration(sink, "upstream_timeout", false);
+    let allow_remote =
+        t.boolean(sink, "admin_allow_remote").map(|b| b.value).unwrap_or(false);
     let admin = match t.string(sink, "admin", "") {
         Some(s) => {
             let a = parse_socket(sink, &t, "admin", &s);
             if let Some(a) = a {
-                if !a.ip().is_loopback() {
-                    sink.warn(
+                // The token never lives in the file (CHAOS_ADMIN_TOKEN at
+                // run time, checked again when the proxy starts).
+                if let Some(why) =
+                    crate::traffic::admin::exposure_refusal(a, allow_remote, true)
+                {
+                    sink.error(
                         s.span.clone(),
                         "traffic.admin",
-                        format!("admin endpoint {a} is not on loopback"),
-                        "the admin endpoint can switch faults; keep it on 127.0.0.1 \
-                         unless a token and a firewall protect it",
+                        format!("admin endpoint {why}"),
+                        "keep it on 127.0.0.1, or set admin_allow_remote = true and \
+                         export CHAOS_ADMIN_TOKEN for the run",
                     );
                 }
             }
@@ -480,6 +524,7 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
             .map(|d| d.value)
             .unwrap_or(Duration::from_secs(10)),
         admin,
+        admin_allow_remote: allow_remote,
         sidecars,
     })
 }
@@ -546,12 +591,16 @@ fn read_sidecars(t: &mut TableReader, sink: &mut Sink) -> Vec<SidecarSpec> {
 fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
     let path = t.string(sink, "path", "path = \"/checkout\"");
     if let Some(p) = &path {
-        if !p.value.starts_with('/') {
+        if !crate::load::valid_request_path(&p.value) {
             sink.error(
                 p.span.clone(),
                 "load.path",
-                format!("load path {:?} must start with /", p.value),
-                "write e.g. \"/checkout\"",
+                format!(
+                    "load path {:?} is not a request path (it must start with / and \
+                     hold no spaces, control characters or #)",
+                    p.value
+                ),
+                "write e.g. \"/checkout\"; percent-encode anything else (%20)",
             );
         }
     }
@@ -568,6 +617,17 @@ fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
     }
     let concurrency = t.integer(sink, "concurrency", 1..=10_000, "e.g. concurrency = 64");
     let key_header = t.string(sink, "key_header", "e.g. key_header = \"x-user-id\"");
+    if let Some(k) = &key_header {
+        if !crate::load::valid_header_name(&k.value) {
+            sink.error(
+                k.span.clone(),
+                "load.key_header",
+                format!("key_header {:?} is not an HTTP header name", k.value),
+                "a header name is letters, digits and !#$%&'*+-.^_`|~ (RFC 9110), \
+                 e.g. \"x-user-id\"",
+            );
+        }
+    }
     let (keys, key_zipf) = read_load_keys(&mut t, sink);
     let timeout = t.duration(sink, "timeout", false);
     t.finish(sink);
@@ -882,7 +942,17 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
         if r.item("targets").is_none() {
             r.missing(sink, "targets", "targets = [\"netns:use-1\", \"name:api-use\"]");
         }
+        let targets_span = r.item("targets").and_then(|i| i.span()).or(r.span.clone());
         r.finish(sink);
+        if targets.as_ref().is_some_and(Vec::is_empty) {
+            sink.error(
+                targets_span,
+                &format!("{path}.targets"),
+                "a region with no targets would be \"applied\" to nothing".into(),
+                "list its processes, namespaces or interfaces: \
+                 targets = [\"netns:use-1\", \"name:api-use\"]",
+            );
+        }
         let mut sels = Vec::new();
         for (j, t) in targets.unwrap_or_default().into_iter().enumerate() {
             match TargetSelector::parse(&t.value) {
@@ -892,7 +962,17 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                     "a region cannot contain another region".into(),
                     "list processes, namespaces or interfaces",
                 ),
-                Ok(s) => sels.push(s),
+                Ok(s) => {
+                    if let Some(why) = refused_pid(&s) {
+                        sink.error(
+                            t.span.clone(),
+                            &format!("{path}.targets[{j}]"),
+                            format!("refusing to target {s}: {why}"),
+                            "name the service's own process (pid:, pidfile: or name:)",
+                        );
+                    }
+                    sels.push(s)
+                }
                 Err(msg) => sink.error(
                     t.span,
                     &format!("{path}.targets[{j}]"),
@@ -900,6 +980,16 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                     &format!("targets are one of {SELECTOR_KINDS}"),
                 ),
             }
+        }
+        if let Some(Err(msg)) =
+            name.as_ref().map(|n| TargetSelector::parse(&format!("region:{}", n.value)))
+        {
+            sink.error(
+                name.as_ref().and_then(|n| n.span.clone()),
+                &format!("{path}.name"),
+                msg,
+                "a region name is printable text, e.g. name = \"us-east\"",
+            );
         }
         if let Some(n) = name {
             if !seen.insert(n.value.clone()) {
@@ -1109,6 +1199,15 @@ fn read_fault(
                 Selection::Count(1)
             }
             (Some(c), None) => Selection::Count(c.value as u32),
+            (None, Some(p)) if p.value <= 0.0 => {
+                sink.error(
+                    p.span,
+                    &format!("{path}.percent"),
+                    "percent 0% selects nothing (it used to select one target)".into(),
+                    "use a share above 0%, e.g. percent = \"50%\", or count = 1",
+                );
+                Selection::Count(1)
+            }
             (None, Some(p)) => Selection::Percent(p.value),
             (None, None) => Selection::Count(1),
         }
@@ -1344,6 +1443,15 @@ const ALL_FAULT_KEYS: &[&str] = &[
     "method",
 ];
 
+/// Why a `pid:` target must never be hit, decided at validation like
+/// `kill`/`inject` decide it: pid 1, pid 2 (kthreadd), kernel threads,
+/// this process and its ancestors (the shell that will also start the
+/// run). Other selectors resolve at run time.
+fn refused_pid(sel: &TargetSelector) -> Option<&'static str> {
+    let TargetSelector::Pid(pid) = sel else { return None };
+    crate::target::process::refusal_of_pid(*pid)
+}
+
 fn check_target_fits(
     sink: &mut Sink,
     path: &str,
@@ -1352,6 +1460,15 @@ fn check_target_fits(
     sel: TargetSelector,
     regions: &BTreeSet<String>,
 ) -> Option<TargetSelector> {
+    if let Some(why) = refused_pid(&sel) {
+        sink.error(
+            t.span.clone(),
+            &format!("{path}.target"),
+            format!("refusing to target {sel}: {why}"),
+            "name the service's own process (pid:, pidfile: or name:)",
+        );
+        return None;
+    }
     if let TargetSelector::Region(r) = &sel {
         if !regions.contains(r) {
             sink.error(
@@ -1444,25 +1561,20 @@ fn read_rate(
         return None;
     }
     let s = r.string(sink, "rate", "e.g. \"1mbit\"")?;
-    let re_ok = {
-        let v = s.value.as_str();
-        let split =
-            v.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(v.len());
-        let (num, unit) = v.split_at(split);
-        num.parse::<f64>().map(|n| n > 0.0).unwrap_or(false)
-            && ["bit", "kbit", "mbit", "gbit", "bps", "kbps", "mbps", "gbps"]
-                .contains(&unit)
-    };
-    if re_ok {
-        Some(s.value)
-    } else {
-        sink.error(
-            s.span,
-            &format!("{path}.rate"),
-            format!("invalid rate {:?}", s.value),
-            "write a tc rate such as \"1mbit\", \"500kbit\" or \"10mbps\"",
-        );
-        None
+    // The fault engine's own parser, so whatever validates also applies
+    // (an overflowing rate used to fail only at apply time).
+    match crate::fault::tc::parse_rate(&s.value) {
+        Ok(_) => Some(s.value),
+        Err(e) => {
+            sink.error(
+                s.span,
+                &format!("{path}.rate"),
+                e.to_string(),
+                "write a tc rate such as \"1mbit\", \"500kbit\" or \"10mbps\" \
+                 (at most 1000gbit)",
+            );
+            None
+        }
     }
 }
 

@@ -227,6 +227,26 @@ fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
         "[fault]",
         "[[hypothesis]]",
         "metric = \"promql\"",
+        // Hostile values (issue 12): names that could inject nft syntax,
+        // refused pids, huge numbers, overflowing rates, bad load fields.
+        "iface:q\\\"drop;drop;#@ns",
+        "iface:..",
+        "iface:a\\nb",
+        "iface:a\\u0000b",
+        "iface:eth*",
+        "netns:-x",
+        "pid:2",
+        "percent = \"0%\"",
+        "rate = \"99999999999999999999gbit\"",
+        "rate = \"1e400bit\"",
+        "count = 99999999999999999999",
+        "99999999999999999999",
+        "key_header = \"x y\"",
+        "path = \"/a b\"",
+        "targets = []",
+        "admin = \"0.0.0.0:1\"",
+        "\u{feff}",
+        "\u{202e}",
     ];
     let mut v = base.to_vec();
     for _ in 0..rng.gen_range(1..6) {
@@ -248,14 +268,157 @@ fn mutate(rng: &mut ChaCha8Rng, base: &[u8]) -> Vec<u8> {
                 let at = rng.gen_range(0..v.len());
                 v.splice(at..at, chunk);
             }
-            _ => v.extend((0..rng.gen_range(1..30)).map(|_| rng.gen::<u8>())),
+            5 => v.extend((0..rng.gen_range(1..30)).map(|_| rng.gen::<u8>())),
+            _ => {
+                // Deep nesting and invalid UTF-8 at a random place.
+                let n = rng.gen_range(1..600);
+                let chunk: Vec<u8> = if rng.gen() {
+                    "[".repeat(n).into_bytes()
+                } else {
+                    vec![0xff, 0xc3, 0x28, 0xe2, 0x82][..rng.gen_range(1..5)].to_vec()
+                };
+                v.splice(pos..pos, chunk);
+            }
         }
     }
     v
 }
 
+/// An accepted experiment holds only names the fault engine can use
+/// verbatim: every interface and namespace passes the strict checks, and
+/// every network fault builds an nft ruleset.
+fn assert_names_are_safe(e: &Experiment, case: usize) {
+    use crate::target::{check_iface, check_netns, NetTarget, TargetSelector};
+    let mut sels: Vec<&TargetSelector> =
+        e.faults.iter().filter_map(|f| f.target.as_ref()).collect();
+    sels.extend(e.regions.iter().flat_map(|r| r.targets.iter()));
+    for sel in sels {
+        match sel {
+            TargetSelector::Iface { name, netns } => {
+                assert!(check_iface(name).is_ok(), "case {case}: {sel}");
+                if let Some(ns) = netns {
+                    assert!(check_netns(ns).is_ok(), "case {case}: {sel}");
+                }
+                let t = NetTarget { netns: netns.clone(), iface: Some(name.clone()) };
+                let r = crate::fault::nft::ruleset(
+                    "chaos_fuzz_0",
+                    &t,
+                    &Default::default(),
+                    crate::fault::nft::Verdict::Drop,
+                );
+                assert!(r.is_ok(), "case {case}: {sel}: {r:?}");
+            }
+            TargetSelector::Netns(ns) => {
+                assert!(check_netns(ns).is_ok(), "case {case}: {sel}")
+            }
+            TargetSelector::Pid(p) => assert!(*p > 2, "case {case}: {sel}"),
+            _ => {}
+        }
+    }
+}
+
+/// A file with every kind of name, for the fuzzer to corrupt.
+const NETWORK: &str = r#"
+[experiment]
+name = "n"
+duration = "30s"
+
+[traffic]
+listen = "127.0.0.1:8080"
+upstream = "http://127.0.0.1:9000"
+
+[load]
+path = "/checkout"
+key_header = "x-user-id"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+0.5pp"
+
+[[region]]
+name = "eu"
+targets = ["netns:eu-1", "iface:veth0@eu-2", "name:api-eu"]
+
+[[fault]]
+kind = "blackhole"
+target = "iface:veth1@blue"
+
+[[fault]]
+kind = "bandwidth"
+target = "iface:eth0"
+rate = "1mbit"
+
+[[fault]]
+kind = "process-pause"
+target = "pid:4242"
+percent = "50%"
+"#;
+
+/// Issue 12 cases 8 and 10 in experiment files: each hostile value is
+/// refused with FILE:LINE:COL pointing at the value, plus a hint.
+#[test]
+fn r12_8_and_10_hostile_values_are_refused_at_their_line_and_column() {
+    assert!(
+        load_str(NETWORK).experiment.is_some(),
+        "{:?}",
+        load_str(NETWORK).diagnostics
+    );
+    let cases: &[(&str, &str, &str)] = &[
+        ("\"iface:veth1@blue\"", "\"iface:..\"", "interface name"),
+        ("\"iface:veth1@blue\"", "\"iface:.\"", "interface name"),
+        ("\"iface:veth1@blue\"", "\"iface:a\\nb\"", "interface name"),
+        ("\"iface:veth1@blue\"", r#""iface:q\"drop;drop;#@ns""#, "interface name"),
+        ("\"iface:veth1@blue\"", "\"iface:eth*\"", "interface name"),
+        ("\"iface:veth0@eu-2\"", "\"iface:x@a\\u0000\"", "namespace"),
+        ("\"pid:4242\"", "\"pid:1\"", "pid 1"),
+        ("\"pid:4242\"", "\"pid:2\"", "kthreadd"),
+        ("\"50%\"", "\"0%\"", "0%"),
+        ("\"1mbit\"", "\"99999999999999999999gbit\"", "rate"),
+        ("\"1mbit\"", "\"10000gbit\"", "rate"),
+        ("[\"netns:eu-1\", \"iface:veth0@eu-2\", \"name:api-eu\"]", "[]", "no targets"),
+        ("\"/checkout\"", "\"/check out\"", "request path"),
+        ("\"/checkout\"", "\"checkout\"", "request path"),
+        ("\"x-user-id\"", "\"x user\"", "header name"),
+    ];
+    for (from, to, want) in cases {
+        assert!(NETWORK.contains(from), "{from}");
+        let src = NETWORK.replacen(from, to, 1);
+        let loaded = load_str(&src);
+        assert!(loaded.experiment.is_none(), "{to} was accepted");
+        let d =
+            loaded.diagnostics.iter().find(|d| d.message.contains(want)).unwrap_or_else(
+                || panic!("{to}: no {want:?} in {:?}", loaded.diagnostics),
+            );
+        let offset = src.find(to).expect("replaced");
+        let line = src[..offset].matches('\n').count() + 1;
+        let col = offset - src[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        assert_eq!((d.line, d.column), (line, col), "{to}: {d}");
+        assert!(d.to_string().starts_with("test.toml:"), "{d}");
+        assert!(!d.hint.is_empty(), "{d}");
+    }
+}
+
+/// Issue 12 case 10: the runner's own pid and ancestors are refused at
+/// validation, like pid 1.
+#[test]
+fn r12_10_the_validating_process_and_its_ancestors_are_refused() {
+    let me = std::process::id();
+    let src = NETWORK.replacen("pid:4242", &format!("pid:{me}"), 1);
+    let loaded = load_str(&src);
+    assert!(loaded.experiment.is_none());
+    assert!(
+        loaded.diagnostics.iter().any(|d| d.message.contains("itself")),
+        "{:?}",
+        loaded.diagnostics
+    );
+}
+
 #[test]
 fn never_panics_and_every_failure_is_a_located_diagnostic() {
+    // Bounded in cases and in time (a debug build on a busy CI machine
+    // must still finish in seconds).
+    let started = std::time::Instant::now();
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("experiments");
     let mut bases: Vec<Vec<u8>> = std::fs::read_dir(&dir)
         .expect("experiments dir")
@@ -264,11 +427,17 @@ fn never_panics_and_every_failure_is_a_located_diagnostic() {
         .filter_map(|e| std::fs::read(e.path()).ok())
         .collect();
     bases.push(MINIMAL.as_bytes().to_vec());
+    bases.push(NETWORK.as_bytes().to_vec());
     assert!(bases.len() >= 4, "example experiments missing");
     let mut rng = ChaCha8Rng::seed_from_u64(0xC4A05);
     let mut accepted = 0;
     const CASES: usize = 10_000;
+    let mut ran = 0;
     for case in 0..CASES {
+        if started.elapsed() > Duration::from_secs(20) {
+            break;
+        }
+        ran += 1;
         let input = if case % 10 == 0 {
             (0..rng.gen_range(0..400)).map(|_| rng.gen::<u8>()).collect()
         } else {
@@ -294,14 +463,16 @@ fn never_panics_and_every_failure_is_a_located_diagnostic() {
                 );
             }
         } else {
-            assert!(
-                loaded.experiment.is_some(),
-                "case {case}: no errors but no experiment"
-            );
+            let e = loaded.experiment.as_ref();
+            assert!(e.is_some(), "case {case}: no errors but no experiment");
+            if let Some(e) = e {
+                assert_names_are_safe(e, case);
+            }
             accepted += 1;
         }
     }
     // Some mutations (e.g. in comments) keep a file valid: the fuzzer must
     // reach both outcomes or it is not exercising the validator.
-    assert!(accepted > 50 && accepted < CASES - 1000, "accepted {accepted}");
+    assert!(ran >= 1000, "only {ran} cases in the time bound");
+    assert!(accepted > 50 && accepted < ran - ran / 10, "accepted {accepted} of {ran}");
 }

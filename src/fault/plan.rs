@@ -185,7 +185,7 @@ pub fn revert_action(action: &RevertAction) -> Result<(), FaultError> {
                 return Ok(());
             }
             let ns = netns.as_deref();
-            if !nft::list_cmd(ns, family, table).output()?.0 {
+            if !nft::owned_table(ns, family, table, &nft::table_comment(table))? {
                 return Ok(());
             }
             nft::del_cmd(ns, family, table).run().map(|_| ())

@@ -104,7 +104,13 @@ fn tc_percent(fraction: f64) -> String {
     format!("{}%", s.trim_end_matches('0').trim_end_matches('.'))
 }
 
-/// Parses a tc rate (`"1mbit"`, `"500kbit"`, `"10mbps"`) into bits/s.
+/// The fastest rate accepted: 1 Tbit/s. Above it tbf's burst (10 ms of
+/// the rate) no longer fits tc's 32-bit size and `tc` refuses the qdisc,
+/// which would surface only at apply time.
+pub const MAX_RATE_BITS: f64 = 1e12;
+
+/// Parses a tc rate (`"1mbit"`, `"500kbit"`, `"10mbps"`) into bits/s,
+/// between 8 bit/s and [`MAX_RATE_BITS`].
 pub fn parse_rate(text: &str) -> Result<u64, FaultError> {
     let t = text.trim().to_ascii_lowercase();
     let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
@@ -124,6 +130,11 @@ pub fn parse_rate(text: &str) -> Result<u64, FaultError> {
     let bits = value * mult;
     if !(bits >= 8.0 && bits.is_finite()) {
         return Err(bad_rate(text));
+    }
+    if bits > MAX_RATE_BITS {
+        return Err(FaultError::Invalid(format!(
+            "rate {text:?} is above the 1tbit (1000gbit) maximum tc can shape"
+        )));
     }
     Ok(bits as u64)
 }
@@ -202,5 +213,16 @@ mod tests {
         );
         assert_eq!(tbf_args("64kbit").unwrap()[4], "1600b");
         assert!(tbf_args("fast").is_err());
+    }
+
+    /// Issue 12 case 10: a rate tc cannot take is refused before apply.
+    #[test]
+    fn r12_10_an_overflowing_rate_is_refused() {
+        assert!(parse_rate("1000gbit").is_ok());
+        assert!(tbf_args("1000gbit").is_ok());
+        for bad in ["10000gbit", "99999999999999999999gbit", "1e400bit", "0bit", "-1mbit"]
+        {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
     }
 }

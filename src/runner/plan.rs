@@ -73,6 +73,7 @@ pub fn edge_proxy(exp: &Experiment, seed: u64) -> Result<ProxyConfig, PlanError>
         t.admin.map(|listen| AdminConfig {
             listen,
             token: std::env::var("CHAOS_ADMIN_TOKEN").ok().filter(|t| !t.is_empty()),
+            allow_remote: t.admin_allow_remote,
         }),
         seed,
     )

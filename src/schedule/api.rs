@@ -202,7 +202,7 @@ pub fn handle<B>(
                 .headers()
                 .get(http::header::AUTHORIZATION)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("Bearer "))
+                .and_then(crate::traffic::admin::bearer_token)
                 .unwrap_or("");
             if !token_matches(expected, got) {
                 return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");

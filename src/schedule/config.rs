@@ -106,11 +106,14 @@ pub struct LoadedConfig {
 /// Reads and validates the daemon config at `path`.
 pub fn load(path: &Path) -> LoadedConfig {
     let display = path.display().to_string();
-    let src = match std::fs::read_to_string(path) {
+    let src = match crate::input_file::read_text(
+        path,
+        crate::experiment::MAX_FILE_BYTES as u64,
+    ) {
         Ok(s) => s,
         Err(e) => {
             let mut sink = Sink::new(&display, "");
-            sink.error(None, "", format!("cannot read file: {e}"), "check the path");
+            sink.error(None, "", e.to_string(), "check the path");
             return LoadedConfig { config: None, diagnostics: sink.diagnostics };
         }
     };
@@ -227,18 +230,12 @@ fn read_daemon(
     cfg: &mut DaemonConfig,
     default_tz: &mut TimeZone,
 ) {
+    let allow_remote = t.boolean(sink, "allow_remote").map(|b| b.value).unwrap_or(false);
+    let mut listen_at = None;
     if let Some(s) = t.string(sink, "listen", "write e.g. \"127.0.0.1:9464\"") {
         match s.value.parse::<SocketAddr>() {
             Ok(a) => {
-                if !a.ip().is_loopback() {
-                    sink.warn(
-                        s.span.clone(),
-                        "daemon.listen",
-                        format!("status API listens on non-loopback {a}"),
-                        "the status is readable by anyone who can reach it; keep \
-                         127.0.0.1 unless a proxy guards it",
-                    );
-                }
+                listen_at = Some((a, s.span.clone()));
                 cfg.listen = a;
             }
             Err(e) => sink.error(
@@ -259,6 +256,21 @@ fn read_daemon(
             );
         } else {
             cfg.token = Some(s.value);
+        }
+    }
+    // The API pauses and resumes schedules: the same rule as the proxy's
+    // admin endpoint (loopback, or explicitly remote with a token).
+    if let Some((a, span)) = listen_at {
+        if let Some(why) =
+            crate::traffic::admin::exposure_refusal(a, allow_remote, cfg.token.is_some())
+        {
+            sink.error(
+                span,
+                "daemon.listen",
+                format!("status API {why}"),
+                "keep 127.0.0.1, or set allow_remote = true and token = \
+                 \"${CHAOS_DAEMON_TOKEN}\" in [daemon]",
+            );
         }
     }
     if let Some(s) = t.string(sink, "history", "write history = \"chaos-history.db\"") {
@@ -588,6 +600,40 @@ cron = "@daily"
         assert!(has("3 fields", 8), "{text:#?}");
         assert!(has("did you mean `window`", 9), "{text:#?}");
         assert!(has("not a process selector", 13), "{text:#?}");
+    }
+
+    /// Issue 12 case 12, for the daemon's API: non-loopback only with
+    /// `allow_remote = true` and a token.
+    #[test]
+    fn r12_12_a_non_loopback_daemon_api_needs_allow_remote_and_a_token() {
+        let dir = tempfile::tempdir().unwrap();
+        write_experiment(dir.path());
+        let file = dir.path().join("c.toml");
+        let with = |daemon: &str| {
+            load_str(
+                &file,
+                &format!(
+                    "[daemon]\n{daemon}\n[[schedule]]\nname = \"x\"\n\
+                     experiment = \"exp.toml\"\ncron = \"@hourly\"\n"
+                ),
+            )
+        };
+        let bare = with("listen = \"0.0.0.0:9464\"");
+        assert!(bare.config.is_none());
+        assert!(
+            bare.diagnostics
+                .iter()
+                .any(|d| d.line == 2 && d.message.contains("loopback")),
+            "{:?}",
+            bare.diagnostics
+        );
+        let no_token = with("listen = \"0.0.0.0:9464\"\nallow_remote = true");
+        assert!(no_token.config.is_none());
+        let ok = with(
+            "listen = \"0.0.0.0:9464\"\nallow_remote = true\ntoken = \"0123456789abcdef\"",
+        );
+        assert!(ok.config.is_some(), "{:?}", ok.diagnostics);
+        assert!(with("listen = \"127.0.0.1:9464\"").config.is_some());
     }
 
     #[test]

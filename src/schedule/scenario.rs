@@ -89,11 +89,11 @@ const STEP_KINDS: &[&str] = &["experiment", "checkpoint", "pause"];
 
 /// Reads and validates the scenario at `path`.
 pub fn load(path: &Path) -> LoadedScenario {
-    match std::fs::read_to_string(path) {
+    match crate::input_file::read_text(path, crate::experiment::MAX_FILE_BYTES as u64) {
         Ok(src) => load_str(path, &src),
         Err(e) => {
             let mut sink = Sink::new(&path.display().to_string(), "");
-            sink.error(None, "", format!("cannot read file: {e}"), "check the path");
+            sink.error(None, "", e.to_string(), "check the path");
             LoadedScenario { scenario: None, diagnostics: sink.diagnostics }
         }
     }

@@ -101,6 +101,20 @@ pub fn refusal(info: &ProcessInfo, protected: &[u32]) -> Option<&'static str> {
     }
 }
 
+/// Why `pid` must never be a target, checked without resolving a
+/// selector: pid 1 and pid 2 (kthreadd) always, and for a live process
+/// the rules of [`refusal`] (ourselves, our ancestors, kernel threads).
+/// A pid that does not exist (yet) is not refused here.
+pub fn refusal_of_pid(pid: u32) -> Option<&'static str> {
+    match pid {
+        1 => Some("it is pid 1 (init); killing or stopping it takes the host down"),
+        2 => Some("it is pid 2 (kthreadd), the parent of every kernel thread"),
+        _ => read(pid).and_then(|info| {
+            refusal(&info, &self_and_ancestors()).filter(|r| !r.contains("zombie"))
+        }),
+    }
+}
+
 /// Resolves a pid explicitly named by `pid:` or `pidfile:`: refusals are
 /// errors, since the user asked for exactly this process.
 pub fn by_pid(pid: u32, selector: &str) -> Result<ProcessInfo, TargetError> {
@@ -114,19 +128,29 @@ pub fn by_pid(pid: u32, selector: &str) -> Result<ProcessInfo, TargetError> {
     Ok(info)
 }
 
-/// Reads a pidfile (first whitespace-separated token).
+/// A pidfile holds one pid (at most 10 digits) and a newline; more than
+/// this is not a pidfile.
+const PIDFILE_MAX_BYTES: u64 = 32;
+
+/// Reads a pidfile (first whitespace-separated token). At most
+/// [`PIDFILE_MAX_BYTES`] are read, only from a regular file (a FIFO or
+/// /dev/zero is refused at once), and the contents are never echoed: the
+/// path may name a file holding a secret.
 pub fn pid_from_file(path: &Path) -> Result<u32, TargetError> {
-    let text = std::fs::read_to_string(path).map_err(|e| TargetError::Pidfile {
-        path: path.to_path_buf(),
-        reason: e.to_string(),
-    })?;
-    text.split_whitespace()
-        .next()
-        .and_then(|t| t.parse().ok())
+    let fail = |reason: String| TargetError::Pidfile { path: path.to_path_buf(), reason };
+    let bytes = crate::input_file::read_limited(path, PIDFILE_MAX_BYTES)
+        .map_err(|e| fail(e.to_string()))?;
+    std::str::from_utf8(&bytes)
+        .ok()
+        .and_then(|text| text.split_whitespace().next())
+        .filter(|t| t.len() <= 10 && t.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|t| t.parse::<u32>().ok())
         .filter(|p| *p > 0)
-        .ok_or_else(|| TargetError::Pidfile {
-            path: path.to_path_buf(),
-            reason: format!("expected a pid, found {:?}", text.trim()),
+        .ok_or_else(|| {
+            fail(format!(
+                "does not start with a positive pid ({} bytes; contents not shown)",
+                bytes.len()
+            ))
         })
 }
 
@@ -212,5 +236,35 @@ mod tests {
     fn a_name_pattern_never_matches_the_runner_itself() {
         let found = by_name(".*").unwrap();
         assert!(found.iter().all(|p| p.pid != std::process::id() && p.pid != 1));
+    }
+
+    /// Issue 12 case 9: /dev/zero, a FIFO and a file holding a secret as
+    /// `pidfile:` — refused promptly, and the secret is not in the error.
+    #[test]
+    fn r12_9_pidfile_reads_a_few_bytes_of_a_regular_file_and_never_echoes_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "hunter2-SECRET\n").unwrap();
+        let err = pid_from_file(&secret).unwrap_err().to_string();
+        assert!(!err.contains("hunter2"), "{err}");
+        assert!(err.contains("contents not shown"), "{err}");
+        let big = dir.path().join("big");
+        std::fs::write(&big, format!("42{}", " ".repeat(100))).unwrap();
+        assert!(pid_from_file(&big).unwrap_err().to_string().contains("limit"));
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600))
+            .unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ =
+                tx.send([fifo, "/dev/zero".into()].map(|p| pid_from_file(&p).is_err()));
+        });
+        let refused = rx
+            .recv_timeout(std::time::Duration::from_secs(5))
+            .expect("pidfile reads return within 5 s");
+        assert_eq!(refused, [true, true]);
+        let ok = dir.path().join("ok");
+        std::fs::write(&ok, "1234\n").unwrap();
+        assert_eq!(pid_from_file(&ok).unwrap(), 1234);
     }
 }

@@ -196,6 +196,15 @@ pub fn select<T: Clone>(
     limits: BlastRadius,
 ) -> Result<Vec<T>, TargetError> {
     let matched = items.len();
+    if let Selection::Percent(p) = selection {
+        // `ceil` and the clamp below would turn 0% into one target.
+        if !(p > 0.0 && p <= 1.0) {
+            return Err(TargetError::Invalid {
+                selector: selector.to_string(),
+                reason: format!("percent {}% must be in (0%, 100%]", p * 100.0),
+            });
+        }
+    }
     let want = match selection {
         Selection::Count(n) => (n as usize).min(matched),
         Selection::Percent(p) => ((matched as f64 * p).ceil() as usize).clamp(1, matched),
@@ -277,5 +286,14 @@ mod tests {
         regions.insert("eu".to_string(), vec![]);
         let err = resolve(&TargetSelector::Region("us".into()), &regions).unwrap_err();
         assert!(err.to_string().contains("declared regions: eu"), "{err}");
+    }
+
+    /// Issue 12 case 10: 0% used to select one target.
+    #[test]
+    fn r12_10_zero_percent_selects_nothing_and_is_refused() {
+        let items: Vec<u32> = (0..10).collect();
+        let none = BlastRadius::default();
+        assert!(select("x", &items, Selection::Percent(0.0), 1, none).is_err());
+        assert!(select("x", &items, Selection::Percent(f64::NAN), 1, none).is_err());
     }
 }

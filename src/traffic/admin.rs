@@ -3,6 +3,10 @@
 //! needs `Authorization: Bearer TOKEN`, and without a configured token
 //! changes are refused outright.
 //!
+//! Who may listen where ([`exposure_refusal`]) and how the token is sent
+//! ([`bearer_token`]) are decided here for every listener that changes
+//! state: this admin endpoint and the daemon's API.
+//!
 //! Routes: `GET /healthz`, `GET /metrics`, `GET /cohorts`, `GET /faults`,
 //! `POST /faults/{id}/enable`, `POST /faults/{id}/disable`.
 
@@ -46,6 +50,37 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The credentials of an `Authorization: Bearer TOKEN` header. The scheme
+/// is case-insensitive (RFC 7235 §2.1), so `bearer` and `BEARER` work too.
+pub fn bearer_token(header: &str) -> Option<&str> {
+    let header = header.trim_start();
+    let (scheme, rest) = header.split_once([' ', '\t'])?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| rest.trim()).filter(|t| !t.is_empty())
+}
+
+/// Why a state-changing listener may not bind `listen`, or `None` when it
+/// may. Loopback is always fine; anything else must be asked for
+/// explicitly (`allow_remote`) and guarded by a token, so a typo such as
+/// `0.0.0.0` can never expose fault switches silently.
+pub fn exposure_refusal(
+    listen: std::net::SocketAddr,
+    allow_remote: bool,
+    has_token: bool,
+) -> Option<String> {
+    if listen.ip().is_loopback() {
+        None
+    } else if !allow_remote {
+        Some(format!(
+            "{listen} is not a loopback address; anyone who reaches it could switch \
+             faults. Use 127.0.0.1, or allow remote access explicitly together with a token"
+        ))
+    } else if !has_token {
+        Some(format!("{listen} is not a loopback address and no token is set"))
+    } else {
+        None
+    }
+}
+
 /// `None` when the request may change state, else the refusal to send.
 fn refuse_unless_authorized(
     shared: &Shared,
@@ -61,8 +96,7 @@ fn refuse_unless_authorized(
         .headers()
         .get(AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(bearer_token);
     match given {
         Some(g) if same_secret(g.as_bytes(), token.as_bytes()) => None,
         _ => {
@@ -177,5 +211,29 @@ mod tests {
         assert!(same_secret(b"abc", b"abc"));
         assert!(!same_secret(b"abc", b"abd"));
         assert!(!same_secret(b"abc", b"abcd"));
+    }
+
+    /// Issue 12 case 12: the scheme is case-insensitive (RFC 7235).
+    #[test]
+    fn r12_12_bearer_scheme_is_case_insensitive() {
+        for h in ["Bearer tok", "bearer tok", "BEARER  tok ", "bEaReR\ttok"] {
+            assert_eq!(bearer_token(h), Some("tok"), "{h:?}");
+        }
+        for h in ["Basic tok", "Bearer", "Bearer ", "Bearertok", ""] {
+            assert_eq!(bearer_token(h), None, "{h:?}");
+        }
+    }
+
+    /// Issue 12 case 12: non-loopback only when asked for, with a token.
+    #[test]
+    fn r12_12_non_loopback_admin_needs_allow_remote_and_a_token() {
+        let any: std::net::SocketAddr = "0.0.0.0:9901".parse().unwrap();
+        let lo: std::net::SocketAddr = "127.0.0.1:9901".parse().unwrap();
+        let lo6: std::net::SocketAddr = "[::1]:9901".parse().unwrap();
+        assert!(exposure_refusal(lo, false, false).is_none());
+        assert!(exposure_refusal(lo6, false, false).is_none());
+        assert!(exposure_refusal(any, false, true).is_some());
+        assert!(exposure_refusal(any, true, false).is_some());
+        assert!(exposure_refusal(any, true, true).is_none());
     }
 }

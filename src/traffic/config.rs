@@ -134,6 +134,9 @@ pub struct AdminConfig {
     /// Bearer token every state change must carry; `None` refuses all
     /// changes (read-only admin).
     pub token: Option<String>,
+    /// Listening on a non-loopback address was asked for explicitly
+    /// (it also needs a token; see `admin::exposure_refusal`).
+    pub allow_remote: bool,
 }
 
 /// Everything the proxy needs to run.

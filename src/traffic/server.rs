@@ -28,6 +28,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assign::{assign_position, cohort_at, random_unit};
+use super::baggage;
 use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode, Upstream};
 use super::fault::{HttpFault, HttpFaultKind};
 use super::malformed::damage;
@@ -47,6 +48,8 @@ pub enum ProxyError {
     Bind { addr: SocketAddr, source: std::io::Error },
     #[error("cannot listen for admin requests on {addr}: {source}")]
     AdminBind { addr: SocketAddr, source: std::io::Error },
+    #[error("refusing the admin endpoint: {0}")]
+    AdminExposed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
 }
@@ -329,7 +332,7 @@ struct Assignment {
 }
 
 /// Edge mode assigns the cohort by key (and overwrites any client-sent
-/// cohort header); sidecar mode trusts the header the edge set.
+/// cohort header and baggage member); sidecar mode trusts what the edge set.
 fn assign_request(
     shared: &Shared,
     conn: &ConnInfo,
@@ -344,14 +347,19 @@ fn assign_request(
             if let Some(c) = cohort {
                 headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
             }
+            // The same in W3C baggage, for OpenTelemetry-instrumented services.
+            baggage::set_cohort(headers, cohort);
             Assignment { cohort, key_position: Some(pos) }
         }
+        // The header first; baggage when a service on the way propagated
+        // only its OpenTelemetry context.
         ProxyMode::Sidecar => Assignment {
             cohort: req
                 .headers()
                 .get(COHORT_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| Cohort::parse(v.trim())),
+                .and_then(|v| Cohort::parse(v.trim()))
+                .or_else(|| baggage::cohort(req.headers())),
             key_position: None,
         },
     }
@@ -586,6 +594,17 @@ impl Proxy {
             && (cfg.pools.control.is_empty() || cfg.pools.experiment.is_empty())
         {
             return Err(ConfigError::NoUpstream.into());
+        }
+        // Enforced here too (before anything binds), so no caller can
+        // skip the rule.
+        if let Some(admin) = &cfg.admin {
+            if let Some(why) = super::admin::exposure_refusal(
+                admin.listen,
+                admin.allow_remote,
+                admin.token.is_some(),
+            ) {
+                return Err(ProxyError::AdminExposed(why));
+            }
         }
         let listener = TcpListener::bind(cfg.listen)
             .await

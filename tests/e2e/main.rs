@@ -2,16 +2,20 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod baggage;
 mod daemon;
 mod dashboards;
 mod demo;
 mod faults;
 mod gameday;
+mod hostile;
 mod keys;
 mod netns;
+mod otel;
 mod prometheus;
 mod proxy;
 mod report;
 mod run;
+mod shell;
 mod support;
 mod validate;

@@ -77,6 +77,7 @@ fn config(up: SocketAddr, experiment: f64, control: f64) -> ProxyConfig {
         Some(AdminConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             token: Some("s3cret".into()),
+            allow_remote: false,
         }),
         0,
     )
