@@ -5,7 +5,7 @@
 //!
 //! The quick tests run in seconds in debug builds; the 2,000-run study
 //! behind docs/statistics.md is the ignored test
-//! `heavy_tailed_users_study_for_the_docs` (about five minutes in a debug
+//! `heavy_tailed_users_study_for_the_docs` (about 25 minutes in a debug
 //! build): `cargo test --lib stats::simulation::keys -- --ignored --nocapture`.
 
 use rand::{Rng, SeedableRng};
