@@ -56,6 +56,12 @@ pub enum Command {
     /// Revert every fault a killed chaos runner left behind.
     #[command(after_help = commands::recover::AFTER_HELP)]
     Recover(commands::recover::RecoverArgs),
+    /// Emergency stop: every chaos runner on this machine reverts and stops.
+    #[command(after_help = commands::halt::HALT_AFTER_HELP)]
+    Halt(commands::halt::HaltArgs),
+    /// Lift `chaos halt`: experiments may start again.
+    #[command(after_help = commands::halt::RESUME_AFTER_HELP)]
+    Resume(commands::halt::ResumeArgs),
     /// Re-render stored result.json files (terminal table, JUnit, HTML).
     Report(commands::report::ReportArgs),
     /// The demo: a fleet on loopback and a real experiment against it.
@@ -105,6 +111,8 @@ pub fn main() -> ExitCode {
         Command::Kill(args) => commands::kill::run(args),
         Command::Inject(args) => commands::inject::run(args),
         Command::Recover(args) => commands::recover::run(args),
+        Command::Halt(args) => commands::halt::run_halt(args),
+        Command::Resume(args) => commands::halt::run_resume(args),
         Command::Report(args) => commands::report::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::DemoService(args) => commands::demo_fleet::run_service(args),

@@ -9,6 +9,7 @@ pub mod demo;
 pub mod demo_fleet;
 pub mod demo_run;
 pub mod gameday;
+pub mod halt;
 pub mod history;
 pub mod inject;
 pub mod kill;

@@ -11,6 +11,7 @@ pub mod demo;
 pub mod exit;
 pub mod experiment;
 pub mod fault;
+pub mod halt;
 pub mod input_file;
 pub mod journal;
 pub mod load;

@@ -290,6 +290,7 @@ async fn run_traced(
     let mut progress = Progress::new(opts.progress);
     progress.event(&format!("run {run_id}: {} (seed {seed})", exp.meta.name));
     let interrupted = || opts.interrupt.as_ref().is_some_and(|i| i.is_set());
+    refuse_if_halted()?;
 
     // ---- preflight: nothing is changed until every check passed.
     let (infra, ctx) = infra_plan(exp, seed, &run_id)?;
@@ -422,9 +423,16 @@ async fn run_traced(
     let ms = |d: Duration| d.as_millis() as u64;
     let mut outcome: Option<RunOutcome> = None;
     let baseline_end = origin.elapsed() + exp.meta.baseline;
+    let mut abort: Option<AbortInfo> = None;
     while origin.elapsed() < baseline_end {
         if interrupted() {
             outcome = Some(RunOutcome::Interrupted);
+            break;
+        }
+        if let Some(a) = halt_abort(origin.elapsed()) {
+            progress.event(&format!("ABORT: {}", a.reason));
+            abort = Some(a);
+            outcome = Some(RunOutcome::Aborted);
             break;
         }
         let (c, e) = live(&recorder, Span { from_ms: 0, to_ms: u64::MAX });
@@ -441,7 +449,6 @@ async fn run_traced(
     let keys_at_inject = keys::KeyWindow::now(&recorder);
 
     // ---- inject + observe
-    let mut abort: Option<AbortInfo> = None;
     let mut env_error: Option<String> = None;
     let mut last_look = inject_at;
     let mut last_latency_ms = ms(inject_at);
@@ -466,6 +473,12 @@ async fn run_traced(
             break;
         }
         if now >= window_end {
+            break;
+        }
+        if let Some(a) = halt_abort(now) {
+            progress.event(&format!("ABORT: {}", a.reason));
+            abort = Some(a);
+            outcome = Some(RunOutcome::Aborted);
             break;
         }
         let rel = now - inject_at;
@@ -823,6 +836,28 @@ async fn run_traced(
 
 /// A one-line summary of an injector's plan for reports: the resolved
 /// targets and the first action, without the selection preamble.
+/// No experiment starts while `chaos halt` is in force (exit 5).
+fn refuse_if_halted() -> Result<(), RunError> {
+    match crate::halt::check_default() {
+        Some(h) => Err(RunError::Preflight(format!(
+            "{h}; nothing was started (run `chaos resume` to allow experiments again)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A halt set while running aborts the run: every fault is reverted and
+/// the run ends as aborted (exit 3) with the halt as its reason.
+fn halt_abort(now: Duration) -> Option<AbortInfo> {
+    crate::halt::check_default().map(|h| AbortInfo {
+        at_s: now.as_secs_f64(),
+        hypothesis: None,
+        reason: h.to_string(),
+        p_value: f64::NAN,
+        estimate: f64::NAN,
+    })
+}
+
 fn summarize(lines: &[String], kind: &str) -> String {
     lines
         .iter()
