@@ -13,6 +13,7 @@ mod fleet_support;
 mod gameday;
 mod halt;
 mod hostile;
+mod keys;
 mod kill_matrix;
 mod netns;
 mod otel;
