@@ -3,6 +3,7 @@
 //! and wires traffic, faults, statistics and reports; they never call each
 //! other. Every path after the first injection goes through `revert_all`.
 
+pub mod keys;
 pub mod plan;
 pub mod progress;
 pub mod remote;
@@ -116,6 +117,7 @@ fn load_config(
         concurrency: l.concurrency,
         key_header: l.key_header.clone(),
         key_space: l.keys,
+        key_zipf: l.key_zipf,
         seed,
         timeout: l
             .timeout
@@ -467,6 +469,7 @@ async fn run_traced(
     let window_end = inject_at + exp.meta.duration;
     let mut monitors =
         build_monitors(exp, &recorder, Span { from_ms: 0, to_ms: ms(inject_at) });
+    let keys_at_inject = keys::KeyWindow::now(&recorder);
 
     // ---- inject + observe
     let mut env_error: Option<String> = None;
@@ -610,12 +613,13 @@ async fn run_traced(
             let control = recorder.snapshot(Cohort::Control);
             let experiment = recorder.snapshot(Cohort::Experiment);
             let span = Span { from_ms: ms(inject_at), to_ms: ms(now) + 1 };
+            let effects =
+                keys::KeyWindow::since(&recorder, &keys_at_inject).design_effects();
             if let Some(a) = watch_abort(
                 exp,
                 &mut monitors,
-                &control,
-                &experiment,
-                span,
+                (&control, &experiment),
+                (span, effects),
                 last_latency_ms,
                 now,
             ) {
@@ -677,6 +681,7 @@ async fn run_traced(
         );
         tokio::time::sleep(TICK).await;
     }
+    let key_window = keys::KeyWindow::since(&recorder, &keys_at_inject);
     let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
     let observe_end_wall = std::time::SystemTime::now();
 
@@ -769,10 +774,20 @@ async fn run_traced(
                 Metric::ErrorRate => Shape::Errors,
                 Metric::Throughput | Metric::PromQl(_) => Shape::Throughput,
             };
+            let per_key = prom_data
+                .is_none()
+                .then(|| keys::key_data(&shape, &control, &experiment, span, &key_window))
+                .flatten();
             let data = prom_data.unwrap_or_else(|| {
                 window::cohort_data(shape, &control, &experiment, span)
             });
-            stats::judge(&spec, &data, exp.meta.alpha, verdict_seed)
+            stats::judge_keyed(
+                &spec,
+                &data,
+                per_key.as_ref(),
+                exp.meta.alpha,
+                verdict_seed,
+            )
         })
         .collect();
     let aborted = abort.is_some();
@@ -1044,9 +1059,8 @@ fn build_monitors(exp: &Experiment, recorder: &Recorder, baseline: Span) -> Vec<
 fn watch_abort(
     exp: &Experiment,
     monitors: &mut [Monitor],
-    control: &CohortSnapshot,
-    experiment: &CohortSnapshot,
-    span: Span,
+    (control, experiment): (&CohortSnapshot, &CohortSnapshot),
+    (span, effects): (Span, keys::MonitorEffects),
     last_latency_ms: u64,
     now: Duration,
 ) -> Option<AbortInfo> {
@@ -1078,7 +1092,7 @@ fn watch_abort(
     let burned_in = ce.total >= BURN_IN_REQUESTS && cc.total >= BURN_IN_REQUESTS;
     for m in monitors.iter_mut() {
         let decision = if m.rate {
-            let d = m.monitor.update_counts(ce, cc);
+            let d = m.monitor.update_counts_keyed(ce, cc, effects.rate);
             if ce.events + cc.events < BURN_IN_EVENTS {
                 continue;
             }
@@ -1086,7 +1100,7 @@ fn watch_abort(
         } else {
             let e = window::new_ok_latencies(experiment, last_latency_ms, span.to_ms);
             let c = window::new_ok_latencies(control, last_latency_ms, span.to_ms);
-            m.monitor.update_latencies(&e, &c)
+            m.monitor.update_latencies_keyed(&e, &c, effects.log_latency)
         };
         m.last_estimate = Some(match &decision {
             AbortDecision::Continue { estimate, .. }
@@ -1268,6 +1282,15 @@ fn hypothesis_result(
         // read like "tested and far from rejected".
         p_value: if v.tested { v.p_reject } else { f64::NAN },
         p_value_adjusted: if v.tested { v.p_reject_adjusted } else { f64::NAN },
+        p_within: if v.tested { v.p_accept } else { f64::NAN },
+        per_key: v.clustering.map(|c| crate::report::PerKeyInfo {
+            keys_experiment: c.keys_experiment,
+            keys_control: c.keys_control,
+            design_effect_experiment: c.design_effect_experiment,
+            design_effect_control: c.design_effect_control,
+            p_value_per_request: c.p_reject_per_request,
+            p_within_per_request: c.p_accept_per_request,
+        }),
         n_experiment: v.n_experiment,
         n_control: v.n_control,
         needed_n: v.needed_n,

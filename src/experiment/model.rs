@@ -162,6 +162,9 @@ pub struct Load {
     pub key_header: String,
     /// Number of distinct user ids.
     pub keys: u64,
+    /// Zipf exponent of the user-id mix (`keys = { count, zipf }`); `None`
+    /// draws ids uniformly.
+    pub key_zipf: Option<f64>,
     /// How long a client waits for a response before giving up; `None`
     /// means the proxy's upstream timeout plus one second. Requests given
     /// up on count as failures of their cohort.
