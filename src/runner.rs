@@ -177,6 +177,7 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
             .map_err(RunError::fault(String::new()))?;
     lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
     let remote_faults = remote::prepare(exp, &ctx)?;
+    let pods = k8s_prepare(exp, seed, true)?;
     for f in &exp.faults {
         let when = format!(
             "at +{}{}",
@@ -201,8 +202,12 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
         } else if let Some(rf) = remote_faults.get(&f.id) {
             lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
             lines.extend(rf.describe().into_iter().map(|d| format!("  {d}")));
+        } else if let Some(pk) = pods.faults.get(&f.id) {
+            lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
+            lines.extend(pk.describe().into_iter().map(|d| format!("  {d}")));
         }
     }
+    lines.extend(pods.checks.describe());
     lines.push("dry run: nothing was started or changed".into());
     Ok(lines)
 }
@@ -314,6 +319,7 @@ async fn run_traced(
         progress.event(&format!("warning: {w}"));
     }
     let mut remote_faults = remote::prepare(exp, &ctx)?;
+    let mut pods = k8s_prepare(exp, seed, false)?;
     let mut schedule = Vec::new();
     for f in &exp.faults {
         let stop = f.start + f.duration.unwrap_or(exp.meta.duration);
@@ -338,6 +344,9 @@ async fn run_traced(
         } else if let Some(rf) = remote_faults.remove(&f.id) {
             sf.description = summarize(&rf.describe(), f.kind.name());
             sf.injector = Some(Box::new(rf));
+        } else if let Some(pk) = pods.faults.remove(&f.id) {
+            sf.description = summarize(&pk.describe(), f.kind.name());
+            sf.injector = Some(Box::new(pk));
         } else if let Some(h) = &sf.http {
             sf.description = format!(
                 "{} on {:.0}% of experiment-cohort requests at {}",
@@ -360,14 +369,15 @@ async fn run_traced(
         .clone()
         .filter(|_| !exp.guardrails.is_empty())
         .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
-    let mut journal = if infra.is_empty() && !remote::any(exp) {
-        None
-    } else {
-        Some(
-            Journal::open(&opts.journal_dir, &run_id)
-                .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
-        )
-    };
+    let mut journal =
+        if infra.is_empty() && !remote::any(exp) && !crate::k8s::inject::any(exp) {
+            None
+        } else {
+            Some(
+                Journal::open(&opts.journal_dir, &run_id)
+                    .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
+            )
+        };
 
     // ---- start the proxies and the load.
     let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), RESERVOIR));
@@ -688,6 +698,12 @@ async fn run_traced(
     }
     let revert_s = revert_started.elapsed().as_secs_f64();
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
+    let checks = pods.checks;
+    let check_results =
+        tokio::task::spawn_blocking(move || checks.judge()).await.unwrap_or_default();
+    for c in &check_results {
+        progress.event(&c.text);
+    }
     let _ = stop_tx.send(true);
     if let Some(t) = load_task {
         if let Some(e) =
@@ -785,6 +801,7 @@ async fn run_traced(
         Verdict::Rejected => RunOutcome::Rejected,
         Verdict::Inconclusive => RunOutcome::Inconclusive,
     });
+    let outcome = k8s_checks_outcome(outcome, &check_results, &mut warnings);
     if srm.mismatch {
         warnings.push(format!(
             "sample-ratio mismatch: the cohorts' shares of distinct keys are off the \
@@ -845,6 +862,32 @@ async fn run_traced(
         trace: None,
     };
     Ok(report)
+}
+
+/// Connects to the cluster of the experiment's `[kubernetes]` section
+/// (if any) and resolves its pod faults; nothing is changed.
+fn k8s_prepare(
+    exp: &Experiment,
+    seed: u64,
+    dry_run: bool,
+) -> Result<crate::k8s::inject::Prepared, RunError> {
+    crate::k8s::inject::prepare(exp, seed, dry_run)
+        .map_err(|e| RunError::Preflight(format!("kubernetes: {e}")))
+}
+
+/// A failed self-healing check rejects an otherwise accepted run.
+fn k8s_checks_outcome(
+    outcome: RunOutcome,
+    results: &[crate::k8s::inject::CheckResult],
+    warnings: &mut Vec<String>,
+) -> RunOutcome {
+    let failed: Vec<_> = results.iter().filter(|c| !c.passed).collect();
+    warnings.extend(failed.iter().map(|c| c.text.clone()));
+    if !failed.is_empty() && outcome == RunOutcome::Accepted {
+        RunOutcome::Rejected
+    } else {
+        outcome
+    }
 }
 
 /// A one-line summary of an injector's plan for reports: the resolved

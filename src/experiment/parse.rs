@@ -63,6 +63,7 @@ const SECTIONS: &[&str] = &[
     "guardrail",
     "host",
     "ssh",
+    "kubernetes",
     "otel",
 ];
 
@@ -94,6 +95,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .unwrap_or_default();
     let faults = read_faults(&mut top, sink, &regions, &region_names, &sidecar_names);
     let hosts = crate::fleet::inventory::read_experiment_hosts(src, sink);
+    let (kubernetes, pod_faults) = crate::k8s::spec::read(src, sink);
     // Unknown top-level sections.
     for (key, item) in root.iter() {
         if SECTIONS.contains(&key) {
@@ -118,12 +120,13 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         traffic,
         load,
         hypotheses: hypotheses.into_iter().map(|h| h.value).collect(),
-        faults: faults.into_iter().map(|f| f.value).collect(),
+        faults: faults.into_iter().map(|f| f.value).chain(pod_faults).collect(),
         regions,
         safety,
         prometheus,
         guardrails,
         hosts,
+        kubernetes,
         otel,
     })
 }

@@ -357,7 +357,7 @@ fn keyed_error_files(dir: &Path, unique: bool) -> (String, String) {
         for user in 0..40usize {
             for r in 0..5 + user {
                 n += 1;
-                let failed = failing.contains(&user) || n % 29 == 0;
+                let failed = failing.contains(&user) || n.is_multiple_of(29);
                 let key = if unique {
                     format!("{name}-{user}-{r}")
                 } else {

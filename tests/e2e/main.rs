@@ -13,6 +13,8 @@ mod fleet_support;
 mod gameday;
 mod halt;
 mod hostile;
+mod k8s;
+mod k8s_support;
 mod keys;
 mod kill_matrix;
 mod netns;
