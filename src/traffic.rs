@@ -11,6 +11,7 @@ pub mod fault;
 pub mod malformed;
 pub mod server;
 pub mod srm;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 
