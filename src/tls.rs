@@ -71,9 +71,10 @@ fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
 /// Every certificate in a PEM file (at least one).
 pub fn load_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let pem = read(path)?;
-    let certs = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::BadCert { path: path.to_path_buf(), reason: e.to_string() })?;
+    let certs =
+        CertificateDer::pem_slice_iter(&pem).collect::<Result<Vec<_>, _>>().map_err(
+            |e| TlsError::BadCert { path: path.to_path_buf(), reason: e.to_string() },
+        )?;
     if certs.is_empty() {
         return Err(TlsError::NoCert { path: path.to_path_buf() });
     }

@@ -363,8 +363,7 @@ fn read_traffic_tls(
     let upstream_ca = read_pem_path(t, sink, "upstream_ca", crate::tls::load_certs);
     let tls = match (cert, key) {
         (Some(cert), Some(key)) => {
-            let files =
-                crate::tls::ServerTlsFiles { cert: cert.value, key: key.value };
+            let files = crate::tls::ServerTlsFiles { cert: cert.value, key: key.value };
             match crate::tls::server_config(&files) {
                 Ok(_) => Some(files),
                 Err(e) => {
@@ -390,7 +389,9 @@ fn read_traffic_tls(
                 sink.error(
                     span,
                     &t.key_path(missing),
-                    format!("TLS needs both `tls_cert` and `tls_key`; `{missing}` is missing"),
+                    format!(
+                        "TLS needs both `tls_cert` and `tls_key`; `{missing}` is missing"
+                    ),
                     "add tls_cert = \"cert.pem\" and tls_key = \"key.pem\" together",
                 );
             }

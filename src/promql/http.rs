@@ -33,7 +33,8 @@ pub async fn get(
     // Built before the clock starts: a bad CA file is a configuration
     // error, not a slow server.
     let tls = if https {
-        let connector = connector(cfg.ca_file.clone()).map_err(|e| invalid(e.to_string()))?;
+        let connector =
+            connector(cfg.ca_file.clone()).map_err(|e| invalid(e.to_string()))?;
         let name = server_name(&host).map_err(|e| invalid(e.to_string()))?;
         Some((connector, name))
     } else {

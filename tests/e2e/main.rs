@@ -14,4 +14,5 @@ mod proxy;
 mod report;
 mod run;
 mod support;
+mod tls;
 mod validate;
