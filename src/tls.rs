@@ -134,7 +134,7 @@ fn roots(ca_file: Option<&Path>) -> Result<Arc<RootCertStore>, TlsError> {
     for cert in load_certs(path)? {
         roots.add(cert).map_err(|source| TlsError::BadCa {
             path: path.to_path_buf(),
-            source: rustls::Error::from(source),
+            source,
         })?;
     }
     Ok(Arc::new(roots))

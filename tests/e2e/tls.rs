@@ -454,7 +454,6 @@ async fn chaos_promql_queries_a_prometheus_serving_https() {
     if !crate::prometheus::support_prometheus() {
         return;
     }
-    let _heavy = support::heavy();
     let pki = Pki::new();
     // Nothing to scrape is needed: the queries below are constant vectors.
     let target: SocketAddr = "127.0.0.1:9".parse().unwrap();
