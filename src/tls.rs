@@ -132,10 +132,9 @@ fn roots(ca_file: Option<&Path>) -> Result<Arc<RootCertStore>, TlsError> {
     let Some(path) = ca_file else { return system_roots() };
     let mut roots = RootCertStore::empty();
     for cert in load_certs(path)? {
-        roots.add(cert).map_err(|source| TlsError::BadCa {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        roots
+            .add(cert)
+            .map_err(|source| TlsError::BadCa { path: path.to_path_buf(), source })?;
     }
     Ok(Arc::new(roots))
 }
