@@ -13,6 +13,7 @@ pub mod fault;
 pub mod malformed;
 pub mod server;
 pub mod srm;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 

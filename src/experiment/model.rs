@@ -147,6 +147,11 @@ pub struct Traffic {
     pub admin_allow_remote: bool,
     /// Sidecar proxies in front of dependencies.
     pub sidecars: Vec<SidecarSpec>,
+    /// `tls_cert` + `tls_key`: the edge proxy terminates TLS for clients.
+    pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// `upstream_ca`: CA bundle for `https://` upstreams (system roots
+    /// when unset).
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 /// `[load]`: open-loop synthetic traffic sent to `traffic.listen`.
@@ -398,4 +403,6 @@ pub struct PrometheusSource {
     pub bearer_token: Option<String>,
     /// Basic auth `user:password`.
     pub basic_auth: Option<(String, String)>,
+    /// CA bundle for an `https://` URL (system roots when unset).
+    pub ca_file: Option<std::path::PathBuf>,
 }

@@ -334,21 +334,31 @@ fn parse_socket(
     }
 }
 
-/// Checks an upstream URL: plain `http://host:port[/]`.
+/// Checks an upstream URL: `http://host:port[/]` or `https://host[:port][/]`
+/// (https defaults to port 443).
 fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
     let v = &s.value;
-    let problem = if v.starts_with("https://") {
-        Some(
-            "https upstreams are not supported; the proxy speaks plain HTTP/1.1 upstream",
-        )
-    } else if let Some(rest) = v.strip_prefix("http://") {
+    let problem = if let Some(rest) = v.strip_prefix("http://") {
         let authority = rest.split('/').next().unwrap_or("");
         match authority.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => None,
             _ => Some("expected http://HOST:PORT"),
         }
+    } else if let Some(rest) = v.strip_prefix("https://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host_ok = |h: &str| !h.is_empty() && !h.contains(['@', ' ', '?', '#']);
+        match authority.rsplit_once(':') {
+            _ if authority.starts_with('[') && authority.ends_with(']') => None,
+            Some((host, port)) if !host.ends_with(']') && host.contains(':') => {
+                let _ = port;
+                Some("write an IPv6 host in brackets: https://[::1]:8443")
+            }
+            Some((host, port)) if host_ok(host) && port.parse::<u16>().is_ok() => None,
+            None if host_ok(authority) => None,
+            _ => Some("expected https://HOST[:PORT]"),
+        }
     } else {
-        Some("expected a URL starting with http://")
+        Some("expected a URL starting with http:// or https://")
     };
     match problem {
         None => true,
@@ -357,11 +367,84 @@ fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
                 s.span.clone(),
                 path,
                 format!("invalid upstream {v:?}: {p}"),
-                "write e.g. \"http://127.0.0.1:9000\"",
+                "write e.g. \"http://127.0.0.1:9000\" or \"https://api.internal:8443\"",
             );
             false
         }
     }
+}
+
+/// A PEM file key (`tls_cert`, `upstream_ca`, ...): loaded now with
+/// `load`, so a missing, unreadable or non-PEM file is reported at the
+/// key instead of when the run starts.
+fn read_pem_path<T>(
+    t: &mut TableReader,
+    sink: &mut Sink,
+    key: &'static str,
+    load: impl Fn(&std::path::Path) -> Result<T, crate::tls::TlsError>,
+) -> Option<At<std::path::PathBuf>> {
+    let s = t.string(sink, key, &format!("{key} = \"/etc/chaos/{key}.pem\""))?;
+    let path = std::path::PathBuf::from(&s.value);
+    if let Err(e) = load(&path) {
+        sink.error(
+            s.span.clone(),
+            &t.key_path(key),
+            format!("`{key}`: {e}"),
+            "give the path of a readable PEM file (relative paths are taken from \
+             the working directory)",
+        );
+        return None;
+    }
+    Some(At { value: path, span: s.span })
+}
+
+/// `tls_cert` + `tls_key` (both or neither, a matching pair) and
+/// `upstream_ca` of `[traffic]`.
+fn read_traffic_tls(
+    t: &mut TableReader,
+    sink: &mut Sink,
+) -> (Option<crate::tls::ServerTlsFiles>, Option<std::path::PathBuf>) {
+    let cert = read_pem_path(t, sink, "tls_cert", crate::tls::load_certs);
+    let key = read_pem_path(t, sink, "tls_key", crate::tls::load_key);
+    let upstream_ca = read_pem_path(t, sink, "upstream_ca", crate::tls::load_certs);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::ServerTlsFiles { cert: cert.value, key: key.value };
+            match crate::tls::server_config(&files) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    sink.error(
+                        key.span,
+                        "traffic.tls_key",
+                        e.to_string(),
+                        "tls_key must be the private key of the first certificate \
+                         in tls_cert",
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            let given = |t: &mut TableReader, k| t.item(k).map(|i| i.span());
+            let (c, k) = (given(t, "tls_cert"), given(t, "tls_key"));
+            if let Some((span, missing)) = match (c, k) {
+                (Some(span), None) => Some((span, "tls_key")),
+                (None, Some(span)) => Some((span, "tls_cert")),
+                _ => None,
+            } {
+                sink.error(
+                    span,
+                    &t.key_path(missing),
+                    format!(
+                        "TLS needs both `tls_cert` and `tls_key`; `{missing}` is missing"
+                    ),
+                    "add tls_cert = \"cert.pem\" and tls_key = \"key.pem\" together",
+                );
+            }
+            None
+        }
+    };
+    (tls, upstream_ca.map(|c| c.value))
 }
 
 /// `key = "url"` | `key = ["url", ...]` | `key = [{ url = "...", region = "..." }]`.
@@ -519,6 +602,7 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         None => None,
     };
     let sidecars = read_sidecars(&mut t, sink);
+    let (tls, upstream_ca) = read_traffic_tls(&mut t, sink);
     t.finish(sink);
     Some(Traffic {
         listen: listen?,
@@ -534,6 +618,8 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         admin,
         admin_allow_remote: allow_remote,
         sidecars,
+        tls,
+        upstream_ca,
     })
 }
 
@@ -1049,6 +1135,7 @@ fn read_prometheus(mut t: TableReader, sink: &mut Sink) -> Option<PrometheusSour
     if let Some(u) = &url {
         check_url(sink, "prometheus.url", u);
     }
+    let ca_file = read_pem_path(&mut t, sink, "ca_file", crate::tls::load_certs);
     let step = t.duration(sink, "step", false);
     let timeout = t.duration(sink, "timeout", false);
     let bearer = t.string(sink, "bearer_token", "bearer_token = \"${PROM_TOKEN}\"");
@@ -1072,6 +1159,7 @@ fn read_prometheus(mut t: TableReader, sink: &mut Sink) -> Option<PrometheusSour
         timeout: timeout.map(|s| s.value).unwrap_or(Duration::from_secs(5)),
         bearer_token: bearer.map(|b| b.value),
         basic_auth,
+        ca_file: ca_file.map(|c| c.value),
     })
 }
 

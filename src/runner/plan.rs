@@ -79,6 +79,8 @@ pub fn edge_proxy(exp: &Experiment, seed: u64) -> Result<ProxyConfig, PlanError>
     )
     .map_err(|e| PlanError::Proxy(e.to_string()))?;
     cfg.upstream_timeout = t.upstream_timeout;
+    cfg.tls = t.tls.clone();
+    cfg.upstream_ca = t.upstream_ca.clone();
     Ok(cfg)
 }
 
@@ -108,6 +110,9 @@ pub fn sidecars(
         )
         .map_err(|e| PlanError::Proxy(e.to_string()))?;
         cfg.upstream_timeout = exp.traffic.upstream_timeout.max(Duration::from_secs(30));
+        // Sidecars speak plain HTTP to the service; https dependencies are
+        // verified against the same CA bundle as the edge's upstreams.
+        cfg.upstream_ca = exp.traffic.upstream_ca.clone();
         out.push((s.name.clone(), cfg));
     }
     Ok(out)

@@ -15,7 +15,8 @@ pub enum ConfigError {
     )]
     CohortKey(String),
     #[error(
-        "upstream {url:?}: {reason} (expected http://HOST:PORT, optionally with @REGION)"
+        "upstream {url:?}: {reason} (expected http://HOST:PORT or https://HOST[:PORT], \
+         optionally with @REGION)"
     )]
     Upstream { url: String, reason: String },
     #[error("no upstream given: at least one --upstream is required")]
@@ -42,7 +43,8 @@ pub enum ProxyMode {
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
-    /// `http://host:port`; any path is ignored (the client's path is kept).
+    /// `http://host:port` or `https://host[:port]` (TLS to the upstream,
+    /// SNI from the host); any path is ignored (the client's path is kept).
     pub url: http::Uri,
     /// Region label (e.g. for region faults and reports).
     pub region: Option<String>,
@@ -62,8 +64,8 @@ impl FromStr for Upstream {
             _ => (s, None),
         };
         let uri: http::Uri = url.trim().parse().map_err(|e| err(&format!("{e}")))?;
-        if uri.scheme_str() != Some("http") {
-            return Err(err("only http:// upstreams are supported"));
+        if !matches!(uri.scheme_str(), Some("http" | "https")) {
+            return Err(err("only http:// and https:// upstreams are supported"));
         }
         if uri.authority().is_none() {
             return Err(err("missing host"));
@@ -158,6 +160,12 @@ pub struct ProxyConfig {
     /// Salts the cohort hash (same seed + same key = same cohort in every
     /// process) and seeds the fault dice.
     pub seed: u64,
+    /// Terminate TLS for clients with this certificate and key (plain TCP
+    /// when `None`).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// CA bundle that https upstreams must chain to (replaces the system
+    /// trust store when set).
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 impl ProxyConfig {
@@ -201,6 +209,8 @@ impl ProxyConfig {
             connect_timeout: Duration::from_secs(2),
             admin,
             seed,
+            tls: None,
+            upstream_ca: None,
         })
     }
 }
@@ -230,7 +240,9 @@ mod tests {
         let u: Upstream = "http://127.0.0.1:9000@eu-west".parse().unwrap();
         assert_eq!(u.region.as_deref(), Some("eu-west"));
         assert_eq!(u.url.authority().map(|a| a.as_str()), Some("127.0.0.1:9000"));
-        assert!("https://x:1".parse::<Upstream>().is_err());
+        let u: Upstream = "https://api.internal@eu".parse().unwrap();
+        assert_eq!(u.url.scheme_str(), Some("https"));
+        assert!("ftp://x:1".parse::<Upstream>().is_err());
         assert!("127.0.0.1:9000".parse::<Upstream>().is_err());
     }
 

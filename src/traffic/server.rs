@@ -29,7 +29,7 @@ use tokio::time::Instant;
 
 use super::assign::{assign_position, cohort_at, random_unit};
 use super::baggage;
-use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode, Upstream};
+use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode};
 use super::fault::{HttpFault, HttpFaultKind};
 use super::malformed::damage;
 use super::upstream::{Target, UpstreamConns};
@@ -52,6 +52,8 @@ pub enum ProxyError {
     AdminExposed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Response bodies: streamed from upstream, or made by the proxy.
@@ -64,12 +66,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(ups: &[Upstream]) -> Pool {
-        let targets = ups
-            .iter()
-            .filter_map(|u| u.url.authority().cloned())
-            .map(Target::new)
-            .collect();
+    fn new(targets: Vec<Target>) -> Pool {
         Pool { targets, next: AtomicUsize::new(0) }
     }
 
@@ -97,6 +94,8 @@ pub(crate) struct Shared {
     upstream_timeout: Duration,
     connect_timeout: Duration,
     builder: auto::Builder<TokioExecutor>,
+    /// Client-facing TLS (`None`: plain TCP).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     faults: RwLock<Arc<Vec<HttpFault>>>,
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) admin_token: Option<String>,
@@ -524,7 +523,7 @@ async fn serve_connection(
     shared: Arc<Shared>,
     stream: TcpStream,
     peer: SocketAddr,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let _ = stream.set_nodelay(true);
     let info = Arc::new(ConnInfo {
@@ -533,12 +532,32 @@ async fn serve_connection(
         kill: Notify::new(),
         upstream: UpstreamConns::default(),
     });
+    match &shared.tls {
+        None => serve_io(shared, info, TokioIo::new(stream), shutdown).await,
+        Some(acceptor) => match super::tls::accept(acceptor, stream).await {
+            Ok(tls) => serve_io(shared, info, TokioIo::new(tls), shutdown).await,
+            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        },
+    }
+}
+
+/// Serves one client connection over a plain or TLS stream (generic, so
+/// the plain path carries no TLS branch).
+async fn serve_io<I>(
+    shared: Arc<Shared>,
+    info: Arc<ConnInfo>,
+    io: I,
+    mut shutdown: watch::Receiver<bool>,
+) where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let peer = info.peer;
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
         service_fn(move |req| handle(shared.clone(), info.clone(), req))
     };
-    let conn = shared.builder.serve_connection(TokioIo::new(stream), svc);
+    let conn = shared.builder.serve_connection(io, svc);
     tokio::pin!(conn);
     // Biased: the connection is what wakes this task nearly every time;
     // polling it first skips the branch shuffle on the hot path.
@@ -606,6 +625,10 @@ impl Proxy {
                 return Err(ProxyError::AdminExposed(why));
             }
         }
+        // TLS files are read before anything binds: bad ones fail the start.
+        let [default_pool, control_pool, experiment_pool] =
+            super::tls::pool_targets(&cfg)?.map(Pool::new);
+        let tls = super::tls::acceptor(&cfg)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
@@ -622,9 +645,9 @@ impl Proxy {
             _ => None,
         };
         let shared = Arc::new(Shared {
-            default_pool: Pool::new(&cfg.pools.default),
-            control_pool: Pool::new(&cfg.pools.control),
-            experiment_pool: Pool::new(&cfg.pools.experiment),
+            default_pool,
+            control_pool,
+            experiment_pool,
             cohort_key: cfg.cohort_key.clone(),
             key_header,
             experiment: cfg.experiment_fraction,
@@ -634,6 +657,7 @@ impl Proxy {
             upstream_timeout: cfg.upstream_timeout,
             connect_timeout: cfg.connect_timeout,
             builder,
+            tls,
             faults: RwLock::new(Arc::new(Vec::new())),
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),

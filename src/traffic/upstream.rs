@@ -7,7 +7,9 @@
 //! time, so it ends up with exactly one upstream connection per upstream
 //! address; HTTP/2 clients may open a few more for concurrent streams.
 //! A reused connection that turns out closed before the request was
-//! written is replaced by a fresh one, transparently.
+//! written is replaced by a fresh one, transparently. `https://` targets
+//! carry a TLS connector ([`super::tls`]); the TLS handshake happens once
+//! per upstream connection, so reuse keeps it off the per-request path.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -28,6 +30,8 @@ const MAX_IDLE: usize = 4;
 pub(crate) enum UpstreamError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("TLS handshake with {addr} (server name {name}) failed: {source}")]
+    Tls { addr: String, name: String, source: std::io::Error },
     #[error("HTTP/1.1 handshake with {addr} failed: {source}")]
     Handshake { addr: String, source: hyper::Error },
     #[error(transparent)]
@@ -40,15 +44,28 @@ pub(crate) struct Target {
     pub(crate) authority: Authority,
     /// `host:port` with the scheme's default port filled in.
     connect_to: String,
+    /// Set for `https://` targets.
+    tls: Option<super::tls::UpstreamTls>,
 }
 
 impl Target {
+    /// A plain-HTTP target.
+    #[cfg(test)]
     pub(crate) fn new(authority: Authority) -> Target {
-        let connect_to = match authority.port_u16() {
-            Some(_) => authority.as_str().to_string(),
-            None => format!("{}:80", authority.host()),
+        Target::with_tls(authority, None)
+    }
+
+    /// A target reached over TLS when `tls` is set (default port 443).
+    pub(crate) fn with_tls(
+        authority: Authority,
+        tls: Option<super::tls::UpstreamTls>,
+    ) -> Target {
+        let connect_to = match (authority.port_u16(), &tls) {
+            (Some(_), _) => authority.as_str().to_string(),
+            (None, None) => format!("{}:80", authority.host()),
+            (None, Some(_)) => format!("{}:443", authority.host()),
         };
-        Target { authority, connect_to }
+        Target { authority, connect_to, tls }
     }
 }
 
@@ -142,10 +159,26 @@ async fn connect(
     };
     // Small request/response exchanges: do not wait for Nagle.
     let _ = stream.set_nodelay(true);
+    match &target.tls {
+        None => handshake(TokioIo::new(stream), addr).await,
+        Some(tls) => {
+            let stream = tls.connect(stream, timeout).await.map_err(|source| {
+                UpstreamError::Tls { addr: addr.clone(), name: tls.name(), source }
+            })?;
+            handshake(TokioIo::new(stream), addr).await
+        }
+    }
+}
+
+/// HTTP/1.1 over an established (plain or TLS) upstream connection.
+async fn handshake<I>(io: I, addr: &str) -> Result<SendRequest<Incoming>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
-        .map_err(|source| UpstreamError::Handshake { addr: addr.clone(), source })?;
+        .map_err(|source| UpstreamError::Handshake { addr: addr.to_string(), source })?;
     // Runs on the client connection's runtime (its worker thread) and ends
     // when the sender is dropped or the upstream closes.
     tokio::spawn(async move {

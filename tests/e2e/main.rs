@@ -26,4 +26,5 @@ mod report;
 mod run;
 mod shell;
 mod support;
+mod tls;
 mod validate;
