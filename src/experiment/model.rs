@@ -374,6 +374,22 @@ pub struct Safety {
     pub abort_on_srm: bool,
     /// Abort without statistics when the experiment error rate exceeds this.
     pub max_error_rate: Option<f64>,
+    /// Never reach more hosts than this per fault (`@host:`/`@hosts:`
+    /// targets); `None` = no limit beyond the selector itself.
+    pub max_hosts: Option<u32>,
+    /// Never reach more than this fraction of the inventory's hosts per
+    /// fault; `None` = no limit.
+    pub max_host_fraction: Option<f64>,
+}
+
+impl Safety {
+    /// The host blast radius, as `inject`/`kill` take it from flags.
+    pub fn host_limits(&self) -> crate::fleet::inventory::HostLimits {
+        crate::fleet::inventory::HostLimits {
+            max_hosts: self.max_hosts,
+            max_host_percent: self.max_host_fraction,
+        }
+    }
 }
 
 /// `[prometheus]`: where PromQL hypotheses are evaluated.

@@ -20,6 +20,7 @@ use crate::experiment::model::Experiment;
 use crate::fault::{FaultContext, FaultError, Injector};
 use crate::fleet::remote::{self, retarget, Assignment, ConnectOptions, Fleet};
 use crate::journal::{Journal, RevertAction};
+use crate::target::TargetError;
 
 /// One fault on its hosts.
 pub struct RemoteFault {
@@ -63,6 +64,21 @@ pub fn prepare(
         let hosts = inv
             .select(&placed.place)
             .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+        // The host blast radius needs only the inventory (local data), so
+        // a refusal comes before any host is contacted.
+        if let Some(limit) =
+            exp.safety.host_limits().exceeded(hosts.len(), inv.hosts.len())
+        {
+            return Err(RunError::Fault {
+                context: format!("fault {}: ", f.id),
+                source: FaultError::Target(TargetError::BlastRadius {
+                    selector: format!("{placed} (hosts)"),
+                    selected: hosts.len(),
+                    matched: inv.hosts.len(),
+                    limit,
+                }),
+            });
+        }
         let infra = plan::infra_fault(f)?.ok_or_else(|| {
             RunError::Preflight(format!("fault {}: not an infrastructure fault", f.id))
         })?;

@@ -620,3 +620,77 @@ duration = "4s"
     });
     assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
 }
+
+/// `[safety] max_hosts` needs only the inventory, so the refusal comes
+/// before any host is contacted: the hosts here are TEST-NET addresses
+/// that nothing answers (a connection attempt would be exit 5).
+#[test]
+fn a_host_fault_beyond_safety_max_hosts_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.toml");
+    std::fs::write(
+        &inv,
+        "[[host]]\nname = \"a\"\naddress = \"192.0.2.1\"\nlabels = { role = \"web\" }\n\n\
+         [[host]]\nname = \"b\"\naddress = \"192.0.2.2\"\nlabels = { role = \"web\" }\n\n\
+         [[host]]\nname = \"c\"\naddress = \"192.0.2.3\"\nlabels = { role = \"db\" }\n",
+    )
+    .unwrap();
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        r#"[experiment]
+name = "hosts-limit"
+duration = "5s"
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+1pp"
+
+[[fault]]
+name = "pause-web"
+kind = "process-pause"
+target = "name:web@hosts:role=web"
+duration = "2s"
+
+[safety]
+max_hosts = 1
+"#,
+    )
+    .unwrap();
+    let (inv_s, exp_s) = (inv.to_str().unwrap(), exp.to_str().unwrap());
+    let valid = crate::support::chaos(&["validate", exp_s]);
+    assert_eq!(valid.status.code(), Some(0), "{}", text(&valid));
+    let t0 = Instant::now();
+    let out = Command::new(crate::support::chaos_bin())
+        .args(["run", "--inventory", inv_s, exp_s])
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(err.contains("fault pause-web"), "{err}");
+    assert!(err.contains("2 of 3 targets selected, limit max_hosts 1"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "no ssh attempt: {:?}", t0.elapsed());
+    // The same limit as a share: 2 of 3 hosts is above 50%.
+    std::fs::write(
+        &exp,
+        std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("max_hosts = 1", "max_host_percent = \"50%\""),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::chaos_bin())
+        .args(["run", "--inventory", inv_s, exp_s])
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_host_percent 50% allows 1")
+    );
+}
