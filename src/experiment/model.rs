@@ -359,6 +359,36 @@ pub struct Region {
     pub name: String,
     /// Targets that make up the region.
     pub targets: Vec<TargetSelector>,
+    /// The targets as written; on inventory hosts `{host}` becomes each
+    /// host's name (see `runner::remote`).
+    pub texts: Vec<String>,
+}
+
+impl Fault {
+    /// Where the fault runs when `hosts` is the run's inventory: its
+    /// `@host:`/`@hosts:` target, or, for a `region-outage` whose region
+    /// labels inventory hosts (`labels = {region = "..."}`), every host
+    /// of that region. `None` = this machine. The inventory decides
+    /// because it says where a region lives; a region no host carries
+    /// stays a local `[[region]]`.
+    pub fn placement(
+        &self,
+        hosts: Option<&crate::fleet::inventory::Inventory>,
+    ) -> Option<crate::target::place::Placement> {
+        if let Some(p) = &self.host_target {
+            return Some(p.clone());
+        }
+        let FaultKind::RegionOutage { region, .. } = &self.kind else { return None };
+        let pairs = vec![("region".to_string(), region.clone())];
+        let inv = hosts?;
+        inv.hosts.iter().any(|h| h.matches(&pairs)).then(|| {
+            crate::target::place::Placement {
+                selector: TargetSelector::Region(region.clone()),
+                text: format!("region:{region}"),
+                place: crate::target::place::Place::Hosts(pairs),
+            }
+        })
+    }
 }
 
 /// `[safety]`: the blast radius.

@@ -916,8 +916,12 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
             );
         }
         let mut sels = Vec::new();
+        let mut texts = Vec::new();
         for (j, t) in targets.unwrap_or_default().into_iter().enumerate() {
-            match TargetSelector::parse(&t.value) {
+            texts.push(t.value.clone());
+            // `{host}` (a region on inventory hosts: each host's name) is
+            // validated as a plain word, as in `@hosts:` targets.
+            match TargetSelector::parse(&t.value.replace("{host}", "HOST")) {
                 Ok(TargetSelector::Region(_)) => sink.error(
                     t.span,
                     &format!("{path}.targets[{j}]"),
@@ -962,7 +966,7 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                     "merge the targets into one [[region]]",
                 );
             } else {
-                out.push(Region { name: n.value, targets: sels });
+                out.push(Region { name: n.value, targets: sels, texts });
             }
         }
     }
@@ -1662,7 +1666,7 @@ fn check_host_blast_radius(
     let Some(inv) = hosts else { return };
     let limits = safety.host_limits();
     for (i, f) in faults.iter().enumerate() {
-        let Some(placed) = &f.value.host_target else { continue };
+        let Some(placed) = f.value.placement(Some(inv)) else { continue };
         // An unknown host or label is reported by the runner with the
         // inventory's host list; only the count is checked here.
         let Ok(selected) = inv.select(&placed.place) else { continue };
