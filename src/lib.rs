@@ -16,6 +16,7 @@ pub mod fleet;
 pub mod halt;
 pub mod input_file;
 pub mod journal;
+pub mod k8s;
 pub mod load;
 pub mod metrics;
 pub mod otel;

@@ -33,6 +33,9 @@ pub struct Experiment {
     pub guardrails: Vec<Guardrail>,
     /// `[[host]]` / `[ssh]`: the fleet for host targets (or `--inventory`).
     pub hosts: Option<crate::fleet::inventory::Inventory>,
+    /// `[kubernetes]`: the cluster, self-healing checks (its pod faults
+    /// are in `faults`).
+    pub kubernetes: Option<crate::k8s::spec::Settings>,
     /// `[otel]`: where each run's trace goes; `None` = no tracing.
     pub otel: Option<OtelSink>,
 }
@@ -159,6 +162,9 @@ pub struct Load {
     pub key_header: String,
     /// Number of distinct user ids.
     pub keys: u64,
+    /// Zipf exponent of the user-id mix (`keys = { count, zipf }`); `None`
+    /// draws ids uniformly.
+    pub key_zipf: Option<f64>,
     /// How long a client waits for a response before giving up; `None`
     /// means the proxy's upstream timeout plus one second. Requests given
     /// up on count as failures of their cohort.
@@ -292,6 +298,8 @@ pub enum FaultKind {
     Bandwidth { rate: String },
     /// Every target of a region unreachable.
     RegionOutage { region: String, method: OutageMethod },
+    /// A pod fault through the Kubernetes API (`[[kubernetes.fault]]`).
+    Kubernetes(crate::k8s::spec::PodFault),
 }
 
 impl FaultKind {
@@ -311,6 +319,7 @@ impl FaultKind {
             FaultKind::TcpReset { .. } => "tcp-reset",
             FaultKind::Bandwidth { .. } => "bandwidth",
             FaultKind::RegionOutage { .. } => "region-outage",
+            FaultKind::Kubernetes(p) => p.kind_name(),
         }
     }
 
