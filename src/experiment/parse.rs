@@ -111,6 +111,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
 
     let (meta, traffic, safety) = (meta?, sidecars_and_traffic?, safety?);
     cross_checks(sink, &meta, &traffic, load.as_ref(), &faults, &safety, &regions);
+    check_host_blast_radius(sink, &faults, &safety, hosts.as_ref());
     if sink.has_errors() {
         return None;
     }
@@ -1048,8 +1049,12 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
             );
         }
         let mut sels = Vec::new();
+        let mut texts = Vec::new();
         for (j, t) in targets.unwrap_or_default().into_iter().enumerate() {
-            match TargetSelector::parse(&t.value) {
+            texts.push(t.value.clone());
+            // `{host}` (a region on inventory hosts: each host's name) is
+            // validated as a plain word, as in `@hosts:` targets.
+            match TargetSelector::parse(&t.value.replace("{host}", "HOST")) {
                 Ok(TargetSelector::Region(_)) => sink.error(
                     t.span,
                     &format!("{path}.targets[{j}]"),
@@ -1094,7 +1099,7 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                     "merge the targets into one [[region]]",
                 );
             } else {
-                out.push(Region { name: n.value, targets: sels });
+                out.push(Region { name: n.value, targets: sels, texts });
             }
         }
     }
@@ -1108,6 +1113,13 @@ fn default_safety() -> Safety {
         max_duration: Duration::from_secs(30 * 60),
         abort_on_srm: true,
         max_error_rate: None,
+        // Unlimited unless set: the hosts a fault reaches are already named
+        // explicitly (`@host:NAME`, or a label selector over an inventory
+        // the user wrote), processes per host stay capped by max_targets,
+        // and `inject`/`kill` default to no host limit as well, so the same
+        // target behaves the same in a file and on the command line.
+        max_hosts: None,
+        max_host_fraction: None,
     }
 }
 
@@ -1118,6 +1130,18 @@ fn read_safety(mut t: TableReader, sink: &mut Sink) -> Option<Safety> {
     let max_duration = t.duration(sink, "max_duration", false);
     let abort_on_srm = t.boolean(sink, "abort_on_srm");
     let max_error_rate = t.percent(sink, "max_error_rate");
+    let max_hosts = t.integer(sink, "max_hosts", 1..=100_000, "e.g. max_hosts = 2");
+    let max_host_percent = t.percent(sink, "max_host_percent");
+    if let Some(p) = &max_host_percent {
+        if p.value <= 0.0 {
+            sink.error(
+                p.span.clone(),
+                "safety.max_host_percent",
+                "max_host_percent 0% would refuse every host fault".into(),
+                "write e.g. max_host_percent = \"50%\", or remove the host faults",
+            );
+        }
+    }
     t.finish(sink);
     Some(Safety {
         max_targets: max_targets.map(|m| m.value as u32).unwrap_or(d.max_targets),
@@ -1127,6 +1151,8 @@ fn read_safety(mut t: TableReader, sink: &mut Sink) -> Option<Safety> {
         max_duration: max_duration.map(|m| m.value).unwrap_or(d.max_duration),
         abort_on_srm: abort_on_srm.map(|a| a.value).unwrap_or(d.abort_on_srm),
         max_error_rate: max_error_rate.map(|m| m.value),
+        max_hosts: max_hosts.map(|m| m.value as u32).or(d.max_hosts),
+        max_host_fraction: max_host_percent.map(|m| m.value).or(d.max_host_fraction),
     })
 }
 
@@ -1761,6 +1787,34 @@ pub fn normalize_signal(s: &str) -> Option<String> {
     }
     let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
     NAMES.iter().find(|(name, _)| *name == full).map(|(name, _)| name.to_string())
+}
+
+/// The host blast radius of every `@host:`/`@hosts:` fault, when the
+/// file carries its own `[[host]]` tables (an `--inventory` given to `run`
+/// is checked by the runner, still before connecting to any host).
+fn check_host_blast_radius(
+    sink: &mut Sink,
+    faults: &[At<Fault>],
+    safety: &Safety,
+    hosts: Option<&crate::fleet::inventory::Inventory>,
+) {
+    let Some(inv) = hosts else { return };
+    let limits = safety.host_limits();
+    for (i, f) in faults.iter().enumerate() {
+        let Some(placed) = f.value.placement(Some(inv)) else { continue };
+        // An unknown host or label is reported by the runner with the
+        // inventory's host list; only the count is checked here.
+        let Ok(selected) = inv.select(&placed.place) else { continue };
+        if let Err(msg) = limits.check(selected.len(), inv.hosts.len()) {
+            sink.error(
+                f.span.clone(),
+                &format!("fault[{i}].target"),
+                format!("{placed}: {msg}"),
+                "narrow the host selector, or raise [safety] max_hosts / max_host_percent \
+                 deliberately",
+            );
+        }
+    }
 }
 
 fn cross_checks(
