@@ -9,6 +9,8 @@ mod demo;
 mod faults;
 mod fleet;
 mod fleet_agent;
+mod fleet_daemon;
+mod fleet_gameday;
 mod fleet_support;
 mod gameday;
 mod halt;
