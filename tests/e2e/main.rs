@@ -11,6 +11,7 @@ mod fleet;
 mod fleet_agent;
 mod fleet_daemon;
 mod fleet_gameday;
+mod fleet_schedule;
 mod fleet_support;
 mod gameday;
 mod halt;
