@@ -61,7 +61,14 @@ pub fn run(args: AgentArgs) -> u8 {
             return exit::ENVIRONMENT;
         }
     };
-    let opts = server::AgentOptions { lease: args.lease, host: server::hostname() };
+    // The session sshd started us in: every nftables fault spares it.
+    let management = crate::fault::ManagementPath::from_env(|k| std::env::var(k).ok())
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {e}; nftables faults will not spare the SSH session");
+            None
+        });
+    let opts =
+        server::AgentOptions { lease: args.lease, host: server::hostname(), management };
     let stdin = std::io::BufReader::new(std::io::stdin());
     let stdout = std::io::stdout();
     // `chaos halt` on this host stops the agent like a signal does: the
