@@ -310,6 +310,21 @@ impl TestFleet {
         self.inventory_with(&|_, _| {})
     }
 
+    /// An inventory whose `[ssh] lease` (what `chaos run` gives its
+    /// agents) is `lease`, e.g. "2s".
+    pub fn inventory_leased(&self, lease: &str) -> PathBuf {
+        let path = self.inventory();
+        let text = std::fs::read_to_string(&path).expect("inventory");
+        let text = text.replacen("[ssh]\n", &format!("[ssh]\nlease = \"{lease}\"\n"), 1);
+        std::fs::write(&path, text).expect("inventory");
+        path
+    }
+
+    /// True while a chaos nft table exists in `host`'s namespace.
+    pub fn has_chaos_table(&self, host: &str) -> bool {
+        self.host(host).net_snapshot().contains("table inet chaos_")
+    }
+
     /// `ip netns exec CTL chaos ARGS` (the controller's side).
     pub fn controller(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");
