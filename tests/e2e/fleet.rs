@@ -861,12 +861,13 @@ fn host_services(f: &TestFleet) -> Vec<std::net::SocketAddr> {
 }
 
 /// `region-outage` method blackhole on the hosts labelled us-east (web-1,
-/// web-3 of 3): the dry run shows each host's management exemption;
-/// during the fault real HTTP to their services from outside fails (and
-/// their own egress), their loopback and the eu-west host still answer,
-/// the agents keep their SSH sessions past the lease (same agents, tables
-/// in place), the run ends normally, and every host's nft state equals
-/// the snapshot from before.
+/// web-3 of 3; web-1 reached through web-2 as a ProxyJump bastion, web-3
+/// directly): the dry run shows each host's management exemption (web-1's
+/// peer is the bastion); during the fault real HTTP to their services
+/// from outside fails (and their own egress), their loopback and the
+/// eu-west host still answer, the agents keep their SSH sessions past the
+/// lease (same agents, tables in place), the run ends normally, and every
+/// host's nft state equals the snapshot from before.
 #[test]
 fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
     let Some(f) = fleet() else { return };
@@ -877,17 +878,25 @@ fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
     }
     let before = f.snapshot();
     let exp = region_blackhole(&f, "region-blackhole", "8s", "5s");
+    let config = f.ssh_config_jump("web-1", "web-2");
+    let inventory = std::fs::read_to_string(&exp.inventory).unwrap().replacen(
+        "[ssh]\n",
+        &format!("[ssh]\nconfig = \"{}\"\n", config.display()),
+        1,
+    );
+    std::fs::write(&exp.inventory, inventory).unwrap();
 
     let dry = exp.dry_run(&f);
     let dry_text = String::from_utf8_lossy(&dry.stdout);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
-    for h in ["web-1", "web-3"] {
+    // The host sees the bastion (web-2, 10.77.0.11) as web-1's peer.
+    for (h, peer) in [("web-1", "10.77.0.11"), ("web-3", "10.77.0.2")] {
         let addr = &f.host(h).addr;
         let section = host_section(&dry_text, h);
         for want in [
-            format!("management path spared: ssh 10.77.0.2 -> {addr}:22"),
-            format!("ip saddr 10.77.0.2 ip daddr {addr} tcp dport 22 counter accept"),
-            format!("ip daddr 10.77.0.2 ip saddr {addr} tcp sport 22 counter accept"),
+            format!("management path spared: ssh {peer} -> {addr}:22"),
+            format!("ip saddr {peer} ip daddr {addr} tcp dport 22 counter accept"),
+            format!("ip daddr {peer} ip saddr {addr} tcp sport 22 counter accept"),
             "oifname \"eth0\" counter drop".to_string(),
         ] {
             assert!(section.contains(&want), "{h}'s dry run shows {want:?}: {dry_text}");
@@ -897,6 +906,9 @@ fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
     assert_eq!(f.snapshot(), before, "the dry run changed nothing");
 
     let (w1, w3) = (f.host("web-1"), f.host("web-3"));
+    let ssh = |h: &crate::fleet_support::TestHost| {
+        crate::netns::reachable(&f.ctl, format!("{}:22", h.addr).parse().unwrap())
+    };
     let (out, seen) = run_on_fleet(&f, &exp, &[], |_| {
         let active = eventually(Duration::from_secs(20), || {
             (f.has_chaos_table("web-1") && f.has_chaos_table("web-3")).then(Instant::now)
@@ -913,9 +925,11 @@ fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
                 &w1.ns,
                 std::net::SocketAddr::new([127, 0, 0, 1].into(), svc[0].port()),
             ),
-            // A new SSH connection from the controller's address still
-            // gets through (what `chaos recover --inventory` needs).
-            crate::netns::reachable(&f.ctl, format!("{}:22", w1.addr).parse().unwrap()),
+            // A new SSH connection from the spared peer still gets
+            // through (what `chaos recover --inventory` needs); other
+            // peers do not (web-1 spares its bastion, not 10.77.0.2).
+            ssh(w3),
+            ssh(w1),
         );
         // Past one lease plus a margin: a cut session would have made
         // both agents revert and leave by now.
@@ -933,13 +947,14 @@ fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
     let Some((seen, held)) = seen else {
         panic!("the blackhole never appeared on web-1 and web-3: {}", text(&out))
     };
-    let (web1, web3, web2, egress, loopback, ssh) = seen;
+    let (web1, web3, web2, egress, loopback, ssh3, ssh1) = seen;
+    assert!(held, "agents kept their sessions and the fault past the lease");
     assert!(!web1 && !web3, "us-east services unreachable from outside: {seen:?}");
     assert!(web2, "the eu-west host still answers: {seen:?}");
     assert!(!egress, "web-1 cannot reach out either: {seen:?}");
     assert!(loopback, "web-1's loopback keeps working: {seen:?}");
-    assert!(ssh, "the controller's address still reaches sshd: {seen:?}");
-    assert!(held, "agents kept their sessions and the fault past the lease");
+    assert!(ssh3, "web-3's spared peer (the controller) still reaches sshd: {seen:?}");
+    assert!(!ssh1, "web-1 spares its bastion only, not the controller: {seen:?}");
     assert!(matches!(out.status.code(), Some(0 | 4)), "{}", text(&out));
     let settled =
         eventually(Duration::from_secs(3), || (f.snapshot() == before).then_some(()));
