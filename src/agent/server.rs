@@ -215,7 +215,7 @@ impl State<'_> {
                     Ok((_, injector)) => {
                         Response::Described { id, lines: injector.describe() }
                     }
-                    Err(resp) => resp.with_id(id),
+                    Err((code, message)) => error(id, code, message),
                 }
             }
             Request::Apply { label, fault, context, lease_ms, .. } => {
@@ -228,7 +228,7 @@ impl State<'_> {
                             Err(e) => error(id, ErrorCode::for_fault(&e), e.to_string()),
                         }
                     }
-                    Err(resp) => resp.with_id(id),
+                    Err((code, message)) => error(id, code, message),
                 }
             }
             Request::Revert { handle: Some(handle), .. } => {
@@ -312,43 +312,26 @@ impl State<'_> {
         &self,
         fault: super::wire::WireFault,
         context: super::wire::WireContext,
-    ) -> Result<(InfraFault, Box<dyn fault::Injector>), Response> {
+    ) -> Result<(InfraFault, Box<dyn fault::Injector>), Refusal> {
         prepare(fault, context, self.opts.management.as_ref())
     }
 }
 
-trait WithId {
-    fn with_id(self, id: u64) -> Response;
-}
-
-impl WithId for Response {
-    fn with_id(self, id: u64) -> Response {
-        match self {
-            Response::Error { code, message, .. } => {
-                Response::Error { id: Some(id), code, message }
-            }
-            other => other,
-        }
-    }
-}
+/// Why a fault could not be prepared: the error code and message of
+/// the `error` answer (the caller adds the request id).
+type Refusal = (ErrorCode, String);
 
 /// Parses, preflights and prepares one wire fault (its nftables tables
-/// sparing `management`); errors come back as ready-made responses (id
-/// filled in by the caller).
+/// sparing `management`).
 fn prepare(
     fault: super::wire::WireFault,
     context: super::wire::WireContext,
     management: Option<&fault::ManagementPath>,
-) -> Result<(InfraFault, Box<dyn fault::Injector>), Response> {
-    let invalid =
-        |m: String| Response::Error { id: None, code: ErrorCode::Invalid, message: m };
+) -> Result<(InfraFault, Box<dyn fault::Injector>), Refusal> {
+    let invalid = |m: String| (ErrorCode::Invalid, m);
     let fault = InfraFault::try_from(fault).map_err(|e| invalid(e.to_string()))?;
     let ctx = FaultContext::try_from(context).map_err(|e| invalid(e.to_string()))?;
-    let engine = |e: fault::FaultError| Response::Error {
-        id: None,
-        code: ErrorCode::for_fault(&e),
-        message: e.to_string(),
-    };
+    let engine = |e: fault::FaultError| (ErrorCode::for_fault(&e), e.to_string());
     let pre = fault::preflight(std::slice::from_ref(&fault), &ctx).map_err(engine)?;
     let injector =
         fault::prepare_sparing(&fault, &ctx, &pre, management).map_err(engine)?;

@@ -84,9 +84,9 @@ fn faults_on_two_of_three_hosts_apply_there_only_and_revert() {
 
     // nft loss and blackhole, and tbf, on eth0 of the payments hosts.
     for args in [
-        // Never towards the controller (10.77.0.2): loss on the agents'
-        // own SSH path can starve their lease (they would then revert
-        // and leave, which is safe but not what this test is about).
+        // Towards a TEST-NET range: the agents spare their own SSH
+        // session anyway (see the region blackhole tests), but these
+        // faults are about the rules on the payments hosts only.
         vec!["packet-loss", "--loss", "30%", "--destination", "192.0.2.0/24"],
         vec!["blackhole", "--destination", "10.77.0.0/24", "--port", "8080"],
         vec!["bandwidth", "--rate", "1mbit"],
