@@ -248,15 +248,26 @@ impl Injector for RemoteFault {
     fn revert(&mut self, _journal: &mut Journal) -> Result<(), FaultError> {
         let mut first_error = None;
         while let Some((i, handle)) = self.applied.pop() {
-            if self.fleet.remotes[i].is_lost() {
-                // The agent left and reverted on its way out (or died:
-                // `chaos recover --inventory`); nothing to ask it.
-                continue;
-            }
+            // An agent that left answers at once with its last word: it
+            // reverted on its way out (lease, signal, halt: the fault
+            // ended early) or, with no last word, died and its journal
+            // needs `chaos recover --inventory`. Either way the run's
+            // report says so instead of showing a fault that lasted.
             if let Err(e) = self.fleet.revert(i, handle) {
-                first_error.get_or_insert(e);
+                let lost = self.fleet.remotes[i].is_lost();
+                first_error.get_or_insert((e, lost));
             }
         }
-        first_error.map_or(Ok(()), |e| Err(host_error(e)))
+        match first_error {
+            None => Ok(()),
+            Some((e, false)) => Err(host_error(e)),
+            Some((e, true)) => Err(FaultError::Command {
+                command: "chaos agent (remote)".into(),
+                stderr: format!(
+                    "{e}; the agent left before the revert (if it did not revert on \
+                     its way out, run `chaos recover --inventory`)"
+                ),
+            }),
+        }
     }
 }

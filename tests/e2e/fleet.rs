@@ -956,6 +956,10 @@ fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
     assert!(ssh3, "web-3's spared peer (the controller) still reaches sshd: {seen:?}");
     assert!(!ssh1, "web-1 spares its bastion only, not the controller: {seen:?}");
     assert!(matches!(out.status.code(), Some(0 | 4)), "{}", text(&out));
+    // Reverted by the controller through live agents, not by a lease.
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("us-east-down"), "{}", text(&out));
+    assert!(!report.contains("left before the revert"), "{}", text(&out));
     let settled =
         eventually(Duration::from_secs(3), || (f.snapshot() == before).then_some(()));
     assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
@@ -1014,6 +1018,17 @@ fn recover_reaches_a_blackholed_host_whose_agent_died_through_the_exemption() {
     });
     assert_eq!(killed, Some(1), "one agent on web-1 killed mid-fault: {}", text(&out));
     assert!(f.has_chaos_table("web-1"), "a SIGKILLed agent cannot revert");
+    // The run's report says so (the fault's revert error) instead of
+    // showing a fault that lasted as planned.
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json result");
+    let report = v.to_string();
+    assert!(
+        report.contains("host web-1")
+            && report.contains("the agent left before the revert"),
+        "{}",
+        text(&out)
+    );
     let inv = exp.inventory.to_str().unwrap();
     let dry =
         f.run(&["recover", "--inventory", inv, "--hosts", "host:web-1", "--dry-run"]);
