@@ -92,10 +92,13 @@ rate = 200
 concurrency = 16
 keys = 100000
 
+# The faults are on the hosts, not on the upstream: errors stay flat. A
+# 5pp margin keeps the verdict decisive at this sample size (with +1pp,
+# 400 error-free requests per cohort sit at the edge of inconclusive).
 [[hypothesis]]
 name = "errors flat"
 metric = "error_rate"
-tolerance = "+1pp"
+tolerance = "+5pp"
 {faults}"#
         ),
     )
