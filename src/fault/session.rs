@@ -18,21 +18,23 @@ impl Session {
         Session { journal, active: Vec::new() }
     }
 
-    /// Injects `injector` (journalled) and keeps it for revert. It is kept
-    /// on error too: an injector undoes its own partial steps when a step
-    /// fails, but not when the journal refuses one (a lock held elsewhere)
-    /// after earlier steps were applied; its revert is idempotent, so
-    /// keeping it costs nothing and covers that case.
+    /// Injects `injector` (journalled) and keeps it for revert. It is held
+    /// before it acts, and kept on error too: an injector undoes its own
+    /// partial steps when a step fails, but not when the journal refuses
+    /// one (a lock held elsewhere) after earlier steps were applied, nor
+    /// when something panics mid-inject; its revert is idempotent, so
+    /// holding it costs nothing and covers those cases.
     pub fn inject(
         &mut self,
         label: &str,
-        mut injector: Box<dyn Injector>,
+        injector: Box<dyn Injector>,
     ) -> Result<(), FaultError> {
-        let result = injector.inject(&mut self.journal);
+        self.active.push((label.to_string(), injector));
+        let (_, held) = self.active.last_mut().expect("just pushed");
+        let result = held.inject(&mut self.journal);
         if result.is_ok() {
             tracing::info!(fault = label, "fault injected");
         }
-        self.active.push((label.to_string(), injector));
         result
     }
 
