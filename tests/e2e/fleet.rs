@@ -1018,6 +1018,9 @@ fn recover_reaches_a_blackholed_host_whose_agent_died_through_the_exemption() {
     });
     assert_eq!(killed, Some(1), "one agent on web-1 killed mid-fault: {}", text(&out));
     assert!(f.has_chaos_table("web-1"), "a SIGKILLed agent cannot revert");
+    // A fault left behind is exit 5 whatever the verdict: a CI gate must
+    // not pass while web-1 is still black-holed.
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     // The run's report says so (the fault's revert error) instead of
     // showing a fault that lasted as planned.
     let v: serde_json::Value =
