@@ -405,10 +405,23 @@ impl Orphan {
     /// alive. Anything but a regular file is an error for this path only.
     pub fn claim(path: &Path) -> Result<Option<Orphan>, JournalError> {
         let file = open_regular(path, true)?;
-        if file.try_lock_exclusive().is_err() {
-            return Ok(None);
+        // A live runner holds its lock for its whole life; a lock that
+        // goes within 100 ms was a child of *this* process that had
+        // inherited our descriptor (and so the flock) between its fork
+        // and exec — not a runner. Ask a few times before calling it live.
+        for attempt in 0..5 {
+            if file.try_lock_exclusive().is_ok() {
+                return Ok(Some(Orphan {
+                    path: path.to_path_buf(),
+                    file,
+                    terminated: false,
+                }));
+            }
+            if attempt < 4 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
-        Ok(Some(Orphan { path: path.to_path_buf(), file, terminated: false }))
+        Ok(None)
     }
 
     /// Marks a record reverted (fsynced), after ending a torn last line.
