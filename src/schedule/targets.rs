@@ -68,6 +68,7 @@ pub fn selector_key(sel: &TargetSelector) -> String {
         TargetSelector::Iface { name, netns: Some(ns) } => format!("iface:{name}@{ns}"),
         TargetSelector::Iface { name, netns: None } => format!("iface:{name}"),
         TargetSelector::Region(r) => format!("region:{r}"),
+        TargetSelector::Container(c) => format!("container:{c}"),
     }
 }
 

@@ -14,6 +14,7 @@ mod gameday;
 mod halt;
 mod hostile;
 mod k8s;
+mod k8s_container;
 mod k8s_support;
 mod keys;
 mod kill_matrix;
