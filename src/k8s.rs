@@ -11,6 +11,8 @@
 //! - [`api`]: the calls used (list, get, delete, eviction, readiness).
 //! - [`inject`]: pod faults as `fault::Injector`s for the runner, and
 //!   the self-healing checks.
+//! - [`inpod`]: faults inside a pod's container, through the agent on
+//!   the pod's node.
 //! - [`exec`]: a transport to `chaos agent` in the DaemonSet pod on a
 //!   node, over the pods/exec WebSocket.
 
@@ -18,6 +20,7 @@ pub mod api;
 pub mod client;
 pub mod exec;
 pub mod inject;
+pub mod inpod;
 pub mod select;
 pub mod spec;
 pub mod target;

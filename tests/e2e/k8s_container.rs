@@ -86,6 +86,11 @@ impl FakeContainer {
         pid
     }
 
+    /// The pids started in it so far.
+    pub fn pids(&self) -> Vec<u32> {
+        self.procs.iter().map(Child::id).collect()
+    }
+
     /// Kills the container's processes (the container exits).
     pub fn stop(&mut self) {
         for c in &mut self.procs {

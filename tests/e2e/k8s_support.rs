@@ -1,7 +1,8 @@
 //! An in-process HTTP server that speaks the part of the Kubernetes REST
 //! API `chaos` uses (no API server can run on these machines): list pods
 //! by label selector, get Deployments, delete and evict pods (with
-//! `dryRun=All`), refuse pods/exec upgrades. Every body is built from
+//! `dryRun=All`), refuse pods/exec upgrades — or, when told to, accept
+//! them and run a real local `chaos agent` behind the WebSocket. Every body is built from
 //! `k8s-openapi` types with `serde_json::to_vec`, never written by hand.
 //! Every request is recorded for the tests to assert on, and errors,
 //! PDB refusals and delays can be injected per path.
@@ -19,7 +20,7 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
     LabelSelector, ListMeta, ObjectMeta, Status,
 };
@@ -54,6 +55,22 @@ struct State {
     heal_after: Option<Duration>,
     last_kill: Option<Instant>,
     replaced: u32,
+    /// When set, pods/exec upgrades are accepted and run a real local
+    /// `chaos agent` (see [`FakeKube::serve_exec`]).
+    exec: Option<ExecBackend>,
+    /// Agents started behind exec upgrades, killed on drop.
+    exec_children: Vec<u32>,
+}
+
+/// What an accepted pods/exec runs: the real `chaos` binary with the
+/// command's arguments, a journal directory and a state directory.
+#[derive(Debug, Clone)]
+pub struct ExecBackend {
+    pub bin: PathBuf,
+    pub journal_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// The subprotocols this server speaks, preferred first.
+    pub protocols: Vec<&'static str>,
 }
 
 /// The fake API server; stops when dropped.
@@ -81,6 +98,34 @@ pub fn pod(ns: &str, name: &str, app: &str, node: &str) -> Pod {
         spec: Some(PodSpec { node_name: Some(node.into()), ..Default::default() }),
         status: None,
     }
+}
+
+/// A running pod whose container `container` has started with `id`
+/// (`containerd://<64 hex>`) on `node`, as the kubelet reports it.
+pub fn pod_with_container(
+    ns: &str,
+    name: &str,
+    app: &str,
+    node: &str,
+    container: &str,
+    id: &str,
+) -> Pod {
+    let mut p = pod(ns, name, app, node);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers =
+            vec![Container { name: container.into(), ..Default::default() }];
+    }
+    p.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: container.into(),
+            container_id: Some(id.into()),
+            ready: true,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    p
 }
 
 /// A Deployment selecting `app=APP` with `replicas` desired.
@@ -236,6 +281,14 @@ impl FakeKube {
         self.with(|s| s.rules.push(Rule { prefix: prefix.into(), status: 0, delay }));
     }
 
+    /// Accepts pods/exec upgrades from now on: each runs `chaos` (the
+    /// exec's `command` words after the first) behind the WebSocket, with
+    /// the Kubernetes channel framing (stdin 0, stdout 1, stderr 2,
+    /// status 3, close 255 in v5).
+    pub fn serve_exec(&self, backend: ExecBackend) {
+        self.with(|s| s.exec = Some(backend));
+    }
+
     pub fn pdb_blocks_evictions(&self) {
         self.with(|s| s.pdb_blocks = true);
     }
@@ -267,6 +320,13 @@ impl FakeKube {
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
+        for pid in self.with(|s| std::mem::take(&mut s.exec_children)) {
+            // Our own children, by pid; they normally left at end of input.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -284,10 +344,151 @@ fn reply(code: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
+fn header(req: &Request<hyper::body::Incoming>, name: &str) -> String {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// Accepts a pods/exec WebSocket upgrade and runs the real agent behind
+/// it: 101 with the negotiated subprotocol, then frames pumped between
+/// the socket and the child's stdin/stdout until either side ends.
+fn exec_upgrade(
+    state: Arc<Mutex<State>>,
+    mut req: Request<hyper::body::Incoming>,
+    backend: ExecBackend,
+) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("").to_string();
+    state.lock().expect("state").seen.push(Seen {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: query.clone(),
+        body: None,
+    });
+    let offered = header(&req, "sec-websocket-protocol");
+    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    let Some(protocol) = backend.protocols.iter().find(|p| offered.contains(p)).copied()
+    else {
+        return reply(
+            400,
+            status_body(400, "BadRequest", "no supported channel subprotocol offered"),
+        );
+    };
+    let command: Vec<String> = url_decode_pairs(&query)
+        .into_iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v)
+        .collect();
+    if command.first().map(String::as_str) != Some("chaos") {
+        return reply(400, status_body(400, "BadRequest", "only chaos runs here"));
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+        header(&req, "sec-websocket-key").as_bytes(),
+    );
+    let mut child = match tokio::process::Command::new(&backend.bin)
+        .args(&command[1..])
+        .arg("--journal-dir")
+        .arg(&backend.journal_dir)
+        .env("CHAOS_STATE_DIR", &backend.state_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return reply(500, status_body(500, "InternalError", &e.to_string())),
+    };
+    if let Some(pid) = child.id() {
+        state.lock().expect("state").exec_children.push(pid);
+    }
+    let v5 = protocol.starts_with("v5");
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                frame = rx.next() => match frame {
+                    Some(Ok(Message::Binary(b))) if b.first() == Some(&0) => {
+                        if let Some(w) = stdin.as_mut() {
+                            if w.write_all(&b[1..]).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    // v5: CLOSE(255) of the stdin channel is end of input.
+                    Some(Ok(Message::Binary(b))) if v5 && b.as_ref() == [255u8, 0] => {
+                        stdin = None;
+                    }
+                    Some(Ok(_)) => {}
+                    // The client went away: end of input for the agent.
+                    Some(Err(_)) | None => {
+                        stdin = None;
+                        break;
+                    }
+                },
+                n = stdout.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(1u8);
+                        frame.extend_from_slice(&buf[..n]);
+                        if tx.send(Message::binary(frame)).await.is_err() {
+                            stdin = None;
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        drop(stdin);
+        // The agent reverts on end of input; wait for it (bounded).
+        let code = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|s| s.code());
+        let status = Status {
+            status: Some(if code == Some(0) { "Success" } else { "Failure" }.into()),
+            message: Some(format!("chaos agent exited with {code:?}")),
+            ..Default::default()
+        };
+        let mut frame = vec![3u8];
+        frame.extend(serde_json::to_vec(&status).expect("status serialises"));
+        let _ = tx.send(Message::binary(frame)).await;
+        let _ = tx.close().await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .header("sec-websocket-protocol", protocol)
+        .body(Full::new(Bytes::new()))
+        .expect("101 response")
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
+    let upgrade = header(&req, "upgrade").eq_ignore_ascii_case("websocket");
+    if upgrade && req.uri().path().ends_with("/exec") {
+        let backend = state.lock().expect("state").exec.clone();
+        if let Some(b) = backend {
+            return exec_upgrade(state, req, b);
+        }
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();

@@ -15,6 +15,7 @@ mod halt;
 mod hostile;
 mod k8s;
 mod k8s_container;
+mod k8s_exec;
 mod k8s_support;
 mod keys;
 mod kill_matrix;
