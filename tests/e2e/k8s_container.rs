@@ -91,6 +91,11 @@ impl FakeContainer {
         self.procs.iter().map(Child::id).collect()
     }
 
+    /// True once every process started in it has exited (and is reaped).
+    pub fn all_exited(&mut self) -> bool {
+        self.procs.iter_mut().all(|c| matches!(c.try_wait(), Ok(Some(_))))
+    }
+
     /// Kills the container's processes (the container exits).
     pub fn stop(&mut self) {
         for c in &mut self.procs {

@@ -176,3 +176,134 @@ fn a_pod_network_fault_runs_through_exec_into_a_real_agent_v5() {
 fn a_pod_network_fault_runs_through_exec_into_a_real_agent_v4() {
     blackhole_through_exec(vec!["v4.channel.k8s.io"]);
 }
+
+#[test]
+fn container_kill_through_exec_kills_every_process_of_that_container_only() {
+    let Some(mut c) = FakeContainer::new() else { return };
+    c.spawn(&["sleep", "600"]);
+    c.spawn(&["sleep", "600"]);
+    let mut outside = std::process::Command::new("sleep").arg("600").spawn().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let kube = cluster(&c, vec!["v5.channel.k8s.io"], dir.path());
+    let s = settings(&kube, dir.path());
+    let client = Arc::new(Kube::connect(&s).expect("client"));
+    let fault = in_pod(
+        "container-kill",
+        chaos::agent::wire::WireFault::ProcessKill {
+            target: String::new(),
+            selection: chaos::agent::wire::WireSelection::Percent(1.0),
+            signal: "KILL".into(),
+            grace_ms: None,
+        },
+    );
+    let mut inj = InPod::prepare(
+        client,
+        "kill-checkout",
+        &fault,
+        &s,
+        Radius { max_targets: 10, max_fraction: 1.0 },
+        7,
+        Default::default(),
+    )
+    .expect("prepare");
+    let mut journal = Journal::open(&dir.path().join("journal"), "k8s-kill-run").unwrap();
+    inj.inject(&mut journal).expect("container-kill through exec");
+    let died = eventually(Duration::from_secs(5), || c.all_exited().then_some(()));
+    let outside_alive = outside.try_wait().unwrap().is_none();
+    let _ = outside.kill();
+    let _ = outside.wait();
+    inj.revert(&mut journal).expect("nothing to undo, and no error");
+    assert!(died.is_some(), "every process of the container was killed");
+    assert!(outside_alive, "a process outside the container lives");
+}
+
+const IN_POD: &str = r#"
+[experiment]
+name = "k8s-in-pod"
+duration = "4s"
+baseline = "2s"
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "UPSTREAM"
+
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+2pp"
+
+[kubernetes]
+agent_selector = "app=chaos-agent"
+
+[[kubernetes.fault]]
+name = "slow-checkout"
+kind = "bandwidth"
+target = "pod:shop/app=checkout"
+container = "app"
+rate = "1mbit"
+duration = "2s"
+"#;
+
+#[test]
+fn dry_run_of_an_in_pod_fault_names_pod_container_node_agent_and_exec_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start();
+    let id = format!("containerd://{}", "ab".repeat(32));
+    kube.add_pod(pod_with_container(
+        "shop",
+        "checkout-0",
+        "checkout",
+        "node-a",
+        "app",
+        &id,
+    ));
+    kube.add_pod(pod("chaos", "chaos-agent-a", "chaos-agent", "node-a"));
+    let port = crate::support::ClosedPort::new();
+    let exp = dir.path().join("in-pod.toml");
+    std::fs::write(&exp, IN_POD.replace("UPSTREAM", &port.url())).unwrap();
+    let out = std::process::Command::new(chaos_bin())
+        .args(["run", "--dry-run"])
+        .arg(&exp)
+        .env("KUBECONFIG", kube.kubeconfig(dir.path()))
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let so = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{so}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(so.contains("bandwidth inside container app"), "{so}");
+    assert!(
+        so.contains(&format!(
+            "pod shop/checkout-0 (node node-a): container app (ababababab ab) via agent pod \
+             chaos/chaos-agent-a: bandwidth on container:{id}"
+        )
+        .replace("ababababab ab", "abababababab")),
+        "{so}"
+    );
+    assert!(so.contains("POST /api/v1/namespaces/chaos/pods/chaos-agent-a/exec"), "{so}");
+    let seen = kube.seen();
+    assert!(seen.iter().all(|s| !s.path.ends_with("/exec")), "a dry run execs nothing");
+
+    // A fault kind without its parameter, and a field of another kind.
+    let bad = IN_POD
+        .replace("rate = \"1mbit\"\n", "")
+        .replace("container = \"app\"", "container = \"app\"\ngrace_period = \"1s\"");
+    std::fs::write(&exp, bad.replace("UPSTREAM", &port.url())).unwrap();
+    let out = std::process::Command::new(chaos_bin())
+        .args(["validate"])
+        .arg(&exp)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).to_string()
+        + &String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("kind \"bandwidth\" needs rate"), "{text}");
+    assert!(text.contains("grace_period does not apply to kind \"bandwidth\""), "{text}");
+    assert!(text.contains("in-pod.toml:"), "FILE:LINE:COL: {text}");
+}
