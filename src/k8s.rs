@@ -13,6 +13,8 @@
 //!   the self-healing checks.
 //! - [`inpod`]: faults inside a pod's container, through the agent on
 //!   the pod's node.
+//! - [`watch`]: waiting for ready replicas, by watch with a polling
+//!   fallback.
 //! - [`exec`]: a transport to `chaos agent` in the DaemonSet pod on a
 //!   node, over the pods/exec WebSocket.
 
@@ -24,6 +26,7 @@ pub mod inpod;
 pub mod select;
 pub mod spec;
 pub mod target;
+pub mod watch;
 
 /// Errors talking to the Kubernetes API or resolving targets there.
 #[derive(Debug, thiserror::Error)]

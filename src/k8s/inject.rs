@@ -11,7 +11,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::api::{self, Killed, PodRef};
 use super::client::Kube;
@@ -338,8 +338,9 @@ impl Checks {
             .collect()
     }
 
-    /// Polls each workload until ready == desired or the bound (from the
-    /// last kill, or from now when nothing was killed) has passed.
+    /// Waits for each workload until ready == desired or the bound (from
+    /// the last kill, or from now when nothing was killed) has passed: by
+    /// a watch, falling back to polling (`watch`).
     pub fn judge(&self) -> Vec<CheckResult> {
         let Some(kube) = &self.kube else { return Vec::new() };
         let since =
@@ -348,34 +349,24 @@ impl Checks {
             .iter()
             .map(|c| {
                 let deadline = since + c.within;
-                let mut last;
-                loop {
-                    match api::replicas(kube, &c.target) {
-                        Ok((ready, desired)) if ready >= desired => {
-                            return CheckResult {
-                                text: format!(
-                                    "check ready_replicas {}: {ready}/{desired} ready {:.1}s after the kill (bound {}s)",
-                                    c.target,
-                                    since.elapsed().as_secs_f64(),
-                                    c.within.as_secs_f64()
-                                ),
-                                passed: true,
-                            };
-                        }
-                        Ok((ready, desired)) => last = format!("{ready}/{desired} ready"),
-                        Err(e) => last = e.to_string(),
-                    }
-                    if Instant::now() >= deadline {
-                        return CheckResult {
-                            text: format!(
-                                "check ready_replicas {}: not back within {}s of the kill (last: {last})",
-                                c.target,
-                                c.within.as_secs_f64()
-                            ),
-                            passed: false,
-                        };
-                    }
-                    std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
+                match super::watch::until_ready(kube, &c.target, deadline) {
+                    (Ok((ready, desired)), via) => CheckResult {
+                        text: format!(
+                            "check ready_replicas {}: {ready}/{desired} ready {:.1}s after the kill (bound {}s, seen by {via})",
+                            c.target,
+                            since.elapsed().as_secs_f64(),
+                            c.within.as_secs_f64()
+                        ),
+                        passed: true,
+                    },
+                    (Err(last), _) => CheckResult {
+                        text: format!(
+                            "check ready_replicas {}: not back within {}s of the kill (last: {last})",
+                            c.target,
+                            c.within.as_secs_f64()
+                        ),
+                        passed: false,
+                    },
                 }
             })
             .collect()

@@ -19,10 +19,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec,
+    StatefulSetStatus,
+};
 use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ListMeta, ObjectMeta, Status,
+    LabelSelector, ListMeta, ObjectMeta, Status, WatchEvent,
 };
 
 /// One request the server saw.
@@ -46,6 +49,9 @@ struct Rule {
 struct State {
     pods: Vec<Pod>,
     deployments: Vec<Deployment>,
+    statefulsets: Vec<StatefulSet>,
+    /// Watches of workloads answer 403 (RBAC without `watch`).
+    watch_fails: bool,
     seen: Vec<Seen>,
     rules: Vec<Rule>,
     /// Evictions answer 429 (a PodDisruptionBudget).
@@ -146,6 +152,31 @@ pub fn deployment(ns: &str, name: &str, app: &str, replicas: i32) -> Deployment 
         }),
         status: Some(DeploymentStatus {
             ready_replicas: Some(replicas),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A StatefulSet selecting `app=APP` with `replicas` desired.
+pub fn statefulset(ns: &str, name: &str, app: &str, replicas: i32) -> StatefulSet {
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels(&[("app", app)])),
+                ..Default::default()
+            },
+            service_name: Some(name.into()),
+            ..Default::default()
+        }),
+        status: Some(StatefulSetStatus {
+            ready_replicas: Some(replicas),
+            replicas,
             ..Default::default()
         }),
     }
@@ -287,6 +318,21 @@ impl FakeKube {
     /// status 3, close 255 in v5).
     pub fn serve_exec(&self, backend: ExecBackend) {
         self.with(|s| s.exec = Some(backend));
+    }
+
+    pub fn add_statefulset(&self, st: StatefulSet) {
+        self.with(|s| s.statefulsets.push(st));
+    }
+
+    /// Watches of Deployments/StatefulSets are refused (403) from now on.
+    pub fn refuse_watches(&self) {
+        self.with(|s| s.watch_fails = true);
+    }
+
+    /// As if a pod had just been killed: workloads report one ready
+    /// replica fewer until `heal_after` has passed.
+    pub fn mark_killed(&self) {
+        self.with(|s| s.last_kill = Some(Instant::now()));
     }
 
     pub fn pdb_blocks_evictions(&self) {
@@ -516,6 +562,15 @@ async fn handle(
     }
     let dry_run = query_param(&query, "dryRun").as_deref() == Some("All");
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let (
+        "GET",
+        ["apis", "apps", "v1", "namespaces", ns, kind @ ("deployments" | "statefulsets")],
+    ) = (method.as_str(), parts.as_slice())
+    {
+        if query_param(&query, "watch").as_deref() == Some("true") {
+            return watch(&state, ns, kind, &query).await;
+        }
+    }
     let mut s = state.lock().expect("state");
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
@@ -569,6 +624,25 @@ async fn handle(
                 ),
             }
         }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "statefulsets", name]) => {
+            let healed = healed_now(&s);
+            match s.statefulsets.iter().find(|d| {
+                d.metadata.namespace.as_deref() == Some(*ns)
+                    && d.metadata.name.as_deref() == Some(*name)
+            }) {
+                Some(st) => {
+                    reply(200, serde_json::to_vec(&with_ready(st, healed)).expect("sts"))
+                }
+                None => reply(
+                    404,
+                    status_body(
+                        404,
+                        "NotFound",
+                        &format!("statefulsets.apps \"{name}\" not found"),
+                    ),
+                ),
+            }
+        }
         ("DELETE", ["api", "v1", "namespaces", ns, "pods", name])
         | ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
             let evict = method == "POST";
@@ -617,4 +691,108 @@ async fn handle(
             ),
         ),
     }
+}
+
+fn healed_now(s: &State) -> bool {
+    match (s.last_kill, s.heal_after) {
+        (None, _) => true,
+        (Some(t), Some(h)) => t.elapsed() >= h,
+        (Some(_), None) => false,
+    }
+}
+
+fn with_ready(st: &StatefulSet, healed: bool) -> StatefulSet {
+    let mut st = st.clone();
+    let desired = st.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    st.status = Some(StatefulSetStatus {
+        ready_replicas: Some(if healed { desired } else { desired - 1 }),
+        replicas: desired,
+        ..Default::default()
+    });
+    st
+}
+
+fn deployment_ready(d: &Deployment, healed: bool) -> Deployment {
+    let mut d = d.clone();
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    d.status = Some(DeploymentStatus {
+        ready_replicas: Some(if healed { desired } else { desired - 1 }),
+        replicas: Some(desired),
+        ..Default::default()
+    });
+    d
+}
+
+/// A watch of one Deployment/StatefulSet (`fieldSelector=metadata.name=`):
+/// ADDED with the current state, then, when it heals within the watch's
+/// `timeoutSeconds`, MODIFIED with the healed state; then the stream
+/// ends. Events are `WatchEvent`s of k8s-openapi, one JSON per line.
+async fn watch(
+    state: &Arc<Mutex<State>>,
+    ns: &str,
+    kind: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let name = query_param(query, "fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
+        .unwrap_or_default();
+    let timeout = query_param(query, "timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let (fails, heal_at, healed) = {
+        let s = state.lock().expect("state");
+        let heal_at = match (s.last_kill, s.heal_after) {
+            (Some(t), Some(h)) => Some(t + h),
+            _ => None,
+        };
+        (s.watch_fails, heal_at, healed_now(&s))
+    };
+    if fails {
+        return reply(
+            403,
+            status_body(403, "Forbidden", &format!("{kind} is forbidden: cannot watch")),
+        );
+    }
+    let event = |healed: bool| -> Option<Vec<u8>> {
+        let s = state.lock().expect("state");
+        let found = |m: &ObjectMeta| {
+            m.namespace.as_deref() == Some(ns) && m.name.as_deref() == Some(name.as_str())
+        };
+        let line = if kind == "deployments" {
+            let d = s.deployments.iter().find(|d| found(&d.metadata))?;
+            let ev = if healed {
+                WatchEvent::Modified(deployment_ready(d, true))
+            } else {
+                WatchEvent::Added(deployment_ready(d, false))
+            };
+            serde_json::to_vec(&ev)
+        } else {
+            let st = s.statefulsets.iter().find(|d| found(&d.metadata))?;
+            let ev = if healed {
+                WatchEvent::Modified(with_ready(st, true))
+            } else {
+                WatchEvent::Added(with_ready(st, false))
+            };
+            serde_json::to_vec(&ev)
+        };
+        let mut line = line.expect("event serialises");
+        line.push(b'\n');
+        Some(line)
+    };
+    let mut body = Vec::new();
+    if healed {
+        body.extend(event(true).unwrap_or_default());
+    } else {
+        body.extend(event(false).unwrap_or_default());
+        let start = Instant::now();
+        match heal_at {
+            Some(at) if at.saturating_duration_since(start) <= timeout => {
+                tokio::time::sleep(at.saturating_duration_since(start)).await;
+                body.extend(event(true).unwrap_or_default());
+            }
+            // Never heals within this watch: it ends at its timeout.
+            _ => tokio::time::sleep(timeout.min(Duration::from_secs(5))).await,
+        }
+    }
+    reply(200, body)
 }

@@ -17,6 +17,7 @@ mod k8s;
 mod k8s_container;
 mod k8s_exec;
 mod k8s_support;
+mod k8s_watch;
 mod keys;
 mod kill_matrix;
 mod netns;
