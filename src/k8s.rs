@@ -13,6 +13,7 @@
 //!   the self-healing checks.
 //! - [`inpod`]: faults inside a pod's container, through the agent on
 //!   the pod's node.
+//! - [`rbac`]: the permissions the calls need (what rbac.yaml grants).
 //! - [`watch`]: waiting for ready replicas, by watch with a polling
 //!   fallback.
 //! - [`exec`]: a transport to `chaos agent` in the DaemonSet pod on a
@@ -23,6 +24,7 @@ pub mod client;
 pub mod exec;
 pub mod inject;
 pub mod inpod;
+pub mod rbac;
 pub mod select;
 pub mod spec;
 pub mod target;
