@@ -117,6 +117,10 @@ pub fn of_experiment(exp: &Experiment) -> TargetSet {
         if let FaultKind::RegionOutage { region, .. } = &f.kind {
             expand(&TargetSelector::Region(region.clone()), &mut out);
         }
+        // Two entries hitting one workload overlap like two on one process.
+        if let FaultKind::Kubernetes(pf) = &f.kind {
+            out.insert(format!("k8s:{}", pf.target));
+        }
     }
     TargetSet(out)
 }

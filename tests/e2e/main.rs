@@ -16,6 +16,7 @@ mod hostile;
 mod k8s;
 mod k8s_container;
 mod k8s_exec;
+mod k8s_gameday;
 mod k8s_rbac;
 mod k8s_support;
 mod k8s_watch;
