@@ -10,6 +10,7 @@ use super::clock::BoxFuture;
 use super::exec::{ExecError, Executor, RunRequest, RunSummary, Stop, VerdictRecord};
 use super::targets::{self, TargetSet};
 use crate::experiment::{self, Experiment, Severity};
+use crate::outcome::RunOutcome;
 use crate::report::{self, RunReport};
 use crate::runner::{self, progress::ProgressMode, RunOptions};
 use crate::signals::Interrupt;
@@ -97,9 +98,28 @@ impl Executor for RunnerExecutor {
     }
 
     fn summarize(&self, r: &RunnerReport) -> RunSummary {
+        // A fault left behind outranks the verdict (as in `chaos run`'s
+        // exit code): the game day stops, the daemon counts a failure.
+        let unreverted: Vec<String> = r
+            .report
+            .faults
+            .iter()
+            .filter_map(|f| f.revert_error.as_ref().map(|e| format!("{}: {e}", f.id)))
+            .collect();
+        let (outcome, reason) = if unreverted.is_empty() {
+            (r.report.outcome, r.report.abort.as_ref().map(|a| a.reason.clone()))
+        } else {
+            (
+                RunOutcome::EnvironmentError,
+                Some(format!(
+                    "not reverted (run `chaos recover`): {}",
+                    unreverted.join("; ")
+                )),
+            )
+        };
         RunSummary {
             experiment: r.report.experiment.name.clone(),
-            outcome: r.report.outcome,
+            outcome,
             verdicts: r
                 .report
                 .hypotheses
@@ -107,7 +127,7 @@ impl Executor for RunnerExecutor {
                 .map(|h| VerdictRecord { hypothesis: h.name.clone(), verdict: h.verdict })
                 .collect(),
             report_dir: Some(r.dir.clone()),
-            reason: r.report.abort.as_ref().map(|a| a.reason.clone()),
+            reason,
         }
     }
 
