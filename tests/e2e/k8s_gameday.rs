@@ -24,7 +24,7 @@ start = "1s"
 [[kubernetes.check]]
 metric = "ready_replicas"
 target = "deployment:shop/web"
-within = "2s"
+within = "6s"
 "#;
 
 #[test]
@@ -77,7 +77,7 @@ fn a_game_day_step_with_kubernetes_faults_kills_watches_and_judges_the_check() {
     assert_eq!(step["status"], "ran", "{step}");
     let text = step.to_string();
     assert!(
-        text.contains("check ready_replicas deployment:shop/web: not back within 2s"),
+        text.contains("check ready_replicas deployment:shop/web: not back within 6s"),
         "{text}"
     );
     drop(fleet);
