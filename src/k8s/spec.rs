@@ -696,3 +696,71 @@ fn read_inside(
     };
     Some(InPodFault { kind, container, wire })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(body: &str) -> (Vec<Fault>, Vec<String>) {
+        let src = format!(
+            "[kubernetes]\n[[kubernetes.fault]]\ntarget = \"pod:shop/app=web\"\n{body}"
+        );
+        let mut sink = Sink::new("t.toml", &src);
+        let (_, faults) = read(&src, &mut sink);
+        let msgs = sink.diagnostics.iter().map(|d| d.to_string()).collect();
+        (faults, msgs)
+    }
+
+    fn inside(f: &Fault) -> &InPodFault {
+        match &f.kind {
+            FaultKind::Kubernetes(p) => p.inside.as_ref().expect("an in-pod fault"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn in_pod_kinds_become_the_wire_fault_the_agent_gets() {
+        let (f, errs) = faults("kind = \"packet-loss\"\nloss = \"30%\"\ncontainer = \"app\"\nduration = \"10s\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        let i = inside(&f[0]);
+        assert_eq!(i.container.as_deref(), Some("app"));
+        assert!(
+            matches!(&i.wire, WireFault::PacketLoss { loss, .. } if (*loss - 0.3).abs() < 1e-9)
+        );
+        assert_eq!(f[0].duration, Some(Duration::from_secs(10)));
+        let (f, errs) = faults("kind = \"container-kill\"\nsignal = \"TERM\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(matches!(
+            &inside(&f[0]).wire,
+            WireFault::ProcessKill { signal, selection: WireSelection::Percent(p), .. }
+                if signal == "TERM" && *p == 1.0
+        ));
+        let (f, errs) = faults("kind = \"netem\"\ndelay = \"100ms\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(matches!(
+            &inside(&f[0]).wire,
+            WireFault::Netem { delay_ms: Some(100), .. }
+        ));
+        let (f, _) = faults("kind = \"pod-kill\"\n");
+        assert!(matches!(&f[0].kind, FaultKind::Kubernetes(p) if p.inside.is_none()));
+    }
+
+    #[test]
+    fn in_pod_faults_refuse_missing_or_foreign_fields() {
+        for (body, want) in [
+            ("kind = \"packet-loss\"\n", "needs loss"),
+            ("kind = \"packet-loss\"\nloss = \"150%\"\n", "between 0% and 100%"),
+            ("kind = \"bandwidth\"\n", "needs rate"),
+            ("kind = \"netem\"\n", "needs delay or loss"),
+            ("kind = \"blackhole\"\neviction = true\n", "eviction does not apply"),
+            ("kind = \"pod-kill\"\nloss = \"5%\"\n", "loss does not apply"),
+            ("kind = \"container-kill\"\nsignal = \"NOPE\"\n", "unknown signal"),
+            ("kind = \"container-kill\"\nduration = \"5s\"\n", "has no duration"),
+            ("kind = \"blackhole\"\ncontainer = \"Bad_Name\"\n", "not a container name"),
+        ] {
+            let (f, errs) = faults(body);
+            assert!(f.is_empty(), "{body}: {f:?}");
+            assert!(errs.iter().any(|e| e.contains(want)), "{body}: {errs:?}");
+        }
+    }
+}
