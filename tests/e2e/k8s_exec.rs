@@ -77,6 +77,12 @@ fn cluster(
 }
 
 fn blackhole_through_exec(protocols: Vec<&'static str>) {
+    blackhole_through_exec_then(protocols, true);
+}
+
+/// With `revert`, the controller reverts; without, it just goes away
+/// (the exec stream closes) and the agent must revert by itself.
+fn blackhole_through_exec_then(protocols: Vec<&'static str>, revert: bool) {
     if !require_capability(netns::can_create_netns(), "network namespaces (root)") {
         return;
     }
@@ -134,6 +140,21 @@ fn blackhole_through_exec(protocols: Vec<&'static str>) {
     inj.inject(&mut journal).expect("inject through exec");
     let cut = !netns::reachable(&lab.hub, addr);
     let named = std::path::Path::new("/run/netns").join(c.netns_name()).exists();
+    if !revert {
+        // The controller is gone: the WebSocket closes, the agent sees
+        // end of input and reverts what it applied.
+        drop(inj);
+        let back = eventually(Duration::from_secs(5), || {
+            netns::reachable(&lab.hub, addr).then_some(())
+        });
+        assert!(cut && named, "the fault was on (cut {cut}, named {named})");
+        assert!(back.is_some(), "the agent reverted when the stream closed");
+        assert!(
+            !std::path::Path::new("/run/netns").join(c.netns_name()).exists(),
+            "name released by the agent"
+        );
+        return;
+    }
     inj.revert(&mut journal).expect("revert through exec");
     let back = netns::reachable(&lab.hub, addr);
     assert!(cut, "the blackhole reached the container's namespace");
@@ -170,6 +191,11 @@ fn blackhole_through_exec(protocols: Vec<&'static str>) {
 #[test]
 fn a_pod_network_fault_runs_through_exec_into_a_real_agent_v5() {
     blackhole_through_exec(vec!["v5.channel.k8s.io", "v4.channel.k8s.io"]);
+}
+
+#[test]
+fn a_controller_that_goes_away_leaves_nothing_the_agent_reverts_on_stream_close() {
+    blackhole_through_exec_then(vec!["v5.channel.k8s.io"], false);
 }
 
 #[test]
