@@ -3,6 +3,11 @@
 //! run's own reports, and renders combined game-day reports. SIGINT and
 //! SIGTERM reach the runner through the process-wide
 //! [`crate::signals::Interrupt`], which makes it revert and finish early.
+//!
+//! Faults with host targets (`@host:`/`@hosts:`) reach the hosts of the
+//! experiment's own `[[host]]` tables, or of the executor's inventory
+//! (`chaos gameday --inventory`, `[daemon] inventory`), which replaces
+//! them as `chaos run --inventory` does.
 
 use std::path::{Path, PathBuf};
 
@@ -35,6 +40,27 @@ pub struct RunnerExecutor {
     pub progress: ProgressMode,
     /// The process' SIGINT/SIGTERM flag.
     pub interrupt: Option<Interrupt>,
+    /// Inventory for host targets, read again for every run (so a fleet
+    /// change reaches a long-running daemon); `None` = the experiments'
+    /// own `[[host]]` tables.
+    pub inventory: Option<PathBuf>,
+}
+
+impl RunnerExecutor {
+    /// The experiment at `path` with the executor's inventory applied.
+    fn load(&self, path: &Path) -> Result<Experiment, ExecError> {
+        let mut exp = load(path)?;
+        if let Some(inv) = &self.inventory {
+            let hosts = crate::fleet::inventory::Inventory::load(inv).map_err(|e| {
+                ExecError::Invalid {
+                    path: path.to_path_buf(),
+                    detail: format!("inventory: {e}"),
+                }
+            })?;
+            exp.hosts = Some(hosts);
+        }
+        Ok(exp)
+    }
 }
 
 fn load(path: &Path) -> Result<Experiment, ExecError> {
@@ -64,7 +90,7 @@ impl Executor for RunnerExecutor {
         _stop: Stop,
     ) -> BoxFuture<'a, Result<RunnerReport, ExecError>> {
         Box::pin(async move {
-            let exp = load(&req.experiment)?;
+            let exp = self.load(&req.experiment)?;
             let opts = RunOptions {
                 journal_dir: self.journal_dir.clone(),
                 seed: self.seed,
@@ -132,7 +158,7 @@ impl Executor for RunnerExecutor {
     }
 
     fn targets(&self, path: &Path) -> Result<TargetSet, ExecError> {
-        load(path).map(|e| targets::of_experiment(&e))
+        self.load(path).map(|e| targets::of_experiment(&e))
     }
 
     fn combined_files(&self, reports: &[RunnerReport]) -> Vec<(String, String)> {
