@@ -53,6 +53,9 @@ pub enum RevertAction {
     DeleteNftTable { netns: Option<String>, family: String, table: String },
     /// Delete a root qdisc the tool added, only if it is still ours.
     DeleteQdisc { netns: Option<String>, dev: String, handle: String, kind: String },
+    /// Release the `/run/netns` name a container's network namespace was
+    /// given for a fault inside it (`fault::container`).
+    ReleaseNetns { name: String, container: String },
 }
 
 /// One line of a journal file.
