@@ -89,7 +89,12 @@ impl Healing {
             .collect();
         let round = Round { kill: at, cancel, watchers };
         let Ok(mut rounds) = self.rounds.lock() else { return };
-        if let Some(old) = rounds.latest.replace(round) {
+        // Two faults may strike at once: the later kill wins.
+        let stale = match &rounds.latest {
+            Some(latest) if latest.kill > round.kill => Some(round),
+            _ => rounds.latest.replace(round),
+        };
+        if let Some(old) = stale {
             old.cancel();
             rounds.superseded.push(old);
         }

@@ -483,6 +483,7 @@ fn time_to_ready(progress: &str) -> f64 {
         .unwrap_or_else(|| panic!("no passed check line: {progress}"));
     let after = line.split("3/3 ready ").nth(1).unwrap_or_default();
     let secs = after.split("s after the kill").next().unwrap_or_default();
+    eprintln!("measured: {line}");
     secs.parse().unwrap_or_else(|_| panic!("no time in {line:?}"))
 }
 
