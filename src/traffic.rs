@@ -6,8 +6,11 @@
 
 pub mod admin;
 pub mod assign;
+pub(crate) mod body;
 pub mod config;
 pub mod fault;
+pub(crate) mod forwarded;
+pub(crate) mod headers;
 pub mod malformed;
 pub mod server;
 pub mod srm;
@@ -16,7 +19,8 @@ pub mod workers;
 
 pub use assign::assign_position;
 pub use config::{
-    AdminConfig, CohortKey, ProxyConfig, ProxyMode, Upstream, UpstreamPools,
+    AdminConfig, CohortKey, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
+    Upstream, UpstreamPools,
 };
 pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
 pub use server::{Proxy, ProxyError, ProxyHandle};
