@@ -170,6 +170,7 @@ pin_project! {
         #[pin]
         inner: Either<IdleBody<Incoming>, Full<Bytes>>,
         busy: Option<Busy>,
+        request: Option<Incoming>,
     }
 }
 
@@ -178,11 +179,19 @@ impl ClientBody {
         ClientBody {
             inner: Either::Left(IdleBody::new(body, idle, Side::Upstream)),
             busy: None,
+            request: None,
         }
     }
 
     pub(crate) fn full(bytes: Bytes) -> ClientBody {
-        ClientBody { inner: Either::Right(Full::new(bytes)), busy: None }
+        ClientBody { inner: Either::Right(Full::new(bytes)), busy: None, request: None }
+    }
+
+    /// Keeps an unread request body until the response is done: dropping
+    /// it earlier makes HTTP/2 reset the stream with CANCEL before the
+    /// answer goes out; afterwards it is a clean NO_ERROR.
+    pub(crate) fn keep_request(&mut self, request: Incoming) {
+        self.request = Some(request);
     }
 
     /// Keeps the connection busy until this body is done or dropped.
@@ -204,6 +213,7 @@ impl Body for ClientBody {
         if let Poll::Ready(None | Some(Err(_))) = r {
             // Done: the connection may count as idle from now on.
             this.busy.take();
+            this.request.take();
         }
         r
     }

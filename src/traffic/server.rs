@@ -554,7 +554,7 @@ async fn process(
     let mut resp = if let Some(f) = terminal {
         shared.recorder.record_fault(f.kind.label());
         tags.push(f.kind.label().as_str());
-        match &f.kind {
+        let mut resp = match &f.kind {
             HttpFaultKind::Error { status, body } => {
                 let status = StatusCode::from_u16(*status)
                     .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
@@ -569,7 +569,9 @@ async fn process(
                 conn.kill(false);
                 return Reply::Drop;
             }
-        }
+        };
+        resp.body_mut().keep_request(req.into_body());
+        resp
     } else {
         let (resp, from_upstream) = forward(shared, conn, req, cohort, upgrade).await;
         let modes: Vec<_> = fired

@@ -11,6 +11,7 @@ mod hostile;
 mod netns;
 mod prometheus;
 mod proxy;
+mod proxy_edge;
 mod report;
 mod run;
 mod support;
