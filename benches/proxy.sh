@@ -9,9 +9,14 @@
 # Env: ROUNDS (default 3): the three targets are measured in interleaved
 # rounds and the median per target is reported, so load drift on a shared
 # machine hits all three alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
-# flags for chaos proxy, e.g. "--workers 1").
-# Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds the `perf`
-# profile (release + one codegen unit).
+# flags for chaos proxy, e.g. "--workers 1"), CHAOS_BIN (use this binary
+# instead of building), CHAOS_BASE_BIN (a second chaos binary, e.g. a build
+# of main, measured in the same interleaved rounds: prints chaos/base),
+# EXTRA (default 1): also run WebSocket echo rounds and h2c-upstream rounds
+# (chaos vs HAProxy; 0 skips them, e.g. for a base without h2c support).
+# Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
+# cargo. Builds the `perf` profile (release + one codegen unit) and the
+# `ws_bench` example (the WebSocket echo server and load generator).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
@@ -25,8 +30,16 @@ for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx haproxy)" >&2; exit 5; }
 done
 
-cargo build --profile perf --quiet
-CHAOS=$PWD/target/perf/chaos
+EXTRA=${EXTRA:-1}
+if [[ -z "${CHAOS_BIN:-}" ]]; then
+  cargo build --profile perf --quiet
+fi
+CHAOS=${CHAOS_BIN:-$PWD/target/perf/chaos}
+if [[ "$EXTRA" == 1 ]]; then
+  command -v h2load >/dev/null || { echo "missing h2load (apt-get install -y nghttp2-client)" >&2; exit 5; }
+  cargo build --profile perf --quiet --example ws_bench
+  WS_BENCH=$PWD/target/perf/examples/ws_bench
+fi
 
 W=$(mktemp -d /tmp/chaos-bench.XXXXXX)
 PIDS=()
@@ -95,6 +108,16 @@ haproxy -f "$W/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
   --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$ADMIN_PORT" \
   ${CHAOS_ARGS:-} 2>"$W/chaos.log" & CHAOS_PID=$!; PIDS+=($CHAOS_PID)
 
+TARGETS="direct haproxy chaos"
+if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
+  BASE_PORT=$(free_port)
+  "$CHAOS_BASE_BIN" proxy --listen "127.0.0.1:$BASE_PORT" --upstream "http://127.0.0.1:$NGINX_PORT" \
+    --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$(free_port)" \
+    ${CHAOS_ARGS:-} 2>"$W/base.log" & BASE_PID=$!; PIDS+=($BASE_PID)
+  wait_port "$BASE_PORT"
+  TARGETS="direct haproxy chaos base"
+fi
+
 wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$CHAOS_PORT"
 
 # wrk latency lines look like "     50%  312.00us"; print milliseconds.
@@ -131,8 +154,11 @@ for r in $(seq 1 "$ROUNDS"); do
   run direct "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID"
   run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html" "$HAPROXY_PID"
   run chaos "http://127.0.0.1:$CHAOS_PORT/index.html" "$CHAOS_PID"
+  if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
+    run base "http://127.0.0.1:$BASE_PORT/index.html" "$BASE_PID"
+  fi
 done
-for t in direct haproxy chaos; do
+for t in $TARGETS; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
   P50[$t]=$(echo "${P50[$t]}" | median)
@@ -143,7 +169,7 @@ done
 printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx, median of %s rounds\n' \
   "$CONNS" "$DURATION" "$ROUNDS"
 printf '%-8s %12s %10s %10s %12s\n' target req/s p50_ms p99_ms cpu_us/req
-for t in direct haproxy chaos; do
+for t in $TARGETS; do
   printf '%-8s %12s %10s %10s %12s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
 done
 echo "(cpu_us/req: user+system CPU of the serving process per request; for direct"
@@ -155,8 +181,98 @@ echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goa
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
+if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
+  echo "throughput chaos/base:    $(ratio "${RPS[chaos]}" "${RPS[base]}")"
+  echo "p99        chaos/base:    $(ratio "${P99[chaos]}" "${P99[base]}")"
+  echo "cpu/request chaos/base:   $(ratio "${CPU[chaos]}" "${CPU[base]}")"
+fi
 recorded=$(curl -s "http://127.0.0.1:$ADMIN_PORT/cohorts" || true)
 echo "chaos cohorts recorded: $recorded"
+
+if [[ "$EXTRA" == 1 ]]; then
+  # WebSocket: 64-byte echo round trips over CONNS connections, through
+  # HAProxy (http mode, tunnel after the upgrade) and through chaos.
+  WS_PORT_FILE=$W/ws.port
+  "$WS_BENCH" serve >"$WS_PORT_FILE" & WS_PID=$!; PIDS+=($WS_PID)
+  for _ in $(seq 1 100); do [[ -s "$WS_PORT_FILE" ]] && break; sleep 0.05; done
+  WS_PORT=$(cat "$WS_PORT_FILE")
+  # h2c: nginx serving the same file over HTTP/2 with prior knowledge;
+  # h2load (h2c, prior knowledge) -> HAProxy / chaos -> nginx.
+  NGINX_H2_PORT=$(free_port)
+  sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$NGINX_PORT; listen 127.0.0.1:$NGINX_H2_PORT http2;/" \
+      -e "s#pid $W/nginx.pid#pid $W/nginx2.pid#" "$W/nginx.conf" > "$W/nginx2.conf"
+  sed -i "s/listen 127.0.0.1:$NGINX_PORT;//" "$W/nginx2.conf"
+  nginx -c "$W/nginx2.conf" -p "$W" & NGINX2_PID=$!; PIDS+=($NGINX2_PID)
+  HA_WS_PORT=$(free_port); HA_H2_PORT=$(free_port)
+  cat > "$W/haproxy2.cfg" <<CONF
+global
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout tunnel 60s
+frontend ws
+  bind 127.0.0.1:$HA_WS_PORT
+  default_backend ws
+backend ws
+  server w1 127.0.0.1:$WS_PORT
+frontend h2
+  bind 127.0.0.1:$HA_H2_PORT proto h2
+  default_backend h2
+backend h2
+  http-reuse always
+  server h1 127.0.0.1:$NGINX_H2_PORT proto h2
+CONF
+  haproxy -f "$W/haproxy2.cfg" -db & HA2_PID=$!; PIDS+=($HA2_PID)
+  CH_WS_PORT=$(free_port); CH_H2_PORT=$(free_port)
+  "$CHAOS" proxy --listen "127.0.0.1:$CH_WS_PORT" --upstream "http://127.0.0.1:$WS_PORT" \
+    --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-ws.log" & CHWS_PID=$!; PIDS+=($CHWS_PID)
+  "$CHAOS" proxy --listen "127.0.0.1:$CH_H2_PORT" --upstream "h2c://127.0.0.1:$NGINX_H2_PORT" \
+    --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-h2.log" & CHH2_PID=$!; PIDS+=($CHH2_PID)
+  for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
+  secs=${DURATION%s}
+  declare -A WRT WP99 H2R H2CPU
+  ws_run() {  # name url
+    local out
+    out=$("$WS_BENCH" load "$2" "$CONNS" "$secs")
+    WRT[$1]+=" $(echo "$out" | awk '{print $1}')"
+    WP99[$1]+=" $(echo "$out" | awk '{print $3}')"
+  }
+  h2_run() {  # name url pid
+    local before after out
+    h2load -c "$CONNS" -m 10 -D 1 "$2" >/dev/null 2>&1 || true
+    before=$(cpu_ticks "$3")
+    out=$(h2load -c "$CONNS" -m 10 -D "$secs" "$2" 2>&1)
+    after=$(cpu_ticks "$3")
+    echo "$out" | grep -q "0 failed, 0 errored" || { echo "h2load through $1 failed:" >&2; echo "$out" >&2; exit 1; }
+    local rps n
+    rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    n=$(echo "$out" | awk '/^requests:/ {print $8}')
+    H2R[$1]+=" $rps"
+    H2CPU[$1]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+  }
+  for r in $(seq 1 "$ROUNDS"); do
+    ws_run haproxy "ws://127.0.0.1:$HA_WS_PORT/"
+    ws_run chaos "ws://127.0.0.1:$CH_WS_PORT/"
+    h2_run haproxy "http://127.0.0.1:$HA_H2_PORT/index.html" "$HA2_PID"
+    h2_run chaos "http://127.0.0.1:$CH_H2_PORT/index.html" "$CHH2_PID"
+  done
+  echo
+  for t in haproxy chaos; do
+    echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]} | h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]}"
+    WRT[$t]=$(echo "${WRT[$t]}" | median); WP99[$t]=$(echo "${WP99[$t]}" | median)
+    H2R[$t]=$(echo "${H2R[$t]}" | median); H2CPU[$t]=$(echo "${H2CPU[$t]}" | median)
+  done
+  echo "websocket echo (64 B, $CONNS conns, ${DURATION}), median of $ROUNDS rounds:"
+  echo "  round trips/s haproxy ${WRT[haproxy]}  chaos ${WRT[chaos]}  chaos/haproxy $(ratio "${WRT[chaos]}" "${WRT[haproxy]}")"
+  echo "  p99 ms        haproxy ${WP99[haproxy]}  chaos ${WP99[chaos]}  chaos/haproxy $(ratio "${WP99[chaos]}" "${WP99[haproxy]}")"
+  echo "h2c upstream (h2load -c$CONNS -m10, nginx http2 prior knowledge), median of $ROUNDS rounds:"
+  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")"
+  echo "  cpu_us/req    haproxy ${H2CPU[haproxy]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy]}")"
+fi
 
 if [[ "${1:-}" == "--rss" ]]; then
   echo

@@ -209,10 +209,9 @@ fn apply_edge_flags(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<(
         request_body: dur(&args.request_body_timeout, "--request-body-timeout")?,
         response_body: dur(&args.response_body_timeout, "--response-body-timeout")?,
     };
-    cfg.max_header_bytes = crate::traffic::config::check_max_header_bytes(
-        args.max_header_bytes,
-    )
-    .context("--max-header-bytes")?;
+    cfg.max_header_bytes =
+        crate::traffic::config::check_max_header_bytes(args.max_header_bytes)
+            .context("--max-header-bytes")?;
     cfg.forwarded = args.forwarded.parse::<ForwardedMode>().context("--forwarded")?;
     cfg.trusted_proxies = args
         .trusted_proxy

@@ -524,24 +524,29 @@ fn read_edge_limits(t: &mut TableReader, sink: &mut Sink) -> EdgeLimits {
         )
         .map(|v| v.value as usize)
         .unwrap_or(crate::traffic::config::DEFAULT_MAX_HEADER_BYTES);
-    let forwarded = match t.string(sink, "forwarded", "one of \"append\", \"replace\", \"off\"") {
-        Some(s) => match s.value.parse() {
-            Ok(m) => m,
-            Err(e) => {
-                sink.error(
+    let forwarded =
+        match t.string(sink, "forwarded", "one of \"append\", \"replace\", \"off\"") {
+            Some(s) => match s.value.parse() {
+                Ok(m) => m,
+                Err(e) => {
+                    sink.error(
                     s.span.clone(),
                     &t.key_path("forwarded"),
                     format!("{e}"),
                     "append keeps a trusted proxy's X-Forwarded-For and adds the peer",
                 );
-                Default::default()
-            }
-        },
-        None => Default::default(),
-    };
+                    Default::default()
+                }
+            },
+            None => Default::default(),
+        };
     let mut trusted_proxies = Vec::new();
     for (i, s) in t
-        .strings(sink, "trusted_proxies", "a list such as [\"10.0.0.0/8\", \"127.0.0.1\"]")
+        .strings(
+            sink,
+            "trusted_proxies",
+            "a list such as [\"10.0.0.0/8\", \"127.0.0.1\"]",
+        )
         .unwrap_or_default()
         .into_iter()
         .enumerate()

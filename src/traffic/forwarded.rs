@@ -10,8 +10,7 @@ use http::HeaderMap;
 
 use super::config::{ForwardedMode, IpNet};
 
-pub(crate) const X_FORWARDED_FOR: HeaderName =
-    HeaderName::from_static("x-forwarded-for");
+pub(crate) const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub(crate) const X_FORWARDED_PROTO: HeaderName =
     HeaderName::from_static("x-forwarded-proto");
 

@@ -37,7 +37,9 @@ use super::config::{
 };
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
-use super::headers::{check_host, is_upgrade, strip_hop_by_hop, COHORT_HEADER_UNDERSCORE};
+use super::headers::{
+    check_host, is_upgrade, strip_hop_by_hop, COHORT_HEADER_UNDERSCORE,
+};
 use super::malformed::damage;
 use super::upstream::{is_idempotent, Target, UpBody, UpstreamConns};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
@@ -367,7 +369,8 @@ async fn forward(
     let up = &target.authority;
     let result = match client_upgrade {
         Some(_) if target.h2 => {
-            let body = format!("chaos proxy: upstream {up} speaks h2c; upgrades need http://\n");
+            let body =
+                format!("chaos proxy: upstream {up} speaks h2c; upgrades need http://\n");
             return (synthetic(StatusCode::BAD_GATEWAY, body), false);
         }
         Some(_) => {
@@ -393,7 +396,10 @@ async fn forward(
                 tokio::spawn(tunnel(client, upstream));
                 let (mut parts, _) = resp.into_parts();
                 strip_hop_by_hop(&mut parts.headers, true, &COHORT);
-                return (Response::from_parts(parts, ClientBody::full(Bytes::new())), false);
+                return (
+                    Response::from_parts(parts, ClientBody::full(Bytes::new())),
+                    false,
+                );
             }
             let (mut parts, body) = resp.into_parts();
             strip_hop_by_hop(&mut parts.headers, false, &COHORT);
@@ -722,7 +728,12 @@ pub(crate) async fn serve_connection<I>(
 }
 
 /// Serves one accepted TCP connection.
-async fn serve_tcp(shared: Arc<Shared>, stream: TcpStream, peer: SocketAddr, rx: watch::Receiver<bool>) {
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    rx: watch::Receiver<bool>,
+) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await;
@@ -790,10 +801,9 @@ impl Proxy {
             .header_read_timeout(cfg.timeouts.client_header)
             // The read buffer bounds the request head (431 beyond it).
             .max_buf_size(cfg.max_header_bytes);
-        builder
-            .http2()
-            .timer(TokioTimer::new())
-            .max_header_list_size(u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX));
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(
+            u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
+        );
 
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),

@@ -92,7 +92,10 @@ pub(crate) struct UpstreamConns {
 /// RFC 9110 §9.2.2 idempotent methods (TRACE left out: never forwarded
 /// twice on purpose).
 pub(crate) fn is_idempotent(m: &Method) -> bool {
-    matches!(*m, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE)
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    )
 }
 
 /// The request without its body, for a second attempt.
@@ -294,13 +297,13 @@ async fn connect_h1(
     upgrades: bool,
 ) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
     let stream = tcp(target, timeout).await?;
-    let (sender, conn) =
-        http1::Builder::new().handshake(TokioIo::new(stream)).await.map_err(|source| {
-            UpstreamError::Handshake {
-                proto: "HTTP/1.1",
-                addr: target.connect_to.clone(),
-                source,
-            }
+    let (sender, conn) = http1::Builder::new()
+        .handshake(TokioIo::new(stream))
+        .await
+        .map_err(|source| UpstreamError::Handshake {
+            proto: "HTTP/1.1",
+            addr: target.connect_to.clone(),
+            source,
         })?;
     // Runs on the client connection's runtime (its worker thread) and ends
     // when the sender is dropped or the upstream closes.

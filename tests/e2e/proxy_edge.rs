@@ -194,8 +194,10 @@ async fn websocket_echoes_both_ways_and_faults_hit_the_experiment_handshake() {
     };
 
     let control = key_for(Cohort::Control);
-    let (mut ws, resp) =
-        timeout(T, tokio_tungstenite::connect_async(request(&control))).await.unwrap().unwrap();
+    let (mut ws, resp) = timeout(T, tokio_tungstenite::connect_async(request(&control)))
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(resp.headers()[COHORT_HEADER], "control");
     let hello = timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
     assert_eq!(hello.into_text().unwrap(), "hello control");
@@ -225,18 +227,21 @@ async fn websocket_echoes_both_ways_and_faults_hit_the_experiment_handshake() {
         other => panic!("expected an HTTP 503 handshake answer, got {other}"),
     }
     // ... while the control cohort still upgrades.
-    let (mut ws, _) =
-        timeout(T, tokio_tungstenite::connect_async(request(&control))).await.unwrap().unwrap();
+    let (mut ws, _) = timeout(T, tokio_tungstenite::connect_async(request(&control)))
+        .await
+        .unwrap()
+        .unwrap();
     assert!(timeout(T, ws.next()).await.unwrap().unwrap().is_ok());
     ws.close(None).await.unwrap();
 
     // A latency fault delays the experiment handshake, then it works.
     h.set_faults(vec![HttpFault::parse_spec("kind=latency,delay=400ms").unwrap()]);
     let t0 = Instant::now();
-    let (mut ws, resp) = timeout(T, tokio_tungstenite::connect_async(request(&experiment)))
-        .await
-        .unwrap()
-        .unwrap();
+    let (mut ws, resp) =
+        timeout(T, tokio_tungstenite::connect_async(request(&experiment)))
+            .await
+            .unwrap()
+            .unwrap();
     assert!(t0.elapsed() >= Duration::from_millis(400), "{:?}", t0.elapsed());
     assert_eq!(resp.headers()[FAULT_HEADER], "latency");
     let hello = timeout(T, ws.next()).await.unwrap().unwrap().unwrap();
@@ -267,7 +272,8 @@ async fn h2c_grpc_upstream() -> SocketAddr {
                 .map(|v| v.to_str().unwrap_or("?").to_string())
                 .unwrap_or_else(|| "none".into());
             let version = format!("{:?}", req.version());
-            let got = req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
+            let got =
+                req.into_body().collect().await.map(|c| c.to_bytes()).unwrap_or_default();
             // Echo the request message back, gRPC framing included.
             let mut trailers = http::HeaderMap::new();
             trailers.insert("grpc-status", "0".parse().unwrap());
@@ -296,9 +302,10 @@ async fn grpc_calls_reach_an_h2c_upstream_with_trailers_and_the_grpc_fault_hits_
 ) {
     let up = h2c_grpc_upstream().await;
     let (h, rec) = start(config_for(format!("h2c://{up}"), 0.5, 0.5)).await;
-    h.set_faults(vec![
-        HttpFault::parse_spec("kind=grpc,code=14,message=shed by chaos: 100%").unwrap()
-    ]);
+    h.set_faults(vec![HttpFault::parse_spec(
+        "kind=grpc,code=14,message=shed by chaos: 100%",
+    )
+    .unwrap()]);
     let stream = TcpStream::connect(h.local_addr()).await.unwrap();
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -319,7 +326,10 @@ async fn grpc_calls_reach_an_h2c_upstream_with_trailers_and_the_grpc_fault_hits_
     let experiment = key_for(Cohort::Experiment);
     for _ in 0..20 {
         sender.ready().await.unwrap();
-        let resp = timeout(T, sender.send_request(call(control.clone()))).await.unwrap().unwrap();
+        let resp = timeout(T, sender.send_request(call(control.clone())))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["x-seen-cohort"], "control");
         assert_eq!(resp.headers()["x-seen-version"], "HTTP/2.0");
@@ -329,8 +339,10 @@ async fn grpc_calls_reach_an_h2c_upstream_with_trailers_and_the_grpc_fault_hits_
         assert_eq!(collected.to_bytes(), msg);
 
         sender.ready().await.unwrap();
-        let resp =
-            timeout(T, sender.send_request(call(experiment.clone()))).await.unwrap().unwrap();
+        let resp = timeout(T, sender.send_request(call(experiment.clone())))
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["content-type"], "application/grpc");
         assert_eq!(resp.headers()["grpc-status"], "14");
@@ -536,8 +548,8 @@ async fn upstreams_closing_pooled_connections_cause_no_errors() {
         let bad = t.await.unwrap();
         assert!(bad.is_empty(), "{} failures, first {:?}", bad.len(), bad.first());
     }
-    let errors = rec.snapshot(Cohort::Experiment).errors
-        + rec.snapshot(Cohort::Control).errors;
+    let errors =
+        rec.snapshot(Cohort::Experiment).errors + rec.snapshot(Cohort::Control).errors;
     assert_eq!(errors, 0);
     assert!(conns.load(Ordering::Relaxed) >= 400, "the upstream did close connections");
     h.shutdown().await;
@@ -561,7 +573,10 @@ async fn upstreams_closing_pooled_connections_cause_no_errors() {
     }
     assert_eq!(failures, 0);
     assert_eq!(rec.untouched_total(), 200);
-    assert!(conns.load(Ordering::Relaxed) > 20, "the upstream did close idle connections");
+    assert!(
+        conns.load(Ordering::Relaxed) > 20,
+        "the upstream did close idle connections"
+    );
     h.shutdown().await;
 }
 
@@ -574,11 +589,15 @@ async fn requests_without_host_or_with_two_hosts_get_400() {
     let text = raw(a, b"GET / HTTP/1.1\r\nconnection: close\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     let text =
-        raw(a, b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n").await;
+        raw(a, b"GET / HTTP/1.1\r\nhost: a\r\nhost: b\r\nconnection: close\r\n\r\n")
+            .await;
     assert!(text.starts_with("HTTP/1.1 400"), "{text}");
     // HTTP/1.0 may omit it; one Host is fine.
     let text = raw(a, b"GET / HTTP/1.0\r\n\r\n").await;
-    assert!(text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(
+        text.starts_with("HTTP/1.0 200") || text.starts_with("HTTP/1.1 200"),
+        "{text}"
+    );
     let text = raw(a, b"GET / HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n").await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains("host: a\n"), "{text}");
@@ -592,7 +611,9 @@ async fn client_framing_errors_get_400_and_are_not_upstream_failures() {
     let (h, rec) = start(config(up, 1.0, 0.0)).await;
     let a = h.local_addr();
     let head = "POST / HTTP/1.1\r\nhost: x\r\nx-user-id: k\r\ntransfer-encoding: chunked\r\n\r\n";
-    for body in ["zz\r\nhello\r\n0\r\n\r\n", "5\nhello\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n"] {
+    for body in
+        ["zz\r\nhello\r\n0\r\n\r\n", "5\nhello\r\n0\r\n\r\n", "5\r\nhello\n0\r\n\r\n"]
+    {
         let text = raw(a, format!("{head}{body}").as_bytes()).await;
         assert!(text.starts_with("HTTP/1.1 400"), "{body:?}: {text}");
     }
@@ -615,7 +636,9 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
     accept_loop(l, |mut s| async move {
         let mut buf = [0u8; 4096];
         let _ = s.read(&mut buf).await;
-        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789").await;
+        let _ = s
+            .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n0123456789")
+            .await;
         tokio::time::sleep(Duration::from_secs(60)).await;
     });
     let echo = echo_upstream().await;
@@ -655,7 +678,9 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
 
     // Request body: 3 of 10 bytes, then silence -> 408.
     let mut s = TcpStream::connect(a).await.unwrap();
-    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc").await.unwrap();
+    s.write_all(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 10\r\n\r\nabc")
+        .await
+        .unwrap();
     let (ok, text) = closed_within(s, Duration::from_secs(3)).await;
     assert!(ok && text.starts_with("HTTP/1.1 408"), "{text}");
     h.shutdown().await;
@@ -674,7 +699,8 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
 
 /// Item 10: oversized heads are refused; `x_chaos_cohort` never passes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn oversized_header_sections_get_431_and_the_underscore_cohort_header_is_stripped() {
+async fn oversized_header_sections_get_431_and_the_underscore_cohort_header_is_stripped()
+{
     let up = echo_upstream().await;
     let mut cfg = config(up, 0.0, 0.0);
     cfg.max_header_bytes = 16 * 1024;
