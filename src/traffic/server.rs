@@ -298,6 +298,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What became of one request.
+// Boxing the response would cost an allocation per request; the enum only
+// lives on the stack of one request's future.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Respond(Response<ProxyBody>),
     /// The connection is being aborted or reset.

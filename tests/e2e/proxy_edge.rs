@@ -167,6 +167,8 @@ async fn websocket_echoes_both_ways_and_faults_hit_the_experiment_handshake() {
     let up = l.local_addr().unwrap();
     accept_loop(l, |s| async move {
         let mut seen_cohort = String::from("none");
+        // The callback's signature is tungstenite's.
+        #[allow(clippy::result_large_err)]
         let cb = |req: &tokio_tungstenite::tungstenite::handshake::server::Request,
                   resp| {
             if let Some(c) = req.headers().get(COHORT_HEADER) {
