@@ -3,8 +3,8 @@
 # when every tool is already present it does nothing (no network needed).
 set -euo pipefail
 
-packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates nghttp2-client)
-tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps h2load)
+packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db nghttp2-client)
+tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man h2load)
 
 missing=0
 for t in "${tools[@]}"; do

@@ -7,6 +7,9 @@ use std::process::ExitCode;
 use crate::commands;
 use crate::exit;
 
+/// One line: `chaos -h` and the NAME line of the man page.
+const SHORT_ABOUT: &str = "Run chaos experiments that prove a service survives failure.";
+
 const ABOUT: &str = "Run chaos experiments that prove a service survives failure.
 
 chaos splits live HTTP traffic into a small control cohort and an equally
@@ -20,7 +23,7 @@ Start with:  chaos validate experiments/*.toml";
 
 /// Top-level command line.
 #[derive(Debug, Parser)]
-#[command(name = "chaos", version, about = ABOUT, after_help = AFTER_HELP)]
+#[command(name = "chaos", version, about = SHORT_ABOUT, long_about = ABOUT, after_help = AFTER_HELP)]
 pub struct Cli {
     /// Log verbosity for diagnostics on stderr (e.g. "debug", "chaos=trace").
     #[arg(long, global = true, env = "CHAOS_LOG", default_value = "warn")]
@@ -53,6 +56,12 @@ pub enum Command {
     /// Revert every fault a killed chaos runner left behind.
     #[command(after_help = commands::recover::AFTER_HELP)]
     Recover(commands::recover::RecoverArgs),
+    /// Emergency stop: every chaos runner on this machine reverts and stops.
+    #[command(after_help = commands::halt::HALT_AFTER_HELP)]
+    Halt(commands::halt::HaltArgs),
+    /// Lift `chaos halt`: experiments may start again.
+    #[command(after_help = commands::halt::RESUME_AFTER_HELP)]
+    Resume(commands::halt::ResumeArgs),
     /// Re-render stored result.json files (terminal table, JUnit, HTML).
     Report(commands::report::ReportArgs),
     /// The demo: a fleet on loopback and a real experiment against it.
@@ -68,6 +77,12 @@ pub enum Command {
     Gameday(commands::gameday::GamedayArgs),
     /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
     Continuous(commands::continuous::ContinuousArgs),
+    /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(after_help = commands::completions::AFTER_HELP)]
+    Completions(commands::completions::CompletionsArgs),
+    /// Print the manual page, or write one page per subcommand into a directory.
+    #[command(after_help = commands::man::AFTER_HELP)]
+    Man(commands::man::ManArgs),
 }
 
 /// Parses the command line, runs the subcommand and returns its exit code.
@@ -96,6 +111,8 @@ pub fn main() -> ExitCode {
         Command::Kill(args) => commands::kill::run(args),
         Command::Inject(args) => commands::inject::run(args),
         Command::Recover(args) => commands::recover::run(args),
+        Command::Halt(args) => commands::halt::run_halt(args),
+        Command::Resume(args) => commands::halt::run_resume(args),
         Command::Report(args) => commands::report::run(args),
         Command::Demo(args) => commands::demo::run(args),
         Command::DemoService(args) => commands::demo_fleet::run_service(args),
@@ -103,6 +120,8 @@ pub fn main() -> ExitCode {
         Command::History(args) => commands::history::run(args),
         Command::Gameday(args) => commands::gameday::run(args),
         Command::Continuous(args) => commands::continuous::run(args),
+        Command::Completions(args) => commands::completions::run(&args),
+        Command::Man(args) => commands::man::run(&args),
     };
     exit::code(code)
 }

@@ -3,14 +3,17 @@
 //! (and only here) to attach file and target context to errors.
 
 pub mod analyze;
+pub mod completions;
 pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
 pub mod demo_run;
 pub mod gameday;
+pub mod halt;
 pub mod history;
 pub mod inject;
 pub mod kill;
+pub mod man;
 pub mod promql;
 pub mod proxy;
 pub mod recover;

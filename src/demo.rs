@@ -18,7 +18,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use api::{
-    serve as serve_api, ApiConfig, PAYMENT_ATTEMPTS_HEADER, PAYMENT_COHORT_HEADER,
+    serve as serve_api, ApiConfig, PAYMENT_ATTEMPTS_HEADER, PAYMENT_BAGGAGE_HEADER,
+    PAYMENT_COHORT_HEADER,
 };
 pub(crate) use fleet::tmp_path;
 pub use fleet::{Fleet, FleetSpec, ProcessInfo};

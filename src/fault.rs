@@ -624,7 +624,11 @@ fn pause_step(p: &ProcessInfo) -> Step {
             signal: Signal::SIGSTOP,
             grace: None,
         },
-        revert: RevertAction::Continue { pid: p.pid, starttime: p.starttime },
+        revert: RevertAction::Continue {
+            pid: p.pid,
+            starttime: p.starttime,
+            stopped_before: false,
+        },
     }
 }
 

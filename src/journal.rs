@@ -1,19 +1,37 @@
-//! The write-ahead journal of applied faults and the per-target locks.
+//! The write-ahead journal of applied faults.
 //!
 //! Every fault is appended here (and fsynced) *before* it is applied, with
-//! everything needed to undo it from another process. A runner holds an
-//! exclusive `flock` on its own journal file for as long as it lives, so
-//! `chaos recover` can tell a live runner (lock busy) from a dead one (lock
-//! free) without trusting pids, which the kernel reuses. The same trick
-//! guards targets: one lock file per target key under `locks/`; the kernel
-//! drops a dead holder's lock, so stale locks reclaim themselves.
+//! everything needed to undo it from another process; each line carries a
+//! checksum ([`record`]). A runner holds an exclusive `flock` on its own
+//! journal file for as long as it lives, so `chaos recover` can tell a live
+//! runner (lock busy) from a dead one (lock free) without trusting pids,
+//! which the kernel reuses. Targets are guarded machine-wide by
+//! [`lock::TargetLock`]s in the state directory.
+//!
+//! Directories: [`default_dir`] (journals) and [`state_dir`] (locks, the
+//! halt marker, the runner registry) are resolved here and only here, so
+//! every command agrees on them.
 
 use fs2::FileExt;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
+
+pub mod lock;
+pub mod record;
+
+pub use lock::TargetLock;
+pub use record::Damaged;
+
+/// Journals bigger than this are refused rather than read into memory (a
+/// real one holds a few lines per fault).
+const MAX_JOURNAL_BYTES: u64 = 64 << 20;
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
 
 /// How to undo one applied fault; serialised into the journal.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -22,8 +40,15 @@ pub enum RevertAction {
     /// Nothing can be undone (a kill); recorded for the audit trail.
     Nothing { note: String },
     /// Send SIGCONT to a process we stopped, if it is still the same one
-    /// (`starttime` from /proc/PID/stat guards against pid reuse).
-    Continue { pid: u32, starttime: u64 },
+    /// (`starttime` from /proc/PID/stat guards against pid reuse). With
+    /// `stopped_before`, the process was already stopped when the pause
+    /// was applied: revert leaves it stopped, as it was found.
+    Continue {
+        pid: u32,
+        starttime: u64,
+        #[serde(default, skip_serializing_if = "is_false")]
+        stopped_before: bool,
+    },
     /// Delete an nftables table the tool created.
     DeleteNftTable { netns: Option<String>, family: String, table: String },
     /// Delete a root qdisc the tool added, only if it is still ours.
@@ -51,6 +76,8 @@ pub enum JournalError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read journal {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    #[error("{path} is not a journal: {why}")]
+    NotAJournal { path: PathBuf, why: String },
     #[error("journal {path} is locked by a running chaos process (pid {holder})")]
     RunLocked { path: PathBuf, holder: String },
     #[error(
@@ -62,15 +89,55 @@ pub enum JournalError {
         "run id {0:?} is invalid: use letters, digits, '-' and '_' (1-64 characters)"
     )]
     RunId(String),
+    #[error("{0}; no fault starts until `chaos resume`")]
+    Halted(crate::halt::HaltInfo),
+}
+
+/// The journal directory every command uses when not given one:
+/// `$CHAOS_JOURNAL_DIR`, else `$CHAOS_STATE_DIR` (the older name, still
+/// honoured), else [`state_dir`]'s default.
+pub fn default_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CHAOS_JOURNAL_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    state_dir()
+}
+
+/// `--journal-dir` if given, else [`default_dir`]: the one resolution all
+/// commands share.
+pub fn resolve_dir(flag: Option<&Path>) -> PathBuf {
+    flag.map(Path::to_path_buf).unwrap_or_else(default_dir)
+}
+
+/// The machine-wide state directory (target locks, the halt marker, the
+/// registry of live runners): `$CHAOS_STATE_DIR`, else `/var/lib/chaos`
+/// for root, else `$XDG_STATE_HOME/chaos` (default `~/.local/state/chaos`).
+/// Unlike the journal directory it is the same for every runner, whatever
+/// `--journal-dir` each was given.
+pub fn state_dir() -> PathBuf {
+    if let Some(dir) = std::env::var_os("CHAOS_STATE_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/chaos");
+    }
+    if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("chaos");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/state/chaos")
 }
 
 /// An open journal owned by one runner.
 pub struct Journal {
     path: PathBuf,
-    dir: PathBuf,
+    state: PathBuf,
     file: File,
     next_id: u64,
-    locks: BTreeMap<String, File>,
+    /// Held target locks, with how many applied records use each: two
+    /// faults of one run on one target share the lock, and it is released
+    /// only when the last of them is reverted.
+    locks: BTreeMap<String, (TargetLock, usize)>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -86,16 +153,26 @@ fn valid_run_id(run_id: &str) -> bool {
 }
 
 impl Journal {
-    /// Creates `<dir>/<run_id>.journal` and holds its lock until dropped.
+    /// Creates `<dir>/<run_id>.journal` and holds its lock until dropped;
+    /// target locks go to the machine-wide [`state_dir`]. Refused while
+    /// chaos is halted.
     pub fn open(dir: &Path, run_id: &str) -> Result<Self, JournalError> {
+        Journal::open_in(dir, &state_dir(), run_id)
+    }
+
+    /// [`Journal::open`] with an explicit state directory.
+    pub fn open_in(dir: &Path, state: &Path, run_id: &str) -> Result<Self, JournalError> {
         if !valid_run_id(run_id) {
             return Err(JournalError::RunId(run_id.to_string()));
         }
+        if let Some(halt) = crate::halt::check(state) {
+            return Err(JournalError::Halted(halt));
+        }
         let dir_err = |source| JournalError::Dir { dir: dir.to_path_buf(), source };
-        std::fs::create_dir_all(dir.join("locks")).map_err(dir_err)?;
+        std::fs::create_dir_all(dir).map_err(dir_err)?;
         let path = dir.join(format!("{run_id}.journal"));
         let write_err = |source| JournalError::Write { path: path.clone(), source };
-        let file = OpenOptions::new()
+        let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
@@ -107,8 +184,10 @@ impl Journal {
                 holder: "unknown".to_string(),
             });
         }
-        let existing = read_entries(&path)?;
+        let existing = read_journal(&path)?;
+        terminate_torn_line(&mut file, &path)?;
         let next_id = existing
+            .entries
             .iter()
             .filter_map(|e| match e {
                 Entry::Apply { id, .. } => Some(id + 1),
@@ -118,7 +197,7 @@ impl Journal {
             .unwrap_or(0);
         let mut journal = Journal {
             path,
-            dir: dir.to_path_buf(),
+            state: state.to_path_buf(),
             file,
             next_id,
             locks: BTreeMap::new(),
@@ -135,25 +214,20 @@ impl Journal {
         Ok(journal)
     }
 
-    /// `$CHAOS_STATE_DIR`, else `/var/lib/chaos` for root, else
-    /// `$XDG_STATE_HOME/chaos` (default `~/.local/state/chaos`).
+    /// `$CHAOS_JOURNAL_DIR`, else `$CHAOS_STATE_DIR`, else the default
+    /// state directory; see [`default_dir`].
     pub fn default_dir() -> PathBuf {
-        if let Some(dir) = std::env::var_os("CHAOS_STATE_DIR").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir);
-        }
-        if nix::unistd::geteuid().is_root() {
-            return PathBuf::from("/var/lib/chaos");
-        }
-        if let Some(dir) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
-            return PathBuf::from(dir).join("chaos");
-        }
-        let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
-        PathBuf::from(home).join(".local/state/chaos")
+        default_dir()
     }
 
     /// Path of this journal file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The state directory this journal locks targets in.
+    pub fn state(&self) -> &Path {
+        &self.state
     }
 
     /// Appends an `apply` record and fsyncs it; returns its id. Call this
@@ -188,73 +262,113 @@ impl Journal {
         Ok(())
     }
 
-    /// Takes the exclusive lock for a target key (e.g. `proc-1234`,
-    /// `net-chaos-a`). Re-locking a key this journal holds is a no-op.
+    /// Takes the machine-wide exclusive lock for a target key (e.g.
+    /// `proc-1234`, `net-chaos-a`). Locking a key this journal holds again
+    /// counts one more user; each [`Journal::unlock_target`] (or
+    /// `record_reverted`) releases one.
     pub fn lock_target(&mut self, key: &str) -> Result<(), JournalError> {
-        if self.locks.contains_key(key) {
+        if let Some((_, users)) = self.locks.get_mut(key) {
+            *users += 1;
             return Ok(());
         }
-        let safe: String = key
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() || "-_.".contains(c) { c } else { '_' })
-            .collect();
-        let path = self.dir.join("locks").join(format!("{safe}.lock"));
-        let err = |source| JournalError::Write { path: path.clone(), source };
-        let mut file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .read(true)
-            .write(true)
-            .open(&path)
-            .map_err(err)?;
-        if file.try_lock_exclusive().is_err() {
-            let holder = std::fs::read_to_string(&path)
-                .map(|s| s.trim().to_string())
-                .unwrap_or_default();
-            return Err(JournalError::TargetLocked { key: key.to_string(), holder });
-        }
-        // The lock is ours (a dead holder's flock is gone): record our pid
-        // for the error message other runners will print.
-        file.set_len(0).map_err(err)?;
-        write!(file, "{}", std::process::id()).map_err(err)?;
-        self.locks.insert(key.to_string(), file);
+        let lock = TargetLock::acquire(&self.state, key)?;
+        self.locks.insert(key.to_string(), (lock, 1));
         Ok(())
     }
 
-    /// Releases a target lock (no-op when not held).
+    /// Releases one use of a target lock; the lock itself goes with the
+    /// last (no-op when not held).
     pub fn unlock_target(&mut self, key: &str) {
-        if let Some(file) = self.locks.remove(key) {
-            let _ = file.set_len(0);
-            let _ = FileExt::unlock(&file);
+        if let Some((_, users)) = self.locks.get_mut(key) {
+            *users -= 1;
+            if *users == 0 {
+                self.locks.remove(key);
+            }
         }
     }
 
     fn append(&mut self, entry: &Entry) -> Result<(), JournalError> {
         let err = |source| JournalError::Write { path: self.path.clone(), source };
-        let mut line = serde_json::to_string(entry).expect("journal entries serialise");
-        line.push('\n');
+        let line = record::encode(entry);
         self.file.write_all(line.as_bytes()).map_err(err)?;
         self.file.sync_data().map_err(err)
     }
 }
 
-/// Reads every entry of a journal file; a torn last line (crash during
-/// write) is ignored, since its fault was never applied.
-pub fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
-    let err = |source| JournalError::Read { path: path.to_path_buf(), source };
-    let file = File::open(path).map_err(err)?;
-    let mut out = Vec::new();
-    for line in BufReader::new(file).lines() {
-        let line = line.map_err(err)?;
-        if let Ok(entry) = serde_json::from_str::<Entry>(&line) {
-            out.push(entry);
-        }
+/// Ends a torn last line (a write cut short by a crash) with a newline, so
+/// the next record starts on a line of its own instead of being glued to
+/// the fragment and lost with it.
+fn terminate_torn_line(file: &mut File, path: &Path) -> Result<(), JournalError> {
+    let err = |source| JournalError::Write { path: path.to_path_buf(), source };
+    let len = file.metadata().map_err(err)?.len();
+    if len == 0 {
+        return Ok(());
     }
-    Ok(out)
+    let mut last = [0u8; 1];
+    file.seek(SeekFrom::Start(len - 1)).map_err(err)?;
+    file.read_exact(&mut last).map_err(err)?;
+    if last[0] != b'\n' {
+        // Append mode: the write lands at the end whatever the position.
+        file.write_all(b"\n").map_err(err)?;
+        file.sync_data().map_err(err)?;
+    }
+    Ok(())
+}
+
+/// Opens `path` for reading if it is a regular file (after symlinks) of a
+/// sane size: a directory, a FIFO or a dangling link named `*.journal` is
+/// an error for that file only.
+fn open_regular(path: &Path, write: bool) -> Result<File, JournalError> {
+    let meta = std::fs::metadata(path)
+        .map_err(|source| JournalError::Read { path: path.to_path_buf(), source })?;
+    if !meta.is_file() {
+        return Err(JournalError::NotAJournal {
+            path: path.to_path_buf(),
+            why: "not a regular file".into(),
+        });
+    }
+    if meta.len() > MAX_JOURNAL_BYTES {
+        return Err(JournalError::NotAJournal {
+            path: path.to_path_buf(),
+            why: format!("{} bytes, more than any journal holds", meta.len()),
+        });
+    }
+    OpenOptions::new()
+        .read(true)
+        .append(write)
+        .open(path)
+        .map_err(|source| JournalError::Read { path: path.to_path_buf(), source })
+}
+
+/// Reads and verifies a whole journal file. Damaged lines are returned,
+/// never dropped silently; an error means the file as a whole could not
+/// be read.
+pub fn read_journal(path: &Path) -> Result<record::Contents, JournalError> {
+    let file = open_regular(path, false)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_JOURNAL_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| JournalError::Read { path: path.to_path_buf(), source })?;
+    Ok(record::decode(&bytes))
+}
+
+/// Reads every verified entry of a journal file (damaged lines skipped;
+/// use [`read_journal`] to see them).
+pub fn read_entries(path: &Path) -> Result<Vec<Entry>, JournalError> {
+    Ok(read_journal(path)?.entries)
+}
+
+/// One applied record that was never marked reverted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pending {
+    pub id: u64,
+    pub fault: String,
+    pub lock: Option<String>,
+    pub revert: RevertAction,
 }
 
 /// Applied records of a journal that were never marked reverted.
-pub fn pending(entries: &[Entry]) -> Vec<(u64, String, Option<String>, RevertAction)> {
+pub fn pending(entries: &[Entry]) -> Vec<Pending> {
     let done: BTreeSet<u64> = entries
         .iter()
         .filter_map(|e| match e {
@@ -266,7 +380,12 @@ pub fn pending(entries: &[Entry]) -> Vec<(u64, String, Option<String>, RevertAct
         .iter()
         .filter_map(|e| match e {
             Entry::Apply { id, fault, lock, revert } if !done.contains(id) => {
-                Some((*id, fault.clone(), lock.clone(), revert.clone()))
+                Some(Pending {
+                    id: *id,
+                    fault: fault.clone(),
+                    lock: lock.clone(),
+                    revert: revert.clone(),
+                })
             }
             _ => None,
         })
@@ -278,31 +397,35 @@ pub fn pending(entries: &[Entry]) -> Vec<(u64, String, Option<String>, RevertAct
 pub struct Orphan {
     pub path: PathBuf,
     file: File,
+    terminated: bool,
 }
 
 impl Orphan {
-    /// Opens `path` for recovery; `Ok(None)` when its runner is still alive.
+    /// Opens `path` for recovery; `Ok(None)` when its runner is still
+    /// alive. Anything but a regular file is an error for this path only.
     pub fn claim(path: &Path) -> Result<Option<Orphan>, JournalError> {
-        let err = |source| JournalError::Write { path: path.to_path_buf(), source };
-        let file = OpenOptions::new().append(true).read(true).open(path).map_err(err)?;
+        let file = open_regular(path, true)?;
         if file.try_lock_exclusive().is_err() {
             return Ok(None);
         }
-        Ok(Some(Orphan { path: path.to_path_buf(), file }))
+        Ok(Some(Orphan { path: path.to_path_buf(), file, terminated: false }))
     }
 
-    /// Marks a record reverted (fsynced).
+    /// Marks a record reverted (fsynced), after ending a torn last line.
     pub fn mark_reverted(&mut self, id: u64) -> Result<(), JournalError> {
+        if !self.terminated {
+            terminate_torn_line(&mut self.file, &self.path)?;
+            self.terminated = true;
+        }
         let err = |source| JournalError::Write { path: self.path.clone(), source };
-        let mut line = serde_json::to_string(&Entry::Reverted { id })
-            .expect("journal entries serialise");
-        line.push('\n');
+        let line = record::encode(&Entry::Reverted { id });
         self.file.write_all(line.as_bytes()).map_err(err)?;
         self.file.sync_data().map_err(err)
     }
 }
 
-/// Every `*.journal` file in `dir` (none when the directory is missing).
+/// Every `*.journal` entry in `dir` (none when the directory is missing);
+/// whether each is a readable file is for the caller to find out.
 pub fn journal_files(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(e) => e,
@@ -320,9 +443,10 @@ pub fn journal_files(dir: &Path) -> Result<Vec<PathBuf>, JournalError> {
 
 /// Deletes (or, with `dry_run`, only lists) the *settled* journals in
 /// `dir` last written more than `older_than` before `now`: their runner is
-/// gone (the lock is free) and every applied fault is marked reverted. A
-/// journal with anything pending, or whose runner is alive, is never
-/// touched, whatever its age — it is the only record of what to undo.
+/// gone (the lock is free), every applied fault is marked reverted and no
+/// line is damaged. A journal with anything pending, damaged or
+/// unreadable, or whose runner is alive, is never touched, whatever its
+/// age — it is the only record of what to undo.
 pub fn prune(
     dir: &Path,
     older_than: std::time::Duration,
@@ -332,8 +456,9 @@ pub fn prune(
     let mut pruned = Vec::new();
     for path in journal_files(dir)? {
         // Held until the file is gone, so no `recover` replays it meanwhile.
-        let Some(_claim) = Orphan::claim(&path)? else { continue };
-        if !pending(&read_entries(&path)?).is_empty() {
+        let Ok(Some(_claim)) = Orphan::claim(&path) else { continue };
+        let Ok(contents) = read_journal(&path) else { continue };
+        if !contents.damaged.is_empty() || !pending(&contents.entries).is_empty() {
             continue;
         }
         let read_err = |source| JournalError::Read { path: path.clone(), source };
@@ -356,24 +481,30 @@ pub fn prune(
 mod tests {
     use super::*;
 
+    /// A journal whose target locks live in the same temporary directory,
+    /// away from the machine-wide state of other tests.
+    fn open(dir: &Path, run_id: &str) -> Result<Journal, JournalError> {
+        Journal::open_in(dir, dir, run_id)
+    }
+
     #[test]
     fn prune_removes_only_old_settled_journals_of_dead_runners() {
         use std::time::{Duration, SystemTime};
         let dir = tempfile::tempdir().unwrap();
         let revert = || RevertAction::Nothing { note: "kill".into() };
         // Settled: applied and reverted, runner gone.
-        let mut settled = Journal::open(dir.path(), "settled").unwrap();
+        let mut settled = open(dir.path(), "settled").unwrap();
         let id = settled.record_apply("kill pid 1", None, revert()).unwrap();
         settled.record_reverted(id, None).unwrap();
         let settled_path = settled.path().to_path_buf();
         drop(settled);
         // Pending: applied, never reverted, runner gone.
-        let mut pending_j = Journal::open(dir.path(), "pending").unwrap();
+        let mut pending_j = open(dir.path(), "pending").unwrap();
         pending_j.record_apply("pause pid 2", None, revert()).unwrap();
         let pending_path = pending_j.path().to_path_buf();
         drop(pending_j);
         // Alive: settled but its runner still holds the lock.
-        let alive = Journal::open(dir.path(), "alive").unwrap();
+        let alive = open(dir.path(), "alive").unwrap();
 
         let later = SystemTime::now() + Duration::from_secs(40 * 86_400);
         let day30 = Duration::from_secs(30 * 86_400);
@@ -397,12 +528,12 @@ mod tests {
     #[test]
     fn an_applied_record_stays_pending_until_marked_reverted() {
         let dir = tempfile::tempdir().unwrap();
-        let mut j = Journal::open(dir.path(), "run-1").unwrap();
+        let mut j = open(dir.path(), "run-1").unwrap();
         let a = j
             .record_apply(
                 "pause pid 7",
                 None,
-                RevertAction::Continue { pid: 7, starttime: 1 },
+                RevertAction::Continue { pid: 7, starttime: 1, stopped_before: false },
             )
             .unwrap();
         let b = j
@@ -411,13 +542,13 @@ mod tests {
         j.record_reverted(b, None).unwrap();
         let pend = pending(&read_entries(j.path()).unwrap());
         assert_eq!(pend.len(), 1);
-        assert_eq!(pend[0].0, a);
+        assert_eq!(pend[0].id, a);
     }
 
     #[test]
     fn a_live_journal_cannot_be_claimed_for_recovery_but_a_closed_one_can() {
         let dir = tempfile::tempdir().unwrap();
-        let j = Journal::open(dir.path(), "run-2").unwrap();
+        let j = open(dir.path(), "run-2").unwrap();
         let path = j.path().to_path_buf();
         assert!(Orphan::claim(&path).unwrap().is_none());
         drop(j);
@@ -427,8 +558,8 @@ mod tests {
     #[test]
     fn a_target_lock_is_exclusive_between_journals_and_freed_on_drop() {
         let dir = tempfile::tempdir().unwrap();
-        let mut a = Journal::open(dir.path(), "a").unwrap();
-        let mut b = Journal::open(dir.path(), "b").unwrap();
+        let mut a = open(dir.path(), "a").unwrap();
+        let mut b = open(dir.path(), "b").unwrap();
         a.lock_target("net-x").unwrap();
         let err = b.lock_target("net-x").unwrap_err();
         assert!(err.to_string().contains(&std::process::id().to_string()), "{err}");
@@ -437,8 +568,52 @@ mod tests {
     }
 
     #[test]
+    fn a_target_lock_holds_across_journal_directories_of_one_state_dir() {
+        let state = tempfile::tempdir().unwrap();
+        let (d1, d2) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let mut a = Journal::open_in(d1.path(), state.path(), "a").unwrap();
+        let mut b = Journal::open_in(d2.path(), state.path(), "b").unwrap();
+        a.lock_target("net-y").unwrap();
+        assert!(matches!(b.lock_target("net-y"), Err(JournalError::TargetLocked { .. })));
+    }
+
+    #[test]
+    fn torn_last_line_is_terminated_before_the_first_recover_appends() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut j = open(dir.path(), "torn").unwrap();
+        let id = j
+            .record_apply("kill", None, RevertAction::Nothing { note: "k".into() })
+            .unwrap();
+        let path = j.path().to_path_buf();
+        drop(j);
+        // A crash in the middle of writing the next record.
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        f.write_all(b"{\"type\":\"apply\",\"id\":1,\"fau").unwrap();
+        drop(f);
+        let mut orphan = Orphan::claim(&path).unwrap().unwrap();
+        orphan.mark_reverted(id).unwrap();
+        drop(orphan);
+        let contents = read_journal(&path).unwrap();
+        assert!(pending(&contents.entries).is_empty(), "{:?}", contents.entries);
+        assert_eq!(contents.damaged.len(), 1, "only the fragment is damaged");
+    }
+
+    #[test]
+    fn a_lock_shared_by_two_faults_of_one_run_is_held_until_both_are_reverted() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut a = open(dir.path(), "a").unwrap();
+        let mut b = open(dir.path(), "b").unwrap();
+        a.lock_target("proc-9").unwrap();
+        a.lock_target("proc-9").unwrap();
+        a.unlock_target("proc-9");
+        assert!(b.lock_target("proc-9").is_err(), "one user is left");
+        a.unlock_target("proc-9");
+        b.lock_target("proc-9").unwrap();
+    }
+
+    #[test]
     fn refuses_a_run_id_that_could_escape_the_directory() {
         let dir = tempfile::tempdir().unwrap();
-        assert!(Journal::open(dir.path(), "../x").is_err());
+        assert!(open(dir.path(), "../x").is_err());
     }
 }

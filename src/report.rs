@@ -97,6 +97,24 @@ pub struct RunReport {
     pub srm: Option<SrmInfo>,
     /// Human-readable warnings (validation, data gates, revert trouble).
     pub warnings: Vec<String>,
+    /// Where the run's OpenTelemetry trace went (`[otel]`); `None` when
+    /// tracing is off. Absent in files written before tracing existed.
+    #[serde(default)]
+    pub trace: Option<TraceInfo>,
+}
+
+/// Where to find the run's trace in Jaeger, Tempo or any OTLP backend.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TraceInfo {
+    /// W3C trace id, 32 lowercase hex digits.
+    pub trace_id: String,
+    /// The OTLP/HTTP URL the spans were sent to.
+    pub endpoint: String,
+    /// Every span was accepted by the collector before the run ended.
+    pub delivered: bool,
+    /// Why not, when `delivered` is false.
+    pub error: Option<String>,
 }
 
 /// Identity of the experiment that ran.

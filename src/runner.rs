@@ -19,6 +19,7 @@ use crate::experiment::{Experiment, Fault, FaultKind, Metric};
 use crate::fault::{self, InfraFault, Injector};
 use crate::journal::Journal;
 use crate::metrics::{CohortSnapshot, Recorder};
+use crate::otel::{self, RunTrace};
 use crate::outcome::{RunOutcome, Verdict};
 use crate::report::{
     AbortInfo, ExperimentInfo, FaultRecord, HypothesisResult, RunReport, SrmInfo,
@@ -257,15 +258,37 @@ fn monitor_note(monitors: &[Monitor]) -> String {
 }
 
 /// Runs the experiment to completion and returns its report. Errors are
-/// only returned before anything was injected.
+/// only returned before anything was injected. With `[otel]`, the run is
+/// traced (see [`crate::otel`]) and the report says where the trace went.
 pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunError> {
+    let run_id = new_run_id();
+    let mut trace = RunTrace::start(exp.otel.as_ref(), &exp.meta.name, &run_id);
+    let result = run_traced(exp, opts, run_id, &mut trace).await;
+    match result {
+        Ok(mut report) => {
+            report.trace = trace.finish(Ok(&report)).await;
+            Ok(report)
+        }
+        Err(e) => {
+            trace.finish(Err((e.exit_code(), &e.to_string()))).await;
+            Err(e)
+        }
+    }
+}
+
+async fn run_traced(
+    exp: &Experiment,
+    opts: RunOptions,
+    run_id: String,
+    trace: &mut RunTrace,
+) -> Result<RunReport, RunError> {
     let t_start = Instant::now();
     let started_at = now_rfc3339();
     let seed = opts.seed.or(exp.meta.seed).unwrap_or_else(rand::random);
-    let run_id = new_run_id();
     let mut progress = Progress::new(opts.progress);
     progress.event(&format!("run {run_id}: {} (seed {seed})", exp.meta.name));
     let interrupted = || opts.interrupt.as_ref().is_some_and(|i| i.is_set());
+    refuse_if_halted()?;
 
     // ---- preflight: nothing is changed until every check passed.
     let (infra, ctx) = infra_plan(exp, seed, &run_id)?;
@@ -385,6 +408,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
         None => None,
     };
     let preflight_s = t_start.elapsed().as_secs_f64();
+    trace.phase(otel::Phase::Baseline);
     progress.event(&format!(
         "proxy on {} ({} sidecar(s)); baseline {}",
         edge.local_addr(),
@@ -397,9 +421,16 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let ms = |d: Duration| d.as_millis() as u64;
     let mut outcome: Option<RunOutcome> = None;
     let baseline_end = origin.elapsed() + exp.meta.baseline;
+    let mut abort: Option<AbortInfo> = None;
     while origin.elapsed() < baseline_end {
         if interrupted() {
             outcome = Some(RunOutcome::Interrupted);
+            break;
+        }
+        if let Some(a) = halt_abort(origin.elapsed()) {
+            progress.event(&format!("ABORT: {}", a.reason));
+            abort = Some(a);
+            outcome = Some(RunOutcome::Aborted);
             break;
         }
         let (c, e) = live(&recorder, Span { from_ms: 0, to_ms: u64::MAX });
@@ -408,13 +439,13 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     }
     let baseline_s = exp.meta.baseline.as_secs_f64();
     let inject_at = origin.elapsed();
+    trace.phase(otel::Phase::Observe);
     let inject_wall = std::time::SystemTime::now();
     let window_end = inject_at + exp.meta.duration;
     let mut monitors =
         build_monitors(exp, &recorder, Span { from_ms: 0, to_ms: ms(inject_at) });
 
     // ---- inject + observe
-    let mut abort: Option<AbortInfo> = None;
     let mut env_error: Option<String> = None;
     let mut last_look = inject_at;
     let mut last_latency_ms = ms(inject_at);
@@ -439,6 +470,12 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             break;
         }
         if now >= window_end {
+            break;
+        }
+        if let Some(a) = halt_abort(now) {
+            progress.event(&format!("ABORT: {}", a.reason));
+            abort = Some(a);
+            outcome = Some(RunOutcome::Aborted);
             break;
         }
         let rel = now - inject_at;
@@ -487,12 +524,20 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                         sf.next_repeat = Some(rel + every);
                     }
                     match r {
-                        Ok(()) if due_repeat => progress.event(&format!(
-                            "repeated {}: {}",
-                            sf.spec.id, sf.description
-                        )),
+                        Ok(()) if due_repeat => {
+                            trace.fault_repeated(&sf.spec.id);
+                            progress.event(&format!(
+                                "repeated {}: {}",
+                                sf.spec.id, sf.description
+                            ))
+                        }
                         Ok(()) => {
                             platform.fault_applied(&sf.spec.kind);
+                            trace.fault_applied(
+                                &sf.spec.id,
+                                sf.spec.kind.name(),
+                                &sf.description,
+                            );
                             progress.event(&format!(
                                 "applied {}: {}",
                                 sf.spec.id, sf.description
@@ -509,6 +554,11 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
                 } else if sf.http.is_some() {
                     sf.applied_at = Some(now);
                     platform.fault_applied(&sf.spec.kind);
+                    trace.fault_applied(
+                        &sf.spec.id,
+                        sf.spec.kind.name(),
+                        &sf.description,
+                    );
                     http_changed = true;
                     progress
                         .event(&format!("applied {}: {}", sf.spec.id, sf.description));
@@ -519,6 +569,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             {
                 revert_one(sf, &mut journal, now, &mut http_changed);
                 platform.fault_reverted(&sf.spec.kind);
+                trace.fault_reverted(&sf.spec.id, sf.revert_error.as_deref());
                 progress.event(&format!("reverted {}", sf.spec.id));
             }
         }
@@ -607,12 +658,15 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     let observe_end_wall = std::time::SystemTime::now();
 
     // ---- revert everything, whatever happened above.
+    trace.aborted(abort.as_ref());
+    trace.phase(otel::Phase::Revert);
     let revert_started = Instant::now();
     revert_all(&mut schedule, &mut journal, origin.elapsed(), &edge, &sidecars);
     // The gauge saturates at zero, so faults already reverted above are
     // not counted twice.
     for sf in schedule.iter().filter(|sf| sf.applied_at.is_some()) {
         platform.fault_reverted(&sf.spec.kind);
+        trace.fault_reverted(&sf.spec.id, sf.revert_error.as_deref());
     }
     let revert_s = revert_started.elapsed().as_secs_f64();
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
@@ -643,6 +697,7 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
     progress.finish();
 
     // ---- verdicts over the observation window.
+    trace.phase(otel::Phase::Verdict);
     let span = Span { from_ms: ms(inject_at), to_ms: ms(observe_end) + 1 };
     let verdict_seed = seed ^ 0x5EED_0FB0_07A1;
     // PromQL hypotheses: per-step values per cohort over the fault window,
@@ -759,12 +814,35 @@ pub async fn run(exp: &Experiment, opts: RunOptions) -> Result<RunReport, RunErr
             unit: crate::report::SrmUnit::Keys,
         }),
         warnings,
+        trace: None,
     };
     Ok(report)
 }
 
 /// A one-line summary of an injector's plan for reports: the resolved
 /// targets and the first action, without the selection preamble.
+/// No experiment starts while `chaos halt` is in force (exit 5).
+fn refuse_if_halted() -> Result<(), RunError> {
+    match crate::halt::check_default() {
+        Some(h) => Err(RunError::Preflight(format!(
+            "{h}; nothing was started (run `chaos resume` to allow experiments again)"
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// A halt set while running aborts the run: every fault is reverted and
+/// the run ends as aborted (exit 3) with the halt as its reason.
+fn halt_abort(now: Duration) -> Option<AbortInfo> {
+    crate::halt::check_default().map(|h| AbortInfo {
+        at_s: now.as_secs_f64(),
+        hypothesis: None,
+        reason: h.to_string(),
+        p_value: f64::NAN,
+        estimate: f64::NAN,
+    })
+}
+
 fn summarize(lines: &[String], kind: &str) -> String {
     lines
         .iter()

@@ -1,11 +1,13 @@
 //! The cohort proxy: listener, sticky cohort assignment, upstream pools,
-//! the HTTP fault layer (experiment cohort only), `x-chaos-cohort`
-//! propagation, the admin endpoint and the sample-ratio-mismatch check.
+//! the HTTP fault layer (experiment cohort only), `x-chaos-cohort` and W3C
+//! baggage (`chaos.cohort`) propagation, the admin endpoint and the
+//! sample-ratio-mismatch check.
 //! The runner wires it to a [`crate::metrics::Recorder`]; the proxy never
 //! calls faults or statistics itself.
 
 pub mod admin;
 pub mod assign;
+pub mod baggage;
 pub(crate) mod body;
 pub mod config;
 pub mod fault;

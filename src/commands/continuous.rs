@@ -81,10 +81,7 @@ pub fn run(args: ContinuousArgs) -> u8 {
         }
     };
     let exec = RunnerExecutor {
-        journal_dir: cfg
-            .journal_dir
-            .clone()
-            .unwrap_or_else(crate::journal::Journal::default_dir),
+        journal_dir: crate::journal::resolve_dir(cfg.journal_dir.as_deref()),
         seed: None,
         progress: ProgressMode::Quiet,
         interrupt: Some(interrupt),

@@ -62,7 +62,7 @@ pub struct DemoRunArgs {
     #[arg(long, short)]
     pub quiet: bool,
     /// Fault journal directory.
-    #[arg(long, value_name = "DIR", env = "CHAOS_JOURNAL_DIR")]
+    #[arg(long, value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
 }
 

@@ -48,7 +48,7 @@ pub struct GamedayArgs {
     #[arg(long)]
     pub json: bool,
     /// Fault journal directory (default as for `chaos run`).
-    #[arg(long, value_name = "DIR", env = "CHAOS_JOURNAL_DIR")]
+    #[arg(long, value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
     /// Seed for every run.
     #[arg(long)]
@@ -84,15 +84,14 @@ pub fn run(args: GamedayArgs) -> u8 {
             return exit::ENVIRONMENT;
         }
     };
+    // Lets `chaos halt` SIGTERM the game day should it not stop on its own.
+    let _registration = crate::halt::register_default("chaos gameday");
     let dir = args.report_dir.clone().unwrap_or_else(|| {
         let stamp = jiff::Timestamp::now().strftime("%Y%m%dT%H%M%SZ").to_string();
         PathBuf::from("reports").join(format!("gameday-{stamp}"))
     });
     let exec = RunnerExecutor {
-        journal_dir: args
-            .journal_dir
-            .clone()
-            .unwrap_or_else(crate::journal::Journal::default_dir),
+        journal_dir: crate::journal::resolve_dir(args.journal_dir.as_deref()),
         seed: args.seed,
         progress: ProgressMode::detect(),
         interrupt: Some(interrupt),

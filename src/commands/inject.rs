@@ -32,8 +32,9 @@ ends, on Ctrl-C or SIGTERM (exit 130). If chaos itself is killed, run
 netem delay is refused (use the proxy's HTTP latency fault).
 At most --max-targets (default 3) targets are hit: `--target 'name:.*'
 --percent 100%` is refused (exit 2) instead of hitting every process.
-Exit codes: 0 done, 2 invalid input or refused target, 5 environment
-(missing tool, privilege, target not found or locked), 130 interrupted.";
+Exit codes: 0 done, 2 invalid input or refused target, 3 halted by
+`chaos halt` (reverted), 5 environment (missing tool, privilege, target
+not found or locked, chaos halted before the start), 130 interrupted.";
 
 /// Ad-hoc commands get the blast radius experiments get by default.
 pub const DEFAULT_MAX_TARGETS: u32 = 3;
@@ -68,8 +69,9 @@ pub struct TargetArgs {
     /// Print the resolved targets and exact commands; change nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Journal directory [default: $CHAOS_STATE_DIR, /var/lib/chaos as
-    /// root, else $XDG_STATE_HOME/chaos].
+    /// Journal directory [default: $CHAOS_JOURNAL_DIR, else
+    /// $CHAOS_STATE_DIR, else /var/lib/chaos as root, else
+    /// $XDG_STATE_HOME/chaos].
     #[arg(long)]
     pub journal_dir: Option<PathBuf>,
 }
@@ -128,7 +130,7 @@ impl TargetArgs {
     }
 
     pub fn journal_dir(&self) -> PathBuf {
-        self.journal_dir.clone().unwrap_or_else(Journal::default_dir)
+        crate::journal::resolve_dir(self.journal_dir.as_deref())
     }
 }
 
@@ -336,6 +338,10 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
     let interrupt =
         crate::signals::install().context("installing SIGINT/SIGTERM handlers")?;
     let dir = args.target.journal_dir();
+    // `chaos halt` polls the marker first and SIGTERMs registered holders
+    // of faults that did not stop on their own.
+    let state = crate::journal::state_dir();
+    let _registration = crate::halt::register_default("chaos inject");
     let journal = Journal::open(&dir, &ctx.run_id)
         .with_context(|| format!("opening the journal in {}", dir.display()))?;
     let journal_path = journal.path().to_path_buf();
@@ -361,6 +367,7 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
     let remaining = || deadline.map(|d| d.saturating_duration_since(Instant::now()));
     let mut failure = None;
     let mut interrupted = false;
+    let mut halted = false;
     let repeat = match &fault {
         InfraFault::ProcessKill(k) => k.interval,
         _ => None,
@@ -374,9 +381,17 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
             (None, Some(left)) => left,
             (None, None) => Duration::from_secs(3600),
         };
-        if interrupt.sleep(wait) {
-            interrupted = true;
-            break;
+        match crate::halt::sleep(&interrupt, wait, &state) {
+            crate::halt::Wake::Elapsed => {}
+            crate::halt::Wake::Interrupted => {
+                interrupted = true;
+                break;
+            }
+            crate::halt::Wake::Halted(h) => {
+                eprintln!("{h}: reverting");
+                halted = true;
+                break;
+            }
         }
         if remaining().is_some_and(|left| left.is_zero()) {
             break;
@@ -411,6 +426,9 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
     }
     if interrupted {
         return Ok(exit::INTERRUPTED);
+    }
+    if halted {
+        return Ok(exit::ABORTED);
     }
     if let Some(e) = failure {
         eprintln!("error: {e}");

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use crate::exit;
 use crate::fault;
-use crate::journal::{self, Journal};
+use crate::journal;
 
 pub const AFTER_HELP: &str = "Examples:
   chaos recover
@@ -14,9 +14,14 @@ pub const AFTER_HELP: &str = "Examples:
 
 Reads every journal in the directory; journals of runners still alive are
 skipped, every fault a dead runner applied and did not revert is reverted
-(SIGCONT for paused processes, nft tables and tc qdiscs deleted). Safe to
-run any number of times. Exit codes: 0 nothing left, 5 a revert failed
-(the record stays pending; fix the cause and run again).
+(SIGCONT for paused processes, nft tables and tc qdiscs deleted). A record
+whose target a live runner holds now is left for later. A journal that
+cannot be read, or a line that fails its checksum, is reported with its
+raw text and never acted upon; the other journals are still recovered.
+Safe to run any number of times. Exit codes: 0 nothing left, 5 something
+needs attention (a revert failed, a target is held by a live runner, a
+journal or record is damaged; pending records stay pending: fix the cause
+and run again).
 
 Journals are kept after a run as its audit trail. --prune-older-than AGE
 deletes, after recovering, the settled ones (runner gone, every fault
@@ -26,8 +31,9 @@ with anything still pending is never deleted.";
 /// `chaos recover` arguments.
 #[derive(Debug, Args)]
 pub struct RecoverArgs {
-    /// Journal directory [default: $CHAOS_STATE_DIR, /var/lib/chaos as
-    /// root, else $XDG_STATE_HOME/chaos].
+    /// Journal directory [default: $CHAOS_JOURNAL_DIR, else
+    /// $CHAOS_STATE_DIR, else /var/lib/chaos as root, else
+    /// $XDG_STATE_HOME/chaos].
     #[arg(long)]
     pub journal_dir: Option<PathBuf>,
     /// Print what would be reverted; change nothing.
@@ -55,7 +61,7 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
-    let dir = args.journal_dir.unwrap_or_else(Journal::default_dir);
+    let dir = journal::resolve_dir(args.journal_dir.as_deref());
     let report = match fault::recover(&dir, args.dry_run) {
         Ok(r) => r,
         Err(e) => {
@@ -73,15 +79,43 @@ fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
     for path in &report.live {
         println!("skipped (runner alive): {}", path.display());
     }
+    for (what, why) in &report.held {
+        println!(
+            "skipped (target held): {what}: {why}; run recover again once it is free"
+        );
+    }
     for (what, err) in &report.failed {
         eprintln!("error: could not revert {what}: {err}");
     }
+    for (path, err) in &report.unreadable {
+        eprintln!("error: journal {} could not be read: {err}", path.display());
+    }
+    for (path, d) in &report.damaged {
+        eprintln!(
+            "error: {}:{}: damaged record, not acted upon ({}):\n  {}",
+            path.display(),
+            d.line,
+            d.why,
+            d.raw
+        );
+    }
+    if !report.damaged.is_empty() || !report.unreadable.is_empty() {
+        eprintln!(
+            "hint: a damaged record may be a fault that is still applied: check the \
+             target by hand (`nft list tables`, `tc qdisc show`, `ps -o stat`), undo \
+             it if needed, then move the journal out of the directory"
+        );
+    }
     println!(
-        "{} journal(s) in {}, {} record(s) {verb}, {} failed",
+        "{} journal(s) in {}, {} record(s) {verb}, {} failed, {} held by live runners, \
+         {} damaged, {} unreadable",
         report.journals.len(),
         dir.display(),
         report.reverted.len(),
-        report.failed.len()
+        report.failed.len(),
+        report.held.len(),
+        report.damaged.len(),
+        report.unreadable.len()
     );
     if let Some(age) = args.prune_older_than {
         let pruned =
@@ -98,7 +132,7 @@ fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
         }
         println!("{} settled journal(s) {verb}", pruned.len());
     }
-    Ok(if report.failed.is_empty() { exit::OK } else { exit::ENVIRONMENT })
+    Ok(if report.needs_attention() { exit::ENVIRONMENT } else { exit::OK })
 }
 
 /// Runs `chaos recover`; returns the exit code.

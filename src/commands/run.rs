@@ -42,9 +42,10 @@ pub struct RunCommon {
     /// Print the final result as JSON on stdout instead of a table.
     #[arg(long)]
     pub json: bool,
-    /// Fault journal directory (default: $CHAOS_STATE_DIR, /var/lib/chaos as
-    /// root, else $XDG_STATE_HOME/chaos).
-    #[arg(long, value_name = "DIR", env = "CHAOS_JOURNAL_DIR")]
+    /// Fault journal directory (default: $CHAOS_JOURNAL_DIR, else
+    /// $CHAOS_STATE_DIR, else /var/lib/chaos as root, else
+    /// $XDG_STATE_HOME/chaos).
+    #[arg(long, value_name = "DIR")]
     pub journal_dir: Option<PathBuf>,
     /// Seed for target selection and the bootstrap (default: the file's, else random).
     #[arg(long)]
@@ -159,10 +160,7 @@ fn options(
         );
     }
     RunOptions {
-        journal_dir: common
-            .journal_dir
-            .clone()
-            .unwrap_or_else(crate::journal::Journal::default_dir),
+        journal_dir: crate::journal::resolve_dir(common.journal_dir.as_deref()),
         seed: common.seed,
         progress: if common.quiet { ProgressMode::Quiet } else { ProgressMode::detect() },
         interrupt,
@@ -181,6 +179,8 @@ pub fn execute(exp: &Experiment, common: &RunCommon) -> u8 {
         }
     };
     let opts = options(common, interrupt);
+    // Lets `chaos halt` SIGTERM this run should it not stop on its own.
+    let _registration = crate::halt::register_default("chaos run");
     let rt = match super::runner_runtime("chaos") {
         Ok(rt) => rt,
         Err(code) => return code,

@@ -6,7 +6,7 @@
 //! no retry, and turn every dependency problem into a 5xx.
 
 use bytes::Bytes;
-use http::{header, HeaderValue, Method, StatusCode, Uri};
+use http::{header, HeaderMap, HeaderValue, Method, StatusCode, Uri};
 use http_body_util::{BodyExt, Empty, Full, Limited};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
@@ -21,10 +21,14 @@ use tokio::sync::Semaphore;
 use super::http::{json, serve as serve_http, text, Request};
 use super::{Region, Variant};
 use crate::cohort::{Cohort, COHORT_HEADER};
+use crate::traffic::baggage::{self, BAGGAGE};
 
 /// Response header carrying the cohort value payments echoed back (shows
 /// that `x-chaos-cohort` was propagated API → payments).
 pub const PAYMENT_COHORT_HEADER: &str = "x-demo-payment-cohort";
+/// Response header carrying the `baggage` payments echoed back (shows that
+/// the W3C baggage `chaos.cohort` member was propagated API → payments).
+pub const PAYMENT_BAGGAGE_HEADER: &str = "x-demo-payment-baggage";
 /// Response header with the number of payments attempts this order took.
 pub const PAYMENT_ATTEMPTS_HEADER: &str = "x-demo-payment-attempts";
 
@@ -168,20 +172,17 @@ impl Api {
                         &serde_json::json!({"error": "overloaded"}),
                     );
                 };
-                let cohort = req.headers().get(COHORT_HEADER).cloned();
+                let ctx = outgoing_context(req.headers());
                 match self.cfg.variant {
-                    Variant::Resilient => self.checkout_resilient(cohort).await,
-                    Variant::Fragile => self.checkout_fragile(cohort).await,
+                    Variant::Resilient => self.checkout_resilient(&ctx).await,
+                    Variant::Fragile => self.checkout_fragile(&ctx).await,
                 }
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
 
-    async fn checkout_resilient(
-        &self,
-        cohort: Option<HeaderValue>,
-    ) -> http::Response<Full<Bytes>> {
+    async fn checkout_resilient(&self, ctx: &HeaderMap) -> http::Response<Full<Bytes>> {
         let primary = Region::UsEast;
         let open = |r: Region| self.breakers.get(&r).is_some_and(Breaker::is_open);
         // A region whose circuit is open goes last (still tried: it is the
@@ -192,8 +193,7 @@ impl Api {
             [primary, primary.other()]
         };
         for (i, region) in order.into_iter().enumerate() {
-            let result =
-                self.attempt(region, cohort.as_ref(), self.cfg.attempt_timeout).await;
+            let result = self.attempt(region, ctx, self.cfg.attempt_timeout).await;
             if let Some(b) = self.breakers.get(&region) {
                 b.record(result.is_ok());
             }
@@ -212,12 +212,8 @@ impl Api {
         resp
     }
 
-    async fn checkout_fragile(
-        &self,
-        cohort: Option<HeaderValue>,
-    ) -> http::Response<Full<Bytes>> {
-        let result =
-            self.attempt(Region::UsEast, cohort.as_ref(), self.cfg.safety_timeout).await;
+    async fn checkout_fragile(&self, ctx: &HeaderMap) -> http::Response<Full<Bytes>> {
+        let result = self.attempt(Region::UsEast, ctx, self.cfg.safety_timeout).await;
         match result {
             Ok((charge, echoed)) => ok_response(&charge, echoed, 1),
             Err(e) => {
@@ -238,17 +234,15 @@ impl Api {
     async fn attempt(
         &self,
         region: Region,
-        cohort: Option<&HeaderValue>,
+        ctx: &HeaderMap,
         timeout: Duration,
-    ) -> Result<(Charge, Option<HeaderValue>), AttemptError> {
+    ) -> Result<(Charge, Echoed), AttemptError> {
         let base = self.cfg.payments.get(&region).ok_or(AttemptError::NoUrl(region))?;
         let uri = charge_uri(base);
         let mut req = http::Request::get(uri)
             .body(Empty::new())
             .map_err(|e| AttemptError::Transport(e.to_string()))?;
-        if let Some(c) = cohort {
-            req.headers_mut().insert(COHORT_HEADER, c.clone());
-        }
+        req.headers_mut().extend(ctx.iter().map(|(k, v)| (k.clone(), v.clone())));
         let call = async {
             let resp = self
                 .client
@@ -258,7 +252,10 @@ impl Api {
             if !resp.status().is_success() {
                 return Err(AttemptError::Status(resp.status()));
             }
-            let echoed = resp.headers().get(COHORT_HEADER).cloned();
+            let echoed = Echoed {
+                cohort: resp.headers().get(COHORT_HEADER).cloned(),
+                baggage: resp.headers().get(BAGGAGE).cloned(),
+            };
             let is_json = resp
                 .headers()
                 .get(header::CONTENT_TYPE)
@@ -279,6 +276,33 @@ impl Api {
             .await
             .map_err(|_| AttemptError::Timeout(timeout))?
     }
+}
+
+/// What payments echoed of the context it received.
+struct Echoed {
+    cohort: Option<HeaderValue>,
+    baggage: Option<HeaderValue>,
+}
+
+/// The cohort context an outgoing call carries, by the proxy's rules: the
+/// `x-chaos-cohort` the edge set, and the incoming baggage (as an
+/// OpenTelemetry propagator forwards it) with exactly one `chaos.cohort`
+/// member for that cohort — read from the header, else from the baggage.
+fn outgoing_context(incoming: &HeaderMap) -> HeaderMap {
+    let mut out = HeaderMap::new();
+    let header = incoming.get(COHORT_HEADER);
+    if let Some(v) = header {
+        out.insert(COHORT_HEADER, v.clone());
+    }
+    for v in incoming.get_all(BAGGAGE) {
+        out.append(BAGGAGE, v.clone());
+    }
+    let cohort = header
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| Cohort::parse(v.trim()))
+        .or_else(|| baggage::cohort(incoming));
+    baggage::set_cohort(&mut out, cohort);
+    out
 }
 
 /// `{base}/charge`, keeping any path prefix of the base URL.
@@ -302,15 +326,18 @@ fn validate(body: &[u8]) -> Result<Charge, AttemptError> {
 
 fn ok_response(
     charge: &Charge,
-    echoed: Option<HeaderValue>,
+    echoed: Echoed,
     attempts: usize,
 ) -> http::Response<Full<Bytes>> {
     let mut resp = json(
         StatusCode::OK,
         &serde_json::json!({"order": "ok", "payment": charge, "fallback": false}),
     );
-    if let Some(v) = echoed {
+    if let Some(v) = echoed.cohort {
         resp.headers_mut().insert(PAYMENT_COHORT_HEADER, v);
+    }
+    if let Some(v) = echoed.baggage {
+        resp.headers_mut().insert(PAYMENT_BAGGAGE_HEADER, v);
     }
     resp.headers_mut()
         .insert(PAYMENT_ATTEMPTS_HEADER, HeaderValue::from(attempts as u32));
@@ -358,6 +385,24 @@ mod tests {
         assert!(b.is_open());
         b.record(true);
         assert!(!b.is_open(), "a success closes it");
+    }
+
+    #[test]
+    fn propagates_the_cohort_in_header_and_baggage_keeping_other_members() {
+        let mut h = HeaderMap::new();
+        h.insert(COHORT_HEADER, HeaderValue::from_static("experiment"));
+        h.append(BAGGAGE, HeaderValue::from_static("user=a%2Cb;p"));
+        h.append(BAGGAGE, HeaderValue::from_static("chaos.cohort=control"));
+        let out = outgoing_context(&h);
+        assert_eq!(out[COHORT_HEADER], "experiment");
+        assert_eq!(out[BAGGAGE], "user=a%2Cb;p,chaos.cohort=experiment");
+        // Baggage only (an OpenTelemetry hop dropped the header).
+        let mut h = HeaderMap::new();
+        h.insert(BAGGAGE, HeaderValue::from_static("chaos.cohort=control,k=v"));
+        let out = outgoing_context(&h);
+        assert!(out.get(COHORT_HEADER).is_none());
+        assert_eq!(out[BAGGAGE], "k=v,chaos.cohort=control");
+        assert!(outgoing_context(&HeaderMap::new()).is_empty());
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! The payments service: `GET /charge` answers a fixed charge after a
-//! simulated lognormal service time and echoes `x-chaos-cohort` back, so
+//! simulated lognormal service time and echoes `x-chaos-cohort` and
+//! `baggage` back, so
 //! callers (and tests) can see that the cohort travelled the whole path.
 
-use http::{header::HeaderValue, Method, StatusCode};
+use http::{Method, StatusCode};
 use rand::SeedableRng;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -11,6 +12,7 @@ use tokio::net::TcpListener;
 use super::http::{json, serve as serve_http, text, Request};
 use super::{Region, ServiceTime};
 use crate::cohort::{Cohort, COHORT_HEADER};
+use crate::traffic::baggage::BAGGAGE;
 
 /// Configuration of one payments replica.
 #[derive(Debug, Clone)]
@@ -40,7 +42,7 @@ pub async fn serve(
             }
             match req.uri().path() {
                 "/healthz" => text(StatusCode::OK, "ok\n"),
-                "/charge" => charge(&cfg, &rng, req.headers().get(COHORT_HEADER)).await,
+                "/charge" => charge(&cfg, &rng, req.headers()).await,
                 _ => text(StatusCode::NOT_FOUND, "not found\n"),
             }
         }
@@ -51,7 +53,7 @@ pub async fn serve(
 async fn charge(
     cfg: &PaymentsConfig,
     rng: &Mutex<rand_chacha::ChaCha8Rng>,
-    cohort: Option<&HeaderValue>,
+    headers: &http::HeaderMap,
 ) -> http::Response<http_body_util::Full<bytes::Bytes>> {
     let delay = {
         // A poisoned lock only means another request panicked mid-draw;
@@ -59,6 +61,7 @@ async fn charge(
         let mut rng = rng.lock().unwrap_or_else(|p| p.into_inner());
         cfg.service_time.sample(&mut *rng)
     };
+    let cohort = headers.get(COHORT_HEADER);
     let cohort_str = cohort.and_then(|v| v.to_str().ok()).unwrap_or("");
     tracing::debug!(
         pool = %cfg.pool, region = %cfg.region, cohort = cohort_str,
@@ -75,6 +78,9 @@ async fn charge(
     );
     if let Some(v) = cohort {
         resp.headers_mut().insert(COHORT_HEADER, v.clone());
+    }
+    if let Some(v) = headers.get(BAGGAGE) {
+        resp.headers_mut().insert(BAGGAGE, v.clone());
     }
     resp
 }

@@ -31,6 +31,19 @@ pub struct Experiment {
     pub prometheus: Option<PrometheusSource>,
     /// `[[guardrail]]`: PromQL abort conditions checked during the run.
     pub guardrails: Vec<Guardrail>,
+    /// `[otel]`: where each run's trace goes; `None` = no tracing.
+    pub otel: Option<OtelSink>,
+}
+
+/// `[otel]`: an OTLP/HTTP (protobuf) trace receiver, e.g. an OpenTelemetry
+/// Collector, Jaeger or Tempo.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtelSink {
+    /// Full URL spans are POSTed to (`/v1/traces` added when the file gave
+    /// only `http://host:port`).
+    pub endpoint: String,
+    /// `service.name` of the run's spans.
+    pub service_name: String,
 }
 
 /// `[[guardrail]]`: abort (and revert) as soon as `query` is above `above`,

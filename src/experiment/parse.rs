@@ -60,6 +60,7 @@ const SECTIONS: &[&str] = &[
     "safety",
     "prometheus",
     "guardrail",
+    "otel",
 ];
 
 /// Parses and validates `src` (the contents of `file`).
@@ -82,6 +83,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .and_then(|t| read_prometheus(t, sink));
     let hypotheses = read_hypotheses(&mut top, sink, prometheus.is_some());
     let guardrails = read_guardrails(&mut top, sink, prometheus.is_some());
+    let otel = section(&mut top, sink, "otel", false).and_then(|t| read_otel(t, sink));
     let region_names: BTreeSet<String> = regions.iter().map(|r| r.name.clone()).collect();
     let sidecar_names: BTreeSet<String> = sidecars_and_traffic
         .as_ref()
@@ -117,7 +119,43 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         safety,
         prometheus,
         guardrails,
+        otel,
     })
+}
+
+/// `[otel] endpoint = "http://HOST:PORT[/PATH]"`, `service_name`.
+fn read_otel(mut t: TableReader, sink: &mut Sink) -> Option<OtelSink> {
+    let endpoint = t.req_string(sink, "endpoint", "endpoint = \"http://127.0.0.1:4318\"");
+    let service = t.string(sink, "service_name", "service_name = \"chaos\"");
+    t.finish(sink);
+    let endpoint = endpoint?;
+    let url = match crate::otel::endpoint_url(&endpoint.value) {
+        Ok(url) => url,
+        Err(problem) => {
+            sink.error(
+                endpoint.span,
+                "otel.endpoint",
+                format!("invalid OTLP endpoint {:?}: {problem}", endpoint.value),
+                "write the collector's OTLP/HTTP receiver, e.g. \"http://127.0.0.1:4318\" \
+                 (/v1/traces is added)",
+            );
+            return None;
+        }
+    };
+    let service_name = match service {
+        Some(s) if s.value.trim().is_empty() => {
+            sink.error(
+                s.span,
+                "otel.service_name",
+                "service_name is empty".into(),
+                "leave it out for the default \"chaos\"",
+            );
+            return None;
+        }
+        Some(s) => s.value,
+        None => "chaos".to_string(),
+    };
+    Some(OtelSink { endpoint: url, service_name })
 }
 
 fn read_guardrails(

@@ -1,7 +1,9 @@
 //! The one [`Injector`] every fault kind compiles into: an ordered list of
 //! steps, each with the action that applies it and the [`RevertAction`]
-//! that undoes it. Applying a step is always: take the target lock, write
-//! the journal record (fsynced), act. Reverting is idempotent and shared
+//! that undoes it. Applying a step is always: take the (machine-wide)
+//! target lock, write the journal record (fsynced), act. A step whose
+//! action failed created nothing, so its revert is never run: only what
+//! this fault applied is ever undone. Reverting is idempotent and shared
 //! with `chaos recover`, which only has the journal to go on.
 
 use nix::sys::signal::{kill, Signal};
@@ -39,7 +41,8 @@ pub struct Step {
 pub struct Plan {
     pub notes: Vec<String>,
     pub steps: Vec<Step>,
-    applied: Vec<(u64, usize)>,
+    /// (journal id, step index, the revert recorded for it).
+    applied: Vec<(u64, usize, RevertAction)>,
 }
 
 impl Plan {
@@ -81,25 +84,29 @@ impl Injector for Plan {
 
     fn inject(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
         for index in 0..self.steps.len() {
-            if self.applied.iter().any(|(_, i)| *i == index) {
+            if self.applied.iter().any(|(_, i, _)| *i == index) {
                 continue;
             }
             let step = self.steps[index].clone();
             journal.lock_target(&step.lock)?;
-            let id = journal.record_apply(
-                &step.what,
-                Some(&step.lock),
-                step.revert.clone(),
-            )?;
-            self.applied.push((id, index));
+            let revert = as_found(&step.revert);
+            let id =
+                journal.record_apply(&step.what, Some(&step.lock), revert.clone())?;
             if let Err(e) = apply(&step.apply) {
-                // Undo everything this fault did so far; the error wins.
+                // This step created nothing (`nft -f` and `tc qdisc add`
+                // are all-or-nothing, a signal is sent or not), so its
+                // revert must not run: it could delete an identical fault
+                // someone else owns. Close its record, then undo the steps
+                // before it; the error wins.
+                let closed = journal.record_reverted(id, Some(&step.lock));
                 let _ = self.revert(journal);
+                closed?;
                 return Err(e);
             }
-            if matches!(step.revert, RevertAction::Nothing { .. }) {
+            if matches!(revert, RevertAction::Nothing { .. }) {
                 journal.record_reverted(id, Some(&step.lock))?;
-                self.applied.retain(|(i, _)| *i != id);
+            } else {
+                self.applied.push((id, index, revert));
             }
         }
         Ok(())
@@ -108,9 +115,9 @@ impl Injector for Plan {
     fn revert(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
         let mut first_error = None;
         // Reverse order: undo the last thing first.
-        while let Some((id, index)) = self.applied.pop() {
+        while let Some((id, index, revert)) = self.applied.pop() {
             let step = &self.steps[index];
-            match revert_action(&step.revert) {
+            match revert_action(&revert) {
                 Ok(()) => journal.record_reverted(id, Some(&step.lock))?,
                 Err(e) => {
                     tracing::error!(error = %e, what = %step.what, "revert failed; left in journal");
@@ -119,6 +126,21 @@ impl Injector for Plan {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+/// The revert to record, given the target's state right before acting: a
+/// process that is already stopped (by its owner, a debugger, another
+/// tool) is left stopped by the revert, as it was found.
+fn as_found(revert: &RevertAction) -> RevertAction {
+    match revert {
+        RevertAction::Continue { pid, starttime, .. } => RevertAction::Continue {
+            pid: *pid,
+            starttime: *starttime,
+            stopped_before: process::read(*pid)
+                .is_some_and(|p| p.starttime == *starttime && p.state == 'T'),
+        },
+        other => other.clone(),
     }
 }
 
@@ -157,6 +179,7 @@ fn apply(action: &Apply) -> Result<(), FaultError> {
 pub fn revert_commands(action: &RevertAction) -> Vec<String> {
     match action {
         RevertAction::Nothing { .. } => vec![],
+        RevertAction::Continue { stopped_before: true, .. } => vec![],
         RevertAction::Continue { pid, .. } => vec![format!("kill -CONT {pid}")],
         RevertAction::DeleteNftTable { netns, family, table } => {
             vec![nft::del_cmd(netns.as_deref(), family, table).to_string()]
@@ -172,7 +195,9 @@ pub fn revert_commands(action: &RevertAction) -> Vec<String> {
 pub fn revert_action(action: &RevertAction) -> Result<(), FaultError> {
     match action {
         RevertAction::Nothing { .. } => Ok(()),
-        RevertAction::Continue { pid, starttime } => match process::read(*pid) {
+        // It was stopped before the fault: leave it as it was found.
+        RevertAction::Continue { stopped_before: true, .. } => Ok(()),
+        RevertAction::Continue { pid, starttime, .. } => match process::read(*pid) {
             Some(p) if p.starttime == *starttime => {
                 kill(Pid::from_raw(*pid as i32), Signal::SIGCONT).map_err(|errno| {
                     FaultError::Signal { pid: *pid, signal: "SIGCONT", errno }

@@ -43,6 +43,9 @@ pub const DAEMON_SCHEDULES_PAUSED: &str = "chaos_daemon_schedules_paused";
 /// Experiments or monkey strikes running now (daemon).
 pub const DAEMON_RUNS_IN_PROGRESS: &str = "chaos_daemon_runs_in_progress";
 
+/// 1 while an emergency stop (`chaos halt`) is in force (daemon).
+pub const HALTED: &str = "chaos_halted";
+
 /// Every metric family this module exports. The dashboard test checks
 /// dashboards against this list together with [`super::labels::ALL`].
 pub const ALL_METRIC_NAMES: &[&str] = &[
@@ -57,7 +60,7 @@ pub const ALL_METRIC_NAMES: &[&str] = &[
 /// Metric families only the continuous daemon exports (its own registry in
 /// `schedule::api`); dashboards are checked against these too.
 pub const DAEMON_METRIC_NAMES: &[&str] =
-    &[DAEMON_SKIPS_TOTAL, DAEMON_SCHEDULES_PAUSED, DAEMON_RUNS_IN_PROGRESS];
+    &[DAEMON_SKIPS_TOTAL, DAEMON_SCHEDULES_PAUSED, DAEMON_RUNS_IN_PROGRESS, HALTED];
 
 /// Histogram buckets for run durations: experiments last seconds to hours.
 const DURATION_BUCKETS: [f64; 11] =

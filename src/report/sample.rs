@@ -8,7 +8,7 @@ use std::sync::OnceLock;
 
 use super::{
     AbortInfo, CohortSeries, ExperimentInfo, FaultRecord, HypothesisResult, Quantiles,
-    RunReport, SrmInfo, SrmUnit, Timings, WindowPoint, SCHEMA_VERSION,
+    RunReport, SrmInfo, SrmUnit, Timings, TraceInfo, WindowPoint, SCHEMA_VERSION,
 };
 use crate::cohort::Cohort;
 use crate::outcome::{RunOutcome, Verdict};
@@ -39,6 +39,7 @@ pub fn accepted_run() -> RunReport {
     static RUN: OnceLock<RunReport> = OnceLock::new();
     let mut r = RUN.get_or_init(|| build_with(None, false)).clone();
     r.run_id = "run-20261123-031500-a7a7".into();
+    r.trace = None;
     r.experiment.name = "payments A/A".into();
     r.experiment.description = "No faults: checks the split and the statistics.".into();
     r.faults.clear();
@@ -235,6 +236,12 @@ fn build_with(abort_at: Option<f64>, fault: bool) -> RunReport {
              Welch test"
                 .into(),
         ],
+        trace: Some(TraceInfo {
+            trace_id: "4bf92f3577b34da6a3ce929d0e0e4736".into(),
+            endpoint: "http://127.0.0.1:4318/v1/traces".into(),
+            delivered: true,
+            error: None,
+        }),
     }
 }
 

@@ -88,6 +88,9 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
         report.outcome.exit_code(),
         fmt_num(report.timings.total_s, 1),
     );
+    if let Some(t) = &report.trace {
+        let _ = writeln!(out, "{}", trace_line(t));
+    }
     if let Some(abort) = &report.abort {
         let who = abort
             .hypothesis
@@ -200,6 +203,19 @@ fn verdict_color(v: Verdict) -> &'static str {
     }
 }
 
+/// Where the run's trace is: the id to paste into Jaeger or Tempo.
+fn trace_line(t: &crate::report::TraceInfo) -> String {
+    match &t.error {
+        None => format!("Trace: {} (sent to {})", t.trace_id, clean(&t.endpoint)),
+        Some(e) => format!(
+            "Trace: {} (not delivered to {}: {})",
+            t.trace_id,
+            clean(&t.endpoint),
+            clean(e)
+        ),
+    }
+}
+
 fn outcome_color(o: RunOutcome) -> &'static str {
     match o {
         RunOutcome::Accepted => GREEN,
@@ -224,6 +240,12 @@ mod tests {
             "Outcome: REJECTED  (1 accepted, 1 rejected, 1 inconclusive; exit 1"
         ));
         assert!(t.contains("warning: throughput windows"));
+        assert!(
+            t.contains("Trace: 4bf92f3577b34da6a3ce929d0e0e4736 (sent to http://"),
+            "{t}"
+        );
+        let t = verdict_table(&sample::accepted_run(), false);
+        assert!(!t.contains("Trace:"), "no trace line without [otel]:\n{t}");
     }
 
     #[test]

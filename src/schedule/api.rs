@@ -1,5 +1,7 @@
 //! The daemon's HTTP endpoint: `GET /metrics` (Prometheus text),
-//! `GET /status` (JSON, read-only) and `POST /schedules/NAME/pause|resume`,
+//! `GET /status` (JSON, read-only), `POST /schedules/NAME/pause|resume`
+//! and the machine-wide emergency stop `POST /halt?reason=TEXT` /
+//! `POST /resume` (the same marker as `chaos halt`, see [`crate::halt`]),
 //! which need `Authorization: Bearer TOKEN`. Without a configured token the
 //! API is read-only.
 
@@ -56,6 +58,8 @@ pub struct DaemonMetrics {
     pub paused: Gauge<i64, AtomicI64>,
     /// Runs in progress now.
     pub running: Gauge<i64, AtomicI64>,
+    /// 1 while `chaos halt` is in force (set on every render).
+    pub halted: Gauge<i64, AtomicI64>,
 }
 
 /// Names come from `metrics::platform` (prometheus-client appends `_total`
@@ -67,6 +71,7 @@ impl Default for DaemonMetrics {
         let skips = Family::<SkipLabels, Counter>::default();
         let paused = Gauge::<i64, AtomicI64>::default();
         let running = Gauge::<i64, AtomicI64>::default();
+        let halted = Gauge::<i64, AtomicI64>::default();
         registry.register(
             platform::DAEMON_RUNS_TOTAL.trim_end_matches("_total"),
             "Runs finished by the continuous daemon, by schedule and outcome",
@@ -87,7 +92,12 @@ impl Default for DaemonMetrics {
             "Experiments or monkey strikes running now",
             running.clone(),
         );
-        DaemonMetrics { registry, runs, skips, paused, running }
+        registry.register(
+            platform::HALTED,
+            "1 while an emergency stop (`chaos halt`) is in force on this machine",
+            halted.clone(),
+        );
+        DaemonMetrics { registry, runs, skips, paused, running, halted }
     }
 }
 
@@ -113,6 +123,8 @@ pub struct Shared {
     pub token: Option<String>,
     /// RFC 3339 start time.
     pub started_at: String,
+    /// The machine-wide state directory (the halt marker).
+    pub state_dir: std::path::PathBuf,
 }
 
 impl Shared {
@@ -134,6 +146,8 @@ pub struct Status {
     pub running: Vec<String>,
     /// Every entry.
     pub schedules: Vec<EntryStatus>,
+    /// The emergency stop in force, if any.
+    pub halted: Option<crate::halt::HaltInfo>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
@@ -161,6 +175,84 @@ fn token_matches(expected: &str, got: &str) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// `None` when the request carries the configured bearer token, else the
+/// refusal to send.
+fn refusal<B>(req: &Request<B>, shared: &Shared) -> Option<Response<Full<Bytes>>> {
+    let Some(expected) = &shared.token else {
+        return Some(error(
+            StatusCode::FORBIDDEN,
+            "changes are disabled: set [daemon] token in the config",
+        ));
+    };
+    let got = req
+        .headers()
+        .get(http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::traffic::admin::bearer_token)
+        .unwrap_or("");
+    if !token_matches(expected, got) {
+        return Some(error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+    }
+    None
+}
+
+/// `POST /halt?reason=TEXT` and `POST /resume`: the machine-wide marker
+/// (the daemon's own runs see it on their next tick like every runner's).
+fn halt_or_resume(
+    path: &str,
+    query: Option<&str>,
+    shared: &Shared,
+) -> Response<Full<Bytes>> {
+    let result = if path == "/halt" {
+        let reason = query
+            .into_iter()
+            .flat_map(|q| q.split('&'))
+            .find_map(|kv| kv.strip_prefix("reason="))
+            .map(percent_decode)
+            .filter(|r| !r.trim().is_empty())
+            .unwrap_or_else(|| "halted through the daemon API".into());
+        let by = crate::halt::who("daemon API");
+        crate::halt::halt(&shared.state_dir, &reason, &by).map(Some)
+    } else {
+        crate::halt::resume(&shared.state_dir)
+    };
+    match result {
+        Ok(info) => {
+            let halted = crate::halt::check(&shared.state_dir);
+            shared.metrics.halted.set(i64::from(halted.is_some()));
+            shared.replan.notify_one();
+            tracing::warn!(
+                action = path,
+                ?info,
+                "emergency stop changed through the API"
+            );
+            json_reply(StatusCode::OK, &serde_json::json!({ "halted": halted }))
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+/// `application/x-www-form-urlencoded` value decoding (`+` and `%XX`);
+/// invalid escapes are kept as they are.
+fn percent_decode(text: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16);
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match (bytes[i], bytes.get(i + 1).copied(), bytes.get(i + 2).copied()) {
+            (b'+', _, _) => out.push(b' '),
+            (b'%', Some(h), Some(l)) if hex(h).is_some() && hex(l).is_some() => {
+                out.push((hex(h).unwrap_or(0) * 16 + hex(l).unwrap_or(0)) as u8);
+                i += 2;
+            }
+            (b, _, _) => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 /// Handles one request.
 pub fn handle<B>(
     req: &Request<B>,
@@ -170,6 +262,8 @@ pub fn handle<B>(
     let path = req.uri().path();
     match (req.method(), path) {
         (&Method::GET, "/metrics") => {
+            let halted = crate::halt::check(&shared.state_dir).is_some();
+            shared.metrics.halted.set(i64::from(halted));
             reply(StatusCode::OK, "text/plain; version=0.0.4", shared.metrics.render())
         }
         (&Method::GET, "/status") => {
@@ -181,6 +275,7 @@ pub fn handle<B>(
                     now: clock.now().to_string(),
                     running: p.running(),
                     schedules: p.status(),
+                    halted: crate::halt::check(&shared.state_dir),
                 },
             )
         }
@@ -188,24 +283,19 @@ pub fn handle<B>(
             StatusCode::OK,
             "text/plain",
             "chaos continuous: GET /status, GET /metrics, \
-             POST /schedules/NAME/pause|resume (bearer token)\n"
+             POST /schedules/NAME/pause|resume, POST /halt?reason=TEXT, \
+             POST /resume (bearer token)\n"
                 .into(),
         ),
+        (&Method::POST, "/halt" | "/resume") => {
+            if let Some(denied) = refusal(req, shared) {
+                return denied;
+            }
+            halt_or_resume(path, req.uri().query(), shared)
+        }
         (&Method::POST, p) if p.starts_with("/schedules/") => {
-            let Some(expected) = &shared.token else {
-                return error(
-                    StatusCode::FORBIDDEN,
-                    "changes are disabled: set [daemon] token in the config",
-                );
-            };
-            let got = req
-                .headers()
-                .get(http::header::AUTHORIZATION)
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::traffic::admin::bearer_token)
-                .unwrap_or("");
-            if !token_matches(expected, got) {
-                return error(StatusCode::UNAUTHORIZED, "missing or wrong bearer token");
+            if let Some(denied) = refusal(req, shared) {
+                return denied;
             }
             let rest = &p["/schedules/".len()..];
             let Some((name, action)) = rest.split_once('/') else {

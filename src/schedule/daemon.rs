@@ -66,6 +66,7 @@ impl<E: Executor> Daemon<E> {
             replan: Default::default(),
             token: cfg.token.clone(),
             started_at: now.to_string(),
+            state_dir: crate::journal::state_dir(),
         });
         // Counters continue across restarts: the history is the truth.
         for (schedule, outcome, n) in history.counts()? {
@@ -126,6 +127,8 @@ impl<E: Executor> Daemon<E> {
                 _ = self.shared.replan.notified() => continue,
             }
             let now = self.clock.now();
+            let halt = crate::halt::check(&self.shared.state_dir).map(|h| h.to_string());
+            self.shared.planner().set_halted(halt);
             let exec = self.exec.clone();
             let decisions =
                 self.shared.planner().due(
@@ -242,6 +245,16 @@ impl<E: Executor> Daemon<E> {
                             Some(e.to_string()),
                         ),
                     }
+                }
+                // Experiments are refused by the runner itself; a strike
+                // has no runner, so the halt is checked here.
+                EntryKind::Monkey(_)
+                    if crate::halt::check(&shared.state_dir).is_some() =>
+                {
+                    let why = crate::halt::check(&shared.state_dir)
+                        .map(|h| h.to_string())
+                        .unwrap_or_default();
+                    (Finished::StrikeFailed, serde_json::json!([]), None, Some(why))
                 }
                 EntryKind::Monkey(m) => {
                     let res = {

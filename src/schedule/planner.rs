@@ -71,6 +71,11 @@ impl Finished {
 pub enum SkipReason {
     /// Outside the entry's allowed window.
     OutsideWindow,
+    /// `chaos halt` is in force on this machine.
+    Halted {
+        /// The halt, as `halted: REASON (by WHO at WHEN)`.
+        halt: String,
+    },
     /// Still in back-off after a rejection or abort.
     BackingOff {
         /// When back-off ends (RFC 3339).
@@ -92,6 +97,7 @@ impl SkipReason {
     pub fn label(&self) -> &'static str {
         match self {
             SkipReason::OutsideWindow => "outside-window",
+            SkipReason::Halted { .. } => "halted",
             SkipReason::BackingOff { .. } => "backing-off",
             SkipReason::StillRunning => "still-running",
             SkipReason::Overlap { .. } => "overlap",
@@ -103,6 +109,7 @@ impl std::fmt::Display for SkipReason {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             SkipReason::OutsideWindow => f.write_str("outside its allowed window"),
+            SkipReason::Halted { halt } => f.write_str(halt),
             SkipReason::BackingOff { until } => write!(f, "backing off until {until}"),
             SkipReason::StillRunning => f.write_str("its previous run is still running"),
             SkipReason::Overlap { with, target } => {
@@ -198,6 +205,9 @@ pub struct Planner {
     rng: ChaCha8Rng,
     /// Running entry → its targets.
     running: BTreeMap<String, TargetSet>,
+    /// The emergency stop in force (`chaos halt`), as text: every fire is
+    /// skipped, not failed, so no schedule is paused or backed off by it.
+    halted: Option<String>,
 }
 
 impl Planner {
@@ -208,6 +218,7 @@ impl Planner {
             entries: Vec::new(),
             rng: ChaCha8Rng::seed_from_u64(seed),
             running: BTreeMap::new(),
+            halted: None,
         };
         for spec in specs {
             let mut st = State {
@@ -290,6 +301,13 @@ impl Planner {
                     continue;
                 }
             }
+            if let Some(halt) = &self.halted {
+                out.push(Decision::Skip {
+                    name,
+                    reason: SkipReason::Halted { halt: halt.clone() },
+                });
+                continue;
+            }
             if let Some(until) = st.backoff_until.filter(|u| *u > now) {
                 out.push(Decision::Skip {
                     name,
@@ -323,6 +341,11 @@ impl Planner {
             out.push(Decision::Start { name });
         }
         out
+    }
+
+    /// Sets or clears the emergency stop the next [`Planner::due`] honours.
+    pub fn set_halted(&mut self, halt: Option<String>) {
+        self.halted = halt;
     }
 
     /// Records how a started (or invalid) entry ended at `now`.

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::assign::{assign_position, cohort_at, random_unit};
+use super::baggage;
 use super::body::{Activity, BodyError, Busy, ClientBody, IdleBody, Side};
 use super::config::{
     CohortKey, ConfigError, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
@@ -465,7 +466,7 @@ struct Assignment {
 }
 
 /// Edge mode assigns the cohort by key (and overwrites any client-sent
-/// cohort header); sidecar mode trusts the header the edge set.
+/// cohort header and baggage member); sidecar mode trusts what the edge set.
 fn assign_request(
     shared: &Shared,
     conn: &ConnInfo,
@@ -481,15 +482,20 @@ fn assign_request(
             if let Some(c) = cohort {
                 headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
             }
+            // The same in W3C baggage, for OpenTelemetry-instrumented services.
+            baggage::set_cohort(headers, cohort);
             Assignment { cohort, key_position: Some(pos) }
         }
+        // The header first; baggage when a service on the way propagated
+        // only its OpenTelemetry context.
         ProxyMode::Sidecar => Assignment {
             // The edge's header is trusted, a look-alike never is.
             cohort: req
                 .headers()
                 .get(COHORT_HEADER)
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| Cohort::parse(v.trim())),
+                .and_then(|v| Cohort::parse(v.trim()))
+                .or_else(|| baggage::cohort(req.headers())),
             key_position: None,
         },
     }

@@ -12,21 +12,21 @@ use std::time::Duration;
 use crate::netns::{self, Lab};
 use crate::support::{chaos, chaos_bin, eventually, require_capability};
 
-fn state(pid: u32) -> Option<char> {
+pub(crate) fn state(pid: u32) -> Option<char> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     stat.rsplit_once(") ")?.1.chars().next()
 }
 
 /// A child killed and reaped on drop (unless taken to be waited for).
-struct Guard(Child, bool);
+pub(crate) struct Guard(pub(crate) Child, bool);
 
 impl Guard {
-    fn new(child: Child) -> Guard {
+    pub(crate) fn new(child: Child) -> Guard {
         Guard(child, true)
     }
 
     /// Waits for the child and collects its output; the guard is spent.
-    fn wait_output(mut self) -> Output {
+    pub(crate) fn wait_output(mut self) -> Output {
         self.1 = false;
         let child = std::mem::replace(
             &mut self.0,
@@ -49,7 +49,7 @@ impl Drop for Guard {
 
 /// A `sleep 300` child, returned once it is asleep (state S), so
 /// snapshots of its state are stable.
-fn victim() -> Guard {
+pub(crate) fn victim() -> Guard {
     let g = Guard::new(Command::new("sleep").arg("300").spawn().expect("spawn sleep"));
     let pid = g.0.id();
     let asleep =
@@ -70,20 +70,20 @@ fn spawn_chaos(args: &[&str]) -> Guard {
 }
 
 /// Sends `sig` to the runner and collects its output.
-fn signal_and_wait(g: Guard, sig: nix::sys::signal::Signal) -> Output {
+pub(crate) fn signal_and_wait(g: Guard, sig: nix::sys::signal::Signal) -> Output {
     let pid = nix::unistd::Pid::from_raw(g.0.id() as i32);
     nix::sys::signal::kill(pid, sig).expect("signal runner");
     g.wait_output()
 }
 
-fn netns_ok() -> bool {
+pub(crate) fn netns_ok() -> bool {
     require_capability(
         netns::can_create_netns() && chaos::fault::has_net_admin(),
         "root with CAP_NET_ADMIN to create network namespaces",
     )
 }
 
-fn text(o: &Output) -> String {
+pub(crate) fn text(o: &Output) -> String {
     format!(
         "status {:?}\nstdout:\n{}\nstderr:\n{}",
         o.status,

@@ -2,17 +2,23 @@
 //! one binary of modules (one link step instead of one per file).
 
 mod analyze;
+mod baggage;
 mod daemon;
 mod dashboards;
 mod demo;
 mod faults;
 mod gameday;
+mod halt;
 mod hostile;
+mod kill_matrix;
 mod netns;
+mod otel;
 mod prometheus;
 mod proxy;
 mod proxy_edge;
+mod recovery;
 mod report;
 mod run;
+mod shell;
 mod support;
 mod validate;

@@ -124,6 +124,7 @@ fn validate(root: &Value, schema: &Value, v: &Value, path: &str, errs: &mut Vec<
             "minItems",
             "maxItems",
             "minimum",
+            "pattern",
             "anyOf",
         ];
         assert!(known.contains(&key.as_str()), "validator does not know keyword {key}");
@@ -168,6 +169,12 @@ fn validate(root: &Value, schema: &Value, v: &Value, path: &str, errs: &mut Vec<
     if let Some(min) = obj.get("minimum").and_then(Value::as_f64) {
         if v.as_f64().is_some_and(|x| x < min) {
             errs.push(format!("{path}: {v} below minimum {min}"));
+        }
+    }
+    if let Some(p) = obj.get("pattern").and_then(Value::as_str) {
+        let re = regex::Regex::new(p).expect("schema pattern is a regex");
+        if v.as_str().is_some_and(|s| !re.is_match(s)) {
+            errs.push(format!("{path}: {v} does not match {p}"));
         }
     }
     if let Some(any) = obj.get("anyOf").and_then(Value::as_array) {
@@ -234,12 +241,18 @@ fn result_json_matches_its_schema_for_every_kind_of_run() {
     missing_numbers.hypotheses[0].p_value_adjusted = f64::INFINITY;
     missing_numbers.srm = None;
     missing_numbers.cohorts[0].timeline[0].p99_ms = f64::NAN;
+    let mut undelivered = sample::latency_fault_run();
+    if let Some(t) = undelivered.trace.as_mut() {
+        t.delivered = false;
+        t.error = Some("connection refused".into());
+    }
     for (what, r) in [
         ("rejected", sample::latency_fault_run()),
         ("aborted", sample::aborted_run()),
         ("accepted", sample::accepted_run()),
         ("non-finite numbers", missing_numbers),
         ("hostile names", hostile_names()),
+        ("trace not delivered", undelivered),
     ] {
         let errs = schema_errors(&as_json(&r));
         assert!(errs.is_empty(), "{what}: {errs:#?}");
@@ -253,12 +266,14 @@ fn the_schema_check_rejects_reports_that_break_it() {
     v["cohorts"][0].as_object_mut().unwrap().remove("total");
     v["faults"][0]["surprise"] = 1.into();
     v["schema_version"] = 2.into();
+    v["trace"]["trace_id"] = "not-hex".into();
     let errs = schema_errors(&v).join("\n");
     for expect in [
         "$.hypotheses[0].verdict: \"maybe\" not in",
         "$.cohorts[0]: missing required total",
         "$.faults[0]: unexpected property surprise",
         "$.schema_version: 2 != const 1",
+        "$.trace: matches no anyOf branch",
     ] {
         assert!(errs.contains(expect), "missing {expect:?} in:\n{errs}");
     }

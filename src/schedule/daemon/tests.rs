@@ -249,6 +249,7 @@ fn the_api_refuses_changes_when_no_token_is_configured() {
         replan: Default::default(),
         token: None,
         started_at: "t".into(),
+        state_dir: std::env::temp_dir().join("chaos-no-such-state-dir"),
     };
     let req = http::Request::post("/schedules/x/pause")
         .header("authorization", "Bearer anything")

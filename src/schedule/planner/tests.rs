@@ -328,3 +328,25 @@ fn an_invalid_experiment_is_reported_and_counts_as_a_failure() {
     p.finished("broken", Finished::CouldNotStart, clock.now());
     assert_eq!(p.status()[0].paused, Some(Paused::Failures));
 }
+
+#[test]
+fn a_halt_skips_every_fire_without_counting_failures_and_resume_restarts_them() {
+    let clock = ManualClock::new(at("2026-01-05T08:59:58Z"));
+    let mut p = Planner::new(vec![entry("e", "*/5 * * * * *")], clock.now(), 1);
+    p.set_halted(Some("halted: freeze (by ops at t)".into()));
+    for _ in 0..5 {
+        let (_, ds) = step(&mut p, &clock);
+        assert!(started(&ds).is_empty(), "{ds:?}");
+        assert!(
+            matches!(
+                &ds[..],
+                [Decision::Skip { reason: SkipReason::Halted { halt }, .. }] if halt.contains("freeze")
+            ),
+            "{ds:?}"
+        );
+    }
+    assert!(p.status()[0].paused.is_none(), "a halt never pauses a schedule");
+    p.set_halted(None);
+    let (_, ds) = step(&mut p, &clock);
+    assert_eq!(started(&ds), ["e"]);
+}
