@@ -12,7 +12,7 @@
 # flags for chaos proxy, e.g. "--workers 1"), CHAOS_BIN (use this binary
 # instead of building), CHAOS_BASE_BIN (a second chaos binary, e.g. a build
 # of main, measured in the same interleaved rounds: prints chaos/base),
-# EXTRA (default 1): also run WebSocket echo rounds and h2c-upstream rounds
+# WS_BENCH_BIN (a built ws_bench example), EXTRA (default 1): also run WebSocket echo rounds and h2c-upstream rounds
 # (chaos vs HAProxy; 0 skips them, e.g. for a base without h2c support).
 # Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
 # cargo. Builds the `perf` profile (release + one codegen unit) and the
@@ -37,8 +37,10 @@ fi
 CHAOS=${CHAOS_BIN:-$PWD/target/perf/chaos}
 if [[ "$EXTRA" == 1 ]]; then
   command -v h2load >/dev/null || { echo "missing h2load (apt-get install -y nghttp2-client)" >&2; exit 5; }
-  cargo build --profile perf --quiet --example ws_bench
-  WS_BENCH=$PWD/target/perf/examples/ws_bench
+  if [[ -z "${WS_BENCH_BIN:-}" ]]; then
+    cargo build --profile perf --quiet --example ws_bench
+  fi
+  WS_BENCH=${WS_BENCH_BIN:-$PWD/target/perf/examples/ws_bench}
 fi
 
 W=$(mktemp -d /tmp/chaos-bench.XXXXXX)
