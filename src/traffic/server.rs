@@ -336,14 +336,18 @@ async fn forward(
     // upstream connection at a time.
     let sequential = req.version() != http::Version::HTTP_2;
     if target.h2 {
-        // h2 needs :scheme and :authority: absolute form.
+        // h2 needs :scheme and :authority: absolute form, with the client's
+        // Host as :authority and no Host header (RFC 9113 §8.3.1: a Host
+        // that differs from :authority makes the request malformed).
         let pq =
             req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
-        if let Ok(uri) = Uri::builder()
-            .scheme("http")
-            .authority(target.authority.clone())
-            .path_and_query(pq)
-            .build()
+        let authority = req
+            .headers_mut()
+            .remove(HOST)
+            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
+            .unwrap_or_else(|| target.authority.clone());
+        if let Ok(uri) =
+            Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
         {
             *req.uri_mut() = uri;
         }
