@@ -3,8 +3,8 @@
 # when every tool is already present it does nothing (no network needed).
 set -euo pipefail
 
-packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db nghttp2-client)
-tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man h2load)
+packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db openssh-server openssh-client util-linux nghttp2-client)
+tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man sshd ssh ssh-keygen setpriv h2load)
 
 missing=0
 for t in "${tools[@]}"; do
@@ -25,7 +25,9 @@ $SUDO apt-get update
 $SUDO apt-get install -y --no-install-recommends "${packages[@]}"
 # The packages ship services; the tests start their own instances on
 # loopback ports, so make sure the system ones are not in the way.
-for svc in nginx haproxy prometheus; do
+# (ssh: the fleet tests start one sshd per test host on namespace
+# addresses, with their own config; the system one must not hold port 22.)
+for svc in nginx haproxy prometheus ssh; do
   if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet "$svc" 2>/dev/null; then
     $SUDO systemctl stop "$svc" || true
   fi

@@ -77,6 +77,9 @@ pub enum Command {
     Gameday(commands::gameday::GamedayArgs),
     /// The continuous-experiment daemon: cron schedules, Chaos Monkey, history.
     Continuous(commands::continuous::ContinuousArgs),
+    /// Serve the fault engine to a remote controller (over SSH), with a lease.
+    #[command(after_help = commands::agent::AFTER_HELP)]
+    Agent(commands::agent::AgentArgs),
     /// Print the shell completion script (bash, zsh, fish, elvish, powershell).
     #[command(after_help = commands::completions::AFTER_HELP)]
     Completions(commands::completions::CompletionsArgs),
@@ -120,6 +123,7 @@ pub fn main() -> ExitCode {
         Command::History(args) => commands::history::run(args),
         Command::Gameday(args) => commands::gameday::run(args),
         Command::Continuous(args) => commands::continuous::run(args),
+        Command::Agent(args) => commands::agent::run(args),
         Command::Completions(args) => commands::completions::run(&args),
         Command::Man(args) => commands::man::run(&args),
     };

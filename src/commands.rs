@@ -2,12 +2,14 @@
 //! `run` returns an exit code from [`crate::exit`]; `anyhow` is allowed here
 //! (and only here) to attach file and target context to errors.
 
+pub mod agent;
 pub mod analyze;
 pub mod completions;
 pub mod continuous;
 pub mod demo;
 pub mod demo_fleet;
 pub mod demo_run;
+pub mod fleet;
 pub mod gameday;
 pub mod halt;
 pub mod history;

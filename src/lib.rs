@@ -4,6 +4,7 @@
 //! Data flows one way: `experiment` (validated, read-only model) → `runner`
 //! (lifecycle) which wires `traffic`, `fault`, `metrics`, `stats`, `report`.
 
+pub mod agent;
 pub mod cli;
 pub mod cohort;
 pub mod commands;
@@ -11,9 +12,11 @@ pub mod demo;
 pub mod exit;
 pub mod experiment;
 pub mod fault;
+pub mod fleet;
 pub mod halt;
 pub mod input_file;
 pub mod journal;
+pub mod k8s;
 pub mod load;
 pub mod metrics;
 pub mod otel;

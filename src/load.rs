@@ -33,6 +33,10 @@ pub struct LoadConfig {
     pub key_header: String,
     /// Number of distinct user ids (≥ 1); ids are `user-0 … user-(N-1)`.
     pub key_space: u64,
+    /// Zipf exponent of the user-id mix: `user-i` (i from 0) is drawn
+    /// with weight 1/(i+1)^s, so a few users send most requests (real
+    /// traffic). `None`: uniform. At most 1,000,000 keys with a Zipf mix.
+    pub key_zipf: Option<f64>,
     /// Seed for the user-id sequence (same seed, same sequence).
     pub seed: u64,
     /// Per-request timeout (headers and body).
@@ -51,6 +55,7 @@ impl LoadConfig {
             concurrency: 64,
             key_header: "x-user-id".into(),
             key_space: 10_000,
+            key_zipf: None,
             seed: 1,
             timeout: Duration::from_secs(2),
             max_requests: None,
@@ -151,6 +156,7 @@ pub async fn run(
     let tally =
         Arc::new(Mutex::new(Tally { stats: LoadStats::default(), hist: Some(hist) }));
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let zipf = cfg.key_zipf.map(|s| zipf_cdf(cfg.key_space, s));
     let interval = Duration::from_secs_f64(1.0 / cfg.rate_per_s);
     let start = Instant::now();
     let end = start + max_duration;
@@ -179,7 +185,13 @@ pub async fn run(
             lock(&tally).stats.dropped += 1;
             continue;
         };
-        let user = rng.gen_range(0..cfg.key_space);
+        let user = match &zipf {
+            Some(cdf) => {
+                let x: f64 = rng.gen();
+                cdf.partition_point(|c| *c < x).min(cdf.len() - 1) as u64
+            }
+            None => rng.gen_range(0..cfg.key_space),
+        };
         let req = http::Request::get(cfg.target.clone())
             .header(&header, format!("user-{user}"))
             .body(Empty::new())
@@ -233,6 +245,21 @@ fn lock(t: &Mutex<Tally>) -> std::sync::MutexGuard<'_, Tally> {
     t.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Cumulative Zipf weights of `user-0 … user-(n-1)`, normalised to 1.
+fn zipf_cdf(n: u64, s: f64) -> Vec<f64> {
+    let mut acc = 0.0;
+    let mut cdf: Vec<f64> = (1..=n)
+        .map(|i| {
+            acc += (i as f64).powf(-s);
+            acc
+        })
+        .collect();
+    for c in cdf.iter_mut() {
+        *c /= acc;
+    }
+    cdf
+}
+
 /// Everything [`run`] would refuse, checked without running: callers
 /// check first so a refused config is an error, not a silent no-load.
 pub fn check(cfg: &LoadConfig) -> Result<(), LoadError> {
@@ -273,6 +300,17 @@ fn validate(cfg: &LoadConfig) -> Result<(), LoadError> {
     if cfg.key_space == 0 {
         return bad("key_space must be at least 1".into());
     }
+    if let Some(z) = cfg.key_zipf {
+        if !(z.is_finite() && z > 0.0 && z <= 5.0) {
+            return bad(format!("key_zipf must be in (0, 5], got {z}"));
+        }
+        if cfg.key_space > 1_000_000 {
+            return bad(format!(
+                "a Zipf key mix takes at most 1000000 keys, got {}",
+                cfg.key_space
+            ));
+        }
+    }
     if cfg.timeout.is_zero() {
         return bad("timeout must be above zero".into());
     }
@@ -288,6 +326,20 @@ mod tests {
 
     fn cfg() -> LoadConfig {
         LoadConfig::new("http://127.0.0.1:9/checkout".parse().unwrap(), 100.0)
+    }
+
+    #[test]
+    fn a_zipf_mix_gives_the_heaviest_user_its_share() {
+        let cdf = zipf_cdf(500, 1.1);
+        assert!((cdf[499] - 1.0).abs() < 1e-12);
+        // H(500, 1.1) ≈ 5.20: user-0 sends about 19% of requests.
+        assert!((cdf[0] - 0.192).abs() < 0.005, "{}", cdf[0]);
+        let mut c = cfg();
+        c.key_zipf = Some(0.0);
+        assert!(validate(&c).is_err());
+        c.key_zipf = Some(1.1);
+        c.key_space = 2_000_000;
+        assert!(validate(&c).is_err());
     }
 
     #[test]

@@ -10,5 +10,5 @@ pub mod labels;
 pub mod platform;
 pub mod recorder;
 
-pub use keys::KeySketch;
+pub use keys::{KeyBuckets, KeySketch};
 pub use recorder::{CohortSnapshot, Outcome, Recorder, Sample, Window};

@@ -234,6 +234,17 @@ pub struct HypothesisResult {
     /// Holm-adjusted p-value (`null` for advisory hypotheses).
     #[serde(with = "float")]
     pub p_value_adjusted: f64,
+    /// P(within): p-value of the acceptance test, i.e. of rejecting
+    /// "worse than or at the tolerance" (small: ACCEPTED). `p_value` is
+    /// P(worse) (small: REJECTED). `null` when untested, and in results
+    /// written before it existed.
+    #[serde(with = "float", default = "float::nan")]
+    pub p_within: f64,
+    /// Per-key inference (keys repeat: requests of one user are not
+    /// independent). Absent in results written before it existed and for
+    /// metrics without keys (throughput, PromQL).
+    #[serde(default)]
+    pub per_key: Option<PerKeyInfo>,
     /// Samples in the experiment cohort.
     pub n_experiment: u64,
     /// Samples in the control cohort.
@@ -244,6 +255,29 @@ pub struct HypothesisResult {
     pub reason: String,
     /// Unit of `estimate`, `ci_low`, `ci_high`, `margin`.
     pub unit: String,
+}
+
+/// What per-key (cluster-robust) inference did to one hypothesis.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerKeyInfo {
+    /// Distinct keys (occupied key buckets) in the experiment cohort.
+    pub keys_experiment: u64,
+    /// Distinct keys (occupied key buckets) in the control cohort.
+    pub keys_control: u64,
+    /// Design effect applied to the experiment cohort (≥ 1; 1 means the
+    /// per-request variance was kept).
+    #[serde(with = "float")]
+    pub design_effect_experiment: f64,
+    /// Design effect applied to the control cohort.
+    #[serde(with = "float")]
+    pub design_effect_control: f64,
+    /// P(worse) of the per-request test on the same data.
+    #[serde(with = "float")]
+    pub p_value_per_request: f64,
+    /// P(within) of the per-request test on the same data.
+    #[serde(with = "float")]
+    pub p_within_per_request: f64,
 }
 
 /// Traffic summary and time series of one cohort.

@@ -3,8 +3,10 @@
 //! and wires traffic, faults, statistics and reports; they never call each
 //! other. Every path after the first injection goes through `revert_all`.
 
+pub mod keys;
 pub mod plan;
 pub mod progress;
+pub mod remote;
 pub mod window;
 
 use std::net::SocketAddr;
@@ -115,6 +117,7 @@ fn load_config(
         concurrency: l.concurrency,
         key_header: l.key_header.clone(),
         key_space: l.keys,
+        key_zipf: l.key_zipf,
         seed,
         timeout: l
             .timeout
@@ -173,6 +176,8 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
         fault::preflight(&infra.iter().map(|(_, f)| f.clone()).collect::<Vec<_>>(), &ctx)
             .map_err(RunError::fault(String::new()))?;
     lines.extend(pre.warnings.iter().map(|w| format!("warning: {w}")));
+    let remote_faults = remote::prepare(exp, &ctx)?;
+    let pods = k8s_prepare(exp, seed, true)?;
     for f in &exp.faults {
         let when = format!(
             "at +{}{}",
@@ -194,8 +199,15 @@ pub fn dry_run(exp: &Experiment, opts: &RunOptions) -> Result<Vec<String>, RunEr
                 .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
             lines.extend(inj.describe().into_iter().map(|d| format!("  {d}")));
+        } else if let Some(rf) = remote_faults.get(&f.id) {
+            lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
+            lines.extend(rf.describe().into_iter().map(|d| format!("  {d}")));
+        } else if let Some(pk) = pods.faults.get(&f.id) {
+            lines.push(format!("fault {} ({}) {when}:", f.id, f.kind.name()));
+            lines.extend(pk.describe().into_iter().map(|d| format!("  {d}")));
         }
     }
+    lines.extend(pods.checks.describe());
     lines.push("dry run: nothing was started or changed".into());
     Ok(lines)
 }
@@ -205,6 +217,10 @@ type InfraPlan = (Vec<(String, InfraFault)>, fault::FaultContext);
 fn infra_plan(exp: &Experiment, seed: u64, run_id: &str) -> Result<InfraPlan, RunError> {
     let mut infra = Vec::new();
     for f in &exp.faults {
+        if f.host_target.is_some() {
+            // Runs on its hosts' agents: see `remote`.
+            continue;
+        }
         if let Some(i) = plan::infra_fault(f)? {
             infra.push((f.id.clone(), i));
         }
@@ -302,6 +318,8 @@ async fn run_traced(
     for w in &pre.warnings {
         progress.event(&format!("warning: {w}"));
     }
+    let mut remote_faults = remote::prepare(exp, &ctx)?;
+    let mut pods = k8s_prepare(exp, seed, false)?;
     let mut schedule = Vec::new();
     for f in &exp.faults {
         let stop = f.start + f.duration.unwrap_or(exp.meta.duration);
@@ -323,6 +341,12 @@ async fn run_traced(
                 .map_err(RunError::fault(format!("fault {}: ", f.id)))?;
             sf.description = summarize(&inj.describe(), f.kind.name());
             sf.injector = Some(inj);
+        } else if let Some(rf) = remote_faults.remove(&f.id) {
+            sf.description = summarize(&rf.describe(), f.kind.name());
+            sf.injector = Some(Box::new(rf));
+        } else if let Some(pk) = pods.faults.remove(&f.id) {
+            sf.description = summarize(&pk.describe(), f.kind.name());
+            sf.injector = Some(Box::new(pk));
         } else if let Some(h) = &sf.http {
             sf.description = format!(
                 "{} on {:.0}% of experiment-cohort requests at {}",
@@ -345,14 +369,15 @@ async fn run_traced(
         .clone()
         .filter(|_| !exp.guardrails.is_empty())
         .map(|cfg| crate::promql::GuardrailWatch::new(cfg, exp.guardrails.clone()));
-    let mut journal = if infra.is_empty() {
-        None
-    } else {
-        Some(
-            Journal::open(&opts.journal_dir, &run_id)
-                .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
-        )
-    };
+    let mut journal =
+        if infra.is_empty() && !remote::any(exp) && !crate::k8s::inject::any(exp) {
+            None
+        } else {
+            Some(
+                Journal::open(&opts.journal_dir, &run_id)
+                    .map_err(|e| RunError::Preflight(format!("journal: {e}")))?,
+            )
+        };
 
     // ---- start the proxies and the load.
     let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), RESERVOIR));
@@ -444,6 +469,7 @@ async fn run_traced(
     let window_end = inject_at + exp.meta.duration;
     let mut monitors =
         build_monitors(exp, &recorder, Span { from_ms: 0, to_ms: ms(inject_at) });
+    let keys_at_inject = keys::KeyWindow::now(&recorder);
 
     // ---- inject + observe
     let mut env_error: Option<String> = None;
@@ -587,12 +613,13 @@ async fn run_traced(
             let control = recorder.snapshot(Cohort::Control);
             let experiment = recorder.snapshot(Cohort::Experiment);
             let span = Span { from_ms: ms(inject_at), to_ms: ms(now) + 1 };
+            let effects =
+                keys::KeyWindow::since(&recorder, &keys_at_inject).design_effects();
             if let Some(a) = watch_abort(
                 exp,
                 &mut monitors,
-                &control,
-                &experiment,
-                span,
+                (&control, &experiment),
+                (span, effects),
                 last_latency_ms,
                 now,
             ) {
@@ -654,6 +681,7 @@ async fn run_traced(
         );
         tokio::time::sleep(TICK).await;
     }
+    let key_window = keys::KeyWindow::since(&recorder, &keys_at_inject);
     let observe_s = (observe_end.saturating_sub(inject_at)).as_secs_f64();
     let observe_end_wall = std::time::SystemTime::now();
 
@@ -670,6 +698,12 @@ async fn run_traced(
     }
     let revert_s = revert_started.elapsed().as_secs_f64();
     progress.event(&format!("reverted all faults in {:.3}s", revert_s));
+    let checks = pods.checks;
+    let check_results =
+        tokio::task::spawn_blocking(move || checks.judge()).await.unwrap_or_default();
+    for c in &check_results {
+        progress.event(&c.text);
+    }
     let _ = stop_tx.send(true);
     if let Some(t) = load_task {
         if let Some(e) =
@@ -740,10 +774,20 @@ async fn run_traced(
                 Metric::ErrorRate => Shape::Errors,
                 Metric::Throughput | Metric::PromQl(_) => Shape::Throughput,
             };
+            let per_key = prom_data
+                .is_none()
+                .then(|| keys::key_data(&shape, &control, &experiment, span, &key_window))
+                .flatten();
             let data = prom_data.unwrap_or_else(|| {
                 window::cohort_data(shape, &control, &experiment, span)
             });
-            stats::judge(&spec, &data, exp.meta.alpha, verdict_seed)
+            stats::judge_keyed(
+                &spec,
+                &data,
+                per_key.as_ref(),
+                exp.meta.alpha,
+                verdict_seed,
+            )
         })
         .collect();
     let aborted = abort.is_some();
@@ -757,6 +801,7 @@ async fn run_traced(
         Verdict::Rejected => RunOutcome::Rejected,
         Verdict::Inconclusive => RunOutcome::Inconclusive,
     });
+    let outcome = k8s_checks_outcome(outcome, &check_results, &mut warnings);
     if srm.mismatch {
         warnings.push(format!(
             "sample-ratio mismatch: the cohorts' shares of distinct keys are off the \
@@ -817,6 +862,32 @@ async fn run_traced(
         trace: None,
     };
     Ok(report)
+}
+
+/// Connects to the cluster of the experiment's `[kubernetes]` section
+/// (if any) and resolves its pod faults; nothing is changed.
+fn k8s_prepare(
+    exp: &Experiment,
+    seed: u64,
+    dry_run: bool,
+) -> Result<crate::k8s::inject::Prepared, RunError> {
+    crate::k8s::inject::prepare(exp, seed, dry_run)
+        .map_err(|e| RunError::Preflight(format!("kubernetes: {e}")))
+}
+
+/// A failed self-healing check rejects an otherwise accepted run.
+fn k8s_checks_outcome(
+    outcome: RunOutcome,
+    results: &[crate::k8s::inject::CheckResult],
+    warnings: &mut Vec<String>,
+) -> RunOutcome {
+    let failed: Vec<_> = results.iter().filter(|c| !c.passed).collect();
+    warnings.extend(failed.iter().map(|c| c.text.clone()));
+    if !failed.is_empty() && outcome == RunOutcome::Accepted {
+        RunOutcome::Rejected
+    } else {
+        outcome
+    }
 }
 
 /// A one-line summary of an injector's plan for reports: the resolved
@@ -988,9 +1059,8 @@ fn build_monitors(exp: &Experiment, recorder: &Recorder, baseline: Span) -> Vec<
 fn watch_abort(
     exp: &Experiment,
     monitors: &mut [Monitor],
-    control: &CohortSnapshot,
-    experiment: &CohortSnapshot,
-    span: Span,
+    (control, experiment): (&CohortSnapshot, &CohortSnapshot),
+    (span, effects): (Span, keys::MonitorEffects),
     last_latency_ms: u64,
     now: Duration,
 ) -> Option<AbortInfo> {
@@ -1022,7 +1092,7 @@ fn watch_abort(
     let burned_in = ce.total >= BURN_IN_REQUESTS && cc.total >= BURN_IN_REQUESTS;
     for m in monitors.iter_mut() {
         let decision = if m.rate {
-            let d = m.monitor.update_counts(ce, cc);
+            let d = m.monitor.update_counts_keyed(ce, cc, effects.rate);
             if ce.events + cc.events < BURN_IN_EVENTS {
                 continue;
             }
@@ -1030,7 +1100,7 @@ fn watch_abort(
         } else {
             let e = window::new_ok_latencies(experiment, last_latency_ms, span.to_ms);
             let c = window::new_ok_latencies(control, last_latency_ms, span.to_ms);
-            m.monitor.update_latencies(&e, &c)
+            m.monitor.update_latencies_keyed(&e, &c, effects.log_latency)
         };
         m.last_estimate = Some(match &decision {
             AbortDecision::Continue { estimate, .. }
@@ -1212,6 +1282,15 @@ fn hypothesis_result(
         // read like "tested and far from rejected".
         p_value: if v.tested { v.p_reject } else { f64::NAN },
         p_value_adjusted: if v.tested { v.p_reject_adjusted } else { f64::NAN },
+        p_within: if v.tested { v.p_accept } else { f64::NAN },
+        per_key: v.clustering.map(|c| crate::report::PerKeyInfo {
+            keys_experiment: c.keys_experiment,
+            keys_control: c.keys_control,
+            design_effect_experiment: c.design_effect_experiment,
+            design_effect_control: c.design_effect_control,
+            p_value_per_request: c.p_reject_per_request,
+            p_within_per_request: c.p_accept_per_request,
+        }),
         n_experiment: v.n_experiment,
         n_control: v.n_control,
         needed_n: v.needed_n,

@@ -7,6 +7,7 @@
 //! is larger"; a hypothesis reads "θ ≤ m" with θ the effect in the worse
 //! direction and m the tolerance.
 
+pub mod cluster;
 pub mod holm;
 pub mod mann_whitney;
 pub mod proportions;
@@ -22,6 +23,7 @@ mod properties;
 mod simulation;
 
 pub use crate::outcome::Verdict;
+pub use cluster::{ClusteredMean, Clustering, KeyData, KeySums};
 pub use holm::holm_adjust;
 pub use mann_whitney::mann_whitney_u;
 pub use proportions::{
@@ -30,7 +32,8 @@ pub use proportions::{
 pub use quantile::{bootstrap_log_quantile_ratio, harrell_davis};
 pub use sequential::{AbortDecision, AbortMonitor};
 pub use verdict::{
-    judge, judge_experiment, CohortData, HypothesisSpec, HypothesisVerdict, MetricKind,
+    judge, judge_experiment, judge_keyed, CohortData, HypothesisSpec, HypothesisVerdict,
+    MetricKind,
 };
 pub use welch::welch_t;
 

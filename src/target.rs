@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+pub mod place;
 pub mod process;
 pub mod resolve;
 

@@ -10,7 +10,8 @@ use serde_json::{json, Value};
 
 use crate::exit;
 use crate::stats::{
-    self, judge, Alternative, CohortData, Counts, HypothesisSpec, MetricKind, Verdict,
+    self, judge_keyed, Alternative, CohortData, Counts, HypothesisSpec, KeyData, KeySums,
+    MetricKind, Verdict,
 };
 use crate::units::{parse_tolerance, Tolerance};
 
@@ -23,6 +24,14 @@ error_rate). For rate tests the argument may also be the literal
 
 `--alternative greater` means the experiment value is larger.
 
+Per-key input (with --hypothesis): `KEY,VALUE` lines, one per request,
+where KEY is the user (or session, tenant...) the request belongs to and
+VALUE its latency (or sample), or 0/1 (ok/failed) for error_rate. When
+keys repeat, the verdict uses the variance of per-key sums (cluster-robust,
+as the runner does), because one user's requests are not independent;
+with every key once it is the per-request test. The format is detected
+per file; both files must use the same one.
+
 Examples:
   chaos analyze --test mann-whitney --alternative greater \\
       --experiment exp_ms.txt --control ctl_ms.txt
@@ -32,6 +41,7 @@ Examples:
   chaos analyze --hypothesis \"p99 <= +20%\" --experiment e.txt --control c.txt
   chaos analyze --hypothesis \"error_rate <= +0.5pp\" --experiment 52/10000 --control 40/10000
   chaos analyze --hypothesis \"throughput >= -5%\" --experiment e_rps.txt --control c_rps.txt
+  chaos analyze --hypothesis \"error_rate <= +0.5pp\" --experiment e_keyed.csv --control c_keyed.csv
 
 With --hypothesis, alpha = 1 - confidence for each one-sided test, so the
 printed interval is a (1 - 2*alpha) interval. Exit codes: 0 test done or
@@ -324,7 +334,30 @@ pub fn parse_hypothesis(text: &str) -> Result<ParsedHypothesis> {
 
 fn run_hypothesis(args: &AnalyzeArgs, text: &str) -> Result<u8> {
     let h = parse_hypothesis(text)?;
-    let data = if h.kind == MetricKind::ErrorRate {
+    let keyed = [&args.experiment, &args.control].map(|a| is_keyed(a));
+    if keyed[0] != keyed[1] {
+        bail!(
+            "{} and {} must both be KEY,VALUE lines or both plain values",
+            args.experiment,
+            args.control
+        );
+    }
+    let mut per_key: Option<KeyData> = None;
+    let data = if keyed[0] {
+        if args.paired || h.kind == MetricKind::Throughput {
+            bail!("per-key KEY,VALUE input applies to latency, quantile, error_rate and samples");
+        }
+        let (e, c) = (read_keyed(&args.experiment)?, read_keyed(&args.control)?);
+        if h.kind == MetricKind::ErrorRate {
+            let (ce, se) = keyed_counts(&args.experiment, &e)?;
+            let (cc, sc) = keyed_counts(&args.control, &c)?;
+            per_key = Some(KeyData::Sums { experiment: se, control: sc });
+            CohortData::Counts { experiment: ce, control: cc }
+        } else {
+            per_key = Some(KeyData::Labels { experiment: e.labels, control: c.labels });
+            CohortData::Samples { experiment: e.values, control: c.values }
+        }
+    } else if h.kind == MetricKind::ErrorRate {
         CohortData::Counts {
             experiment: read_counts(&args.experiment)?,
             control: read_counts(&args.control)?,
@@ -366,7 +399,7 @@ fn run_hypothesis(args: &AnalyzeArgs, text: &str) -> Result<u8> {
             args.confidence
         );
     }
-    let v = judge(&spec, &data, alpha, args.seed);
+    let v = judge_keyed(&spec, &data, per_key.as_ref(), alpha, args.seed);
     if args.json {
         let mut obj = serde_json::to_value(&v).context("serialize verdict")?;
         if let Value::Object(map) = &mut obj {
@@ -394,8 +427,20 @@ fn run_hypothesis(args: &AnalyzeArgs, text: &str) -> Result<u8> {
                 (1.0 - 2.0 * alpha) * 100.0,
                 pct(v.margin)
             );
-            println!("p (reject)   {:.4e}", v.p_reject);
-            println!("p (accept)   {:.4e}", v.p_accept);
+            println!("P(worse)     {:.4e}   (small: rejected)", v.p_reject);
+            println!("P(within)    {:.4e}   (small: accepted)", v.p_accept);
+            if let Some(k) = v.clustering {
+                println!(
+                    "per key      {}/{} keys, design effect {:.2}/{:.2} (experiment/control); \
+                     per-request P(worse) {:.4e}, P(within) {:.4e}",
+                    k.keys_experiment,
+                    k.keys_control,
+                    k.design_effect_experiment,
+                    k.design_effect_control,
+                    k.p_reject_per_request,
+                    k.p_accept_per_request
+                );
+            }
         }
         println!("n            experiment {}, control {}", v.n_experiment, v.n_control);
         if let Some(n) = v.needed_n {
@@ -445,6 +490,75 @@ pub fn read_samples(arg: &str) -> Result<Vec<f64>> {
         );
     }
     Ok(out)
+}
+
+/// Whether a file holds `KEY,VALUE` lines (its first data line has a comma).
+fn is_keyed(arg: &str) -> bool {
+    std::fs::read_to_string(arg)
+        .ok()
+        .and_then(|t| {
+            t.lines().map(content).find(|c| !c.is_empty()).map(|c| c.contains(','))
+        })
+        .unwrap_or(false)
+}
+
+/// Per-request values with their key labels (keys interned in order).
+#[derive(Debug, Default, PartialEq)]
+pub struct KeyedSamples {
+    pub values: Vec<f64>,
+    pub labels: Vec<u64>,
+    pub keys: usize,
+}
+
+/// Reads `KEY,VALUE` lines (the key is any text without a comma).
+pub fn read_keyed(arg: &str) -> Result<KeyedSamples> {
+    let path = PathBuf::from(arg);
+    let text = read_text(&path)?;
+    let mut ids: std::collections::HashMap<String, u64> =
+        std::collections::HashMap::new();
+    let mut out = KeyedSamples::default();
+    for (i, line) in text.lines().enumerate() {
+        let c = content(line);
+        if c.is_empty() {
+            continue;
+        }
+        let (key, value) = c.rsplit_once(',').ok_or_else(|| {
+            anyhow!("{}:{}: expected KEY,VALUE, found {c:?}", path.display(), i + 1)
+        })?;
+        let key = key.trim();
+        if key.is_empty() {
+            bail!("{}:{}: the key before the comma is empty", path.display(), i + 1);
+        }
+        let v: f64 = value.trim().parse().map_err(|_| {
+            anyhow!(
+                "{}:{}: expected a number after the comma, found {c:?}",
+                path.display(),
+                i + 1
+            )
+        })?;
+        if !v.is_finite() {
+            bail!("{}:{}: {c:?} is not a finite number", path.display(), i + 1);
+        }
+        let next = ids.len() as u64;
+        let id = *ids.entry(key.to_string()).or_insert(next);
+        out.values.push(v);
+        out.labels.push(id);
+    }
+    if out.values.is_empty() {
+        bail!("{}: no KEY,VALUE lines found", path.display());
+    }
+    out.keys = ids.len();
+    Ok(out)
+}
+
+/// Error counts and per-key sums from `KEY,0|1` lines.
+fn keyed_counts(arg: &str, k: &KeyedSamples) -> Result<(Counts, Vec<KeySums>)> {
+    if let Some(bad) = k.values.iter().find(|v| **v != 0.0 && **v != 1.0) {
+        bail!("{arg}: error_rate takes KEY,0 (ok) or KEY,1 (failed) lines, found value {bad}");
+    }
+    let events = k.values.iter().filter(|v| **v == 1.0).count() as u64;
+    let counts = Counts { events, total: k.values.len() as u64 };
+    Ok((counts, stats::cluster::group(&k.values, &k.labels)))
 }
 
 fn parse_counts(c: &str) -> std::result::Result<Counts, String> {

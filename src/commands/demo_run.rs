@@ -179,6 +179,7 @@ fn run_variant(
                 seed: None,
                 quiet: args.quiet,
                 metrics_listen: None,
+                inventory: None,
             };
             execute(&exp, &common)
         }

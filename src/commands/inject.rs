@@ -14,6 +14,7 @@ use crate::fault::{
     self, FaultContext, FaultError, InfraFault, NetFilter, OutageMethod, Preflight,
 };
 use crate::journal::Journal;
+use crate::target::place::Placement;
 use crate::target::{BlastRadius, Selection, TargetSelector};
 use crate::units;
 
@@ -23,6 +24,8 @@ pub const AFTER_HELP: &str = "Examples:
   chaos inject blackhole --target iface:veth1@blue --destination 10.0.0.0/24 --port 80
   chaos inject netem --target iface:eth1@blue --delay 100ms --jitter 10ms --dry-run
   chaos inject bandwidth --target netns:blue --rate 1mbit --duration 20s
+  chaos inject packet-loss --target iface:eth0@hosts:role=payments --loss 5% \\
+      --inventory fleet.toml --duration 1m
   chaos inject region-outage --region us-east=netns:use1,name:api-us-east \\
       --target region:us-east --method blackhole --duration 30s
 
@@ -43,9 +46,10 @@ pub const DEFAULT_MAX_TARGETS: u32 = 3;
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// What to hit: pid:N, pidfile:PATH, name:REGEX, netns:NAME,
-    /// iface:NAME[@NETNS], region:NAME.
-    #[arg(long, value_parser = TargetSelector::parse)]
-    pub target: TargetSelector,
+    /// iface:NAME[@NETNS], region:NAME; on other hosts with
+    /// @host:NAME or @hosts:KEY=VALUE (needs --inventory).
+    #[arg(long, value_parser = Placement::parse)]
+    pub target: Placement,
     /// How many of the matching targets to hit.
     #[arg(long, conflicts_with = "percent")]
     pub count: Option<u32>,
@@ -74,6 +78,8 @@ pub struct TargetArgs {
     /// $XDG_STATE_HOME/chaos].
     #[arg(long)]
     pub journal_dir: Option<PathBuf>,
+    #[command(flatten)]
+    pub fleet: super::fleet::FleetArgs,
 }
 
 impl TargetArgs {
@@ -209,7 +215,7 @@ pub enum Method {
 pub use crate::fault::parse_signal;
 
 fn build(args: &InjectArgs) -> anyhow::Result<InfraFault> {
-    let target = args.target.target.clone();
+    let target = args.target.target.selector.clone();
     let selection = args.target.selection();
     let filter =
         NetFilter { destinations: args.destinations.clone(), ports: args.ports.clone() };
@@ -325,6 +331,17 @@ fn try_run(args: InjectArgs) -> anyhow::Result<u8> {
             return Ok(exit::INVALID);
         }
     };
+    if args.target.target.is_remote() {
+        let t = &args.target;
+        return super::fleet::inject(
+            &t.target,
+            &fault,
+            &ctx,
+            &t.fleet,
+            t.dry_run,
+            args.duration,
+        );
+    }
     let (pre, injector) = match plan(&fault, &ctx) {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -15,6 +15,7 @@ pub const AFTER_HELP: &str = "Examples:
   chaos kill --target name:demo-api --signal KILL --count 1
   chaos kill --target name:worker --percent 50% --seed 7 --dry-run
   chaos kill --target pidfile:/run/api.pid --signal TERM --grace 5s
+  chaos kill --target name:payments@hosts:role=payments --inventory fleet.toml
 
 pid 1, chaos itself, its ancestors and kernel threads are never touched:
 naming them with pid:/pidfile: is refused (exit 2); name: patterns skip them.
@@ -45,12 +46,16 @@ fn try_run(args: KillArgs) -> anyhow::Result<u8> {
         }
     };
     let fault = InfraFault::ProcessKill(fault::ProcessKill {
-        target: args.target.target.clone(),
+        target: args.target.target.selector.clone(),
         selection: args.target.selection(),
         signal: args.signal,
         grace: args.grace,
         interval: None,
     });
+    if args.target.target.is_remote() {
+        let t = &args.target;
+        return super::fleet::inject(&t.target, &fault, &ctx, &t.fleet, t.dry_run, None);
+    }
     let (_, mut injector) = match plan(&fault, &ctx) {
         Ok(p) => p,
         Err(code) => return Ok(code),

@@ -11,6 +11,7 @@ pub const AFTER_HELP: &str = "Examples:
   chaos recover
   chaos recover --journal-dir /var/lib/chaos --dry-run
   chaos recover --prune-older-than 30d     (e.g. from a daily cron job)
+  chaos recover --inventory fleet.toml --hosts hosts:region=us-east
 
 Reads every journal in the directory; journals of runners still alive are
 skipped, every fault a dead runner applied and did not revert is reverted
@@ -43,6 +44,14 @@ pub struct RecoverArgs {
     /// --dry-run, list them.
     #[arg(long, value_name = "AGE", value_parser = parse_age)]
     pub prune_older_than: Option<std::time::Duration>,
+    /// Recover on the hosts of this inventory instead (runs `chaos
+    /// recover` on each over SSH, in parallel).
+    #[arg(long, env = "CHAOS_INVENTORY")]
+    pub inventory: Option<PathBuf>,
+    /// With --inventory: only these hosts (host:NAME, hosts:KEY=VALUE,
+    /// or * for all, the default).
+    #[arg(long, value_name = "SELECTOR", requires = "inventory")]
+    pub hosts: Option<String>,
 }
 
 /// `"30d"` (days, up to ten years) or any duration `chaos` accepts.
@@ -61,6 +70,9 @@ fn parse_age(text: &str) -> Result<std::time::Duration, String> {
 }
 
 fn try_run(args: RecoverArgs) -> anyhow::Result<u8> {
+    if let Some(inventory) = &args.inventory {
+        return Ok(super::fleet::recover(inventory, args.hosts.as_deref(), args.dry_run));
+    }
     let dir = journal::resolve_dir(args.journal_dir.as_deref());
     let report = match fault::recover(&dir, args.dry_run) {
         Ok(r) => r,

@@ -14,6 +14,7 @@ const RUN_HELP: &str = "Examples:
   chaos run experiments/replica-kill.toml
   chaos run --dry-run experiments/region-outage.toml     # print the plan, change nothing
   chaos run --json --report-dir out/ experiments/aa-no-fault.toml
+  chaos run --inventory fleet.toml experiments/fleet-payments.toml  # @hosts: targets
 
 Lifecycle: preflight (targets, privileges, kernel features, upstream health)
 → baseline → inject → observe with the abort watch → revert → verdict → report.
@@ -57,6 +58,10 @@ pub struct RunCommon {
     /// http://ADDR/metrics during the run (e.g. 127.0.0.1:9464).
     #[arg(long, value_name = "ADDR")]
     pub metrics_listen: Option<std::net::SocketAddr>,
+    /// Inventory for faults with host targets (`@host:`/`@hosts:`), TOML
+    /// or Ansible YAML; replaces the file's own [[host]] tables.
+    #[arg(long, value_name = "FILE", env = "CHAOS_INVENTORY")]
+    pub inventory: Option<PathBuf>,
 }
 
 /// Arguments of `chaos run`.
@@ -101,10 +106,19 @@ pub fn load_or_report(file: &Path) -> Result<Experiment, u8> {
 
 /// Runs `chaos run`.
 pub fn run(args: RunArgs) -> u8 {
-    let exp = match load_or_report(&args.common.file) {
+    let mut exp = match load_or_report(&args.common.file) {
         Ok(e) => e,
         Err(code) => return code,
     };
+    if let Some(path) = &args.common.inventory {
+        match crate::fleet::inventory::Inventory::load(path) {
+            Ok(inv) => exp.hosts = Some(inv),
+            Err(e) => {
+                eprintln!("{e}");
+                return exit::INVALID;
+            }
+        }
+    }
     if args.dry_run {
         let opts = options(&args.common, None);
         return match runner::dry_run(&exp, &opts) {

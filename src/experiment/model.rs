@@ -31,6 +31,11 @@ pub struct Experiment {
     pub prometheus: Option<PrometheusSource>,
     /// `[[guardrail]]`: PromQL abort conditions checked during the run.
     pub guardrails: Vec<Guardrail>,
+    /// `[[host]]` / `[ssh]`: the fleet for host targets (or `--inventory`).
+    pub hosts: Option<crate::fleet::inventory::Inventory>,
+    /// `[kubernetes]`: the cluster, self-healing checks (its pod faults
+    /// are in `faults`).
+    pub kubernetes: Option<crate::k8s::spec::Settings>,
     /// `[otel]`: where each run's trace goes; `None` = no tracing.
     pub otel: Option<OtelSink>,
 }
@@ -167,6 +172,9 @@ pub struct Load {
     pub key_header: String,
     /// Number of distinct user ids.
     pub keys: u64,
+    /// Zipf exponent of the user-id mix (`keys = { count, zipf }`); `None`
+    /// draws ids uniformly.
+    pub key_zipf: Option<f64>,
     /// How long a client waits for a response before giving up; `None`
     /// means the proxy's upstream timeout plus one second. Requests given
     /// up on count as failures of their cohort.
@@ -300,6 +308,8 @@ pub enum FaultKind {
     Bandwidth { rate: String },
     /// Every target of a region unreachable.
     RegionOutage { region: String, method: OutageMethod },
+    /// A pod fault through the Kubernetes API (`[[kubernetes.fault]]`).
+    Kubernetes(crate::k8s::spec::PodFault),
 }
 
 impl FaultKind {
@@ -319,6 +329,7 @@ impl FaultKind {
             FaultKind::TcpReset { .. } => "tcp-reset",
             FaultKind::Bandwidth { .. } => "bandwidth",
             FaultKind::RegionOutage { .. } => "region-outage",
+            FaultKind::Kubernetes(p) => p.kind_name(),
         }
     }
 
@@ -351,6 +362,9 @@ pub struct Fault {
     pub at: String,
     /// Infrastructure faults: what is hit.
     pub target: Option<TargetSelector>,
+    /// Infrastructure faults on other hosts: the target with its host
+    /// part (`...@host:NAME`, `...@hosts:K=V`); `None` = this machine.
+    pub host_target: Option<crate::target::place::Placement>,
     /// Process faults: how many of the matches.
     pub selection: Selection,
     /// The kind and its parameters.

@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::diagnostic::{did_you_mean, Sink};
 use super::model::*;
 use super::reader::{table_of, tables_of, At, TableReader};
+use crate::target::place::Placement;
 use crate::target::{TargetSelector, SELECTOR_KINDS};
 use crate::units::Tolerance;
 
@@ -60,6 +61,9 @@ const SECTIONS: &[&str] = &[
     "safety",
     "prometheus",
     "guardrail",
+    "host",
+    "ssh",
+    "kubernetes",
     "otel",
 ];
 
@@ -90,6 +94,8 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         .map(|t| t.sidecars.iter().map(|s| s.name.clone()).collect())
         .unwrap_or_default();
     let faults = read_faults(&mut top, sink, &regions, &region_names, &sidecar_names);
+    let hosts = crate::fleet::inventory::read_experiment_hosts(src, sink);
+    let (kubernetes, pod_faults) = crate::k8s::spec::read(src, sink);
     // Unknown top-level sections.
     for (key, item) in root.iter() {
         if SECTIONS.contains(&key) {
@@ -114,11 +120,13 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
         traffic,
         load,
         hypotheses: hypotheses.into_iter().map(|h| h.value).collect(),
-        faults: faults.into_iter().map(|f| f.value).collect(),
+        faults: faults.into_iter().map(|f| f.value).chain(pod_faults).collect(),
         regions,
         safety,
         prometheus,
         guardrails,
+        hosts,
+        kubernetes,
         otel,
     })
 }
@@ -701,8 +709,7 @@ fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
             );
         }
     }
-    let keys =
-        t.integer(sink, "keys", 1..=1_000_000_000, "distinct user ids, e.g. 10000");
+    let (keys, key_zipf) = read_load_keys(&mut t, sink);
     let timeout = t.duration(sink, "timeout", false);
     t.finish(sink);
     Some(Load {
@@ -710,9 +717,54 @@ fn read_load(mut t: TableReader, sink: &mut Sink) -> Option<Load> {
         rate: rate.map(|r| r.value).unwrap_or(100.0),
         concurrency: concurrency.map(|c| c.value as usize).unwrap_or(64),
         key_header: key_header.map(|k| k.value).unwrap_or_else(|| "x-user-id".into()),
-        keys: keys.map(|k| k.value as u64).unwrap_or(10_000),
+        keys: keys.unwrap_or(10_000),
+        key_zipf,
         timeout: timeout.map(|d| d.value),
     })
+}
+
+/// Most keys a Zipf mix may have: the generator keeps one cumulative
+/// weight per key (8 MB at this size).
+pub const MAX_ZIPF_KEYS: i64 = 1_000_000;
+
+/// `keys = 10000` (uniform) or `keys = { count = 500, zipf = 1.1 }`: user
+/// ids drawn with weight 1/rank^zipf, the heavy-tailed traffic of real
+/// users (a few send most requests).
+fn read_load_keys(t: &mut TableReader, sink: &mut Sink) -> (Option<u64>, Option<f64>) {
+    let hint =
+        "distinct user ids, e.g. keys = 10000 or keys = { count = 500, zipf = 1.1 }";
+    let Some(item) = t.item("keys") else { return (None, None) };
+    if item.as_integer().is_some() || table_of(item).is_none() {
+        let n = t.integer(sink, "keys", 1..=1_000_000_000, hint);
+        return (n.map(|k| k.value as u64), None);
+    }
+    let Some((table, span)) = table_of(item) else { return (None, None) };
+    let mut k = TableReader::new(table, t.key_path("keys"), span);
+    let count = k.integer(sink, "count", 1..=MAX_ZIPF_KEYS, "e.g. count = 500");
+    if count.is_none() && table.get("count").is_none() {
+        k.missing(sink, "count", "e.g. keys = { count = 500, zipf = 1.1 }");
+    }
+    let zipf = k.number(sink, "zipf", "the Zipf exponent, e.g. zipf = 1.1");
+    let zipf = match zipf {
+        Some(z) if z.value > 0.0 && z.value <= 5.0 => Some(z.value),
+        Some(z) => {
+            sink.error(
+                z.span.clone(),
+                &k.key_path("zipf"),
+                format!("zipf = {} must be in (0, 5]", z.value),
+                "real user traffic is near 1, e.g. zipf = 1.1",
+            );
+            None
+        }
+        None => {
+            if table.get("zipf").is_none() {
+                k.missing(sink, "zipf", "e.g. keys = { count = 500, zipf = 1.1 }");
+            }
+            None
+        }
+    };
+    k.finish(sink);
+    (count.map(|c| c.value as u64), zipf)
 }
 
 fn read_hypotheses(
@@ -1192,10 +1244,15 @@ fn read_fault(
     } else {
         (1.0, "edge".into())
     };
+    let mut host_target = None;
     let target = if !http && kind_name != "region-outage" {
         match r.req_string(sink, "target", TARGET_HINT) {
-            Some(t) => match TargetSelector::parse(&t.value) {
-                Ok(sel) => {
+            Some(t) => match Placement::parse(&t.value) {
+                Ok(placed) => {
+                    if placed.is_remote() {
+                        host_target = Some(placed.clone());
+                    }
+                    let sel = placed.selector;
                     check_target_fits(sink, &path, kind_name, &t, sel, region_names)
                 }
                 Err(msg) => {
@@ -1437,6 +1494,7 @@ fn read_fault(
         probability,
         at,
         target: if http || kind_name == "region-outage" { None } else { Some(target?) },
+        host_target,
         selection,
         kind: kind?,
     })

@@ -68,6 +68,31 @@ fn the_load_section_takes_a_client_timeout_and_refuses_a_zero_one() {
 }
 
 #[test]
+fn load_keys_take_a_count_or_a_zipf_mix_and_refuse_a_bad_exponent() {
+    let with = |k: &str| load_str(&format!("{MINIMAL}\n[load]\nrate = 50\nkeys = {k}\n"));
+    let uniform = with("700").experiment.expect("valid").load.expect("[load]");
+    assert_eq!((uniform.keys, uniform.key_zipf), (700, None));
+    let zipf = with("{ count = 500, zipf = 1.1 }").experiment.expect("valid");
+    let load = zipf.load.expect("[load]");
+    assert_eq!((load.keys, load.key_zipf), (500, Some(1.1)));
+    for (bad, path, what) in [
+        ("{ count = 500, zipf = 0 }", "load.keys.zipf", "must be in (0, 5]"),
+        ("{ count = 5000000, zipf = 1.1 }", "load.keys.count", "out of range"),
+        ("{ zipf = 1.1 }", "load.keys.count", "missing required key"),
+        ("{ count = 10, zipf = 1.1, skew = 1 }", "load.keys.skew", "skew"),
+        ("\"many\"", "load.keys", "must be an integer"),
+    ] {
+        let l = with(bad);
+        assert!(l.experiment.is_none(), "{bad}");
+        assert!(
+            l.diagnostics.iter().any(|d| d.path == path && d.message.contains(what)),
+            "{bad}: {:?}",
+            l.diagnostics
+        );
+    }
+}
+
+#[test]
 fn reads_every_fault_kind_with_its_parameters() {
     let src = format!(
         "{MINIMAL}

@@ -92,7 +92,7 @@ pub fn is_ours(show_output: &str, kind: &str) -> bool {
 
 fn tc_time(d: Duration) -> String {
     let us = d.as_micros();
-    if us % 1000 == 0 {
+    if us.is_multiple_of(1000) {
         format!("{}ms", us / 1000)
     } else {
         format!("{us}us")

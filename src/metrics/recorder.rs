@@ -18,7 +18,7 @@ use serde::Serialize;
 use tokio::time::Instant;
 
 use super::exposition::PromState;
-use super::keys::KeySketch;
+use super::keys::{KeyBuckets, KeySketch};
 use super::labels::{CohortLabel, FaultKindLabel, StatusClass};
 use crate::cohort::Cohort;
 
@@ -34,6 +34,10 @@ pub struct Sample {
     pub latency_ms: f64,
     /// Status >= 500, or no response at all (abort, reset, upstream failure).
     pub error: bool,
+    /// The request's key bucket ([`KeyBuckets::bucket_of`]), so tests on
+    /// the reservoir can use per-key variances. Not serialized.
+    #[serde(skip)]
+    pub key: u32,
 }
 
 /// One second of a cohort's traffic. Seconds without requests appear with
@@ -107,6 +111,8 @@ struct CohortInner {
     rng: u64,
     windows: VecDeque<Window>,
     current: Option<CurrentWindow>,
+    /// Per-key sums (bounded: [`super::keys::SUM_BUCKETS`] cells).
+    keys: KeyBuckets,
 }
 
 #[derive(Debug)]
@@ -155,6 +161,7 @@ impl CohortInner {
             rng: seed,
             windows: VecDeque::new(),
             current: None,
+            keys: KeyBuckets::new(),
         }
     }
 
@@ -167,6 +174,7 @@ impl CohortInner {
 
     fn record(&mut self, cap: usize, sample: Sample, status: Option<u16>) {
         *self.status_counts.entry(status.unwrap_or(0)).or_insert(0) += 1;
+        self.keys.add(sample.key, sample.error, sample.latency_ms);
         // Algorithm R: keep the first `cap`, then replace with probability
         // cap/seen, which leaves a uniform sample of everything seen.
         self.seen += 1;
@@ -257,8 +265,23 @@ impl Recorder {
             .unwrap_or(u64::MAX)
     }
 
-    /// Records one finished request that arrived at `arrived`.
+    /// Records one finished request that arrived at `arrived`, without a
+    /// key: it counts as a key of its own (independent of every other).
     pub fn record(&self, cohort: Option<Cohort>, arrived: Instant, outcome: Outcome) {
+        self.record_keyed(cohort, arrived, outcome, None);
+    }
+
+    /// [`record`] with the assignment position of the request's key, which
+    /// puts it into its key's bucket of the per-key sums.
+    ///
+    /// [`record`]: Recorder::record
+    pub fn record_keyed(
+        &self,
+        cohort: Option<Cohort>,
+        arrived: Instant,
+        outcome: Outcome,
+        key_position: Option<f64>,
+    ) {
         let label = CohortLabel::of(cohort);
         self.prom.record(label, StatusClass::of(outcome.status), outcome.latency);
         if cohort.is_none() {
@@ -271,14 +294,20 @@ impl Recorder {
         if error {
             state.errors.fetch_add(1, Ordering::Relaxed);
         }
-        let sample = Sample {
+        let mut sample = Sample {
             at_ms: self.elapsed_ms(arrived),
             latency_ms: outcome.latency.as_secs_f64() * 1000.0,
             error,
+            key: key_position.map(KeyBuckets::bucket_of).unwrap_or(0),
         };
         // A poisoned lock only means another request panicked mid-record;
         // the data is still consistent enough to keep counting.
         let mut inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        if key_position.is_none() {
+            // Keyless: a bucket at random, as if it were a key of its own.
+            sample.key =
+                (splitmix(&mut inner.rng) % super::keys::SUM_BUCKETS as u64) as u32;
+        }
         inner.record(self.reservoir_cap, sample, outcome.status);
     }
 
@@ -289,6 +318,14 @@ impl Recorder {
     /// [`record`]: Recorder::record
     pub fn note_key(&self, position: f64) {
         self.keys.note(position);
+    }
+
+    /// A copy of `cohort`'s per-key sums so far (cumulative; see
+    /// [`KeyBuckets::since`]).
+    pub fn key_buckets(&self, cohort: Cohort) -> KeyBuckets {
+        let state = &self.cohorts[CohortLabel::of(Some(cohort)).index()];
+        let inner = state.inner.lock().unwrap_or_else(|p| p.into_inner());
+        inner.keys.clone()
     }
 
     /// The keys seen so far, for the key-level sample-ratio check.
@@ -420,5 +457,38 @@ mod tests {
             "chaos_requests_total{cohort=\"experiment\",status_class=\"2xx\"} 1"
         ));
         assert!(text.contains("chaos_faults_injected_total{kind=\"latency\"} 1"));
+    }
+
+    /// Cost of the per-key sums on the recording path: the whole
+    /// `record_keyed` call against the part the per-key sums add (a hash
+    /// of the key position, a logarithm, five additions). Ignored: timing,
+    /// not correctness; `cargo test --lib recorder_cost -- --ignored
+    /// --nocapture` (numbers in docs/statistics.md).
+    #[test]
+    #[ignore = "micro-benchmark; prints ns per request"]
+    fn recorder_cost_of_per_key_sums() {
+        let n = 1_000_000u64;
+        let origin = Instant::now();
+        let rec = Recorder::new(origin, 10_000);
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let at = origin + Duration::from_micros(i * 50);
+            let pos = crate::traffic::assign::unit(crate::traffic::assign::mix(i % 5000));
+            rec.record_keyed(Some(Cohort::Experiment), at, ok(1 + i % 7), Some(pos));
+        }
+        let whole = t.elapsed().as_nanos() as f64 / n as f64;
+        let mut b = KeyBuckets::new();
+        let t = std::time::Instant::now();
+        for i in 0..n {
+            let pos = crate::traffic::assign::unit(crate::traffic::assign::mix(i % 5000));
+            b.add(KeyBuckets::bucket_of(pos), i % 97 == 0, 1.0 + (i % 7) as f64);
+        }
+        let sums = t.elapsed().as_nanos() as f64 / n as f64;
+        std::hint::black_box(&b);
+        println!(
+            "record_keyed: {whole:.0} ns/request, of which per-key sums {sums:.0} ns \
+             ({:.1}%)",
+            100.0 * sums / whole
+        );
     }
 }

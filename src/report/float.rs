@@ -20,6 +20,11 @@ pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
 }
 
 /// `Option<f64>` field: `None` and non-finite values are both `null`.
+/// Default for fields added later: absent reads as "no value".
+pub fn nan() -> f64 {
+    f64::NAN
+}
+
 pub mod option {
     use super::*;
 

@@ -253,7 +253,7 @@ fn verdict_table(r: &RunReport) -> String {
     let mut s = String::from(
         "<section class=\"card\"><h2>Steady-state hypotheses</h2><table class=\"verdicts\">\
          <thead><tr><th>Hypothesis</th><th>Metric</th><th>Tolerance</th><th class=\"num\">Estimate</th>\
-         <th class=\"num\">Interval</th><th>Effect vs tolerance</th><th class=\"num\">p (adj.)</th>\
+         <th class=\"num\">Interval</th><th>Effect vs tolerance</th><th class=\"num\">P(worse)</th><th class=\"num\">P(within)</th>\
          <th class=\"num\">n E / C</th><th>Verdict</th></tr></thead><tbody>",
     );
     for h in &r.hypotheses {
@@ -266,7 +266,7 @@ fn verdict_table(r: &RunReport) -> String {
             "<tr><td><div class=\"hname\">{}{}</div><div class=\"reason\">{}{needed}</div></td>\
              <td class=\"mono\">{}</td><td class=\"mono\">{}</td><td class=\"num\">{}</td>\
              <td class=\"num\">{}</td><td>{}</td><td class=\"num\">{}</td>\
-             <td class=\"num\">{} / {}</td><td>{}</td></tr>",
+             <td class=\"num\">{}</td><td class=\"num\">{} / {}</td><td>{}</td></tr>",
             esc(&h.name),
             if h.critical { " <span class=\"crit\">critical</span>" } else { "" },
             esc(&h.reason),
@@ -276,20 +276,27 @@ fn verdict_table(r: &RunReport) -> String {
             esc(&fmt_interval(h.ci_low, h.ci_high, &h.unit)),
             forest(h),
             fmt_p(h.p_value_adjusted_or_raw()),
+            fmt_p(h.p_within),
             h.n_experiment,
             h.n_control,
             pill(h.verdict.as_str(), verdict_color(h.verdict))
         );
     }
     if r.hypotheses.is_empty() {
-        s.push_str("<tr><td colspan=\"9\" class=\"muted\">no hypotheses</td></tr>");
+        s.push_str("<tr><td colspan=\"10\" class=\"muted\">no hypotheses</td></tr>");
     }
     s.push_str(
         "</tbody></table><div class=\"legend foot\">effect plot: ● estimate, bar = interval, \
-         solid line = no difference, dashed line = tolerance; p is Holm-adjusted; \
+         solid line = no difference, dashed line = tolerance; P(worse): p of \
+         &ldquo;worse than the tolerance&rdquo;, Holm-adjusted (small: rejected); \
+         P(within): p of &ldquo;not within the tolerance&rdquo; (small: accepted); \
          <span class=\"crit\">critical</span> must be accepted for the run to pass; \
-         any rejection rejects it</div></section>",
+         any rejection rejects it</div>",
     );
+    for line in super::terminal::per_key_lines(r) {
+        let _ = write!(s, "<div class=\"legend\">{}</div>", esc(line.trim()));
+    }
+    s.push_str("</section>");
     s
 }
 
@@ -730,6 +737,16 @@ mod tests {
         }
         assert_eq!(h.matches("<svg class=\"chart\"").count(), 5, "4 plots + timeline");
         assert!(h.contains("REJECTED<span>exit 1</span>"));
+    }
+
+    #[test]
+    fn names_both_one_sided_p_values_and_the_per_key_variance() {
+        let h = render(&sample::latency_fault_run());
+        assert!(
+            h.contains("<th class=\"num\">P(worse)</th><th class=\"num\">P(within)</th>")
+        );
+        assert!(!h.contains("p (adj.)"));
+        assert!(h.contains("per-key variance for &quot;api error rate&quot;"), "{h}");
     }
 
     #[test]

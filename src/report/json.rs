@@ -41,4 +41,28 @@ mod tests {
         assert!(s.contains(r#""cohort": "experiment""#));
         assert!(s.contains(r#""schema_version": 1"#));
     }
+
+    #[test]
+    fn reads_results_written_before_p_within_and_per_key_existed() {
+        let r = sample::latency_fault_run();
+        let mut v: serde_json::Value =
+            serde_json::from_str(&to_string_pretty(&r).unwrap()).unwrap();
+        for h in v["hypotheses"].as_array_mut().unwrap() {
+            let h = h.as_object_mut().unwrap();
+            assert!(h.remove("p_within").is_some() && h.remove("per_key").is_some());
+        }
+        let old = from_str(&v.to_string()).expect("old results still parse");
+        assert!(old
+            .hypotheses
+            .iter()
+            .all(|h| h.p_within.is_nan() && h.per_key.is_none()));
+        assert_eq!(old.hypotheses[0].p_value, r.hypotheses[0].p_value);
+    }
+
+    #[test]
+    fn writes_both_one_sided_p_values_and_the_per_key_details() {
+        let s = to_string_pretty(&sample::latency_fault_run()).unwrap();
+        assert!(s.contains(r#""p_within": 0.0004"#), "{s}");
+        assert!(s.contains(r#""design_effect_experiment": 3.1"#), "{s}");
+    }
 }

@@ -164,17 +164,30 @@ fn cases(r: &RunReport) -> Vec<Case> {
 
 fn evidence(h: &HypothesisResult) -> String {
     format!(
-        "metric {} tolerance {}: estimate {} interval {} p {} (adjusted {}), \
-         test {}, n experiment {} / control {}",
+        "metric {} tolerance {}: estimate {} interval {} P(worse) {} (Holm-adjusted {}), \
+         P(within) {}, test {}, n experiment {} / control {}{}",
         h.metric,
         h.tolerance,
         terminal::fmt_value(h.estimate, &h.unit),
         terminal::fmt_interval(h.ci_low, h.ci_high, &h.unit),
         terminal::fmt_p(h.p_value),
         terminal::fmt_p(h.p_value_adjusted),
+        terminal::fmt_p(h.p_within),
         h.test,
         h.n_experiment,
-        h.n_control
+        h.n_control,
+        h.per_key
+            .map(|k| format!(
+                "; per-key variance: design effect {}/{} over {}/{} keys (per-request \
+                 P(worse) {}, P(within) {})",
+                terminal::fmt_num(k.design_effect_experiment, 2),
+                terminal::fmt_num(k.design_effect_control, 2),
+                k.keys_experiment,
+                k.keys_control,
+                terminal::fmt_p(k.p_value_per_request),
+                terminal::fmt_p(k.p_within_per_request)
+            ))
+            .unwrap_or_default()
     )
 }
 
@@ -301,6 +314,14 @@ pub fn esc(s: &str) -> String {
 mod tests {
     use super::*;
     use crate::report::sample;
+
+    #[test]
+    fn evidence_names_both_one_sided_p_values_and_the_per_key_variance() {
+        let r = crate::report::sample::latency_fault_run();
+        let e = evidence(&r.hypotheses[1]);
+        assert!(e.contains("P(worse) 0.970") && e.contains("P(within) <0.001"), "{e}");
+        assert!(e.contains("design effect 3.10/1.00 over 412/398 keys"), "{e}");
+    }
 
     #[test]
     fn maps_rejected_to_failure_and_inconclusive_to_skipped() {

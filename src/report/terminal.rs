@@ -27,9 +27,17 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
             s.to_string()
         }
     };
-    let header =
-        ["HYPOTHESIS", "METRIC", "TOLERANCE", "ESTIMATE", "INTERVAL", "P", "N E/C"];
-    let rows: Vec<([String; 7], Verdict)> =
+    let header = [
+        "HYPOTHESIS",
+        "METRIC",
+        "TOLERANCE",
+        "ESTIMATE",
+        "INTERVAL",
+        "P(worse)",
+        "P(within)",
+        "N E/C",
+    ];
+    let rows: Vec<([String; 8], Verdict)> =
         report.hypotheses.iter().map(|h| (row(h), h.verdict)).collect();
     let mut widths = header.map(|h| h.chars().count());
     for (cells, _) in &rows {
@@ -54,7 +62,7 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     for (cells, verdict) in &rows {
         for (i, (c, w)) in cells.iter().zip(widths).enumerate() {
             // Numbers read best right-aligned; names and units left.
-            if (3..7).contains(&i) {
+            if (3..8).contains(&i) {
                 let _ = write!(out, "{c:>w$}  ");
             } else {
                 let _ = write!(out, "{c:<w$}  ");
@@ -71,9 +79,14 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
             paint(
                 DIM,
                 "* critical: must be accepted for the run to pass; any rejection \
-                 rejects it. P is Holm-adjusted."
+                 rejects it.\n  P(worse): p of \"worse than the tolerance\", Holm-adjusted \
+                 (small: rejected). P(within): p of \"not within the tolerance\" \
+                 (small: accepted)."
             )
         );
+        for line in per_key_lines(report) {
+            let _ = writeln!(out, "{}", paint(DIM, &line));
+        }
     }
     out.push('\n');
 
@@ -130,7 +143,33 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
     out
 }
 
-fn row(h: &HypothesisResult) -> [String; 7] {
+/// One line per hypothesis whose variance per-key inference changed: how
+/// much, and what the per-request test would have said.
+pub fn per_key_lines(report: &RunReport) -> Vec<String> {
+    report
+        .hypotheses
+        .iter()
+        .filter_map(|h| {
+            let k = h.per_key?;
+            (k.design_effect_experiment > 1.0 || k.design_effect_control > 1.0).then(|| {
+                format!(
+                    "  per-key variance for \"{}\": design effect {}/{} over {}/{} keys \
+                     (E/C); requests of one key are correlated. Per-request: P(worse) {}, \
+                     P(within) {}.",
+                    clean(&h.name),
+                    fmt_num(k.design_effect_experiment, 2),
+                    fmt_num(k.design_effect_control, 2),
+                    k.keys_experiment,
+                    k.keys_control,
+                    fmt_p(k.p_value_per_request),
+                    fmt_p(k.p_within_per_request)
+                )
+            })
+        })
+        .collect()
+}
+
+fn row(h: &HypothesisResult) -> [String; 8] {
     let mut name = clean(&h.name);
     if name.chars().count() > MAX_NAME {
         name = name.chars().take(MAX_NAME - 1).collect::<String>() + "…";
@@ -145,6 +184,7 @@ fn row(h: &HypothesisResult) -> [String; 7] {
         fmt_value(h.estimate, &h.unit),
         fmt_interval(h.ci_low, h.ci_high, &h.unit),
         fmt_p(h.p_value_adjusted_or_raw()),
+        fmt_p(h.p_within),
         format!("{}/{}", h.n_experiment, h.n_control),
     ]
 }
@@ -246,6 +286,22 @@ mod tests {
         );
         let t = verdict_table(&sample::accepted_run(), false);
         assert!(!t.contains("Trace:"), "no trace line without [otel]:\n{t}");
+    }
+
+    #[test]
+    fn names_both_one_sided_p_values_and_explains_per_key_variance() {
+        let t = verdict_table(&sample::latency_fault_run(), false);
+        let head = t.lines().find(|l| l.starts_with("HYPOTHESIS")).unwrap();
+        assert!(head.contains("P(worse)") && head.contains("P(within)"), "{head}");
+        assert!(!head.contains(" P "), "no bare P column: {head}");
+        // An accepted hypothesis shows the small p that accepted it next to
+        // the large one that did not reject it.
+        let line = t.lines().find(|l| l.starts_with("api error rate")).unwrap();
+        assert!(line.contains("0.970") && line.contains("<0.001"), "{line}");
+        assert!(t.contains(
+            "per-key variance for \"api error rate\": design effect 3.10/1.00"
+        ));
+        assert!(t.contains("Per-request: P(worse) 0.900"), "{t}");
     }
 
     #[test]

@@ -202,6 +202,7 @@ mod tests {
                     at_ms: sec * 1000 + i * 100,
                     latency_ms: 1.0 + i as f64,
                     error: sec >= 20 && i == 0,
+                    key: 0,
                 });
             }
         }

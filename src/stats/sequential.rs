@@ -136,6 +136,21 @@ impl AbortMonitor {
         experiment: Counts,
         control: Counts,
     ) -> AbortDecision {
+        self.update_counts_keyed(experiment, control, (1.0, 1.0))
+    }
+
+    /// [`update_counts`] when requests of one key are correlated: each
+    /// cohort's plug-in variance is multiplied by its design effect (≥ 1,
+    /// from the per-key sums, `cluster.rs`), so V̂ is the per-key variance
+    /// and I = 1/V̂ the information the keys really carry.
+    ///
+    /// [`update_counts`]: AbortMonitor::update_counts
+    pub fn update_counts_keyed(
+        &mut self,
+        experiment: Counts,
+        control: Counts,
+        (de, dc): (f64, f64),
+    ) -> AbortDecision {
         self.looks += 1;
         let tilde = |c: Counts| (c.events as f64 + 1.0) / (c.total as f64 + 2.0);
         let (ne, nc) = (experiment.total as f64, control.total as f64);
@@ -144,7 +159,7 @@ impl AbortMonitor {
         }
         let theta = experiment.events as f64 / ne - control.events as f64 / nc;
         let (te, tc) = (tilde(experiment), tilde(control));
-        let v = te * (1.0 - te) / ne + tc * (1.0 - tc) / nc;
+        let v = de.max(1.0) * te * (1.0 - te) / ne + dc.max(1.0) * tc * (1.0 - tc) / nc;
         let burned_in = experiment.total.min(control.total) >= BURN_IN_REQUESTS
             && experiment.events + control.events >= BURN_IN_EVENTS;
         self.step(theta, v, burned_in, "error rate", "pp", 100.0)
@@ -157,6 +172,20 @@ impl AbortMonitor {
         &mut self,
         experiment_batch: &[f64],
         control_batch: &[f64],
+    ) -> AbortDecision {
+        self.update_latencies_keyed(experiment_batch, control_batch, (1.0, 1.0))
+    }
+
+    /// [`update_latencies`] with per-cohort design effects of mean
+    /// ln(latency) (≥ 1), as for [`update_counts_keyed`].
+    ///
+    /// [`update_latencies`]: AbortMonitor::update_latencies
+    /// [`update_counts_keyed`]: AbortMonitor::update_counts_keyed
+    pub fn update_latencies_keyed(
+        &mut self,
+        experiment_batch: &[f64],
+        control_batch: &[f64],
+        (de, dc): (f64, f64),
     ) -> AbortDecision {
         self.looks += 1;
         let Kind::LogLatency { experiment, control } = &mut self.kind else {
@@ -173,7 +202,7 @@ impl AbortMonitor {
             return AbortDecision::Continue { p_value: self.p_plus, estimate: f64::NAN };
         }
         let theta = e.mean - c.mean;
-        let v = e.var() / e.n as f64 + c.var() / c.n as f64;
+        let v = de.max(1.0) * e.var() / e.n as f64 + dc.max(1.0) * c.var() / c.n as f64;
         let burned_in = e.n.min(c.n) >= BURN_IN_REQUESTS;
         self.step(theta, v, burned_in, "log latency ratio", "", 1.0)
     }

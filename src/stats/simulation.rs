@@ -11,6 +11,8 @@ use rand_chacha::ChaCha8Rng;
 use super::*;
 use crate::units::Tolerance;
 
+mod keys;
+
 const RUNS: usize = 1000;
 
 /// Binomial(n, p) by inversion (cheap for the small n·p used here).

@@ -5,6 +5,7 @@
 
 use serde::Serialize;
 
+use super::cluster::{combined_df, ClusteredMean, Clustering, KeyData, MIN_KEYS};
 use super::holm::holm_adjust;
 use super::mann_whitney::{rank_sums_sorted, sorted};
 use super::proportions::{
@@ -110,6 +111,9 @@ pub struct HypothesisVerdict {
     pub reason: String,
     /// Unit of estimate/ci/margin, e.g. "relative change of the p99".
     pub scale: String,
+    /// Per-key inference, when keys were known: the design effects applied
+    /// and what the per-request test said on the same data.
+    pub clustering: Option<Clustering>,
 }
 
 fn z_power_sq(alpha: f64) -> f64 {
@@ -154,6 +158,7 @@ struct Draft {
     needed_n: Option<u64>,
     scale: String,
     note: String,
+    clustering: Option<Clustering>,
 }
 
 fn inconclusive(
@@ -180,6 +185,7 @@ fn inconclusive(
         tested: false,
         reason,
         scale: String::new(),
+        clustering: None,
     }
 }
 
@@ -239,6 +245,7 @@ fn finish(
         tested: true,
         reason,
         scale: d.scale,
+        clustering: d.clustering,
     }
 }
 
@@ -268,15 +275,29 @@ pub fn judge(
     alpha: f64,
     seed: u64,
 ) -> HypothesisVerdict {
+    judge_keyed(spec, data, None, alpha, seed)
+}
+
+/// [`judge`] with per-key data: error rates and latencies then use the
+/// per-key (cluster-robust) variance whenever keys repeat (`cluster.rs`);
+/// with unique keys the result is [`judge`]'s. `keys` that do not fit the
+/// data (labels of another length) are ignored.
+pub fn judge_keyed(
+    spec: &HypothesisSpec,
+    data: &CohortData,
+    keys: Option<&KeyData>,
+    alpha: f64,
+    seed: u64,
+) -> HypothesisVerdict {
     let n = data_size(data);
-    match judge_draft(spec, data, alpha, seed) {
+    match judge_draft(spec, data, keys, alpha, seed) {
         Ok(Judged::Draft(d)) => finish(spec, n, alpha, d),
         Ok(Judged::Gate { reason, needed_n }) => {
             let mut v = inconclusive(spec, n, reason, needed_n);
             if spec.min_samples > 0 {
                 let statistical_only = HypothesisSpec { min_samples: 0, ..spec.clone() };
                 if let Ok(Judged::Draft(d)) =
-                    judge_draft(&statistical_only, data, alpha, seed)
+                    judge_draft(&statistical_only, data, keys, alpha, seed)
                 {
                     v.test = d.test.into();
                     v.estimate = d.estimate;
@@ -284,6 +305,7 @@ pub fn judge(
                     v.ci_high = d.ci_high;
                     v.margin = d.margin;
                     v.scale = d.scale;
+                    v.clustering = d.clustering;
                     v.reason
                         .push_str("; the estimate and interval are for information only");
                 }
@@ -307,6 +329,7 @@ fn data_size(data: &CohortData) -> (u64, u64) {
 fn judge_draft(
     spec: &HypothesisSpec,
     data: &CohortData,
+    keys: Option<&KeyData>,
     alpha: f64,
     seed: u64,
 ) -> Result<Judged, String> {
@@ -315,9 +338,13 @@ fn judge_draft(
         return Err(format!("alpha {alpha} must be in (0, 0.5)"));
     }
     match (spec.kind, data) {
-        (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => {
-            judge_rate(spec, *experiment, *control, alpha)
-        }
+        (MetricKind::ErrorRate, CohortData::Counts { experiment, control }) => match keys
+        {
+            Some(KeyData::Sums { experiment: ke, control: kc }) => {
+                judge_rate_keyed(spec, (*experiment, *control), (ke, kc), alpha)
+            }
+            _ => judge_rate(spec, *experiment, *control, alpha),
+        },
         (_, CohortData::Counts { .. }) => {
             Err(format!("{:?} needs samples per cohort, not counts", spec.kind))
         }
@@ -331,12 +358,20 @@ fn judge_draft(
             {
                 Err(format!("samples must be finite numbers, found {bad}"))
             } else {
+                let labels = match keys {
+                    Some(KeyData::Labels { experiment: le, control: lc })
+                        if le.len() == experiment.len() && lc.len() == control.len() =>
+                    {
+                        Some((le.as_slice(), lc.as_slice()))
+                    }
+                    _ => None,
+                };
                 match kind {
                     MetricKind::LatencyDistribution => {
-                        judge_latency_mwu(spec, experiment, control, alpha)
+                        judge_latency_mwu(spec, experiment, control, labels, alpha)
                     }
                     MetricKind::LatencyQuantile(p) => {
-                        judge_quantile(spec, p, experiment, control, alpha, seed)
+                        judge_quantile(spec, p, experiment, control, labels, alpha, seed)
                     }
                     MetricKind::Throughput | MetricKind::Samples if aligned => {
                         judge_paired(spec, experiment, control, alpha)
@@ -383,6 +418,7 @@ fn judge_latency_mwu(
     spec: &HypothesisSpec,
     experiment: &[f64],
     control: &[f64],
+    labels: Option<(&[u64], &[u64])>,
     alpha: f64,
 ) -> Result<Judged, String> {
     let r = relative_upper(spec, "a latency distribution")?;
@@ -393,16 +429,49 @@ fn judge_latency_mwu(
     if let Some(g) = gate(spec, n, MIN_MWU, "requests") {
         return Ok(g);
     }
+    // Per-key variance of the rank statistic, when keys are known.
+    let keyed = labels
+        .and_then(|(le, lc)| rank_design_effects(experiment, control, le, lc, 1.0 + r));
+    if let Some(k) = &keyed {
+        if let Some(g) = few_keys_gate(&k.0, &k.1) {
+            return Ok(g);
+        }
+    }
+    let (de, dc) = keyed
+        .as_ref()
+        .map(|(e, c)| (e.design_effect(), c.design_effect()))
+        .unwrap_or((1.0, 1.0));
+    let (n1, n2) = (experiment.len() as f64, control.len() as f64);
+    // Var(U) scales by the design effects weighted as the two cohorts'
+    // shares of Var(mean rank E − mean rank C) (Hájek projection); the
+    // reference is Student's t with the Satterthwaite df of that sum.
+    let inflation = (de / n1 + dc / n2) / (1.0 / n1 + 1.0 / n2);
+    let df = keyed
+        .as_ref()
+        .map(|(e, c)| combined_df((de / n1, e.df()), (dc / n2, c.df())))
+        .unwrap_or(f64::INFINITY);
+    let inflation = (inflation, df);
     let a = sorted(experiment);
     let b = sorted(control);
     // The verdict's p-values: MWU of E against (1+r)·C, literally.
     let at_margin = rank_sums_sorted(&a, &b, 1.0 + r);
-    let p_reject = at_margin.p_value(Alternative::Greater);
-    let p_accept = at_margin.p_value(Alternative::Less);
+    let p_reject = mwu_p(&at_margin, Alternative::Greater, inflation);
+    let p_accept = mwu_p(&at_margin, Alternative::Less, inflation);
+    let clustering = keyed.as_ref().map(|(e, c)| Clustering {
+        keys_experiment: e.keys,
+        keys_control: c.keys,
+        df,
+        design_effect_experiment: de,
+        design_effect_control: dc,
+        p_reject_per_request: at_margin.p_value(Alternative::Greater),
+        p_accept_per_request: at_margin.p_value(Alternative::Less),
+    });
     // Interval and estimate by inverting the test over the scale factor e^x.
-    let p_greater =
-        |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Greater);
-    let p_less = |x: f64| rank_sums_sorted(&a, &b, x.exp()).p_value(Alternative::Less);
+    let p_greater = |x: f64| {
+        mwu_p(&rank_sums_sorted(&a, &b, x.exp()), Alternative::Greater, inflation)
+    };
+    let p_less =
+        |x: f64| mwu_p(&rank_sums_sorted(&a, &b, x.exp()), Alternative::Less, inflation);
     // Scale factors e^±20 bracket any real latency ratio; beyond is ±inf.
     let (lo, hi) = (-20.0, 20.0);
     let l = crossing(p_greater, alpha, lo, hi);
@@ -419,7 +488,8 @@ fn judge_latency_mwu(
         let sd = if logs.len() > 2 { mean_var(&logs).1.sqrt() } else { f64::NAN };
         let gap = (m - est).abs();
         let p = normal_cdf(gap / (sd * std::f64::consts::SQRT_2));
-        needed(z_power_sq(alpha) / (6.0 * (p - 0.5).powi(2))).map(|v| v.max(MIN_MWU))
+        needed(z_power_sq(alpha) * de.max(dc) / (6.0 * (p - 0.5).powi(2)))
+            .map(|v| v.max(MIN_MWU))
     };
     Ok(Judged::Draft(Draft {
         test: "mann-whitney",
@@ -431,7 +501,8 @@ fn judge_latency_mwu(
         p_accept,
         needed_n,
         scale: "relative scale shift of latency (experiment/control - 1)".into(),
-        note: String::new(),
+        note: clustering.map(key_note).unwrap_or_default(),
+        clustering,
     }))
 }
 
@@ -440,6 +511,7 @@ fn judge_quantile(
     p: f64,
     experiment: &[f64],
     control: &[f64],
+    labels: Option<(&[u64], &[u64])>,
     alpha: f64,
     seed: u64,
 ) -> Result<Judged, String> {
@@ -457,14 +529,57 @@ fn judge_quantile(
     }
     let a = sorted(experiment);
     let b = sorted(control);
-    let boot = bootstrap_log_quantile_ratio(&a, &b, p, BOOTSTRAP_REPLICATES, seed);
+    let mut boot = bootstrap_log_quantile_ratio(&a, &b, p, BOOTSTRAP_REPLICATES, seed);
     let m = r.ln_1p();
+    // Per-key variance of a quantile (Woodruff): the design effect of the
+    // indicator 1{x <= q̂_p} in each cohort. The request-level bootstrap's
+    // spread around θ̂ is widened by the larger cohort's √d (conservative:
+    // the cohorts' shares of Var θ̂ are not separated).
+    let keyed = labels.map(|(le, lc)| {
+        let below = |x: &[f64], q: f64| -> Vec<f64> {
+            x.iter().map(|v| f64::from(u8::from(*v <= q))).collect()
+        };
+        let qe = super::quantile::harrell_davis(&a, p);
+        let qc = super::quantile::harrell_davis(&b, p);
+        (
+            ClusteredMean::from_labelled(&below(experiment, qe), le),
+            ClusteredMean::from_labelled(&below(control, qc), lc),
+        )
+    });
+    let mut clustering = None;
+    if let Some((Some(ke), Some(kc))) = keyed {
+        if let Some(g) = few_keys_gate(&ke, &kc) {
+            return Ok(g);
+        }
+        let (de, dc) = (ke.design_effect(), kc.design_effect());
+        clustering = Some(Clustering {
+            keys_experiment: ke.keys,
+            keys_control: kc.keys,
+            df: f64::INFINITY,
+            design_effect_experiment: de,
+            design_effect_control: dc,
+            p_reject_per_request: boot.p_at_most(m),
+            p_accept_per_request: boot.p_at_least(m),
+        });
+        let widen = de.max(dc).sqrt();
+        if widen > 1.0 {
+            let centre = boot.estimate;
+            // Monotone, so the replicates stay sorted.
+            for v in boot.replicates.iter_mut() {
+                *v = centre + (*v - centre) * widen;
+            }
+        }
+    }
+    let d_max = clustering
+        .map(|c| c.design_effect_experiment.max(c.design_effect_control))
+        .unwrap_or(1.0);
     let needed_n = {
         let logs: Vec<f64> = control.iter().map(|v| v.ln()).collect();
         let var = mean_var(&logs).1;
         let zp = normal_quantile(p);
         let gap = m - boot.estimate;
-        let per = 2.0 * p * (1.0 - p) * var / (normal_pdf(zp).powi(2) * gap * gap);
+        let per =
+            2.0 * p * (1.0 - p) * var * d_max / (normal_pdf(zp).powi(2) * gap * gap);
         needed(z_power_sq(alpha) * per).map(|v| v.max(min))
     };
     Ok(Judged::Draft(Draft {
@@ -477,8 +592,236 @@ fn judge_quantile(
         p_accept: boot.p_at_least(m),
         needed_n,
         scale: format!("relative change of the p{} (experiment/control - 1)", p * 100.0),
-        note: format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
+        note: match clustering {
+            Some(c) => {
+                format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}; {}", key_note(c))
+            }
+            None => format!("B = {BOOTSTRAP_REPLICATES}, seed {seed}"),
+        },
+        clustering,
     }))
+}
+
+/// INCONCLUSIVE when keys repeat and a cohort has fewer than
+/// [`MIN_KEYS`] of them: the per-key variance would rest on too few
+/// independent units, and the per-request one is known to be wrong.
+fn few_keys_gate(e: &ClusteredMean, c: &ClusteredMean) -> Option<Judged> {
+    let repeat = e.keys_repeat() || c.keys_repeat();
+    (repeat && e.keys.min(c.keys) < MIN_KEYS).then(|| Judged::Gate {
+        reason: format!(
+            "too few distinct keys for per-key inference: {} experiment / {} control, \
+             need at least {MIN_KEYS} per cohort when keys repeat (requests of one key \
+             are not independent)",
+            e.keys, c.keys
+        ),
+        needed_n: None,
+    })
+}
+
+fn key_note(c: Clustering) -> String {
+    if c.adjusted() {
+        format!(
+            "per-key variance over {}/{} keys: design effect {:.2}/{:.2} \
+             (per-request test: P(worse) {:.3e}, P(within) {:.3e})",
+            c.keys_experiment,
+            c.keys_control,
+            c.design_effect_experiment,
+            c.design_effect_control,
+            c.p_reject_per_request,
+            c.p_accept_per_request
+        )
+    } else {
+        format!(
+            "per-key variance over {}/{} keys: no excess over per-request (design effect 1)",
+            c.keys_experiment, c.keys_control
+        )
+    }
+}
+
+/// Mann-Whitney p-value with Var(U) multiplied by `inflation` and a
+/// Student-t reference with `df` (exactly [`RankSums::p_value`] at 1).
+fn mwu_p(
+    r: &super::mann_whitney::RankSums,
+    alt: Alternative,
+    (inflation, df): (f64, f64),
+) -> f64 {
+    if inflation == 1.0 {
+        return r.p_value(alt);
+    }
+    let sigma = r.sigma() * inflation.sqrt();
+    if sigma == 0.0 {
+        return 1.0;
+    }
+    let u2 = r.n1 * r.n2 - r.u1;
+    let (u, factor) = match alt {
+        Alternative::Greater => (r.u1, 1.0),
+        Alternative::Less => (u2, 1.0),
+        Alternative::TwoSided => (r.u1.max(u2), 2.0),
+    };
+    let z = (u - r.n1 * r.n2 / 2.0 - 0.5) / sigma;
+    let tail = if df.is_finite() { student_t_sf(z, df) } else { normal_sf(z) };
+    (factor * tail).clamp(0.0, 1.0)
+}
+
+/// Per-cohort clustered means of the pooled mid-ranks of E and scale·C
+/// (the placements the Mann-Whitney statistic sums), by key label.
+fn rank_design_effects(
+    experiment: &[f64],
+    control: &[f64],
+    le: &[u64],
+    lc: &[u64],
+    scale: f64,
+) -> Option<(ClusteredMean, ClusteredMean)> {
+    let mut pooled: Vec<(f64, usize)> = experiment
+        .iter()
+        .copied()
+        .chain(control.iter().map(|v| v * scale))
+        .enumerate()
+        .map(|(i, v)| (v, i))
+        .collect();
+    pooled.sort_unstable_by(|x, y| x.0.total_cmp(&y.0));
+    let mut ranks = vec![0.0; pooled.len()];
+    let mut i = 0;
+    while i < pooled.len() {
+        let mut j = i;
+        while j + 1 < pooled.len() && pooled[j + 1].0 == pooled[i].0 {
+            j += 1;
+        }
+        let avg = (i + j) as f64 / 2.0 + 1.0;
+        for item in &pooled[i..=j] {
+            ranks[item.1] = avg;
+        }
+        i = j + 1;
+    }
+    let (re, rc) = ranks.split_at(experiment.len());
+    Some((ClusteredMean::from_labelled(re, le)?, ClusteredMean::from_labelled(rc, lc)?))
+}
+
+/// Error rates with per-key sums: the per-request test on Rao-Scott
+/// effective counts (x/d, n/d per cohort, d the design effect of that
+/// cohort's error share). With d = 1 in both cohorts this is exactly
+/// [`judge_rate`].
+fn judge_rate_keyed(
+    spec: &HypothesisSpec,
+    (e, c): (Counts, Counts),
+    (ke, kc): (&[super::cluster::KeySums], &[super::cluster::KeySums]),
+    alpha: f64,
+) -> Result<Judged, String> {
+    let per_request = judge_rate(spec, e, c, alpha)?;
+    let Judged::Draft(base) = per_request else { return Ok(per_request) };
+    let (Some(me), Some(mc)) =
+        (ClusteredMean::from_keys(ke), ClusteredMean::from_keys(kc))
+    else {
+        return Ok(Judged::Draft(base));
+    };
+    if let Some(g) = few_keys_gate(&me, &mc) {
+        return Ok(g);
+    }
+    let (de, dc) = (me.design_effect(), mc.design_effect());
+    let df = combined_df((de * me.var_request, me.df()), (dc * mc.var_request, mc.df()));
+    let clustering = Clustering {
+        keys_experiment: me.keys,
+        keys_control: mc.keys,
+        df,
+        design_effect_experiment: de,
+        design_effect_control: dc,
+        p_reject_per_request: base.p_reject,
+        p_accept_per_request: base.p_accept,
+    };
+    if de == 1.0 && dc == 1.0 {
+        let note = join_note(&base.note, &key_note(clustering));
+        return Ok(Judged::Draft(Draft { note, clustering: Some(clustering), ..base }));
+    }
+    Ok(Judged::Draft(rate_wald_t(spec, (e, c), (de, dc), df, alpha, clustering)?))
+}
+
+/// Error-rate verdicts on the per-key variance: a Wald interval on
+/// V_c = d_c · p̃_c(1 − p̃_c)/n_c per cohort (p̃ = (x+1)/(n+2), so a cohort
+/// without errors still has a variance, as in the abort monitor), with
+/// Student's t on the Satterthwaite df. Rao-Scott effective counts fed to
+/// the score intervals would be the textbook route, but with one heavy
+/// failing key the effective n collapses to a handful and Wilson's
+/// interval, built for Bernoulli trials, turns a coin flip of which cohort
+/// got that key into a rejection (the e2e run in tests/e2e/keys.rs).
+fn rate_wald_t(
+    spec: &HypothesisSpec,
+    (e, c): (Counts, Counts),
+    (de, dc): (f64, f64),
+    df: f64,
+    alpha: f64,
+    clustering: Clustering,
+) -> Result<Draft, String> {
+    let tilde = |x: Counts| (x.events as f64 + 1.0) / (x.total as f64 + 2.0);
+    let var = |x: Counts, d: f64| d * tilde(x) * (1.0 - tilde(x)) / x.total as f64;
+    let (ve, vc) = (var(e, de), var(c, dc));
+    let q = crossing(|x| 1.0 - student_t_sf(x, df), 1.0 - alpha, -100.0, 100.0);
+    let zz = z_power_sq(alpha);
+    let note = key_note(clustering);
+    let scale_abs = "difference in error rate (fraction; 0.01 = 1 pp)";
+    match spec.tolerance {
+        Tolerance::Absolute { points } if points >= 0.0 => {
+            let d = e.rate() - c.rate();
+            let se = (ve + vc).sqrt();
+            let t = (d - points) / se;
+            let gap = points - d;
+            Ok(Draft {
+                test: "per-key-wald-t",
+                estimate: d,
+                ci_low: d - q * se,
+                ci_high: d + q * se,
+                margin: points,
+                p_reject: student_t_sf(t, df),
+                p_accept: if points > 0.0 { student_t_sf(-t, df) } else { 1.0 },
+                needed_n: needed(zz * (ve * e.total as f64 + vc * c.total as f64) / (gap * gap))
+                    .map(|v| v.max(MIN_RATE_N)),
+                scale: scale_abs.into(),
+                note: if points > 0.0 {
+                    note
+                } else {
+                    format!("a zero tolerance can be rejected but never accepted; {note}")
+                },
+                clustering: Some(clustering),
+            })
+        }
+        Tolerance::Relative { fraction } if fraction >= 0.0 => {
+            if e.events < MIN_KATZ_EVENTS || c.events < MIN_KATZ_EVENTS {
+                return Err(format!(
+                    "a relative error-rate tolerance needs at least {MIN_KATZ_EVENTS} errors \
+                     per cohort (experiment {}, control {})",
+                    e.events, c.events
+                ));
+            }
+            // Delta method on ln(p_E / p_C).
+            let lr = (e.rate() / c.rate()).ln();
+            let se = (ve / e.rate().powi(2) + vc / c.rate().powi(2)).sqrt();
+            let m = fraction.ln_1p();
+            let t = (lr - m) / se;
+            Ok(Draft {
+                test: "per-key-log-relative-risk-t",
+                estimate: lr.exp_m1(),
+                ci_low: (lr - q * se).exp_m1(),
+                ci_high: (lr + q * se).exp_m1(),
+                margin: fraction,
+                p_reject: student_t_sf(t, df),
+                p_accept: student_t_sf(-t, df),
+                needed_n: None,
+                scale: "relative change of the error rate (experiment/control - 1)".into(),
+                note,
+                clustering: Some(clustering),
+            })
+        }
+        t => Err(format!(
+            "tolerance {t} does not fit an error rate: use \"+0.5pp\" or \"+10%\" (higher is worse)"
+        )),
+    }
+}
+
+fn join_note(a: &str, b: &str) -> String {
+    if a.is_empty() {
+        b.to_string()
+    } else {
+        format!("{a}; {b}")
+    }
 }
 
 fn judge_rate(
@@ -486,6 +829,19 @@ fn judge_rate(
     e: Counts,
     c: Counts,
     alpha: f64,
+) -> Result<Judged, String> {
+    judge_rate_with_gate(spec, e, c, alpha, MIN_RATE_N)
+}
+
+/// [`judge_rate`] with the per-cohort minimum `min_n` (Rao-Scott effective
+/// counts are judged without the request gate: the raw counts passed it,
+/// and a tiny effective n must show as a wide interval, not vanish).
+fn judge_rate_with_gate(
+    spec: &HypothesisSpec,
+    e: Counts,
+    c: Counts,
+    alpha: f64,
+    min_n: u64,
 ) -> Result<Judged, String> {
     for (cohort, x) in [("experiment", e), ("control", c)] {
         if x.events > x.total {
@@ -495,7 +851,7 @@ fn judge_rate(
             ));
         }
     }
-    if let Some(g) = gate(spec, (e.total, c.total), MIN_RATE_N, "requests") {
+    if let Some(g) = gate(spec, (e.total, c.total), min_n, "requests") {
         return Ok(g);
     }
     let z = normal_quantile(1.0 - alpha);
@@ -518,6 +874,7 @@ fn judge_rate(
                 needed_n: needed(zz * var / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
                 scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
                 note: String::new(),
+                clustering: None,
             }))
         }
         Tolerance::Absolute { points: 0.0 } => {
@@ -547,6 +904,7 @@ fn judge_rate(
                 needed_n: None,
                 scale: "difference in error rate (fraction; 0.01 = 1 pp)".into(),
                 note: "a zero tolerance can be rejected but never accepted".into(),
+                clustering: None,
             }))
         }
         Tolerance::Relative { fraction } if fraction >= 0.0 => {
@@ -577,6 +935,7 @@ fn judge_rate(
                 needed_n: needed(zz * per / (gap * gap)).map(|v| v.max(MIN_RATE_N)),
                 scale: "relative change of the error rate (experiment/control - 1)".into(),
                 note: String::new(),
+                clustering: None,
             }))
         }
         t => Err(format!(
@@ -702,6 +1061,7 @@ fn judge_paired(
         needed_n,
         scale: scale.into(),
         note: String::new(),
+        clustering: None,
     }))
 }
 
@@ -827,6 +1187,7 @@ fn judge_welch(
         needed_n,
         scale: scale.into(),
         note: String::new(),
+        clustering: None,
     }))
 }
 
@@ -1190,6 +1551,7 @@ mod tests {
             tested,
             reason: String::new(),
             scale: String::new(),
+            clustering: None,
         }
     }
 

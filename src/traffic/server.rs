@@ -524,7 +524,12 @@ impl Unrecorded<'_> {
             if let Some(pos) = a.key_position {
                 self.shared.recorder.note_key(pos);
             }
-            self.shared.recorder.record(a.cohort, self.arrived, outcome);
+            self.shared.recorder.record_keyed(
+                a.cohort,
+                self.arrived,
+                outcome,
+                a.key_position,
+            );
         }
     }
 }

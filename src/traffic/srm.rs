@@ -179,7 +179,7 @@ mod tests {
     fn keys_missing_from_one_cohort_are_flagged() {
         // A fifth of the experiment cohort's keys never recorded, as a
         // cohort-dependent crash before recording would do.
-        let lost = |pos: f64| !(pos < 0.05 && mix(pos.to_bits()) % 5 == 0);
+        let lost = |pos: f64| !(pos < 0.05 && mix(pos.to_bits()).is_multiple_of(5));
         let (keys, _) = traffic(20_000, 11, (0.05, 0.05), |_| 1, lost);
         let r = key_sample_ratio_mismatch(&keys, 0.05, 0.05);
         assert!(r.mismatch, "{r:?}");

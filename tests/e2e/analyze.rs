@@ -346,3 +346,117 @@ fn analyze_help_explains_the_command_with_examples() {
         assert!(text.contains(needle), "help lacks {needle}: {text}");
     }
 }
+
+/// `KEY,VALUE` files for an A/A error rate where three users of the
+/// experiment fail every request: 40 users per cohort, user i sending
+/// 5 + i requests, a base error every 29th request everywhere.
+fn keyed_error_files(dir: &Path, unique: bool) -> (String, String) {
+    let write = |name: &str, failing: &[usize]| {
+        let mut s = String::from("# user,failed\n");
+        let mut n = 0usize;
+        for user in 0..40usize {
+            for r in 0..5 + user {
+                n += 1;
+                let failed = failing.contains(&user) || n.is_multiple_of(29);
+                let key = if unique {
+                    format!("{name}-{user}-{r}")
+                } else {
+                    format!("u{user}")
+                };
+                s.push_str(&format!("{key},{}\n", u8::from(failed)));
+            }
+        }
+        let path = dir.join(name);
+        std::fs::write(&path, s).expect("write keyed file");
+        path.to_str().expect("utf-8").to_string()
+    };
+    (write("e.csv", &[30, 34, 38]), write("c.csv", &[]))
+}
+
+#[test]
+fn per_key_input_judges_error_rates_by_user_and_reduces_to_per_request_without_repeats() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (e, c) = keyed_error_files(dir.path(), false);
+    let hypothesis = "error_rate <= +1pp";
+    let (code, v) = run_json(&[
+        "analyze",
+        "--hypothesis",
+        hypothesis,
+        "--experiment",
+        &e,
+        "--control",
+        &c,
+        "--json",
+    ]);
+    let k = &v["clustering"];
+    // Per request the three failing users would reject...
+    assert!(k["p_reject_per_request"].as_f64().expect("p") < 1e-6, "{v}");
+    // ...per user they are three of forty, and the verdict is not a rejection.
+    assert_eq!(k["keys_experiment"], 40, "{v}");
+    assert!(k["design_effect_experiment"].as_f64().expect("deff") > 3.0, "{v}");
+    assert_ne!(v["verdict"], "rejected", "{v}");
+    assert_eq!(code, 4, "inconclusive: {v}");
+    assert_eq!(v["test"], "per-key-wald-t", "{v}");
+
+    // The same requests with every key once: exactly the per-request test.
+    let (eu, cu) = keyed_error_files(dir.path(), true);
+    let (code_u, u) = run_json(&[
+        "analyze",
+        "--hypothesis",
+        hypothesis,
+        "--experiment",
+        &eu,
+        "--control",
+        &cu,
+        "--json",
+    ]);
+    let counts = |v: &Value| format!("{}/{}", v["n_experiment"], v["n_control"]);
+    let errors_e = std::fs::read_to_string(&eu).expect("read").matches(",1").count();
+    let errors_c = std::fs::read_to_string(&cu).expect("read").matches(",1").count();
+    let (code_p, plain) = run_json(&[
+        "analyze",
+        "--hypothesis",
+        hypothesis,
+        "--experiment",
+        &format!("{errors_e}/{}", u["n_experiment"]),
+        "--control",
+        &format!("{errors_c}/{}", u["n_control"]),
+        "--json",
+    ]);
+    assert_eq!(counts(&u), counts(&plain));
+    assert_eq!((u["test"].clone(), code_u), (plain["test"].clone(), code_p));
+    assert_eq!(u["p_reject"], plain["p_reject"], "{u}\n{plain}");
+    assert_eq!(u["p_accept"], plain["p_accept"]);
+    assert_eq!(code_u, 1, "per request, the failures reject: {u}");
+    assert_eq!(u["clustering"]["design_effect_experiment"], 1.0);
+
+    // Mixed formats and bad lines are input errors (exit 2) naming the file.
+    let plain_file = write_lines(dir.path(), "plain.txt", [1.0, 2.0].into_iter());
+    let out = chaos(&[
+        "analyze",
+        "--hypothesis",
+        "latency <= +10%",
+        "--experiment",
+        &e,
+        "--control",
+        &plain_file,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("must both be KEY,VALUE"));
+    let bad = dir.path().join("bad.csv");
+    std::fs::write(&bad, "u1,0\nu2,2\n").expect("write");
+    let out = chaos(&[
+        "analyze",
+        "--hypothesis",
+        hypothesis,
+        "--experiment",
+        bad.to_str().expect("utf-8"),
+        "--control",
+        &c,
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("KEY,0 (ok) or KEY,1"),
+        "{out:?}"
+    );
+}

@@ -1,0 +1,205 @@
+//! Where a step runs: a fault whose target names hosts (`...@host:NAME`,
+//! `...@hosts:K=V`) runs through the agents on those hosts; every other
+//! infrastructure fault through the local engine. Both look the same to
+//! the runner's fault schedule: a `fault::Injector` (describe / inject /
+//! revert). One [`Fleet`] (one agent per host, heartbeats running) serves
+//! every remote fault of a run and is closed when the last one is dropped.
+//!
+//! The controller's journal gets an audit record per remote fault; what
+//! to undo is journalled by each host's agent, which reverts by itself
+//! when its lease runs out (a dead runner), and `chaos recover
+//! --inventory` settles an agent that died.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use super::plan;
+use super::RunError;
+use crate::agent::wire::WireContext;
+use crate::experiment::model::Experiment;
+use crate::fault::{FaultContext, FaultError, Injector};
+use crate::fleet::remote::{self, retarget, Assignment, ConnectOptions, Fleet};
+use crate::journal::{Journal, RevertAction};
+
+/// One fault on its hosts.
+pub struct RemoteFault {
+    fleet: Arc<Fleet>,
+    label: String,
+    work: Vec<Assignment>,
+    ctx: WireContext,
+    lines: Vec<String>,
+    applied: Vec<(usize, u64)>,
+}
+
+/// True when some fault of `exp` names hosts.
+pub fn any(exp: &Experiment) -> bool {
+    exp.faults.iter().any(|f| f.host_target.is_some())
+}
+
+/// Connects to every host the experiment's faults name, preflights each
+/// (all in parallel) and returns one injector per remote fault, by id.
+/// Nothing is applied; any host's problem is an error naming the host.
+pub fn prepare(
+    exp: &Experiment,
+    ctx: &FaultContext,
+) -> Result<BTreeMap<String, RemoteFault>, RunError> {
+    let remote_faults: Vec<_> =
+        exp.faults.iter().filter(|f| f.host_target.is_some()).collect();
+    if remote_faults.is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let Some(inv) = &exp.hosts else {
+        return Err(RunError::Preflight(format!(
+            "fault {} targets hosts, but the experiment declares no [[host]] tables; \
+             pass --inventory FILE",
+            remote_faults[0].id
+        )));
+    };
+    // Hosts in inventory order, each connected once.
+    let mut names: Vec<String> = Vec::new();
+    let mut per_fault = Vec::new();
+    for f in &remote_faults {
+        let placed = f.host_target.as_ref().expect("filtered on host_target");
+        let hosts = inv
+            .select(&placed.place)
+            .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+        let infra = plan::infra_fault(f)?.ok_or_else(|| {
+            RunError::Preflight(format!("fault {}: not an infrastructure fault", f.id))
+        })?;
+        let mut work = Vec::new();
+        for h in hosts {
+            let sel = placed.for_host(&h.name).map_err(|e| {
+                RunError::Preflight(format!("fault {} on host {}: {e}", f.id, h.name))
+            })?;
+            if !names.contains(&h.name) {
+                names.push(h.name.clone());
+            }
+            work.push((h.name.clone(), retarget(&infra, &sel)));
+        }
+        per_fault.push((f.id.clone(), work));
+    }
+    let hosts: Vec<_> = inv.hosts.iter().filter(|h| names.contains(&h.name)).collect();
+    let opts = ConnectOptions {
+        lease: inv.ssh.lease,
+        install: inv.ssh.install,
+        echo_stderr: false,
+    };
+    let fleet = remote::connect(&hosts, &inv.ssh, &opts).map_err(|errors| {
+        RunError::Preflight(
+            errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "),
+        )
+    })?;
+    let index = |name: &str| {
+        fleet
+            .remotes
+            .iter()
+            .position(|r| r.host.name == name)
+            .expect("connected every host")
+    };
+    let wctx = WireContext::from(ctx);
+    let per_fault: Vec<(String, Vec<Assignment>)> = per_fault
+        .into_iter()
+        .map(|(id, work)| (id, work.into_iter().map(|(n, w)| (index(&n), w)).collect()))
+        .collect();
+    let all: Vec<Assignment> = per_fault.iter().flat_map(|(_, w)| w.clone()).collect();
+    let problems: Vec<String> = fleet
+        .preflight(&all, &wctx)
+        .into_iter()
+        .filter_map(|r| r.err().map(|e| e.to_string()))
+        .collect();
+    if !problems.is_empty() {
+        return Err(RunError::Preflight(problems.join("; ")));
+    }
+    let mut described = Vec::new();
+    for (id, work) in &per_fault {
+        let mut lines = Vec::new();
+        for (result, (i, _)) in fleet.describe(work, &wctx).into_iter().zip(work) {
+            let lines_of =
+                result.map_err(|e| RunError::Preflight(format!("fault {id}: {e}")))?;
+            lines.push(format!("host {}:", fleet.remotes[*i].host.name));
+            lines.extend(lines_of.into_iter().map(|l| format!("  {l}")));
+        }
+        described.push(lines);
+    }
+    let fleet = Arc::new(fleet);
+    Ok(per_fault
+        .into_iter()
+        .zip(described)
+        .map(|((id, work), lines)| {
+            let rf = RemoteFault {
+                fleet: fleet.clone(),
+                label: id.clone(),
+                work,
+                ctx: wctx.clone(),
+                lines,
+                applied: Vec::new(),
+            };
+            (id, rf)
+        })
+        .collect())
+}
+
+fn host_error(e: crate::fleet::FleetError) -> FaultError {
+    FaultError::Command { command: "chaos agent (remote)".into(), stderr: e.to_string() }
+}
+
+impl Injector for RemoteFault {
+    fn describe(&self) -> Vec<String> {
+        self.lines.clone()
+    }
+
+    fn inject(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
+        let hosts: Vec<&str> = self
+            .work
+            .iter()
+            .map(|(i, _)| self.fleet.remotes[*i].host.name.as_str())
+            .collect();
+        // Audit only: each host's agent journals what to undo there.
+        let id = journal.record_apply(
+            &format!("{} on hosts {}", self.label, hosts.join(", ")),
+            None,
+            RevertAction::Nothing {
+                note: "journalled and reverted by each host's agent (lease); \
+                       `chaos recover --inventory` settles a dead agent"
+                    .into(),
+            },
+        )?;
+        journal.record_reverted(id, None)?;
+        let mut first_error = None;
+        for (result, (i, _)) in self
+            .fleet
+            .apply(&self.label, &self.work, &self.ctx)
+            .into_iter()
+            .zip(&self.work)
+        {
+            match result {
+                Ok((handle, _)) => self.applied.push((*i, handle)),
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            None => Ok(()),
+            Some(e) => {
+                let _ = self.revert(journal);
+                Err(host_error(e))
+            }
+        }
+    }
+
+    fn revert(&mut self, _journal: &mut Journal) -> Result<(), FaultError> {
+        let mut first_error = None;
+        while let Some((i, handle)) = self.applied.pop() {
+            if self.fleet.remotes[i].is_lost() {
+                // The agent left and reverted on its way out (or died:
+                // `chaos recover --inventory`); nothing to ask it.
+                continue;
+            }
+            if let Err(e) = self.fleet.revert(i, handle) {
+                first_error.get_or_insert(e);
+            }
+        }
+        first_error.map_or(Ok(()), |e| Err(host_error(e)))
+    }
+}
