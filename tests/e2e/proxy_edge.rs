@@ -494,7 +494,7 @@ async fn closing_upstream(
                     if s.write_all(resp).await.is_err() {
                         return;
                     }
-                    if close_every.is_some_and(|n| served % n == 0) {
+                    if close_every.is_some_and(|n| served.is_multiple_of(n)) {
                         return;
                     }
                 }
