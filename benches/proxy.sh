@@ -6,14 +6,19 @@
 #
 # Usage: benches/proxy.sh [--rss]   (--rss adds 60 s of load on chaos and
 #                                     reports its peak RSS, VmHWM)
-# Env: ROUNDS (default 3): the three targets are measured in interleaved
+# Env: ROUNDS (default 3): the targets are measured in interleaved
 # rounds and the median per target is reported, so load drift on a shared
-# machine hits all three alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
-# flags for chaos proxy, e.g. "--workers 1"), CHAOS_BIN (use this binary
-# instead of building), CHAOS_BASE_BIN (a second chaos binary, e.g. a build
-# of main, measured in the same interleaved rounds: prints chaos/base),
-# WS_BENCH_BIN (a built ws_bench example), EXTRA (default 1): also run WebSocket echo rounds and h2c-upstream rounds
-# (chaos vs HAProxy; 0 skips them, e.g. for a base without h2c support).
+# machine hits all of them alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
+# flags for chaos proxy, e.g. "--workers 1").
+# CHAOS_BIN=/path/to/chaos: measure that binary instead of building one.
+# CHAOS_BASELINE=/path/to/chaos: A/B a second build (e.g. main's) in the same
+# interleaved rounds, as target "base" (same flags); prints chaos/base.
+# TLS=1: also measure TLS termination, HAProxy (`ssl crt`) against
+# `chaos proxy --tls-cert/--tls-key` (a self-signed certificate made with
+# openssl; wrk over https, HTTP/1.1, plain HTTP to nginx behind both).
+# EXTRA (default 1): also WebSocket echo rounds and h2c-upstream rounds,
+# chaos against HAProxy (0 skips them, e.g. for a baseline without h2c);
+# WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
 # Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
 # cargo. Builds the `perf` profile (release + one codegen unit) and the
 # `ws_bench` example (the WebSocket echo server and load generator).
@@ -30,11 +35,13 @@ for tool in wrk nginx haproxy; do
   command -v "$tool" >/dev/null || { echo "missing $tool (apt-get install -y wrk nginx haproxy)" >&2; exit 5; }
 done
 
-EXTRA=${EXTRA:-1}
-if [[ -z "${CHAOS_BIN:-}" ]]; then
+if [[ -n "${CHAOS_BIN:-}" ]]; then
+  CHAOS=$CHAOS_BIN   # a prebuilt binary (e.g. a copy kept for A/B runs)
+else
   cargo build --profile perf --quiet
+  CHAOS=$PWD/target/perf/chaos
 fi
-CHAOS=${CHAOS_BIN:-$PWD/target/perf/chaos}
+EXTRA=${EXTRA:-1}
 if [[ "$EXTRA" == 1 ]]; then
   command -v h2load >/dev/null || { echo "missing h2load (apt-get install -y nghttp2-client)" >&2; exit 5; }
   if [[ -z "${WS_BENCH_BIN:-}" ]]; then
@@ -64,6 +71,8 @@ wait_port() {
 }
 
 NGINX_PORT=$(free_port); HAPROXY_PORT=$(free_port); CHAOS_PORT=$(free_port); ADMIN_PORT=$(free_port)
+BASE_PORT=$(free_port); HAPROXY_TLS_PORT=$(free_port); CHAOS_TLS_PORT=$(free_port)
+TARGETS=(direct haproxy chaos)
 
 # nginx: one worker, a 100-byte file, no access log.
 mkdir -p "$W/www" "$W/nginx"
@@ -85,6 +94,13 @@ http {
 CONF
 nginx -c "$W/nginx.conf" -p "$W" & NGINX_PID=$!; PIDS+=($NGINX_PID)
 
+if [[ "${TLS:-0}" == 1 ]]; then
+  command -v openssl >/dev/null || { echo "missing openssl" >&2; exit 5; }
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$W/tls.key" -out "$W/tls.crt" 2>/dev/null
+  cat "$W/tls.crt" "$W/tls.key" > "$W/tls.pem"
+fi
+
 # HAProxy in http mode with keep-alive to the server (its defaults for
 # threads: one per core).
 cat > "$W/haproxy.cfg" <<CONF
@@ -99,6 +115,11 @@ defaults
 frontend fe
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend be
+$(if [[ "${TLS:-0}" == 1 ]]; then
+  echo "frontend fe_tls"
+  echo "  bind 127.0.0.1:$HAPROXY_TLS_PORT ssl crt $W/tls.pem alpn http/1.1"
+  echo "  default_backend be"
+fi)
 backend be
   http-reuse always
   server s1 127.0.0.1:$NGINX_PORT
@@ -110,17 +131,25 @@ haproxy -f "$W/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
   --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$ADMIN_PORT" \
   ${CHAOS_ARGS:-} 2>"$W/chaos.log" & CHAOS_PID=$!; PIDS+=($CHAOS_PID)
 
-TARGETS="direct haproxy chaos"
-if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
-  BASE_PORT=$(free_port)
-  "$CHAOS_BASE_BIN" proxy --listen "127.0.0.1:$BASE_PORT" --upstream "http://127.0.0.1:$NGINX_PORT" \
-    --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$(free_port)" \
-    ${CHAOS_ARGS:-} 2>"$W/base.log" & BASE_PID=$!; PIDS+=($BASE_PID)
-  wait_port "$BASE_PORT"
-  TARGETS="direct haproxy chaos base"
-fi
-
 wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$CHAOS_PORT"
+
+# Optional: a second chaos build in the same rounds (A/B).
+if [[ -n "${CHAOS_BASELINE:-}" ]]; then
+  "$CHAOS_BASELINE" proxy --listen "127.0.0.1:$BASE_PORT" \
+    --upstream "http://127.0.0.1:$NGINX_PORT" --experiment-percent 5 \
+    --control-percent 5 --admin "127.0.0.1:$(free_port)" ${CHAOS_ARGS:-} \
+    2>"$W/base.log" & BASE_PID=$!; PIDS+=($BASE_PID)
+  wait_port "$BASE_PORT"; TARGETS+=(base)
+fi
+# Optional: TLS termination, chaos against HAProxy (same nginx behind).
+if [[ "${TLS:-0}" == 1 ]]; then
+  "$CHAOS" proxy --listen "127.0.0.1:$CHAOS_TLS_PORT" \
+    --upstream "http://127.0.0.1:$NGINX_PORT" --experiment-percent 5 \
+    --control-percent 5 --tls-cert "$W/tls.crt" --tls-key "$W/tls.key" \
+    ${CHAOS_ARGS:-} 2>"$W/chaos-tls.log" & CHAOS_TLS_PID=$!; PIDS+=($CHAOS_TLS_PID)
+  wait_port "$HAPROXY_TLS_PORT"; wait_port "$CHAOS_TLS_PORT"
+  TARGETS+=(haproxy-tls chaos-tls)
+fi
 
 # wrk latency lines look like "     50%  312.00us"; print milliseconds.
 to_ms() {
@@ -156,11 +185,15 @@ for r in $(seq 1 "$ROUNDS"); do
   run direct "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID"
   run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html" "$HAPROXY_PID"
   run chaos "http://127.0.0.1:$CHAOS_PORT/index.html" "$CHAOS_PID"
-  if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
+  if [[ -n "${BASE_PID:-}" ]]; then
     run base "http://127.0.0.1:$BASE_PORT/index.html" "$BASE_PID"
   fi
+  if [[ -n "${CHAOS_TLS_PID:-}" ]]; then
+    run haproxy-tls "https://127.0.0.1:$HAPROXY_TLS_PORT/index.html" "$HAPROXY_PID"
+    run chaos-tls "https://127.0.0.1:$CHAOS_TLS_PORT/index.html" "$CHAOS_TLS_PID"
+  fi
 done
-for t in $TARGETS; do
+for t in "${TARGETS[@]}"; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
   P50[$t]=$(echo "${P50[$t]}" | median)
@@ -170,9 +203,9 @@ done
 
 printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx, median of %s rounds\n' \
   "$CONNS" "$DURATION" "$ROUNDS"
-printf '%-8s %12s %10s %10s %12s\n' target req/s p50_ms p99_ms cpu_us/req
-for t in $TARGETS; do
-  printf '%-8s %12s %10s %10s %12s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
+printf '%-12s %12s %10s %10s %12s\n' target req/s p50_ms p99_ms cpu_us/req
+for t in "${TARGETS[@]}"; do
+  printf '%-12s %12s %10s %10s %12s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
 done
 echo "(cpu_us/req: user+system CPU of the serving process per request; for direct"
 echo " that is nginx alone, for the proxies the proxy alone)"
@@ -183,10 +216,12 @@ echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goa
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
-if [[ -n "${CHAOS_BASE_BIN:-}" ]]; then
-  echo "throughput chaos/base:    $(ratio "${RPS[chaos]}" "${RPS[base]}")"
-  echo "p99        chaos/base:    $(ratio "${P99[chaos]}" "${P99[base]}")"
-  echo "cpu/request chaos/base:   $(ratio "${CPU[chaos]}" "${CPU[base]}")"
+if [[ -n "${BASE_PID:-}" ]]; then
+  echo "A/B chaos/base: throughput $(ratio "${RPS[chaos]}" "${RPS[base]}"), p99 $(ratio "${P99[chaos]}" "${P99[base]}"), cpu/request $(ratio "${CPU[chaos]}" "${CPU[base]}")"
+fi
+if [[ -n "${CHAOS_TLS_PID:-}" ]]; then
+  echo "TLS chaos/haproxy: throughput $(ratio "${RPS[chaos-tls]}" "${RPS[haproxy-tls]}"), p99 $(ratio "${P99[chaos-tls]}" "${P99[haproxy-tls]}"), cpu/request $(ratio "${CPU[chaos-tls]}" "${CPU[haproxy-tls]}")"
+  echo "(haproxy-tls cpu/request is the whole HAProxy process, which serves only that load then)"
 fi
 recorded=$(curl -s "http://127.0.0.1:$ADMIN_PORT/cohorts" || true)
 echo "chaos cohorts recorded: $recorded"

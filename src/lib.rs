@@ -28,5 +28,6 @@ pub mod schedule;
 pub mod signals;
 pub mod stats;
 pub mod target;
+pub mod tls;
 pub mod traffic;
 pub mod units;

@@ -34,6 +34,9 @@ pub struct PromConfig {
     pub bearer_token: Option<String>,
     /// Sent as `Authorization: Basic base64(user:password)`.
     pub basic_auth: Option<(String, String)>,
+    /// CA bundle (PEM) an `https://` Prometheus must chain to; the system
+    /// trust store when unset.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl From<&PrometheusSource> for PromConfig {
@@ -44,6 +47,7 @@ impl From<&PrometheusSource> for PromConfig {
             step: s.step,
             bearer_token: s.bearer_token.clone(),
             basic_auth: s.basic_auth.clone(),
+            ca_file: s.ca_file.clone(),
         }
     }
 }
@@ -274,6 +278,7 @@ mod tests {
             timeout: Duration::from_secs(2),
             bearer_token: Some("t".into()),
             basic_auth: None,
+            ca_file: None,
         };
         let c = PromConfig::from(&s);
         assert_eq!(c.step, Duration::from_secs(5));

@@ -217,9 +217,23 @@ type InfraPlan = (Vec<(String, InfraFault)>, fault::FaultContext);
 fn infra_plan(exp: &Experiment, seed: u64, run_id: &str) -> Result<InfraPlan, RunError> {
     let mut infra = Vec::new();
     for f in &exp.faults {
-        if f.host_target.is_some() {
+        if f.placement(exp.hosts.as_ref()).is_some() {
             // Runs on its hosts' agents: see `remote`.
             continue;
+        }
+        if let FaultKind::RegionOutage { region, .. } = &f.kind {
+            let uses_host = exp.regions.iter().any(|r| {
+                &r.name == region && r.texts.iter().any(|t| t.contains("{host}"))
+            });
+            if uses_host {
+                return Err(RunError::Fault {
+                    context: format!("fault {}: ", f.id),
+                    source: fault::FaultError::Invalid(format!(
+                        "region {region:?} uses {{host}} in its targets but no inventory \
+                         host is labelled region={region}; label the hosts, or drop {{host}}"
+                    )),
+                });
+            }
         }
         if let Some(i) = plan::infra_fault(f)? {
             infra.push((f.id.clone(), i));

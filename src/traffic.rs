@@ -16,6 +16,7 @@ pub(crate) mod headers;
 pub mod malformed;
 pub mod server;
 pub mod srm;
+pub mod tls;
 pub mod upstream;
 pub mod workers;
 

@@ -111,6 +111,21 @@ pub struct WireContext {
     pub regions: BTreeMap<String, Vec<String>>,
 }
 
+impl WireContext {
+    /// The context as one host sees it: `{host}` in a region's targets
+    /// becomes the host's inventory name, as in `@hosts:` targets (so a
+    /// region can name each host's own processes or namespace).
+    pub fn for_host(&self, host: &str) -> WireContext {
+        let mut c = self.clone();
+        for sels in c.regions.values_mut() {
+            for s in sels.iter_mut() {
+                *s = s.replace("{host}", host);
+            }
+        }
+        c
+    }
+}
+
 /// A wire value the agent cannot turn back into an engine value.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 #[error("invalid fault on the wire: {0}")]

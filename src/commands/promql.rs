@@ -20,6 +20,9 @@ const AFTER_HELP: &str = "Examples:
   chaos promql --url http://127.0.0.1:9090 --above 14.4 \\
     'sum(rate(http_requests_total{code=~\"5..\"}[5m])) / sum(rate(http_requests_total[5m])) / 0.001'
 
+  # Prometheus behind TLS with a private CA
+  chaos promql --url https://prom.internal:9090 --ca-file /etc/chaos/ca.pem 'up'
+
 A query with $cohort runs as range queries (one per cohort) and prints the
 sample count, min, median and max of each cohort; without it, it runs as an
 instant query. Credentials come from CHAOS_PROMETHEUS_TOKEN (bearer) or
@@ -55,6 +58,10 @@ pub struct PromqlArgs {
     /// Basic auth as USER:PASSWORD.
     #[arg(long, env = "CHAOS_PROMETHEUS_BASIC_AUTH", hide_env_values = true)]
     pub basic_auth: Option<String>,
+    /// CA bundle (PEM) an https:// Prometheus must chain to (default: the
+    /// system trust store).
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Runs `chaos promql`.
@@ -73,6 +80,7 @@ pub fn run(args: PromqlArgs) -> u8 {
         step: args.step,
         bearer_token: args.bearer_token.clone(),
         basic_auth,
+        ca_file: args.ca_file.clone(),
     };
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,

@@ -11,6 +11,7 @@ use clap::Args;
 use crate::cohort::Cohort;
 use crate::exit;
 use crate::metrics::Recorder;
+use crate::tls::ServerTlsFiles;
 use crate::traffic::{
     split_checks, AdminConfig, CohortKey, ForwardedMode, HttpFault, IpNet, Proxy,
     ProxyConfig, ProxyMode, SplitChecks, Timeouts, Upstream, UpstreamPools, Workers,
@@ -27,6 +28,11 @@ Examples:
   curl -X POST -H 'Authorization: Bearer s3cret' \\
       http://127.0.0.1:9901/faults/latency/enable
   curl http://127.0.0.1:9901/metrics
+
+  chaos proxy --listen 0.0.0.0:8443 --tls-cert /etc/chaos/tls.crt \\
+      --tls-key /etc/chaos/tls.key --upstream https://api.internal:8443 \\
+      --upstream-ca /etc/chaos/internal-ca.pem
+      (TLS for clients, ALPN h2/http1.1; TLS to the upstream, SNI api.internal)
 
   chaos proxy --config experiments/payments-latency.toml --admin 127.0.0.1:9901
       (listen address, pools, cohort key and split from the file's [traffic];
@@ -66,8 +72,9 @@ pub struct ProxyArgs {
     /// Address clients connect to.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]`, or
-    /// `h2c://HOST:PORT` for HTTP/2 with prior knowledge (gRPC).
+    /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]`,
+    /// `https://HOST[:PORT][@REGION]`, or `h2c://HOST:PORT` for HTTP/2 with
+    /// prior knowledge (gRPC).
     #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub upstream: Vec<String>,
     /// Separate upstream pool for the experiment cohort.
@@ -145,6 +152,29 @@ pub struct ProxyArgs {
     /// Worker threads serving client connections (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Terminate TLS for clients: PEM certificate chain (leaf first).
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    pub tls_cert: Option<std::path::PathBuf>,
+    /// Private key (PEM) for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    pub tls_key: Option<std::path::PathBuf>,
+    /// CA bundle (PEM) that https:// upstreams must chain to; replaces the
+    /// system trust store.
+    #[arg(long, value_name = "FILE")]
+    pub upstream_ca: Option<std::path::PathBuf>,
+}
+
+/// `--tls-cert/--tls-key/--upstream-ca` override the file's settings;
+/// the files are loaded now so a bad one is invalid input (exit 2).
+fn apply_tls(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<()> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        cfg.tls = Some(ServerTlsFiles { cert: cert.clone(), key: key.clone() });
+    }
+    if let Some(ca) = &args.upstream_ca {
+        cfg.upstream_ca = Some(ca.clone());
+    }
+    crate::traffic::tls::check(cfg)?;
+    Ok(())
 }
 
 fn upstreams(list: &[String]) -> anyhow::Result<Vec<Upstream>> {
@@ -191,6 +221,7 @@ pub fn config_from_args(
         .map(|f| HttpFault::parse_spec(f).map_err(anyhow::Error::from))
         .collect::<anyhow::Result<Vec<_>>>()?;
     apply_admin_token(args, &mut cfg)?;
+    apply_tls(args, &mut cfg)?;
     Ok((cfg, faults))
 }
 
@@ -276,6 +307,7 @@ fn config_from_experiment(
         cfg.admin = Some(AdminConfig { listen, token: None, allow_remote: false });
     }
     apply_admin_token(args, &mut cfg)?;
+    apply_tls(args, &mut cfg)?;
     let mut faults: Vec<HttpFault> = exp
         .faults
         .iter()

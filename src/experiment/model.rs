@@ -157,6 +157,11 @@ pub struct Traffic {
     pub forwarded: crate::traffic::ForwardedMode,
     /// `trusted_proxies = ["10.0.0.0/8", ...]`.
     pub trusted_proxies: Vec<crate::traffic::IpNet>,
+    /// `tls_cert` + `tls_key`: the edge proxy terminates TLS for clients.
+    pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// `upstream_ca`: CA bundle for `https://` upstreams (system roots
+    /// when unset).
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 /// `[load]`: open-loop synthetic traffic sent to `traffic.listen`.
@@ -378,6 +383,36 @@ pub struct Region {
     pub name: String,
     /// Targets that make up the region.
     pub targets: Vec<TargetSelector>,
+    /// The targets as written; on inventory hosts `{host}` becomes each
+    /// host's name (see `runner::remote`).
+    pub texts: Vec<String>,
+}
+
+impl Fault {
+    /// Where the fault runs when `hosts` is the run's inventory: its
+    /// `@host:`/`@hosts:` target, or, for a `region-outage` whose region
+    /// labels inventory hosts (`labels = {region = "..."}`), every host
+    /// of that region. `None` = this machine. The inventory decides
+    /// because it says where a region lives; a region no host carries
+    /// stays a local `[[region]]`.
+    pub fn placement(
+        &self,
+        hosts: Option<&crate::fleet::inventory::Inventory>,
+    ) -> Option<crate::target::place::Placement> {
+        if let Some(p) = &self.host_target {
+            return Some(p.clone());
+        }
+        let FaultKind::RegionOutage { region, .. } = &self.kind else { return None };
+        let pairs = vec![("region".to_string(), region.clone())];
+        let inv = hosts?;
+        inv.hosts.iter().any(|h| h.matches(&pairs)).then(|| {
+            crate::target::place::Placement {
+                selector: TargetSelector::Region(region.clone()),
+                text: format!("region:{region}"),
+                place: crate::target::place::Place::Hosts(pairs),
+            }
+        })
+    }
 }
 
 /// `[safety]`: the blast radius.
@@ -393,6 +428,22 @@ pub struct Safety {
     pub abort_on_srm: bool,
     /// Abort without statistics when the experiment error rate exceeds this.
     pub max_error_rate: Option<f64>,
+    /// Never reach more hosts than this per fault (`@host:`/`@hosts:`
+    /// targets); `None` = no limit beyond the selector itself.
+    pub max_hosts: Option<u32>,
+    /// Never reach more than this fraction of the inventory's hosts per
+    /// fault; `None` = no limit.
+    pub max_host_fraction: Option<f64>,
+}
+
+impl Safety {
+    /// The host blast radius, as `inject`/`kill` take it from flags.
+    pub fn host_limits(&self) -> crate::fleet::inventory::HostLimits {
+        crate::fleet::inventory::HostLimits {
+            max_hosts: self.max_hosts,
+            max_host_percent: self.max_host_fraction,
+        }
+    }
 }
 
 /// `[prometheus]`: where PromQL hypotheses are evaluated.
@@ -408,4 +459,6 @@ pub struct PrometheusSource {
     pub bearer_token: Option<String>,
     /// Basic auth `user:password`.
     pub basic_auth: Option<(String, String)>,
+    /// CA bundle for an `https://` URL (system roots when unset).
+    pub ca_file: Option<std::path::PathBuf>,
 }

@@ -111,6 +111,7 @@ pub fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<Experiment> {
 
     let (meta, traffic, safety) = (meta?, sidecars_and_traffic?, safety?);
     cross_checks(sink, &meta, &traffic, load.as_ref(), &faults, &safety, &regions);
+    check_host_blast_radius(sink, &faults, &safety, hosts.as_ref());
     if sink.has_errors() {
         return None;
     }
@@ -334,21 +335,33 @@ fn parse_socket(
     }
 }
 
-/// Checks an upstream URL: plain `http://host:port[/]`.
+/// Checks an upstream URL: `http://host:port[/]`, `h2c://host:port[/]` or
+/// `https://host[:port][/]` (https defaults to port 443).
 fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
     let v = &s.value;
-    let problem = if v.starts_with("https://") {
-        Some(
-            "https upstreams are not supported; the proxy speaks plain HTTP/1.1 upstream",
-        )
-    } else if let Some(rest) = v.strip_prefix("http://").or(v.strip_prefix("h2c://")) {
+    let problem = if let Some(rest) =
+        v.strip_prefix("http://").or(v.strip_prefix("h2c://"))
+    {
         let authority = rest.split('/').next().unwrap_or("");
         match authority.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => None,
             _ => Some("expected http://HOST:PORT"),
         }
+    } else if let Some(rest) = v.strip_prefix("https://") {
+        let authority = rest.split('/').next().unwrap_or("");
+        let host_ok = |h: &str| !h.is_empty() && !h.contains(['@', ' ', '?', '#']);
+        match authority.rsplit_once(':') {
+            _ if authority.starts_with('[') && authority.ends_with(']') => None,
+            Some((host, port)) if !host.ends_with(']') && host.contains(':') => {
+                let _ = port;
+                Some("write an IPv6 host in brackets: https://[::1]:8443")
+            }
+            Some((host, port)) if host_ok(host) && port.parse::<u16>().is_ok() => None,
+            None if host_ok(authority) => None,
+            _ => Some("expected https://HOST[:PORT]"),
+        }
     } else {
-        Some("expected a URL starting with http:// (or h2c:// for HTTP/2)")
+        Some("expected a URL starting with http://, https:// or h2c:// (HTTP/2 prior knowledge)")
     };
     match problem {
         None => true,
@@ -357,11 +370,84 @@ fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
                 s.span.clone(),
                 path,
                 format!("invalid upstream {v:?}: {p}"),
-                "write e.g. \"http://127.0.0.1:9000\"",
+                "write e.g. \"http://127.0.0.1:9000\" or \"https://api.internal:8443\"",
             );
             false
         }
     }
+}
+
+/// A PEM file key (`tls_cert`, `upstream_ca`, ...): loaded now with
+/// `load`, so a missing, unreadable or non-PEM file is reported at the
+/// key instead of when the run starts.
+fn read_pem_path<T>(
+    t: &mut TableReader,
+    sink: &mut Sink,
+    key: &'static str,
+    load: impl Fn(&std::path::Path) -> Result<T, crate::tls::TlsError>,
+) -> Option<At<std::path::PathBuf>> {
+    let s = t.string(sink, key, &format!("{key} = \"/etc/chaos/{key}.pem\""))?;
+    let path = std::path::PathBuf::from(&s.value);
+    if let Err(e) = load(&path) {
+        sink.error(
+            s.span.clone(),
+            &t.key_path(key),
+            format!("`{key}`: {e}"),
+            "give the path of a readable PEM file (relative paths are taken from \
+             the working directory)",
+        );
+        return None;
+    }
+    Some(At { value: path, span: s.span })
+}
+
+/// `tls_cert` + `tls_key` (both or neither, a matching pair) and
+/// `upstream_ca` of `[traffic]`.
+fn read_traffic_tls(
+    t: &mut TableReader,
+    sink: &mut Sink,
+) -> (Option<crate::tls::ServerTlsFiles>, Option<std::path::PathBuf>) {
+    let cert = read_pem_path(t, sink, "tls_cert", crate::tls::load_certs);
+    let key = read_pem_path(t, sink, "tls_key", crate::tls::load_key);
+    let upstream_ca = read_pem_path(t, sink, "upstream_ca", crate::tls::load_certs);
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => {
+            let files = crate::tls::ServerTlsFiles { cert: cert.value, key: key.value };
+            match crate::tls::server_config(&files) {
+                Ok(_) => Some(files),
+                Err(e) => {
+                    sink.error(
+                        key.span,
+                        "traffic.tls_key",
+                        e.to_string(),
+                        "tls_key must be the private key of the first certificate \
+                         in tls_cert",
+                    );
+                    None
+                }
+            }
+        }
+        _ => {
+            let given = |t: &mut TableReader, k| t.item(k).map(|i| i.span());
+            let (c, k) = (given(t, "tls_cert"), given(t, "tls_key"));
+            if let Some((span, missing)) = match (c, k) {
+                (Some(span), None) => Some((span, "tls_key")),
+                (None, Some(span)) => Some((span, "tls_cert")),
+                _ => None,
+            } {
+                sink.error(
+                    span,
+                    &t.key_path(missing),
+                    format!(
+                        "TLS needs both `tls_cert` and `tls_key`; `{missing}` is missing"
+                    ),
+                    "add tls_cert = \"cert.pem\" and tls_key = \"key.pem\" together",
+                );
+            }
+            None
+        }
+    };
+    (tls, upstream_ca.map(|c| c.value))
 }
 
 /// `key = "url"` | `key = ["url", ...]` | `key = [{ url = "...", region = "..." }]`.
@@ -520,6 +606,7 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
     };
     let edge = read_edge_limits(&mut t, sink);
     let sidecars = read_sidecars(&mut t, sink);
+    let (tls, upstream_ca) = read_traffic_tls(&mut t, sink);
     t.finish(sink);
     Some(Traffic {
         listen: listen?,
@@ -539,6 +626,8 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         max_header_bytes: edge.max_header_bytes,
         forwarded: edge.forwarded,
         trusted_proxies: edge.trusted_proxies,
+        tls,
+        upstream_ca,
     })
 }
 
@@ -1035,8 +1124,12 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
             );
         }
         let mut sels = Vec::new();
+        let mut texts = Vec::new();
         for (j, t) in targets.unwrap_or_default().into_iter().enumerate() {
-            match TargetSelector::parse(&t.value) {
+            texts.push(t.value.clone());
+            // `{host}` (a region on inventory hosts: each host's name) is
+            // validated as a plain word, as in `@hosts:` targets.
+            match TargetSelector::parse(&t.value.replace("{host}", "HOST")) {
                 Ok(TargetSelector::Region(_)) => sink.error(
                     t.span,
                     &format!("{path}.targets[{j}]"),
@@ -1081,7 +1174,7 @@ fn read_regions(top: &mut TableReader, sink: &mut Sink) -> Vec<Region> {
                     "merge the targets into one [[region]]",
                 );
             } else {
-                out.push(Region { name: n.value, targets: sels });
+                out.push(Region { name: n.value, targets: sels, texts });
             }
         }
     }
@@ -1095,6 +1188,13 @@ fn default_safety() -> Safety {
         max_duration: Duration::from_secs(30 * 60),
         abort_on_srm: true,
         max_error_rate: None,
+        // Unlimited unless set: the hosts a fault reaches are already named
+        // explicitly (`@host:NAME`, or a label selector over an inventory
+        // the user wrote), processes per host stay capped by max_targets,
+        // and `inject`/`kill` default to no host limit as well, so the same
+        // target behaves the same in a file and on the command line.
+        max_hosts: None,
+        max_host_fraction: None,
     }
 }
 
@@ -1105,6 +1205,18 @@ fn read_safety(mut t: TableReader, sink: &mut Sink) -> Option<Safety> {
     let max_duration = t.duration(sink, "max_duration", false);
     let abort_on_srm = t.boolean(sink, "abort_on_srm");
     let max_error_rate = t.percent(sink, "max_error_rate");
+    let max_hosts = t.integer(sink, "max_hosts", 1..=100_000, "e.g. max_hosts = 2");
+    let max_host_percent = t.percent(sink, "max_host_percent");
+    if let Some(p) = &max_host_percent {
+        if p.value <= 0.0 {
+            sink.error(
+                p.span.clone(),
+                "safety.max_host_percent",
+                "max_host_percent 0% would refuse every host fault".into(),
+                "write e.g. max_host_percent = \"50%\", or remove the host faults",
+            );
+        }
+    }
     t.finish(sink);
     Some(Safety {
         max_targets: max_targets.map(|m| m.value as u32).unwrap_or(d.max_targets),
@@ -1114,6 +1226,8 @@ fn read_safety(mut t: TableReader, sink: &mut Sink) -> Option<Safety> {
         max_duration: max_duration.map(|m| m.value).unwrap_or(d.max_duration),
         abort_on_srm: abort_on_srm.map(|a| a.value).unwrap_or(d.abort_on_srm),
         max_error_rate: max_error_rate.map(|m| m.value),
+        max_hosts: max_hosts.map(|m| m.value as u32).or(d.max_hosts),
+        max_host_fraction: max_host_percent.map(|m| m.value).or(d.max_host_fraction),
     })
 }
 
@@ -1122,6 +1236,7 @@ fn read_prometheus(mut t: TableReader, sink: &mut Sink) -> Option<PrometheusSour
     if let Some(u) = &url {
         check_url(sink, "prometheus.url", u);
     }
+    let ca_file = read_pem_path(&mut t, sink, "ca_file", crate::tls::load_certs);
     let step = t.duration(sink, "step", false);
     let timeout = t.duration(sink, "timeout", false);
     let bearer = t.string(sink, "bearer_token", "bearer_token = \"${PROM_TOKEN}\"");
@@ -1145,6 +1260,7 @@ fn read_prometheus(mut t: TableReader, sink: &mut Sink) -> Option<PrometheusSour
         timeout: timeout.map(|s| s.value).unwrap_or(Duration::from_secs(5)),
         bearer_token: bearer.map(|b| b.value),
         basic_auth,
+        ca_file: ca_file.map(|c| c.value),
     })
 }
 
@@ -1746,6 +1862,34 @@ pub fn normalize_signal(s: &str) -> Option<String> {
     }
     let full = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
     NAMES.iter().find(|(name, _)| *name == full).map(|(name, _)| name.to_string())
+}
+
+/// The host blast radius of every `@host:`/`@hosts:` fault, when the
+/// file carries its own `[[host]]` tables (an `--inventory` given to `run`
+/// is checked by the runner, still before connecting to any host).
+fn check_host_blast_radius(
+    sink: &mut Sink,
+    faults: &[At<Fault>],
+    safety: &Safety,
+    hosts: Option<&crate::fleet::inventory::Inventory>,
+) {
+    let Some(inv) = hosts else { return };
+    let limits = safety.host_limits();
+    for (i, f) in faults.iter().enumerate() {
+        let Some(placed) = f.value.placement(Some(inv)) else { continue };
+        // An unknown host or label is reported by the runner with the
+        // inventory's host list; only the count is checked here.
+        let Ok(selected) = inv.select(&placed.place) else { continue };
+        if let Err(msg) = limits.check(selected.len(), inv.hosts.len()) {
+            sink.error(
+                f.span.clone(),
+                &format!("fault[{i}].target"),
+                format!("{placed}: {msg}"),
+                "narrow the host selector, or raise [safety] max_hosts / max_host_percent \
+                 deliberately",
+            );
+        }
+    }
 }
 
 fn cross_checks(

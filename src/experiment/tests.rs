@@ -524,3 +524,61 @@ fn traffic_takes_timeouts_header_limit_and_forwarding_rules() {
         assert_eq!((d.line, d.column), (line, col), "{to}: {d}");
     }
 }
+
+const TWO_HOSTS: &str = r#"
+[[host]]
+name = "pay-1"
+address = "192.0.2.11"
+labels = { role = "payments" }
+
+[[host]]
+name = "pay-2"
+address = "192.0.2.12"
+labels = { role = "payments" }
+
+[[fault]]
+name = "pause"
+kind = "process-pause"
+target = "name:payments@hosts:role=payments"
+duration = "5s"
+"#;
+
+#[test]
+fn host_blast_radius_defaults_to_unlimited_and_parses_from_safety() {
+    let e = load_str(MINIMAL).experiment.expect("valid");
+    assert_eq!((e.safety.max_hosts, e.safety.max_host_fraction), (None, None));
+    let src = format!("{MINIMAL}\n[safety]\nmax_hosts = 4\nmax_host_percent = \"50%\"\n");
+    let e = load_str(&src).experiment.expect("valid");
+    assert_eq!(e.safety.max_hosts, Some(4));
+    assert_eq!(e.safety.max_host_fraction, Some(0.5));
+}
+
+#[test]
+fn bad_host_limits_are_refused_at_their_line_and_column() {
+    for (value, want) in [
+        ("max_hosts = 0", "test.toml:16:13: error"),
+        ("max_hosts = \"two\"", "test.toml:16:13: error"),
+        ("max_host_percent = \"0%\"", "test.toml:16:20: error"),
+        ("max_host_percent = \"150%\"", "test.toml:16:20: error"),
+    ] {
+        let loaded = load_str(&format!("{MINIMAL}\n[safety]\n{value}\n"));
+        assert!(loaded.experiment.is_none(), "{value} refused");
+        let text = loaded.diagnostics[0].to_string();
+        assert!(text.starts_with(want), "{value}: {text}");
+        assert!(text.contains("hint:"), "{value}: {text}");
+    }
+}
+
+#[test]
+fn a_host_fault_beyond_max_hosts_is_refused_when_the_file_has_its_hosts() {
+    let fits = load_str(&format!("{MINIMAL}{TWO_HOSTS}\n[safety]\nmax_hosts = 2\n"));
+    assert!(fits.experiment.is_some(), "{:?}", fits.diagnostics);
+    for limit in ["max_hosts = 1", "max_host_percent = \"50%\""] {
+        let loaded = load_str(&format!("{MINIMAL}{TWO_HOSTS}\n[safety]\n{limit}\n"));
+        assert!(loaded.experiment.is_none(), "{limit}");
+        let text = loaded.diagnostics[0].to_string();
+        assert!(text.contains("2 of 2 hosts selected"), "{text}");
+        assert!(text.contains("fault[0].target") || text.contains("error"), "{text}");
+        assert!(text.contains("raise [safety] max_hosts"), "{text}");
+    }
+}

@@ -136,24 +136,29 @@ pub struct HostLimits {
 impl HostLimits {
     /// Refuses a selection of `selected` hosts out of `total`.
     pub fn check(&self, selected: usize, total: usize) -> Result<(), String> {
+        match self.exceeded(selected, total) {
+            None => Ok(()),
+            Some(limit) => Err(format!(
+                "blast radius exceeded: {selected} of {total} hosts selected, {limit}"
+            )),
+        }
+    }
+
+    /// The limit a selection of `selected` hosts out of `total` breaks,
+    /// e.g. `max_hosts 2`; `None` when it fits.
+    pub fn exceeded(&self, selected: usize, total: usize) -> Option<String> {
         if let Some(max) = self.max_hosts {
             if selected > max as usize {
-                return Err(format!(
-                    "blast radius exceeded: {selected} hosts selected, max_hosts {max}"
-                ));
+                return Some(format!("max_hosts {max}"));
             }
         }
         if let Some(p) = self.max_host_percent {
             let limit = (p * total as f64).floor() as usize;
             if selected > limit {
-                return Err(format!(
-                    "blast radius exceeded: {selected} of {total} hosts selected, \
-                     max_host_percent {}% allows {limit}",
-                    p * 100.0
-                ));
+                return Some(format!("max_host_percent {}% allows {limit}", p * 100.0));
             }
         }
-        Ok(())
+        None
     }
 }
 

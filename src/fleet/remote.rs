@@ -316,7 +316,7 @@ impl Fleet {
                 .into_iter()
                 .map(|(i, faults)| {
                     let remote = &self.remotes[i];
-                    let ctx = ctx.clone();
+                    let ctx = ctx.for_host(&remote.host.name);
                     s.spawn(move || {
                         match remote.call(|id| Request::Preflight {
                             id,
@@ -350,7 +350,7 @@ impl Fleet {
     ) -> Vec<Result<Vec<String>, FleetError>> {
         self.each(work, |remote, fault| {
             let fault = fault.clone();
-            let context = ctx.clone();
+            let context = ctx.for_host(&remote.host.name);
             match remote.call(|id| Request::Describe { id, fault, context })? {
                 Response::Described { lines, .. } => Ok(lines),
                 other => Err(unexpected(remote, other)),
@@ -368,7 +368,7 @@ impl Fleet {
         let lease_ms = Some(millis(self.lease));
         self.each(work, |remote, fault| {
             let fault = fault.clone();
-            let context = ctx.clone();
+            let context = ctx.for_host(&remote.host.name);
             let label = label.to_string();
             match remote.call(|id| Request::Apply {
                 id,

@@ -158,6 +158,7 @@ mod tests {
             step: Duration::from_secs(1),
             bearer_token: None,
             basic_auth: None,
+            ca_file: None,
         };
         let g = Guardrail { name: "errors".into(), query: "up".into(), above: 0.5 };
         let started = Instant::now();

@@ -1,13 +1,21 @@
 //! One bounded HTTP GET against Prometheus: URL building, query-string
-//! encoding, auth headers, and a timeout that covers connect, response and
-//! body, so an unreachable or stuck server is an error, never a hang.
+//! encoding, auth headers, plain HTTP or HTTPS (rustls; CA bundle from
+//! `ca_file` or the system trust store, SNI from the URL's host), and a
+//! timeout that covers connect, TLS handshake, response and body, so an
+//! unreachable or stuck server is an error, never a hang.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 use super::{api, PromConfig, PromError};
+use crate::tls::{client_config, server_name, ALPN_HTTP11};
 
 /// GETs `path` (below the configured base URL) with `params` as the query
 /// string and returns the body of a 2xx answer. `query` only labels errors.
@@ -18,7 +26,25 @@ pub async fn get(
     query: &str,
 ) -> Result<Bytes, PromError> {
     let uri = build_uri(&cfg.url, path, params)?;
-    let mut req = http::Request::get(uri).header(http::header::USER_AGENT, "chaos");
+    let invalid = |reason: String| PromError::InvalidUrl { url: cfg.url.clone(), reason };
+    let https = uri.scheme_str() == Some("https");
+    let host = uri.host().ok_or_else(|| invalid("no host".into()))?.to_string();
+    let port = uri.port_u16().unwrap_or(if https { 443 } else { 80 });
+    // Built before the clock starts: a bad CA file is a configuration
+    // error, not a slow server.
+    let tls = if https {
+        let connector =
+            connector(cfg.ca_file.clone()).map_err(|e| invalid(e.to_string()))?;
+        let name = server_name(&host).map_err(|e| invalid(e.to_string()))?;
+        Some((connector, name))
+    } else {
+        None
+    };
+    let authority = uri.authority().map(|a| a.as_str().to_string()).unwrap_or_default();
+    let origin = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let mut req = http::Request::get(origin)
+        .header(http::header::HOST, authority)
+        .header(http::header::USER_AGENT, "chaos");
     if let Some(auth) = authorization(cfg) {
         req = req.header(http::header::AUTHORIZATION, auth);
     }
@@ -27,22 +53,29 @@ pub async fn get(
         reason: format!("cannot build a request: {e}"),
     })?;
 
-    let mut connector = HttpConnector::new();
-    connector.set_connect_timeout(Some(cfg.timeout));
-    let client: Client<_, Empty<Bytes>> =
-        Client::builder(TokioExecutor::new()).build(connector);
-
+    let unreachable =
+        |reason: String| PromError::Unreachable { url: cfg.url.clone(), reason };
     let exchange = async {
-        let resp = client.request(req).await.map_err(|e| PromError::Unreachable {
-            url: cfg.url.clone(),
-            reason: error_chain(&e),
-        })?;
+        let bare = host.trim_start_matches('[').trim_end_matches(']');
+        let stream = TcpStream::connect((bare, port))
+            .await
+            .map_err(|e| unreachable(format!("tcp connect error: {e}")))?;
+        let _ = stream.set_nodelay(true);
+        let (resp, _conn) = match tls {
+            None => send(TokioIo::new(stream), req).await,
+            Some((connector, name)) => {
+                let stream = connector
+                    .connect(name, stream)
+                    .await
+                    .map_err(|e| unreachable(format!("TLS handshake failed: {e}")))?;
+                send(TokioIo::new(stream), req).await
+            }
+        }
+        .map_err(|e| unreachable(error_chain(&e)))?;
         let status = resp.status();
-        let body =
-            resp.into_body().collect().await.map_err(|e| PromError::Unreachable {
-                url: cfg.url.clone(),
-                reason: format!("reading the answer: {}", error_chain(&e)),
-            })?;
+        let body = resp.into_body().collect().await.map_err(|e| {
+            unreachable(format!("reading the answer: {}", error_chain(&e)))
+        })?;
         Ok::<_, PromError>((status, body.to_bytes()))
     };
     let (status, body) =
@@ -73,6 +106,48 @@ pub async fn get(
     Ok(body)
 }
 
+/// Ends the connection task when the exchange is over (or timed out), so a
+/// server stuck mid-body leaves nothing running.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// HTTP/1.1 over an established connection; the connection task lives as
+/// long as the returned guard.
+async fn send<I>(
+    io: I,
+    req: http::Request<Empty<Bytes>>,
+) -> Result<(http::Response<Incoming>, AbortOnDrop), hyper::Error>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    let guard = AbortOnDrop(tokio::spawn(async move {
+        let _ = conn.await;
+    }));
+    let resp = sender.send_request(req).await?;
+    Ok((resp, guard))
+}
+
+/// One TLS client configuration per CA file (or the system roots) for the
+/// life of the process: guardrails query every few seconds, and re-reading
+/// a CA bundle each time would be waste.
+fn connector(ca_file: Option<PathBuf>) -> Result<TlsConnector, crate::tls::TlsError> {
+    type Cache = Mutex<Vec<(Option<PathBuf>, TlsConnector)>>;
+    static CACHE: Cache = Mutex::new(Vec::new());
+    let mut cache = CACHE.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, c)) = cache.iter().find(|(k, _)| *k == ca_file) {
+        return Ok(c.clone());
+    }
+    let c = TlsConnector::from(client_config(ca_file.as_deref(), &[ALPN_HTTP11])?);
+    cache.push((ca_file, c.clone()));
+    Ok(c)
+}
+
 /// `base` + `path` + `?k=v&...`, keeping a path prefix in `base`.
 fn build_uri(
     base: &str,
@@ -85,22 +160,16 @@ fn build_uri(
     };
     let parsed: http::Uri =
         base.parse().map_err(|e: http::uri::InvalidUri| invalid(&e.to_string()))?;
-    match parsed.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(invalid(
-                "https is not supported by the built-in client; reach Prometheus over \
-                 http on loopback or through a local TLS-terminating sidecar",
-            ))
-        }
-        _ => return Err(invalid("expected http://host:port")),
-    }
+    let scheme = match parsed.scheme_str() {
+        Some(s @ ("http" | "https")) => s,
+        _ => return Err(invalid("expected http://host:port or https://host[:port]")),
+    };
     let authority = parsed.authority().ok_or_else(|| invalid("no host"))?;
     if parsed.query().is_some() {
         return Err(invalid("the base URL must not have a query string"));
     }
     let prefix = parsed.path().trim_end_matches('/');
-    let mut s = format!("http://{authority}{prefix}{path}");
+    let mut s = format!("{scheme}://{authority}{prefix}{path}");
     for (i, (k, v)) in params.iter().enumerate() {
         s.push(if i == 0 { '?' } else { '&' });
         s.push_str(&percent_encode(k));
@@ -195,10 +264,12 @@ mod tests {
     }
 
     #[test]
-    fn refuses_https_and_non_urls_with_a_reason() {
-        let e = build_uri("https://prom:9090", "/-/ready", &[]).unwrap_err();
-        assert!(e.to_string().contains("https is not supported"), "{e}");
-        assert!(build_uri("prom:9090", "/-/ready", &[]).is_err());
+    fn keeps_https_and_refuses_non_urls_with_a_reason() {
+        let uri = build_uri("https://prom:9090/", "/-/ready", &[]).unwrap();
+        assert_eq!(uri.to_string(), "https://prom:9090/-/ready");
+        let e = build_uri("prom:9090", "/-/ready", &[]).unwrap_err();
+        assert!(e.to_string().contains("expected http://"), "{e}");
+        assert!(build_uri("ftp://prom:9090", "/", &[]).is_err());
     }
 
     #[test]
@@ -209,6 +280,7 @@ mod tests {
             step: std::time::Duration::from_secs(1),
             bearer_token: Some("tok".into()),
             basic_auth: Some(("u".into(), "p".into())),
+            ca_file: None,
         };
         assert_eq!(authorization(&cfg).unwrap(), "Bearer tok");
         cfg.bearer_token = None;

@@ -83,6 +83,8 @@ pub fn edge_proxy(exp: &Experiment, seed: u64) -> Result<ProxyConfig, PlanError>
     cfg.max_header_bytes = t.max_header_bytes;
     cfg.forwarded = t.forwarded;
     cfg.trusted_proxies = t.trusted_proxies.clone();
+    cfg.tls = t.tls.clone();
+    cfg.upstream_ca = t.upstream_ca.clone();
     Ok(cfg)
 }
 
@@ -112,6 +114,9 @@ pub fn sidecars(
         )
         .map_err(|e| PlanError::Proxy(e.to_string()))?;
         cfg.upstream_timeout = exp.traffic.upstream_timeout.max(Duration::from_secs(30));
+        // Sidecars speak plain HTTP to the service; https dependencies are
+        // verified against the same CA bundle as the edge's upstreams.
+        cfg.upstream_ca = exp.traffic.upstream_ca.clone();
         out.push((s.name.clone(), cfg));
     }
     Ok(out)

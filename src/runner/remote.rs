@@ -17,9 +17,10 @@ use super::plan;
 use super::RunError;
 use crate::agent::wire::WireContext;
 use crate::experiment::model::Experiment;
-use crate::fault::{FaultContext, FaultError, Injector};
+use crate::fault::{FaultContext, FaultError, InfraFault, Injector, OutageMethod};
 use crate::fleet::remote::{self, retarget, Assignment, ConnectOptions, Fleet};
 use crate::journal::{Journal, RevertAction};
+use crate::target::TargetError;
 
 /// One fault on its hosts.
 pub struct RemoteFault {
@@ -33,7 +34,7 @@ pub struct RemoteFault {
 
 /// True when some fault of `exp` names hosts.
 pub fn any(exp: &Experiment) -> bool {
-    exp.faults.iter().any(|f| f.host_target.is_some())
+    exp.faults.iter().any(|f| f.placement(exp.hosts.as_ref()).is_some())
 }
 
 /// Connects to every host the experiment's faults name, preflights each
@@ -43,8 +44,11 @@ pub fn prepare(
     exp: &Experiment,
     ctx: &FaultContext,
 ) -> Result<BTreeMap<String, RemoteFault>, RunError> {
-    let remote_faults: Vec<_> =
-        exp.faults.iter().filter(|f| f.host_target.is_some()).collect();
+    let remote_faults: Vec<_> = exp
+        .faults
+        .iter()
+        .filter_map(|f| f.placement(exp.hosts.as_ref()).map(|p| (f, p)))
+        .collect();
     if remote_faults.is_empty() {
         return Ok(BTreeMap::new());
     }
@@ -52,20 +56,55 @@ pub fn prepare(
         return Err(RunError::Preflight(format!(
             "fault {} targets hosts, but the experiment declares no [[host]] tables; \
              pass --inventory FILE",
-            remote_faults[0].id
+            remote_faults[0].0.id
         )));
     };
     // Hosts in inventory order, each connected once.
     let mut names: Vec<String> = Vec::new();
     let mut per_fault = Vec::new();
-    for f in &remote_faults {
-        let placed = f.host_target.as_ref().expect("filtered on host_target");
+    for (f, placed) in &remote_faults {
         let hosts = inv
             .select(&placed.place)
             .map_err(|e| RunError::Preflight(format!("fault {}: {e}", f.id)))?;
+        // The host blast radius needs only the inventory (local data), so
+        // a refusal comes before any host is contacted.
+        if let Some(limit) =
+            exp.safety.host_limits().exceeded(hosts.len(), inv.hosts.len())
+        {
+            return Err(RunError::Fault {
+                context: format!("fault {}: ", f.id),
+                source: FaultError::Target(TargetError::BlastRadius {
+                    selector: format!("{placed} (hosts)"),
+                    selected: hosts.len(),
+                    matched: inv.hosts.len(),
+                    limit,
+                }),
+            });
+        }
         let infra = plan::infra_fault(f)?.ok_or_else(|| {
             RunError::Preflight(format!("fault {}: not an infrastructure fault", f.id))
         })?;
+        if let InfraFault::RegionOutage(r) = &infra {
+            if r.method == OutageMethod::Blackhole {
+                // Dropping everything on a host would drop its agent's
+                // SSH session too, and the lease would revert the fault
+                // seconds later: refused until the blackhole can spare
+                // the management path.
+                return Err(RunError::Fault {
+                    context: format!("fault {}: ", f.id),
+                    source: FaultError::WrongTarget {
+                        kind: "region-outage",
+                        target: placed.to_string(),
+                        reason:
+                            "method \"blackhole\" on inventory hosts is not supported \
+                                 yet (it would cut the agents' SSH path); use method \
+                                 \"pause\", or blackhole/packet-loss faults on \
+                                 iface:...@hosts:region=... with destinations"
+                                .into(),
+                    },
+                });
+            }
+        }
         let mut work = Vec::new();
         for h in hosts {
             let sel = placed.for_host(&h.name).map_err(|e| {
@@ -96,7 +135,11 @@ pub fn prepare(
             .position(|r| r.host.name == name)
             .expect("connected every host")
     };
-    let wctx = WireContext::from(ctx);
+    let mut wctx = WireContext::from(ctx);
+    // As written, so `{host}` reaches `WireContext::for_host`.
+    for r in &exp.regions {
+        wctx.regions.insert(r.name.clone(), r.texts.clone());
+    }
     let per_fault: Vec<(String, Vec<Assignment>)> = per_fault
         .into_iter()
         .map(|(id, work)| (id, work.into_iter().map(|(n, w)| (index(&n), w)).collect()))

@@ -15,7 +15,8 @@ pub enum ConfigError {
     )]
     CohortKey(String),
     #[error(
-        "upstream {url:?}: {reason} (expected http://HOST:PORT or h2c://HOST:PORT, \
+        "upstream {url:?}: {reason} (expected http://HOST:PORT, https://HOST[:PORT] \
+         or h2c://HOST:PORT, \
          optionally with @REGION)"
     )]
     Upstream { url: String, reason: String },
@@ -49,8 +50,10 @@ pub enum ProxyMode {
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
-    /// `http://host:port` (HTTP/1.1) or `h2c://host:port` (HTTP/2 with prior
-    /// knowledge, e.g. gRPC); any path is ignored (the client's path is kept).
+    /// `http://host:port` (HTTP/1.1), `https://host[:port]` (TLS to the
+    /// upstream, SNI from the host; h2 or HTTP/1.1 by ALPN) or
+    /// `h2c://host:port` (HTTP/2 with prior knowledge, e.g. gRPC); any path
+    /// is ignored (the client's path is kept).
     pub url: http::Uri,
     /// Region label (e.g. for region faults and reports).
     pub region: Option<String>,
@@ -71,8 +74,8 @@ impl FromStr for Upstream {
             _ => (s, None),
         };
         let uri: http::Uri = url.trim().parse().map_err(|e| err(&format!("{e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "h2c")) {
-            return Err(err("only http:// and h2c:// upstreams are supported"));
+        if !matches!(uri.scheme_str(), Some("http" | "https" | "h2c")) {
+            return Err(err("only http://, https:// and h2c:// upstreams are supported"));
         }
         if uri.authority().is_none() {
             return Err(err("missing host"));
@@ -300,6 +303,12 @@ pub struct ProxyConfig {
     /// Salts the cohort hash (same seed + same key = same cohort in every
     /// process) and seeds the fault dice.
     pub seed: u64,
+    /// Terminate TLS for clients with this certificate and key (plain TCP
+    /// when `None`).
+    pub tls: Option<crate::tls::ServerTlsFiles>,
+    /// CA bundle that https upstreams must chain to (replaces the system
+    /// trust store when set).
+    pub upstream_ca: Option<std::path::PathBuf>,
 }
 
 impl ProxyConfig {
@@ -347,6 +356,8 @@ impl ProxyConfig {
             forwarded: ForwardedMode::default(),
             trusted_proxies: Vec::new(),
             seed,
+            tls: None,
+            upstream_ca: None,
         })
     }
 }
@@ -376,8 +387,10 @@ mod tests {
         let u: Upstream = "http://127.0.0.1:9000@eu-west".parse().unwrap();
         assert_eq!(u.region.as_deref(), Some("eu-west"));
         assert_eq!(u.url.authority().map(|a| a.as_str()), Some("127.0.0.1:9000"));
-        assert!("https://x:1".parse::<Upstream>().is_err());
         assert!("h2c://127.0.0.1:50051".parse::<Upstream>().is_ok());
+        let u: Upstream = "https://api.internal@eu".parse().unwrap();
+        assert_eq!(u.url.scheme_str(), Some("https"));
+        assert!("ftp://x:1".parse::<Upstream>().is_err());
         assert!("127.0.0.1:9000".parse::<Upstream>().is_err());
     }
 

@@ -34,7 +34,6 @@ use super::baggage;
 use super::body::{Activity, BodyError, Busy, ClientBody, IdleBody, Side};
 use super::config::{
     CohortKey, ConfigError, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
-    Upstream,
 };
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
@@ -62,6 +61,8 @@ pub enum ProxyError {
     AdminExposed(String),
     #[error(transparent)]
     Config(#[from] ConfigError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
 }
 
 /// Response bodies: streamed from upstream, or made by the proxy.
@@ -77,14 +78,7 @@ struct Pool {
 }
 
 impl Pool {
-    fn new(ups: &[Upstream]) -> Pool {
-        let targets = ups
-            .iter()
-            .filter_map(|u| {
-                let h2 = u.url.scheme_str() == Some("h2c");
-                u.url.authority().map(|a| Target::new(a.clone(), h2))
-            })
-            .collect();
+    fn new(targets: Vec<Target>) -> Pool {
         Pool { targets, next: AtomicUsize::new(0) }
     }
 
@@ -115,6 +109,8 @@ pub(crate) struct Shared {
     forwarded: ForwardedMode,
     trusted_proxies: Vec<IpNet>,
     builder: auto::Builder<TokioExecutor>,
+    /// Client-facing TLS (`None`: plain TCP).
+    tls: Option<tokio_rustls::TlsAcceptor>,
     faults: RwLock<Arc<Vec<HttpFault>>>,
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) admin_token: Option<String>,
@@ -745,7 +741,9 @@ pub(crate) async fn serve_connection<I>(
     let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
 }
 
-/// Serves one accepted TCP connection.
+/// Serves one accepted TCP connection, terminating TLS first when the
+/// proxy has a certificate ([`serve_connection`] is generic over the
+/// stream, so the plain path carries no TLS branch per read).
 async fn serve_tcp(
     shared: Arc<Shared>,
     stream: TcpStream,
@@ -754,7 +752,17 @@ async fn serve_tcp(
 ) {
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
-    serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await;
+    match &shared.tls {
+        None => {
+            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await
+        }
+        Some(acceptor) => match super::tls::accept(acceptor, stream).await {
+            Ok(tls) => {
+                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx).await
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        },
+    }
 }
 
 /// Resolves once shutdown is requested (or the handle is gone).
@@ -804,6 +812,10 @@ impl Proxy {
                 return Err(ProxyError::AdminExposed(why));
             }
         }
+        // TLS files are read before anything binds: bad ones fail the start.
+        let [default_pool, control_pool, experiment_pool] =
+            super::tls::pool_targets(&cfg)?.map(Pool::new);
+        let tls = super::tls::acceptor(&cfg)?;
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
@@ -828,9 +840,9 @@ impl Proxy {
             _ => None,
         };
         let shared = Arc::new(Shared {
-            default_pool: Pool::new(&cfg.pools.default),
-            control_pool: Pool::new(&cfg.pools.control),
-            experiment_pool: Pool::new(&cfg.pools.experiment),
+            default_pool,
+            control_pool,
+            experiment_pool,
             cohort_key: cfg.cohort_key.clone(),
             key_header,
             experiment: cfg.experiment_fraction,
@@ -843,6 +855,7 @@ impl Proxy {
             forwarded: cfg.forwarded,
             trusted_proxies: cfg.trusted_proxies.clone(),
             builder,
+            tls,
             faults: RwLock::new(Arc::new(Vec::new())),
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),

@@ -17,6 +17,10 @@
 //! upstream's `Connection: close` ends the connection after its response
 //! (hyper), and `Keep-Alive: timeout=N` retires it before the upstream
 //! would.
+//!
+//! `https://` targets carry a TLS connector ([`super::tls`]); the TLS
+//! handshake happens once per upstream connection, so reuse keeps it off
+//! the per-request path.
 
 use std::sync::Mutex;
 use std::time::Duration;
@@ -49,6 +53,8 @@ pub(crate) type UpBody = Either<IdleBody<Incoming>, Empty<Bytes>>;
 pub(crate) enum UpstreamError {
     #[error("cannot connect to {addr}: {source}")]
     Connect { addr: String, source: std::io::Error },
+    #[error("TLS handshake with {addr} (server name {name}) failed: {source}")]
+    Tls { addr: String, name: String, source: std::io::Error },
     #[error("{proto} handshake with {addr} failed: {source}")]
     Handshake { proto: &'static str, addr: String, source: hyper::Error },
     #[error(transparent)]
@@ -63,15 +69,29 @@ pub(crate) struct Target {
     connect_to: String,
     /// HTTP/2 with prior knowledge (`h2c://`).
     pub(crate) h2: bool,
+    /// Set for `https://` targets.
+    tls: Option<super::tls::UpstreamTls>,
 }
 
 impl Target {
+    /// A plain-TCP target (`h2`: HTTP/2 with prior knowledge).
+    #[cfg(test)]
     pub(crate) fn new(authority: Authority, h2: bool) -> Target {
-        let connect_to = match authority.port_u16() {
-            Some(_) => authority.as_str().to_string(),
-            None => format!("{}:80", authority.host()),
+        Target::with_tls(authority, h2, None)
+    }
+
+    /// A target reached over TLS when `tls` is set (default port 443).
+    pub(crate) fn with_tls(
+        authority: Authority,
+        h2: bool,
+        tls: Option<super::tls::UpstreamTls>,
+    ) -> Target {
+        let connect_to = match (authority.port_u16(), &tls) {
+            (Some(_), _) => authority.as_str().to_string(),
+            (None, None) => format!("{}:80", authority.host()),
+            (None, Some(_)) => format!("{}:443", authority.host()),
         };
-        Target { authority, connect_to, h2 }
+        Target { authority, connect_to, h2, tls }
     }
 }
 
@@ -297,14 +317,54 @@ async fn connect_h1(
     upgrades: bool,
 ) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
     let stream = tcp(target, timeout).await?;
-    let (sender, conn) = http1::Builder::new()
-        .handshake(TokioIo::new(stream))
-        .await
-        .map_err(|source| UpstreamError::Handshake {
-            proto: "HTTP/1.1",
-            addr: target.connect_to.clone(),
-            source,
-        })?;
+    match &target.tls {
+        None => handshake_h1(TokioIo::new(stream), &target.connect_to, upgrades).await,
+        Some(tls) => {
+            let stream = tls_connect(target, tls, stream, timeout).await?;
+            handshake_h1(TokioIo::new(stream), &target.connect_to, upgrades).await
+        }
+    }
+}
+
+async fn connect_h2(
+    target: &Target,
+    timeout: Duration,
+) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
+    let stream = tcp(target, timeout).await?;
+    match &target.tls {
+        None => handshake_h2(TokioIo::new(stream), &target.connect_to).await,
+        Some(tls) => {
+            let stream = tls_connect(target, tls, stream, timeout).await?;
+            handshake_h2(TokioIo::new(stream), &target.connect_to).await
+        }
+    }
+}
+
+async fn tls_connect(
+    target: &Target,
+    tls: &super::tls::UpstreamTls,
+    stream: TcpStream,
+    timeout: Duration,
+) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
+    tls.connect(stream, timeout).await.map_err(|source| UpstreamError::Tls {
+        addr: target.connect_to.clone(),
+        name: tls.name(),
+        source,
+    })
+}
+
+/// HTTP/1.1 over an established (plain or TLS) upstream connection.
+async fn handshake_h1<I>(
+    io: I,
+    addr: &str,
+    upgrades: bool,
+) -> Result<http1::SendRequest<UpBody>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
+    let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|source| {
+        UpstreamError::Handshake { proto: "HTTP/1.1", addr: addr.to_string(), source }
+    })?;
     // Runs on the client connection's runtime (its worker thread) and ends
     // when the sender is dropped or the upstream closes.
     if upgrades {
@@ -323,23 +383,26 @@ async fn connect_h1(
     Ok(sender)
 }
 
-async fn connect_h2(
-    target: &Target,
-    timeout: Duration,
-) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
-    let stream = tcp(target, timeout).await?;
+/// HTTP/2 over an established (plain: prior knowledge, or TLS) connection.
+async fn handshake_h2<I>(
+    io: I,
+    addr: &str,
+) -> Result<http2::SendRequest<UpBody>, UpstreamError>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+{
     let (sender, conn) = http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
-        .handshake(TokioIo::new(stream))
+        .handshake(io)
         .await
         .map_err(|source| UpstreamError::Handshake {
             proto: "HTTP/2",
-            addr: target.connect_to.clone(),
+            addr: addr.to_string(),
             source,
         })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "upstream h2c connection ended with an error");
+            tracing::debug!(error = %e, "upstream HTTP/2 connection ended with an error");
         }
     });
     Ok(sender)

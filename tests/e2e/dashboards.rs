@@ -235,6 +235,7 @@ async fn every_dashboard_query_is_valid_promql_for_a_real_prometheus() {
         step: std::time::Duration::from_secs(1),
         bearer_token: None,
         basic_auth: None,
+        ca_file: None,
     };
     for (path, dash) in dashboards() {
         let mut all = Vec::new();

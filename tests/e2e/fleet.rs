@@ -620,3 +620,211 @@ duration = "4s"
     });
     assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
 }
+
+/// `[safety] max_hosts` needs only the inventory, so the refusal comes
+/// before any host is contacted: the hosts here are TEST-NET addresses
+/// that nothing answers (a connection attempt would be exit 5).
+#[test]
+fn a_host_fault_beyond_safety_max_hosts_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.toml");
+    std::fs::write(
+        &inv,
+        "[[host]]\nname = \"a\"\naddress = \"192.0.2.1\"\nlabels = { role = \"web\" }\n\n\
+         [[host]]\nname = \"b\"\naddress = \"192.0.2.2\"\nlabels = { role = \"web\" }\n\n\
+         [[host]]\nname = \"c\"\naddress = \"192.0.2.3\"\nlabels = { role = \"db\" }\n",
+    )
+    .unwrap();
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        r#"[experiment]
+name = "hosts-limit"
+duration = "5s"
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+1pp"
+
+[[fault]]
+name = "pause-web"
+kind = "process-pause"
+target = "name:web@hosts:role=web"
+duration = "2s"
+
+[safety]
+max_hosts = 1
+"#,
+    )
+    .unwrap();
+    let (inv_s, exp_s) = (inv.to_str().unwrap(), exp.to_str().unwrap());
+    let valid = crate::support::chaos(&["validate", exp_s]);
+    assert_eq!(valid.status.code(), Some(0), "{}", text(&valid));
+    let t0 = Instant::now();
+    let out = Command::new(crate::support::chaos_bin())
+        .args(["run", "--inventory", inv_s, exp_s])
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(err.contains("fault pause-web"), "{err}");
+    assert!(err.contains("2 of 3 targets selected, limit max_hosts 1"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "no ssh attempt: {:?}", t0.elapsed());
+    // The same limit as a share: 2 of 3 hosts is above 50%.
+    std::fs::write(
+        &exp,
+        std::fs::read_to_string(&exp)
+            .unwrap()
+            .replace("max_hosts = 1", "max_host_percent = \"50%\""),
+    )
+    .unwrap();
+    let out = Command::new(crate::support::chaos_bin())
+        .args(["run", "--inventory", inv_s, exp_s])
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("max_host_percent 50% allows 1")
+    );
+}
+
+/// `region-outage` on hosts labelled with the region: method "pause"
+/// stops the region's declared targets (`{host}` = each host's name) on
+/// web-1 and web-3 (us-east) only, through their agents, and everything
+/// equals the snapshot after.
+#[test]
+fn a_region_outage_pauses_the_region_on_the_hosts_labelled_with_it() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let inv = f.inventory();
+    let before = f.snapshot();
+    let port = upstream_in(&f.ctl);
+    let pay = f.svc("payments", "");
+    let exp = format!(
+        r#"
+[experiment]
+name = "region-fleet"
+duration = "6s"
+baseline = "1s"
+min_samples = 100
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:{port}"
+experiment_percent = 40
+control_percent = 40
+
+[load]
+path = "/"
+rate = 200
+concurrency = 16
+keys = 100000
+
+[[hypothesis]]
+name = "errors flat"
+metric = "error_rate"
+tolerance = "+1pp"
+
+[[region]]
+name = "us-east"
+targets = ["{pay}"]
+
+[[fault]]
+name = "us-east-down"
+kind = "region-outage"
+region = "us-east"
+method = "pause"
+duration = "3s"
+"#
+    );
+    let path = f.dir.path().join("region-exp.toml");
+    std::fs::write(&path, exp).unwrap();
+    let journal = f.dir.path().join("ctl-journal");
+    let (p1, p2, p3) = (
+        f.host("web-1").service("payments"),
+        f.host("web-2").service("payments"),
+        f.host("web-3").service("payments"),
+    );
+    let child = f
+        .controller(&[
+            "run",
+            "--quiet",
+            "--json",
+            "--inventory",
+            inv.to_str().unwrap(),
+            path.to_str().unwrap(),
+        ])
+        .env("CHAOS_JOURNAL_DIR", &journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let paused = eventually(Duration::from_secs(20), || {
+        (state(p1) == Some('T') && state(p3) == Some('T')).then_some(())
+    });
+    let web2 = state(p2);
+    let out = child.wait_with_output().unwrap();
+    assert!(paused.is_some(), "us-east paused on web-1 and web-3: {}", text(&out));
+    assert_eq!(web2, Some('S'), "web-2 (eu-west) untouched");
+    // Judged or inconclusive (the verdict is not the subject here), but
+    // never aborted or failed: the agents stayed for the whole run.
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{}", text(&out));
+    let settled =
+        eventually(Duration::from_secs(3), || (f.snapshot() == before).then_some(()));
+    assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
+}
+
+/// Blackholing a whole host would drop its agent's SSH session; refused
+/// (exit 2) before any host is contacted.
+#[test]
+fn a_region_blackhole_on_hosts_is_refused_before_connecting() {
+    let dir = tempfile::tempdir().unwrap();
+    let exp = dir.path().join("exp.toml");
+    std::fs::write(
+        &exp,
+        r#"[experiment]
+name = "region-blackhole"
+duration = "5s"
+
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:9"
+
+[[hypothesis]]
+name = "errors"
+metric = "error_rate"
+tolerance = "+1pp"
+
+[[region]]
+name = "us-east"
+targets = ["iface:eth0"]
+
+[[fault]]
+name = "us-east-down"
+kind = "region-outage"
+region = "us-east"
+method = "blackhole"
+
+[[host]]
+name = "a"
+address = "192.0.2.1"
+labels = { region = "us-east" }
+"#,
+    )
+    .unwrap();
+    let out = Command::new(crate::support::chaos_bin())
+        .args(["run", exp.to_str().unwrap()])
+        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
+    assert!(err.contains("fault us-east-down") && err.contains("SSH path"), "{err}");
+}

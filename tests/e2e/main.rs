@@ -27,4 +27,5 @@ mod report;
 mod run;
 mod shell;
 mod support;
+mod tls;
 mod validate;

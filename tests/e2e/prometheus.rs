@@ -32,6 +32,7 @@ fn config(url: String) -> PromConfig {
         step: Duration::from_secs(1),
         bearer_token: None,
         basic_auth: None,
+        ca_file: None,
     }
 }
 
@@ -146,6 +147,23 @@ fn free_port() -> u16 {
 /// Starts Prometheus scraping `target` every second and waits for `/-/ready`.
 /// The port is picked free then handed over, so a lost race is retried.
 pub(crate) async fn start_prometheus(target: SocketAddr) -> PromProcess {
+    start_prometheus_with(target, None).await
+}
+
+/// Certificate, key and the CA that signed them, for a Prometheus serving
+/// HTTPS (`--web.config.file` with `tls_server_config`).
+pub(crate) struct PromTls<'a> {
+    pub cert: &'a std::path::Path,
+    pub key: &'a std::path::Path,
+    pub ca: &'a std::path::Path,
+}
+
+/// [`start_prometheus`], serving HTTPS on `https://localhost:PORT` when
+/// `tls` is given (readiness is then checked through TLS with `tls.ca`).
+pub(crate) async fn start_prometheus_with(
+    target: SocketAddr,
+    tls: Option<PromTls<'_>>,
+) -> PromProcess {
     for _attempt in 0..3 {
         let dir = tempfile::tempdir().unwrap();
         let w = dir.path();
@@ -160,7 +178,21 @@ pub(crate) async fn start_prometheus(target: SocketAddr) -> PromProcess {
         .unwrap();
         let port = free_port();
         let log = std::fs::File::create(w.join("prometheus.log")).unwrap();
-        let child = Command::new("prometheus")
+        let mut cmd = Command::new("prometheus");
+        if let Some(t) = &tls {
+            let web = w.join("web.yml");
+            std::fs::write(
+                &web,
+                format!(
+                    "tls_server_config:\n  cert_file: {}\n  key_file: {}\n",
+                    t.cert.display(),
+                    t.key.display()
+                ),
+            )
+            .unwrap();
+            cmd.arg(format!("--web.config.file={}", web.display()));
+        }
+        let child = cmd
             .arg(format!("--config.file={}", w.join("prometheus.yml").display()))
             .arg(format!("--storage.tsdb.path={}", w.join("data").display()))
             .arg("--storage.tsdb.retention.time=1h")
@@ -172,9 +204,13 @@ pub(crate) async fn start_prometheus(target: SocketAddr) -> PromProcess {
             .stderr(log)
             .spawn()
             .expect("spawn prometheus");
-        let mut prom =
-            PromProcess { child, url: format!("http://127.0.0.1:{port}"), _dir: dir };
-        let cfg = config(prom.url.clone());
+        let url = match &tls {
+            Some(_) => format!("https://localhost:{port}"),
+            None => format!("http://127.0.0.1:{port}"),
+        };
+        let mut prom = PromProcess { child, url, _dir: dir };
+        let mut cfg = config(prom.url.clone());
+        cfg.ca_file = tls.as_ref().map(|t| t.ca.to_path_buf());
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
             if promql::check_reachable(&cfg).await.is_ok() {
