@@ -373,6 +373,115 @@ async fn grpc_calls_reach_an_h2c_upstream_with_trailers_and_the_grpc_fault_hits_
     h.shutdown().await;
 }
 
+/// A grpcio server (Python, Debian's python3-grpcio) on a loopback port;
+/// killed by PID when dropped.
+struct GrpcServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl Drop for GrpcServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The system Python (Debian's python3-grpcio is installed for it, not
+/// for whatever `python3` is first on PATH).
+const SYSTEM_PYTHON: &str = "/usr/bin/python3";
+
+fn grpcio_available() -> bool {
+    std::process::Command::new(SYSTEM_PYTHON)
+        .args(["-c", "import grpc"])
+        .output()
+        .is_ok_and(|o| o.status.success())
+}
+
+fn grpc_peer() -> std::path::PathBuf {
+    crate::support::repo_root().join("tests/fixtures/grpc_peer.py")
+}
+
+fn grpc_server() -> GrpcServer {
+    use std::io::BufRead;
+    let mut child = std::process::Command::new(SYSTEM_PYTHON)
+        .arg(grpc_peer())
+        .arg("serve")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut server = GrpcServer { child, port: 0 };
+    let mut line = String::new();
+    std::io::BufReader::new(stdout).read_line(&mut line).unwrap();
+    server.port = line.trim().parse().unwrap_or_else(|_| panic!("port line {line:?}"));
+    server
+}
+
+/// Runs the grpcio client: `n` unary calls and one server-streaming call
+/// through `addr` with `x-user-id: key`; its JSON report.
+async fn grpc_calls(addr: SocketAddr, key: String, n: usize) -> serde_json::Value {
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(SYSTEM_PYTHON)
+            .arg(grpc_peer())
+            .args(["call", &addr.to_string(), &key, &n.to_string()])
+            .output()
+            .unwrap()
+    });
+    let out = timeout(Duration::from_secs(60), run).await.unwrap().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Item 2 against a real gRPC stack on both sides: grpcio client ->
+/// proxy (h2c from the client) -> grpcio server (h2c upstream). Unary and
+/// server-streaming calls keep their messages and trailing metadata; the
+/// `grpc` fault fails experiment calls with UNAVAILABLE and its message,
+/// as gRPC itself decodes them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_client_and_server_talk_through_the_proxy_and_see_the_grpc_fault() {
+    if !crate::support::require_capability(
+        grpcio_available(),
+        "python3-grpcio (scripts/install-deps.sh)",
+    ) {
+        return;
+    }
+    let server = grpc_server();
+    let up: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
+    let (h, rec) = start(config_for(format!("h2c://{up}"), 0.5, 0.5)).await;
+    h.set_faults(vec![HttpFault::parse_spec(
+        "kind=grpc,code=14,message=shed by chaos: 100%",
+    )
+    .unwrap()]);
+
+    let control = grpc_calls(h.local_addr(), key_for(Cohort::Control), 10).await;
+    let unary = control["unary"].as_array().unwrap();
+    assert_eq!(unary.len(), 10);
+    for c in unary {
+        assert_eq!(c["code"], "OK", "{c}");
+        assert_eq!(c["echoed"], true, "{c}");
+        assert_eq!(c["trailing"]["x-echo-trailer"], "kept", "{c}");
+        assert_eq!(c["trailing"]["x-seen-cohort"], "control", "{c}");
+        assert_eq!(c["initial"][COHORT_HEADER], "control", "{c}");
+    }
+    let stream = &control["stream"];
+    assert_eq!(stream["code"], "OK", "{stream}");
+    assert_eq!(stream["messages"], serde_json::json!(["n-0", "n-1", "n-2"]));
+    assert_eq!(stream["trailing"]["x-count-trailer"], "3", "{stream}");
+
+    let experiment = grpc_calls(h.local_addr(), key_for(Cohort::Experiment), 10).await;
+    for c in experiment["unary"].as_array().unwrap() {
+        assert_eq!(c["code"], "UNAVAILABLE", "{c}");
+        assert_eq!(c["details"], "shed by chaos: 100%", "{c}");
+    }
+    assert_eq!(experiment["stream"]["code"], "UNAVAILABLE");
+    assert_eq!(rec.snapshot(Cohort::Control).total, 11);
+    assert_eq!(rec.snapshot(Cohort::Experiment).total, 11);
+    assert_eq!(rec.faults_injected(chaos::metrics::labels::FaultKindLabel::Grpc), 11);
+    h.shutdown().await;
+}
+
 /// Item 3: X-Forwarded-For / -Proto and Forwarded.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forwarding_headers_append_for_trusted_peers_and_replace_spoofed_ones() {
