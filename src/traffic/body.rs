@@ -5,7 +5,8 @@
 //! idle keep-alive timer only runs while nothing is in flight).
 //!
 //! The timer is only armed when the inner body is not ready, so a response
-//! that arrives with its head costs no timer at all.
+//! that arrives with its head costs no timer at all, and once armed it is
+//! moved only when it fires (see [`IdleBody`]).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -55,7 +56,11 @@ pin_project! {
         // Boxed so the body stays `Unpin` (hyper's HTTP/2 client needs
         // that); allocated only the first time the body makes us wait.
         sleep: Option<Pin<Box<Sleep>>>,
-        armed: bool,
+        // When the last frame arrived, once the timer exists. The timer
+        // is armed once and moved only when it fires early (frames came
+        // meanwhile), so a streaming body costs one `Instant::now()` per
+        // frame instead of a timer-wheel re-registration per frame.
+        last_frame: Option<Instant>,
         timeout: Duration,
         side: Side,
     }
@@ -63,7 +68,7 @@ pin_project! {
 
 impl<B> IdleBody<B> {
     pub(crate) fn new(inner: B, timeout: Duration, side: Side) -> Self {
-        IdleBody { inner, sleep: None, armed: false, timeout, side }
+        IdleBody { inner, sleep: None, last_frame: None, timeout, side }
     }
 }
 
@@ -77,7 +82,9 @@ impl<B: Body<Data = Bytes, Error = hyper::Error>> Body for IdleBody<B> {
     ) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
         let this = self.project();
         if let Poll::Ready(r) = this.inner.poll_frame(cx) {
-            *this.armed = false;
+            if this.sleep.is_some() {
+                *this.last_frame = Some(Instant::now());
+            }
             let side = *this.side;
             return Poll::Ready(r.map(|r| {
                 r.map_err(|e| match side {
@@ -86,24 +93,25 @@ impl<B: Body<Data = Bytes, Error = hyper::Error>> Body for IdleBody<B> {
                 })
             }));
         }
-        if !*this.armed {
-            *this.armed = true;
-            let deadline = Instant::now() + *this.timeout;
-            match this.sleep.as_mut() {
-                Some(s) => s.as_mut().reset(deadline),
-                None => *this.sleep = Some(Box::pin(tokio::time::sleep_until(deadline))),
+        let sleep = this.sleep.get_or_insert_with(|| {
+            Box::pin(tokio::time::sleep_until(Instant::now() + *this.timeout))
+        });
+        loop {
+            if sleep.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            // The timer ran out; frames since it was armed move it on.
+            let due = this.last_frame.map(|t| t + *this.timeout);
+            match due {
+                Some(due) if due > sleep.deadline() => sleep.as_mut().reset(due),
+                _ => {
+                    return Poll::Ready(Some(Err(match this.side {
+                        Side::Client => BodyError::ClientIdle(*this.timeout),
+                        Side::Upstream => BodyError::UpstreamIdle(*this.timeout),
+                    })))
+                }
             }
         }
-        if let Some(s) = this.sleep.as_mut() {
-            if s.as_mut().poll(cx).is_ready() {
-                *this.armed = false;
-                return Poll::Ready(Some(Err(match this.side {
-                    Side::Client => BodyError::ClientIdle(*this.timeout),
-                    Side::Upstream => BodyError::UpstreamIdle(*this.timeout),
-                })));
-            }
-        }
-        Poll::Pending
     }
 
     fn is_end_stream(&self) -> bool {

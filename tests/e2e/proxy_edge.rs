@@ -752,6 +752,20 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
             .await;
         tokio::time::sleep(Duration::from_secs(60)).await;
     });
+    // An upstream that trickles a body: 10 pieces 150 ms apart, so the
+    // whole body takes far longer than the idle timeout but no pause does.
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trickle_up = l.local_addr().unwrap();
+    accept_loop(l, |mut s| async move {
+        let mut buf = [0u8; 4096];
+        let _ = s.read(&mut buf).await;
+        let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n").await;
+        for i in 0..10u8 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let _ = s.write_all(&[b'0' + i]).await;
+        }
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    });
     let echo = echo_upstream().await;
     let short = Duration::from_millis(400);
     let cfg_with = |up: SocketAddr| {
@@ -805,6 +819,17 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
     assert!(ok, "a stalled upstream body hung the client: {text}");
     assert!(text.starts_with("HTTP/1.1 200") && text.ends_with("0123456789"), "{text}");
     assert_eq!(rec.untouched_total(), 1);
+    h.shutdown().await;
+
+    // A slow but steady body is not a stalled one: it arrives whole.
+    let (h, _) = start(cfg_with(trickle_up)).await;
+    let text =
+        raw(h.local_addr(), b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
+            .await;
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.ends_with("\r\n\r\n0123456789"),
+        "{text}"
+    );
     h.shutdown().await;
 }
 
