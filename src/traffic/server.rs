@@ -16,8 +16,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
+use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Either, Empty, Limited};
 use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
@@ -41,7 +40,7 @@ use super::headers::{
     check_host, is_upgrade, strip_hop_by_hop, COHORT_HEADER_UNDERSCORE,
 };
 use super::malformed::damage;
-use super::upstream::{is_idempotent, Target, UpBody, UpstreamConns};
+use super::upstream::{for_h1, is_idempotent, Target, UpBody, UpstreamConns};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 use crate::metrics::{Outcome, Recorder};
 
@@ -331,35 +330,8 @@ async fn forward(
     // HTTP/2 clients may pipeline streams: only they need more than one
     // upstream connection at a time.
     let sequential = req.version() != http::Version::HTTP_2;
-    if target.h2 {
-        // h2 needs :scheme and :authority: absolute form, with the client's
-        // Host as :authority and no Host header (RFC 9113 §8.3.1: a Host
-        // that differs from :authority makes the request malformed).
-        let pq =
-            req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
-        let authority = req
-            .headers_mut()
-            .remove(HOST)
-            .and_then(|h| http::uri::Authority::try_from(h.as_bytes()).ok())
-            .unwrap_or_else(|| target.authority.clone());
-        if let Ok(uri) =
-            Uri::builder().scheme("http").authority(authority).path_and_query(pq).build()
-        {
-            *req.uri_mut() = uri;
-        }
-        *req.version_mut() = http::Version::HTTP_2;
-    } else {
-        // Origin form towards the upstream; HTTP/1 clients already sent it.
-        if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .cloned()
-                .unwrap_or(PathAndQuery::from_static("/"));
-            *req.uri_mut() = Uri::from(pq);
-        }
-        *req.version_mut() = http::Version::HTTP_11;
-    }
+    // Origin or absolute form, HTTP/1.1 or HTTP/2: decided by the
+    // upstream connection's protocol (`super::upstream::for_h1`/`for_h2`).
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let (parts, body) = req.into_parts();
     let empty = body.is_end_stream();
@@ -378,6 +350,8 @@ async fn forward(
             return (synthetic(StatusCode::BAD_GATEWAY, body), false);
         }
         Some(_) => {
+            let mut req = req;
+            for_h1(&mut req);
             let send = conn.upstream.send_upgrade(target, req, shared.connect_timeout);
             tokio::time::timeout(shared.upstream_timeout, send).await
         }

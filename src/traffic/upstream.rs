@@ -20,14 +20,22 @@
 //!
 //! `https://` targets carry a TLS connector ([`super::tls`]); the TLS
 //! handshake happens once per upstream connection, so reuse keeps it off
-//! the per-request path.
+//! the per-request path. They offer `h2` and `http/1.1` by ALPN: an upstream
+//! that picks `h2` (gRPC over TLS) gets HTTP/2 from then on, learned from
+//! the first connection; upgrade handshakes offer only `http/1.1`.
+//!
+//! Requests arrive here in the shape the client sent them; [`for_h1`] and
+//! [`for_h2`] fit them to the connection's protocol once it is known.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::Bytes;
+use http::header::HOST;
 use http::uri::Authority;
-use http::{Method, Request, Response};
+use http::uri::PathAndQuery;
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{Either, Empty};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
@@ -55,6 +63,8 @@ pub(crate) enum UpstreamError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS handshake with {addr} (server name {name}) failed: {source}")]
     Tls { addr: String, name: String, source: std::io::Error },
+    #[error("{addr} stopped offering HTTP/2 by ALPN; retry")]
+    AlpnChanged { addr: String },
     #[error("{proto} handshake with {addr} failed: {source}")]
     Handshake { proto: &'static str, addr: String, source: hyper::Error },
     #[error(transparent)]
@@ -71,6 +81,8 @@ pub(crate) struct Target {
     pub(crate) h2: bool,
     /// Set for `https://` targets.
     tls: Option<super::tls::UpstreamTls>,
+    /// An `https://` target whose server chose `h2` by ALPN.
+    alpn_h2: AtomicBool,
 }
 
 impl Target {
@@ -91,8 +103,51 @@ impl Target {
             (None, None) => format!("{}:80", authority.host()),
             (None, Some(_)) => format!("{}:443", authority.host()),
         };
-        Target { authority, connect_to, h2, tls }
+        Target { authority, connect_to, h2, tls, alpn_h2: AtomicBool::new(false) }
     }
+
+    /// HTTP/2 upstream: `h2c://`, or TLS where the server chose `h2`.
+    pub(crate) fn speaks_h2(&self) -> bool {
+        self.h2 || self.alpn_h2.load(Ordering::Relaxed)
+    }
+}
+
+/// A fresh upstream connection, in the protocol it ended up speaking.
+enum Fresh {
+    H1(http1::SendRequest<UpBody>),
+    H2(http2::SendRequest<UpBody>),
+}
+
+/// Origin form and HTTP/1.1 towards the upstream (HTTP/1 clients already
+/// sent origin form; HTTP/2 clients' `:authority` is in `Host` by now).
+pub(crate) fn for_h1(req: &mut Request<UpBody>) {
+    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
+        let pq =
+            req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+        *req.uri_mut() = Uri::from(pq);
+    }
+    *req.version_mut() = Version::HTTP_11;
+}
+
+/// HTTP/2 needs `:scheme` and `:authority`: absolute form, with the
+/// client's `Host` as `:authority` and no `Host` header (RFC 9113 §8.3.1:
+/// a `Host` that differs from `:authority` makes the request malformed).
+fn for_h2(req: &mut Request<UpBody>, target: &Target) {
+    let pq =
+        req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
+    let authority = req
+        .headers_mut()
+        .remove(HOST)
+        .and_then(|h| Authority::try_from(h.as_bytes()).ok())
+        .or_else(|| req.uri().authority().cloned())
+        .unwrap_or_else(|| target.authority.clone());
+    let scheme = if target.tls.is_some() { "https" } else { "http" };
+    if let Ok(uri) =
+        Uri::builder().scheme(scheme).authority(authority).path_and_query(pq).build()
+    {
+        *req.uri_mut() = uri;
+    }
+    *req.version_mut() = Version::HTTP_2;
 }
 
 struct Idle {
@@ -172,9 +227,10 @@ impl UpstreamConns {
         sequential: bool,
         retryable: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        if target.h2 {
+        if target.speaks_h2() {
             return self.send_h2(target, req, connect_timeout, retryable).await;
         }
+        for_h1(&mut req);
         if let Some(mut sender) = self.take(&target.authority, sequential) {
             if sequential && !sender.is_ready() {
                 // Err means closed: fall through to a fresh connection.
@@ -205,10 +261,20 @@ impl UpstreamConns {
                 }
             }
         }
-        let mut sender = connect_h1(target, connect_timeout, false).await?;
-        let resp = sender.send_request(req).await?;
-        self.put(&target.authority, sender, &resp);
-        Ok(resp)
+        match connect(target, connect_timeout, false).await? {
+            Fresh::H1(mut sender) => {
+                let resp = sender.send_request(req).await?;
+                self.put(&target.authority, sender, &resp);
+                Ok(resp)
+            }
+            // The upstream chose HTTP/2 by ALPN just now; later requests go
+            // straight to `send_h2`.
+            Fresh::H2(mut sender) => {
+                self.keep_h2(target, &sender);
+                for_h2(&mut req, target);
+                Ok(sender.send_request(req).await?)
+            }
+        }
     }
 
     /// Sends an upgrade handshake on a connection of its own (it becomes
@@ -219,17 +285,24 @@ impl UpstreamConns {
         req: Request<UpBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        let mut sender = connect_h1(target, connect_timeout, true).await?;
-        Ok(sender.send_request(req).await?)
+        match connect(target, connect_timeout, true).await? {
+            Fresh::H1(mut sender) => Ok(sender.send_request(req).await?),
+            // Not offered (`h1_only`); a server that picks it anyway broke
+            // ALPN.
+            Fresh::H2(_) => {
+                Err(UpstreamError::AlpnChanged { addr: target.connect_to.clone() })
+            }
+        }
     }
 
     async fn send_h2(
         &self,
         target: &Target,
-        req: Request<UpBody>,
+        mut req: Request<UpBody>,
         connect_timeout: Duration,
         retryable: bool,
     ) -> Result<Response<Incoming>, UpstreamError> {
+        for_h2(&mut req, target);
         let reused = {
             let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             h2.retain(|(_, s)| !s.is_closed());
@@ -249,13 +322,25 @@ impl UpstreamConns {
             }
             None => req,
         };
-        let mut sender = connect_h2(target, connect_timeout).await?;
-        {
-            let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
-            h2.retain(|(a, _)| *a != target.authority);
-            h2.push((target.authority.clone(), sender.clone()));
-        }
+        let mut sender = match connect(target, connect_timeout, false).await? {
+            Fresh::H2(sender) => sender,
+            // A TLS upstream that now picks HTTP/1.1: this request was
+            // shaped for HTTP/2, the next ones go to HTTP/1.1.
+            Fresh::H1(_) => {
+                return Err(UpstreamError::AlpnChanged {
+                    addr: target.connect_to.clone(),
+                })
+            }
+        };
+        self.keep_h2(target, &sender);
         Ok(sender.send_request(req).await?)
+    }
+
+    /// Makes `sender` the HTTP/2 connection to `target` for later requests.
+    fn keep_h2(&self, target: &Target, sender: &http2::SendRequest<UpBody>) {
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|(a, _)| *a != target.authority);
+        h2.push((target.authority.clone(), sender.clone()));
     }
 
     fn take(
@@ -311,45 +396,33 @@ async fn tcp(target: &Target, timeout: Duration) -> Result<TcpStream, UpstreamEr
     Ok(stream)
 }
 
-async fn connect_h1(
+/// A new connection to `target`: HTTP/1.1, or HTTP/2 for `h2c://` and for
+/// TLS upstreams that choose `h2` by ALPN (never when `upgrades`).
+async fn connect(
     target: &Target,
     timeout: Duration,
     upgrades: bool,
-) -> Result<http1::SendRequest<UpBody>, UpstreamError> {
+) -> Result<Fresh, UpstreamError> {
     let stream = tcp(target, timeout).await?;
-    match &target.tls {
-        None => handshake_h1(TokioIo::new(stream), &target.connect_to, upgrades).await,
-        Some(tls) => {
-            let stream = tls_connect(target, tls, stream, timeout).await?;
-            handshake_h1(TokioIo::new(stream), &target.connect_to, upgrades).await
-        }
+    let addr = &target.connect_to;
+    let Some(tls) = &target.tls else {
+        return Ok(if target.h2 {
+            Fresh::H2(handshake_h2(TokioIo::new(stream), addr).await?)
+        } else {
+            Fresh::H1(handshake_h1(TokioIo::new(stream), addr, upgrades).await?)
+        });
+    };
+    let stream = tls.connect(stream, timeout, upgrades).await.map_err(|source| {
+        UpstreamError::Tls { addr: addr.clone(), name: tls.name(), source }
+    })?;
+    let h2 = stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2);
+    if !upgrades {
+        target.alpn_h2.store(h2, Ordering::Relaxed);
     }
-}
-
-async fn connect_h2(
-    target: &Target,
-    timeout: Duration,
-) -> Result<http2::SendRequest<UpBody>, UpstreamError> {
-    let stream = tcp(target, timeout).await?;
-    match &target.tls {
-        None => handshake_h2(TokioIo::new(stream), &target.connect_to).await,
-        Some(tls) => {
-            let stream = tls_connect(target, tls, stream, timeout).await?;
-            handshake_h2(TokioIo::new(stream), &target.connect_to).await
-        }
-    }
-}
-
-async fn tls_connect(
-    target: &Target,
-    tls: &super::tls::UpstreamTls,
-    stream: TcpStream,
-    timeout: Duration,
-) -> Result<tokio_rustls::client::TlsStream<TcpStream>, UpstreamError> {
-    tls.connect(stream, timeout).await.map_err(|source| UpstreamError::Tls {
-        addr: target.connect_to.clone(),
-        name: tls.name(),
-        source,
+    Ok(if h2 {
+        Fresh::H2(handshake_h2(TokioIo::new(stream), addr).await?)
+    } else {
+        Fresh::H1(handshake_h1(TokioIo::new(stream), addr, upgrades).await?)
     })
 }
 
