@@ -13,12 +13,14 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod cmd;
+pub mod management;
 pub mod nft;
 pub mod plan;
 pub mod recover;
 pub mod session;
 pub mod tc;
 
+pub use management::ManagementPath;
 pub use recover::{recover, RecoverReport};
 pub use session::Session;
 
@@ -326,7 +328,7 @@ pub fn preflight(
         };
         pre.backends.push(backend);
         // Resolving now surfaces missing targets before anything runs.
-        compile(fault, ctx, backend)?;
+        compile(fault, ctx, backend, None)?;
     }
     Ok(pre)
 }
@@ -338,13 +340,27 @@ pub fn prepare(
     ctx: &FaultContext,
     preflight: &Preflight,
 ) -> Result<Box<dyn Injector>, FaultError> {
+    prepare_sparing(fault, ctx, preflight, None)
+}
+
+/// [`prepare`] for an agent: every nftables table the fault creates
+/// accepts `spare` (the agent's own SSH session) ahead of its verdict, so
+/// the controller keeps heartbeating and can revert; the exemption is a
+/// note of the plan (dry run) and part of each step's journal record.
+/// tc faults (netem, bandwidth) shape a whole device and cannot spare it.
+pub fn prepare_sparing(
+    fault: &InfraFault,
+    ctx: &FaultContext,
+    preflight: &Preflight,
+    spare: Option<&ManagementPath>,
+) -> Result<Box<dyn Injector>, FaultError> {
     let backend = match fault {
         InfraFault::Netem(_) if preflight.netem_available != Some(true) => {
             Backend::NftablesFallback
         }
         _ => default_backend(fault),
     };
-    Ok(Box::new(compile(fault, ctx, backend)?))
+    Ok(Box::new(compile(fault, ctx, backend, spare)?))
 }
 
 fn default_backend(fault: &InfraFault) -> Backend {
@@ -390,10 +406,14 @@ fn compile(
     fault: &InfraFault,
     ctx: &FaultContext,
     backend: Backend,
+    spare: Option<&ManagementPath>,
 ) -> Result<Plan, FaultError> {
     let kind = fault.kind();
     let mut notes = vec![format!("{kind}: selection seed {}", ctx.seed)];
     let mut steps = Vec::new();
+    let table_step = |t: &NetTarget, filter: &NetFilter, verdict| {
+        nft_step(t, filter, verdict, ctx, spare)
+    };
     match fault {
         InfraFault::ProcessKill(k) => {
             for p in pick_processes(kind, &k.target, k.selection, ctx, &mut notes)? {
@@ -407,28 +427,27 @@ fn compile(
         }
         InfraFault::PacketLoss(l) => {
             for t in pick_net(kind, &l.target, l.selection, ctx, &mut notes)? {
-                steps.push(nft_step(&t, &l.filter, nft::Verdict::Loss(l.loss), ctx)?);
+                steps.push(table_step(&t, &l.filter, nft::Verdict::Loss(l.loss))?);
             }
         }
         InfraFault::Blackhole(b) => {
             for t in pick_net(kind, &b.target, b.selection, ctx, &mut notes)? {
-                steps.push(nft_step(&t, &b.filter, nft::Verdict::Drop, ctx)?);
+                steps.push(table_step(&t, &b.filter, nft::Verdict::Drop)?);
             }
         }
         InfraFault::TcpReset(r) => {
             for t in pick_net(kind, &r.target, r.selection, ctx, &mut notes)? {
-                steps.push(nft_step(&t, &r.filter, nft::Verdict::TcpReset, ctx)?);
+                steps.push(table_step(&t, &r.filter, nft::Verdict::TcpReset)?);
             }
         }
         InfraFault::Netem(n) if backend == Backend::NftablesFallback => {
             let loss = netem_fallback(n)?;
             notes.push("no netem in this kernel: loss via nftables (fallback)".into());
             for t in pick_net(kind, &n.target, n.selection, ctx, &mut notes)? {
-                steps.push(nft_step(
+                steps.push(table_step(
                     &t,
                     &NetFilter::default(),
                     nft::Verdict::Loss(loss),
-                    ctx,
                 )?);
             }
         }
@@ -473,12 +492,8 @@ fn compile(
                             steps.push(pause_step(&p));
                         }
                     }
-                    (OutageMethod::Blackhole, Resolved::Net(t)) => steps.push(nft_step(
-                        &t,
-                        &NetFilter::default(),
-                        nft::Verdict::Drop,
-                        ctx,
-                    )?),
+                    (OutageMethod::Blackhole, Resolved::Net(t)) => steps
+                        .push(table_step(&t, &NetFilter::default(), nft::Verdict::Drop)?),
                     (OutageMethod::Blackhole, Resolved::Process(p)) => {
                         let ns = named_netns_of(p.pid).ok_or_else(|| FaultError::WrongTarget {
                             kind,
@@ -489,11 +504,10 @@ fn compile(
                         })?;
                         let t = NetTarget { netns: Some(ns), iface: None };
                         if !steps.iter().any(|s: &Step| s.lock == t.lock_key()) {
-                            steps.push(nft_step(
+                            steps.push(table_step(
                                 &t,
                                 &NetFilter::default(),
                                 nft::Verdict::Drop,
-                                ctx,
                             )?);
                         }
                     }
@@ -509,6 +523,14 @@ fn compile(
                     reason: "the region resolves to no process or network target".into(),
                 }));
             }
+        }
+    }
+    if let Some(m) = spare {
+        if steps.iter().any(|s| matches!(s.revert, RevertAction::DeleteNftTable { .. })) {
+            notes.push(format!(
+                "management path spared: {m} is accepted ahead of the fault in each \
+                 table (both directions), so the controller keeps its heartbeats"
+            ));
         }
     }
     Ok(Plan::new(notes, steps))
@@ -637,11 +659,15 @@ fn nft_step(
     filter: &NetFilter,
     verdict: nft::Verdict,
     ctx: &FaultContext,
+    spare: Option<&ManagementPath>,
 ) -> Result<Step, FaultError> {
     let table = nft::table_name(&ctx.run_id);
-    let rules = nft::ruleset(&table, t, filter, verdict)?;
+    let rules = nft::ruleset_sparing(&table, t, filter, verdict, spare)?;
+    // The journal record names the exemption: `chaos recover` (and its
+    // dry run) shows that deleting this table also ends it.
+    let sparing = spare.map(|m| format!(", sparing {m}")).unwrap_or_default();
     Ok(Step {
-        what: format!("nftables table inet {table} on {t}"),
+        what: format!("nftables table inet {table} on {t}{sparing}"),
         lock: t.lock_key(),
         apply: Apply::Command(nft::add_cmd(t.netns.as_deref(), rules)),
         revert: RevertAction::DeleteNftTable {

@@ -248,7 +248,7 @@ impl RunTrace {
         let root = a.root.span();
         match result {
             Ok(report) => {
-                let code = report.outcome.exit_code();
+                let code = report.exit_code();
                 let strings = |f: &dyn Fn(&crate::report::HypothesisResult) -> String| {
                     Value::Array(Array::String(
                         report

@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime};
 use crate::experiment::PrometheusSource;
 
 pub use api::QueryKind;
-pub use guardrail::{GuardrailAbort, GuardrailWatch, MAX_BLIND_CHECKS};
+pub use guardrail::{GuardrailAbort, GuardrailTask, GuardrailWatch, MAX_BLIND_CHECKS};
 
 /// Where and how to reach Prometheus. Mapped from the experiment's
 /// `[prometheus]` table with `PromConfig::from(&source)`.

@@ -378,6 +378,24 @@ impl SrmUnit {
 }
 
 impl RunReport {
+    /// The process exit code of this run: the outcome's, except that a
+    /// fault left behind (a failed revert) is an environment error (5)
+    /// whatever the verdict — a CI gate must not go green while a fault
+    /// is still on a host.
+    pub fn exit_code(&self) -> u8 {
+        if self.unreverted_faults() > 0 {
+            crate::exit::ENVIRONMENT
+        } else {
+            self.outcome.exit_code()
+        }
+    }
+
+    /// How many applied faults could not be reverted (`chaos recover`
+    /// has to finish them).
+    pub fn unreverted_faults(&self) -> usize {
+        self.faults.iter().filter(|f| f.revert_error.is_some()).count()
+    }
+
     /// The series of one cohort, if recorded.
     pub fn cohort(&self, c: Cohort) -> Option<&CohortSeries> {
         self.cohorts.iter().find(|s| s.cohort == c)
@@ -447,6 +465,18 @@ fn write_atomically(path: &Path, contents: &str) -> Result<(), ReportError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_fault_left_behind_exits_5_whatever_the_verdict() {
+        let mut r = sample::latency_fault_run();
+        assert_eq!(r.exit_code(), r.outcome.exit_code());
+        assert_eq!(r.unreverted_faults(), 0);
+        let Some(f) = r.faults.first_mut() else { panic!("the sample has a fault") };
+        f.revert_error = Some("host web-1: the agent left before the revert".into());
+        assert_eq!(r.unreverted_faults(), 1);
+        assert_eq!(r.exit_code(), crate::exit::ENVIRONMENT);
+        assert_ne!(r.outcome.exit_code(), crate::exit::ENVIRONMENT, "the verdict stays");
+    }
 
     #[test]
     fn writes_all_three_files_into_a_new_directory() {

@@ -102,6 +102,10 @@ pub struct AgentInfo {
     pub net_admin: bool,
     /// Tool name → present on the agent's $PATH.
     pub tools: BTreeMap<String, bool>,
+    /// The management path its nftables faults spare (`ssh PEER ->
+    /// LOCAL:PORT`), from sshd's `SSH_CONNECTION`; absent outside SSH.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub management: Option<String>,
 }
 
 /// Agent → controller.
@@ -253,6 +257,7 @@ mod tests {
             euid: 0,
             net_admin: true,
             tools: BTreeMap::from([("nft".to_string(), true)]),
+            management: Some("ssh 10.0.0.2 -> 10.0.0.10:22".into()),
         };
         let text =
             serde_json::to_string(&Response::Hello { id: 1, agent: info }).unwrap();

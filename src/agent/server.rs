@@ -27,6 +27,10 @@ pub struct AgentOptions {
     pub lease: Duration,
     /// The host name `hello` reports.
     pub host: String,
+    /// The session the controller reaches this agent through, spared
+    /// by every nftables fault the agent applies (see
+    /// [`crate::fault::management`]); `None` outside SSH.
+    pub management: Option<fault::ManagementPath>,
 }
 
 /// Why the agent stopped.
@@ -206,15 +210,17 @@ impl State<'_> {
                     }
                 }
             }
-            Request::Describe { fault, context, .. } => match prepare(fault, context) {
-                Ok((_, injector)) => {
-                    Response::Described { id, lines: injector.describe() }
+            Request::Describe { fault, context, .. } => {
+                match self.prepare(fault, context) {
+                    Ok((_, injector)) => {
+                        Response::Described { id, lines: injector.describe() }
+                    }
+                    Err((code, message)) => error(id, code, message),
                 }
-                Err(resp) => resp.with_id(id),
-            },
+            }
             Request::Apply { label, fault, context, lease_ms, .. } => {
                 self.renew(lease_ms);
-                match prepare(fault, context) {
+                match self.prepare(fault, context) {
                     Ok((_, injector)) => {
                         let lines = injector.describe();
                         match self.held.apply(&label, injector) {
@@ -222,7 +228,7 @@ impl State<'_> {
                             Err(e) => error(id, ErrorCode::for_fault(&e), e.to_string()),
                         }
                     }
-                    Err(resp) => resp.with_id(id),
+                    Err((code, message)) => error(id, code, message),
                 }
             }
             Request::Revert { handle: Some(handle), .. } => {
@@ -298,42 +304,37 @@ impl State<'_> {
             euid: nix::unistd::geteuid().as_raw(),
             net_admin: fault::has_net_admin(),
             tools,
+            management: self.opts.management.map(|m| m.to_string()),
         }
+    }
+
+    fn prepare(
+        &self,
+        fault: super::wire::WireFault,
+        context: super::wire::WireContext,
+    ) -> Result<(InfraFault, Box<dyn fault::Injector>), Refusal> {
+        prepare(fault, context, self.opts.management.as_ref())
     }
 }
 
-trait WithId {
-    fn with_id(self, id: u64) -> Response;
-}
+/// Why a fault could not be prepared: the error code and message of
+/// the `error` answer (the caller adds the request id).
+type Refusal = (ErrorCode, String);
 
-impl WithId for Response {
-    fn with_id(self, id: u64) -> Response {
-        match self {
-            Response::Error { code, message, .. } => {
-                Response::Error { id: Some(id), code, message }
-            }
-            other => other,
-        }
-    }
-}
-
-/// Parses, preflights and prepares one wire fault; errors come back as
-/// ready-made responses (id filled in by the caller).
+/// Parses, preflights and prepares one wire fault (its nftables tables
+/// sparing `management`).
 fn prepare(
     fault: super::wire::WireFault,
     context: super::wire::WireContext,
-) -> Result<(InfraFault, Box<dyn fault::Injector>), Response> {
-    let invalid =
-        |m: String| Response::Error { id: None, code: ErrorCode::Invalid, message: m };
+    management: Option<&fault::ManagementPath>,
+) -> Result<(InfraFault, Box<dyn fault::Injector>), Refusal> {
+    let invalid = |m: String| (ErrorCode::Invalid, m);
     let fault = InfraFault::try_from(fault).map_err(|e| invalid(e.to_string()))?;
     let ctx = FaultContext::try_from(context).map_err(|e| invalid(e.to_string()))?;
-    let engine = |e: fault::FaultError| Response::Error {
-        id: None,
-        code: ErrorCode::for_fault(&e),
-        message: e.to_string(),
-    };
+    let engine = |e: fault::FaultError| (ErrorCode::for_fault(&e), e.to_string());
     let pre = fault::preflight(std::slice::from_ref(&fault), &ctx).map_err(engine)?;
-    let injector = fault::prepare(&fault, &ctx, &pre).map_err(engine)?;
+    let injector =
+        fault::prepare_sparing(&fault, &ctx, &pre, management).map_err(engine)?;
     Ok((fault, injector))
 }
 
@@ -354,7 +355,11 @@ mod tests {
         let input = std::io::Cursor::new(lines.join("\n") + "\n");
         let mut out = Vec::new();
         let journal = Journal::open(dir, "agent-test").unwrap();
-        let opts = AgentOptions { lease: Duration::from_secs(30), host: "h".into() };
+        let opts = AgentOptions {
+            lease: Duration::from_secs(30),
+            host: "h".into(),
+            management: None,
+        };
         let outcome = serve(input, &mut out, journal, &opts, &|| None);
         let responses = String::from_utf8(out)
             .unwrap()
@@ -462,7 +467,11 @@ mod tests {
         let (_r, w) = std::os::unix::net::UnixStream::pair().unwrap();
         let reader = std::io::BufReader::new(w.try_clone().unwrap());
         let journal = Journal::open(dir.path(), "agent-stop").unwrap();
-        let opts = AgentOptions { lease: Duration::from_secs(30), host: "h".into() };
+        let opts = AgentOptions {
+            lease: Duration::from_secs(30),
+            host: "h".into(),
+            management: None,
+        };
         let mut out = Vec::new();
         let outcome = serve(reader, &mut out, journal, &opts, &|| Some("halted".into()));
         assert_eq!(outcome.reason, ExitReason::Stopped("halted".into()));

@@ -24,7 +24,12 @@ If the agent itself is SIGKILLed, `chaos recover` on this host (or
 `chaos halt` on this host makes it revert and exit as well (and refuse
 to start while halted). Exit codes: 0 shut down on request, 3 left on its
 own (lease, end of input, signal, halt) with everything reverted, 5 a
-revert failed (or halted at start).";
+revert failed (or halted at start).
+
+Started by sshd, the agent spares its own session in every nftables fault
+it applies (the peer and sshd port from SSH_CONNECTION, accepted ahead of
+the fault's drop in the same table), so a blackhole of this host does not
+cut the controller off; `hello` reports it as `management`.";
 
 /// `chaos agent` arguments.
 #[derive(Debug, Args)]
@@ -61,7 +66,14 @@ pub fn run(args: AgentArgs) -> u8 {
             return exit::ENVIRONMENT;
         }
     };
-    let opts = server::AgentOptions { lease: args.lease, host: server::hostname() };
+    // The session sshd started us in: every nftables fault spares it.
+    let management = crate::fault::ManagementPath::from_env(|k| std::env::var(k).ok())
+        .unwrap_or_else(|e| {
+            eprintln!("warning: {e}; nftables faults will not spare the SSH session");
+            None
+        });
+    let opts =
+        server::AgentOptions { lease: args.lease, host: server::hostname(), management };
     let stdin = std::io::BufReader::new(std::io::stdin());
     let stdout = std::io::stdout();
     // `chaos halt` on this host stops the agent like a signal does: the

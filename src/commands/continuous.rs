@@ -29,7 +29,9 @@ Runs [[schedule]] experiments on cron (six fields with seconds, or five),
 with jitter and allowed windows in a time zone; [[monkey]] entries signal a
 random process among their targets. Never runs two entries on the same
 target at once, backs off after a rejection or abort, and pauses an entry
-after max_consecutive_failures. Every run is recorded in the SQLite history
+after max_consecutive_failures. Experiments with host targets
+(`@host:`/`@hosts:`) reach the hosts of `[daemon] inventory = \"fleet.toml\"`
+(or of their own [[host]] tables). Every run is recorded in the SQLite history
 (`chaos history`). One line per event on stdout.
 SIGTERM: stop scheduling, let the running experiment revert, exit 0.";
 
@@ -85,6 +87,7 @@ pub fn run(args: ContinuousArgs) -> u8 {
         seed: None,
         progress: ProgressMode::Quiet,
         interrupt: Some(interrupt),
+        inventory: cfg.inventory.clone(),
     };
     let rt = match super::runner_runtime("chaos continuous") {
         Ok(rt) => rt,

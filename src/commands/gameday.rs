@@ -18,12 +18,16 @@ const AFTER_HELP: &str = "Examples:
   chaos gameday scenarios/checkout-gameday.toml
   chaos gameday --yes --report-dir out/q4 scenarios/checkout-gameday.toml
   chaos gameday --yes --json scenarios/checkout-gameday.toml | jq .outcome
+  chaos gameday --yes --inventory fleet.toml scenarios/fleet-gameday.toml
 
 Steps run in order; the timeline shows one line when a step starts and one
 when it finishes (with verdicts). Checkpoints ask y/N on the terminal; with
 --yes they are confirmed automatically, and without a terminal and without
 --yes the game day refuses to start (exit 2). With stop_on_abort = true the
-first aborted experiment ends the game day.
+first aborted experiment ends the game day. Faults with host targets
+(`@host:`/`@hosts:`) reach the hosts of --inventory (TOML or Ansible YAML),
+or of the experiment's own [[host]] tables; a step that names hosts without
+either refuses the game day before it starts (exit 2).
 
 Reports in --report-dir: gameday.json (every step), junit.xml (one suite per
 run), gameday.html, and each run's own reports in NN-name/.
@@ -53,6 +57,35 @@ pub struct GamedayArgs {
     /// Seed for every run.
     #[arg(long)]
     pub seed: Option<u64>,
+    /// Inventory for faults with host targets (`@host:`/`@hosts:`), TOML
+    /// `[[host]]` tables or Ansible YAML; replaces the experiments' own
+    /// `[[host]]` tables, as for `chaos run --inventory`.
+    #[arg(long, value_name = "FILE")]
+    pub inventory: Option<PathBuf>,
+}
+
+/// Every experiment step whose faults name hosts must have an inventory
+/// (its own `[[host]]` tables or `--inventory`), so a game day never
+/// stops at step 4 for want of one. Returns the message for the first
+/// step that has none.
+fn missing_inventory(sc: &scenario::Scenario, inventory: bool) -> Option<String> {
+    if inventory {
+        return None;
+    }
+    sc.steps.iter().enumerate().find_map(|(i, step)| {
+        let scenario::Step::Experiment { file, .. } = step else { return None };
+        let exp = crate::experiment::load(file).experiment?;
+        let fault = exp.faults.iter().find(|f| f.host_target.is_some())?;
+        exp.hosts.is_none().then(|| {
+            format!(
+                "step {} ({}): fault {} targets hosts, but the experiment declares no \
+                 [[host]] tables; pass --inventory FILE. Nothing was run.",
+                i + 1,
+                file.display(),
+                fault.id
+            )
+        })
+    })
 }
 
 /// Runs `chaos gameday`.
@@ -63,6 +96,16 @@ pub fn run(args: GamedayArgs) -> u8 {
     }
     let Some(sc) = loaded.scenario else { return exit::INVALID };
     if loaded.diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        return exit::INVALID;
+    }
+    if let Some(path) = &args.inventory {
+        if let Err(e) = crate::fleet::inventory::Inventory::load(path) {
+            eprintln!("{e}");
+            return exit::INVALID;
+        }
+    }
+    if let Some(msg) = missing_inventory(&sc, args.inventory.is_some()) {
+        eprintln!("chaos gameday: {msg}");
         return exit::INVALID;
     }
     let stdin = std::io::stdin();
@@ -95,6 +138,7 @@ pub fn run(args: GamedayArgs) -> u8 {
         seed: args.seed,
         progress: ProgressMode::detect(),
         interrupt: Some(interrupt),
+        inventory: args.inventory.clone(),
     };
     let rt = match super::runner_runtime("chaos gameday") {
         Ok(rt) => rt,

@@ -225,5 +225,12 @@ pub fn execute(exp: &Experiment, common: &RunCommon) -> u8 {
             std::io::stdout().is_terminal() && std::env::var_os("NO_COLOR").is_none();
         let _ = write!(out, "{}", report::terminal::verdict_table(&report, color));
     }
-    report.outcome.exit_code()
+    let unreverted = report.unreverted_faults();
+    if unreverted > 0 {
+        eprintln!(
+            "chaos: {unreverted} fault(s) could not be reverted (see the report); run \
+             `chaos recover` (with `--inventory` for hosts) — exit 5 whatever the verdict"
+        );
+    }
+    report.exit_code()
 }

@@ -14,6 +14,7 @@
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::cmd::Cmd;
+use super::management::ManagementPath;
 use super::{FaultError, NetFilter};
 use crate::target::NetTarget;
 
@@ -144,6 +145,20 @@ pub fn ruleset(
     filter: &NetFilter,
     verdict: Verdict,
 ) -> Result<String, FaultError> {
+    ruleset_sparing(table, target, filter, verdict, None)
+}
+
+/// [`ruleset`], with `spare`'s accept rules first in each chain: an
+/// agent's own SSH session passes, everything else meets the verdict.
+/// The exemption lives in the fault's own table, so the one `delete
+/// table` of revert and `chaos recover` takes both away together.
+pub fn ruleset_sparing(
+    table: &str,
+    target: &NetTarget,
+    filter: &NetFilter,
+    verdict: Verdict,
+    spare: Option<&ManagementPath>,
+) -> Result<String, FaultError> {
     let action = match verdict {
         Verdict::Loss(p) => {
             if !(0.0..=1.0).contains(&p) {
@@ -180,6 +195,9 @@ pub fn ruleset(
         out.push_str(&format!(
             "  chain {chain} {{\n    type filter hook {hook} priority -150; policy accept;\n"
         ));
+        for rule in spare.map(|m| m.rules(chain)).unwrap_or_default() {
+            out.push_str(&format!("    {rule}\n"));
+        }
         let iface = match &iface {
             Some(i) => format!("{iface_kw} {i} "),
             // A whole namespace: its own loopback keeps working.
@@ -327,6 +345,40 @@ mod tests {
             r.lines().map(str::trim).filter(|l| l.ends_with("drop")).collect();
         assert_eq!(rules, ["iifname \"v0\" counter drop", "oifname \"v0\" counter drop"]);
         assert!(r.contains("comment \"owned by chaos: chaos_t_0\""), "{r}");
+    }
+
+    #[test]
+    fn a_spared_management_path_is_accepted_ahead_of_the_drop_in_both_chains() {
+        let m = ManagementPath {
+            peer: "10.77.0.2".parse().unwrap(),
+            local: Some("10.77.0.10".parse().unwrap()),
+            port: 22,
+        };
+        let t = NetTarget { netns: None, iface: Some("eth0".into()) };
+        let r = ruleset_sparing(
+            "chaos_t_0",
+            &t,
+            &NetFilter::default(),
+            Verdict::Drop,
+            Some(&m),
+        )
+        .unwrap();
+        let rules: Vec<&str> = r
+            .lines()
+            .map(str::trim)
+            .filter(|l| l.ends_with("drop") || l.contains("accept comment"))
+            .collect();
+        assert_eq!(
+            rules,
+            [
+                "ip saddr 10.77.0.2 ip daddr 10.77.0.10 tcp dport 22 counter accept comment \"chaos: management path\"",
+                "iifname \"eth0\" counter drop",
+                "ip daddr 10.77.0.2 ip saddr 10.77.0.10 tcp sport 22 counter accept comment \"chaos: management path\"",
+                "oifname \"eth0\" counter drop",
+            ]
+        );
+        // The table comment stays the first line: ownership checks hold.
+        assert!(listing_has_comment(&r, &table_comment("chaos_t_0")), "{r}");
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! [`Session`]: the faults a runner has applied, reverted on every path.
-//! `revert_all` is the normal way out; `Drop` is the safety net for early
-//! returns and panics, so no code path can forget a fault.
+//! `revert` (one fault, by label) and `revert_all` are the normal ways
+//! out; `Drop` is the safety net for early returns and panics, so no code
+//! path can forget a fault. The runner's fault schedule
+//! (`runner::schedule`) and `chaos inject` each own one.
 
 use super::{FaultError, Injector};
 use crate::journal::Journal;
@@ -16,17 +18,42 @@ impl Session {
         Session { journal, active: Vec::new() }
     }
 
-    /// Injects `injector` (journalled) and keeps it for revert. On error
-    /// the fault's own partial steps are already reverted.
+    /// Injects `injector` (journalled) and keeps it for revert. It is held
+    /// before it acts, and kept on error too: an injector undoes its own
+    /// partial steps when a step fails, but not when the journal refuses
+    /// one (a lock held elsewhere) after earlier steps were applied, nor
+    /// when something panics mid-inject; its revert is idempotent, so
+    /// holding it costs nothing and covers those cases.
     pub fn inject(
         &mut self,
         label: &str,
-        mut injector: Box<dyn Injector>,
+        injector: Box<dyn Injector>,
     ) -> Result<(), FaultError> {
-        injector.inject(&mut self.journal)?;
-        tracing::info!(fault = label, "fault injected");
         self.active.push((label.to_string(), injector));
-        Ok(())
+        let (_, held) = self.active.last_mut().expect("just pushed");
+        let result = held.inject(&mut self.journal);
+        if result.is_ok() {
+            tracing::info!(fault = label, "fault injected");
+        }
+        result
+    }
+
+    /// Reverts the newest fault injected as `label` and hands its injector
+    /// back (to inject again, e.g. the next strike of a repeated kill) with
+    /// the revert's result; `None` when no fault of that label is applied.
+    /// A failed revert stays pending in the journal for `chaos recover`.
+    pub fn revert(
+        &mut self,
+        label: &str,
+    ) -> Option<(Box<dyn Injector>, Result<(), FaultError>)> {
+        let i = self.active.iter().rposition(|(l, _)| l == label)?;
+        let (label, mut injector) = self.active.remove(i);
+        let result = injector.revert(&mut self.journal);
+        match &result {
+            Ok(()) => tracing::info!(fault = %label, "fault reverted"),
+            Err(e) => tracing::error!(fault = %label, error = %e, "revert failed"),
+        }
+        Some((injector, result))
     }
 
     /// Number of faults currently applied.

@@ -211,7 +211,7 @@ fn suite(out: &mut String, r: &RunReport, ind: &str) {
     let mut props: Vec<(String, String)> = vec![
         ("run_id".into(), r.run_id.clone()),
         ("outcome".into(), r.outcome.to_string()),
-        ("exit_code".into(), r.outcome.exit_code().to_string()),
+        ("exit_code".into(), r.exit_code().to_string()),
         ("schema_version".into(), r.schema_version.to_string()),
         ("experiment_file".into(), r.experiment.file.clone()),
         ("started_at".into(), r.started_at.clone()),

@@ -98,7 +98,7 @@ pub fn verdict_table(report: &RunReport, color: bool) -> String {
         out,
         "Outcome: {}  ({a} accepted, {r} rejected, {i} inconclusive; exit {}; {}s)",
         paint(&format!("{BOLD}{}", outcome_color(report.outcome)), &outcome),
-        report.outcome.exit_code(),
+        report.exit_code(),
         fmt_num(report.timings.total_s, 1),
     );
     if let Some(t) = &report.trace {

@@ -9,6 +9,11 @@
 //! to undo is journalled by each host's agent, which reverts by itself
 //! when its lease runs out (a dead runner), and `chaos recover
 //! --inventory` settles an agent that died.
+//!
+//! A `region-outage` with method blackhole on hosts drops all traffic of
+//! the region's interfaces there; each agent spares its own SSH session
+//! in the ruleset (see `fault::management`), and a host whose agent
+//! cannot see that session is refused here, before anything is applied.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -62,6 +67,8 @@ pub fn prepare(
     // Hosts in inventory order, each connected once.
     let mut names: Vec<String> = Vec::new();
     let mut per_fault = Vec::new();
+    // Faults that would cut an agent off unless it spares its session.
+    let mut needs_spare: Vec<String> = Vec::new();
     for (f, placed) in &remote_faults {
         let hosts = inv
             .select(&placed.place)
@@ -84,27 +91,6 @@ pub fn prepare(
         let infra = plan::infra_fault(f)?.ok_or_else(|| {
             RunError::Preflight(format!("fault {}: not an infrastructure fault", f.id))
         })?;
-        if let InfraFault::RegionOutage(r) = &infra {
-            if r.method == OutageMethod::Blackhole {
-                // Dropping everything on a host would drop its agent's
-                // SSH session too, and the lease would revert the fault
-                // seconds later: refused until the blackhole can spare
-                // the management path.
-                return Err(RunError::Fault {
-                    context: format!("fault {}: ", f.id),
-                    source: FaultError::WrongTarget {
-                        kind: "region-outage",
-                        target: placed.to_string(),
-                        reason:
-                            "method \"blackhole\" on inventory hosts is not supported \
-                                 yet (it would cut the agents' SSH path); use method \
-                                 \"pause\", or blackhole/packet-loss faults on \
-                                 iface:...@hosts:region=... with destinations"
-                                .into(),
-                    },
-                });
-            }
-        }
         let mut work = Vec::new();
         for h in hosts {
             let sel = placed.for_host(&h.name).map_err(|e| {
@@ -116,6 +102,9 @@ pub fn prepare(
             work.push((h.name.clone(), retarget(&infra, &sel)));
         }
         per_fault.push((f.id.clone(), work));
+        if whole_host_blackhole(&infra) {
+            needs_spare.push(f.id.clone());
+        }
     }
     let hosts: Vec<_> = inv.hosts.iter().filter(|h| names.contains(&h.name)).collect();
     let opts = ConnectOptions {
@@ -144,6 +133,24 @@ pub fn prepare(
         .into_iter()
         .map(|(id, work)| (id, work.into_iter().map(|(n, w)| (index(&n), w)).collect()))
         .collect();
+    let unspared: Vec<String> = per_fault
+        .iter()
+        .filter(|(id, _)| needs_spare.contains(id))
+        .flat_map(|(id, work)| work.iter().map(move |(i, _)| (id, *i)))
+        .filter(|(_, i)| fleet.remotes[*i].info.management.is_none())
+        .map(|(id, i)| {
+            format!(
+                "fault {id}: host {}: its agent sees no SSH session to spare \
+                 (SSH_CONNECTION unset: started outside sshd, or through sudo \
+                 without env_keep); a region blackhole there would cut the agent \
+                 off and undo itself after one lease",
+                fleet.remotes[i].host.name
+            )
+        })
+        .collect();
+    if !unspared.is_empty() {
+        return Err(RunError::Preflight(unspared.join("; ")));
+    }
     let all: Vec<Assignment> = per_fault.iter().flat_map(|(_, w)| w.clone()).collect();
     let problems: Vec<String> = fleet
         .preflight(&all, &wctx)
@@ -180,6 +187,13 @@ pub fn prepare(
             (id, rf)
         })
         .collect())
+}
+
+/// A region blackhole drops everything on the region's interfaces or
+/// namespaces of each host, the agent's own session included, unless
+/// the agent spares it (each agent's `hello` says whether it can).
+fn whole_host_blackhole(fault: &InfraFault) -> bool {
+    matches!(fault, InfraFault::RegionOutage(r) if r.method == OutageMethod::Blackhole)
 }
 
 fn host_error(e: crate::fleet::FleetError) -> FaultError {
@@ -234,15 +248,26 @@ impl Injector for RemoteFault {
     fn revert(&mut self, _journal: &mut Journal) -> Result<(), FaultError> {
         let mut first_error = None;
         while let Some((i, handle)) = self.applied.pop() {
-            if self.fleet.remotes[i].is_lost() {
-                // The agent left and reverted on its way out (or died:
-                // `chaos recover --inventory`); nothing to ask it.
-                continue;
-            }
+            // An agent that left answers at once with its last word: it
+            // reverted on its way out (lease, signal, halt: the fault
+            // ended early) or, with no last word, died and its journal
+            // needs `chaos recover --inventory`. Either way the run's
+            // report says so instead of showing a fault that lasted.
             if let Err(e) = self.fleet.revert(i, handle) {
-                first_error.get_or_insert(e);
+                let lost = self.fleet.remotes[i].is_lost();
+                first_error.get_or_insert((e, lost));
             }
         }
-        first_error.map_or(Ok(()), |e| Err(host_error(e)))
+        match first_error {
+            None => Ok(()),
+            Some((e, false)) => Err(host_error(e)),
+            Some((e, true)) => Err(FaultError::Command {
+                command: "chaos agent (remote)".into(),
+                stderr: format!(
+                    "{e}; the agent left before the revert (if it did not revert on \
+                     its way out, run `chaos recover --inventory`)"
+                ),
+            }),
+        }
     }
 }

@@ -36,6 +36,9 @@ pub struct DaemonConfig {
     pub journal_dir: Option<PathBuf>,
     /// Seed for jitter and monkey victim choice (None = random).
     pub seed: Option<u64>,
+    /// Inventory for experiments with host targets (`@host:`/`@hosts:`);
+    /// replaces their own `[[host]]` tables, like `chaos run --inventory`.
+    pub inventory: Option<PathBuf>,
     /// Schedules and monkeys, in file order.
     pub entries: Vec<EntrySpec>,
 }
@@ -165,6 +168,7 @@ fn parse(file: &Path, src: &str, sink: &mut Sink) -> Option<DaemonConfig> {
         report_dir: relative_to(file, "reports"),
         journal_dir: None,
         seed: None,
+        inventory: None,
         entries: Vec::new(),
     };
     let mut default_tz = TimeZone::UTC;
@@ -287,6 +291,21 @@ fn read_daemon(
     if let Some(s) = t.integer(sink, "seed", 0..=i64::MAX, "a non-negative integer") {
         cfg.seed = Some(s.value as u64);
     }
+    if let Some(s) = t.string(sink, "inventory", "write inventory = \"fleet.toml\"") {
+        let path = relative_to(file, &s.value);
+        // Checked now (and read again for every run, so fleet changes
+        // reach the daemon), so a broken inventory fails at start.
+        match crate::fleet::inventory::Inventory::load(&path) {
+            Ok(_) => cfg.inventory = Some(path),
+            Err(e) => sink.error(
+                s.span,
+                "daemon.inventory",
+                e,
+                "[[host]] tables (name, address, user, labels) or an Ansible YAML \
+                 inventory; see README \"Fleets\"",
+            ),
+        }
+    }
     if let Some(s) = t.string(sink, "timezone", "write e.g. \"Europe/Berlin\" or \"UTC\"")
     {
         match super::time_zone(&s.value) {
@@ -359,8 +378,11 @@ fn read_entry(
         .duration(sink, "backoff", true)
         .map(|d| d.value)
         .unwrap_or(Duration::from_secs(600));
-    let kind =
-        if monkey { read_monkey(t, sink) } else { read_experiment_ref(t, sink, file) };
+    let kind = if monkey {
+        read_monkey(t, sink)
+    } else {
+        read_experiment_ref(t, sink, file, cfg)
+    };
     Some(EntrySpec {
         name: name?.value,
         kind: kind?,
@@ -377,6 +399,7 @@ fn read_experiment_ref(
     t: &mut TableReader,
     sink: &mut Sink,
     file: &Path,
+    cfg: &DaemonConfig,
 ) -> Option<EntryKind> {
     let exp =
         t.req_string(sink, "experiment", "write experiment = \"experiments/x.toml\"")?;
@@ -397,6 +420,25 @@ fn read_experiment_ref(
                 first.message
             ),
             &format!("run `chaos validate {}` for every problem", path.display()),
+        );
+        return None;
+    }
+    // Host targets need an inventory: a missing one fails at start, not
+    // at the first fire.
+    let needs_hosts = loaded.experiment.as_ref().and_then(|e| {
+        let f = e.faults.iter().find(|f| f.host_target.is_some())?;
+        (e.hosts.is_none() && cfg.inventory.is_none()).then(|| f.id.clone())
+    });
+    if let Some(fault) = needs_hosts {
+        sink.error(
+            exp.span,
+            &t.key_path("experiment"),
+            format!(
+                "experiment {}: fault {fault} targets hosts, but neither the experiment \
+                 ([[host]] tables) nor [daemon] inventory names any",
+                path.display()
+            ),
+            "add inventory = \"fleet.toml\" to [daemon]",
         );
         return None;
     }
@@ -518,6 +560,62 @@ tolerance = "+10%"
 "#,
         )
         .unwrap();
+    }
+
+    /// Issue 11: an experiment with host targets needs an inventory, from
+    /// its own [[host]] tables or `[daemon] inventory`; a missing or broken
+    /// one fails at start with file:line:col, not at the first fire.
+    #[test]
+    fn host_targets_need_an_inventory_checked_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("fleet-exp.toml"),
+            r#"
+[experiment]
+name = "fleet"
+duration = "4s"
+[traffic]
+listen = "127.0.0.1:19021"
+upstream = "http://127.0.0.1:19022"
+[[hypothesis]]
+name = "latency"
+metric = "latency"
+tolerance = "+10%"
+[[fault]]
+kind = "process-pause"
+target = "name:payments@hosts:role=payments"
+"#,
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("fleet.toml"),
+            "[[host]]\nname = \"web-1\"\naddress = \"10.0.0.1\"\nlabels = { role = \"payments\" }\n",
+        )
+        .unwrap();
+        let file = dir.path().join("continuous.toml");
+        let entry = "[[schedule]]\nname = \"fleet\"\nexperiment = \"fleet-exp.toml\"\ncron = \"0 * * * *\"\n";
+        let without = load_str(&file, entry);
+        assert!(without.config.is_none());
+        let d = &without.diagnostics[0];
+        assert!(d.message.contains("targets hosts"), "{d:?}");
+        assert_eq!(d.line, 3, "points at the experiment key: {d:?}");
+        assert!(d.hint.contains("inventory"), "{d:?}");
+
+        let with =
+            load_str(&file, &format!("[daemon]\ninventory = \"fleet.toml\"\n{entry}"));
+        let cfg = with.config.unwrap_or_else(|| panic!("{:?}", with.diagnostics));
+        assert_eq!(cfg.inventory, Some(dir.path().join("fleet.toml")));
+
+        let broken =
+            load_str(&file, &format!("[daemon]\ninventory = \"missing.toml\"\n{entry}"));
+        assert!(broken.config.is_none());
+        assert!(
+            broken.diagnostics.iter().any(|d| d.path == "daemon.inventory"
+                && d.message.contains("missing.toml")
+                && d.line == 2),
+            "{:?}",
+            broken.diagnostics
+        );
     }
 
     #[test]

@@ -3,6 +3,11 @@
 //! run's own reports, and renders combined game-day reports. SIGINT and
 //! SIGTERM reach the runner through the process-wide
 //! [`crate::signals::Interrupt`], which makes it revert and finish early.
+//!
+//! Faults with host targets (`@host:`/`@hosts:`) reach the hosts of the
+//! experiment's own `[[host]]` tables, or of the executor's inventory
+//! (`chaos gameday --inventory`, `[daemon] inventory`), which replaces
+//! them as `chaos run --inventory` does.
 
 use std::path::{Path, PathBuf};
 
@@ -10,6 +15,7 @@ use super::clock::BoxFuture;
 use super::exec::{ExecError, Executor, RunRequest, RunSummary, Stop, VerdictRecord};
 use super::targets::{self, TargetSet};
 use crate::experiment::{self, Experiment, Severity};
+use crate::outcome::RunOutcome;
 use crate::report::{self, RunReport};
 use crate::runner::{self, progress::ProgressMode, RunOptions};
 use crate::signals::Interrupt;
@@ -34,6 +40,27 @@ pub struct RunnerExecutor {
     pub progress: ProgressMode,
     /// The process' SIGINT/SIGTERM flag.
     pub interrupt: Option<Interrupt>,
+    /// Inventory for host targets, read again for every run (so a fleet
+    /// change reaches a long-running daemon); `None` = the experiments'
+    /// own `[[host]]` tables.
+    pub inventory: Option<PathBuf>,
+}
+
+impl RunnerExecutor {
+    /// The experiment at `path` with the executor's inventory applied.
+    fn load(&self, path: &Path) -> Result<Experiment, ExecError> {
+        let mut exp = load(path)?;
+        if let Some(inv) = &self.inventory {
+            let hosts = crate::fleet::inventory::Inventory::load(inv).map_err(|e| {
+                ExecError::Invalid {
+                    path: path.to_path_buf(),
+                    detail: format!("inventory: {e}"),
+                }
+            })?;
+            exp.hosts = Some(hosts);
+        }
+        Ok(exp)
+    }
 }
 
 fn load(path: &Path) -> Result<Experiment, ExecError> {
@@ -63,7 +90,7 @@ impl Executor for RunnerExecutor {
         _stop: Stop,
     ) -> BoxFuture<'a, Result<RunnerReport, ExecError>> {
         Box::pin(async move {
-            let exp = load(&req.experiment)?;
+            let exp = self.load(&req.experiment)?;
             let opts = RunOptions {
                 journal_dir: self.journal_dir.clone(),
                 seed: self.seed,
@@ -97,9 +124,28 @@ impl Executor for RunnerExecutor {
     }
 
     fn summarize(&self, r: &RunnerReport) -> RunSummary {
+        // A fault left behind outranks the verdict (as in `chaos run`'s
+        // exit code): the game day stops, the daemon counts a failure.
+        let unreverted: Vec<String> = r
+            .report
+            .faults
+            .iter()
+            .filter_map(|f| f.revert_error.as_ref().map(|e| format!("{}: {e}", f.id)))
+            .collect();
+        let (outcome, reason) = if unreverted.is_empty() {
+            (r.report.outcome, r.report.abort.as_ref().map(|a| a.reason.clone()))
+        } else {
+            (
+                RunOutcome::EnvironmentError,
+                Some(format!(
+                    "not reverted (run `chaos recover`): {}",
+                    unreverted.join("; ")
+                )),
+            )
+        };
         RunSummary {
             experiment: r.report.experiment.name.clone(),
-            outcome: r.report.outcome,
+            outcome,
             verdicts: r
                 .report
                 .hypotheses
@@ -107,12 +153,12 @@ impl Executor for RunnerExecutor {
                 .map(|h| VerdictRecord { hypothesis: h.name.clone(), verdict: h.verdict })
                 .collect(),
             report_dir: Some(r.dir.clone()),
-            reason: r.report.abort.as_ref().map(|a| a.reason.clone()),
+            reason,
         }
     }
 
     fn targets(&self, path: &Path) -> Result<TargetSet, ExecError> {
-        load(path).map(|e| targets::of_experiment(&e))
+        self.load(path).map(|e| targets::of_experiment(&e))
     }
 
     fn combined_files(&self, reports: &[RunnerReport]) -> Vec<(String, String)> {

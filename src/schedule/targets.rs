@@ -8,6 +8,12 @@
 //! entry is due — and every matching process adds a `proc:PID` key, so two
 //! different `name:` regexes that match one process do overlap. A selector
 //! that matches nothing right now still overlaps with itself as written.
+//!
+//! A fault on inventory hosts (`@host:`/`@hosts:`, or a region outage on
+//! hosts labelled with the region) touches processes and interfaces on
+//! those hosts, not here: its keys are `host:NAME/SELECTOR` per selected
+//! host (`{host}` replaced), and nothing is resolved locally, so it
+//! overlaps with another fault on the same target of the same host only.
 
 use std::collections::BTreeSet;
 
@@ -110,6 +116,26 @@ pub fn of_experiment(exp: &Experiment) -> TargetSet {
         other => keys_of(other, out),
     };
     for f in &exp.faults {
+        if let Some(placed) = f.placement(exp.hosts.as_ref()) {
+            let hosts = exp.hosts.as_ref().map(|inv| inv.select(&placed.place));
+            match hosts {
+                Some(Ok(hosts)) => {
+                    for h in hosts {
+                        let key = match placed.for_host(&h.name) {
+                            Ok(sel) => selector_key(&sel),
+                            Err(_) => placed.text.replace("{host}", &h.name),
+                        };
+                        out.insert(format!("host:{}/{key}", h.name));
+                    }
+                }
+                // No inventory or no such host: the run refuses it; until
+                // then it overlaps with itself as written.
+                _ => {
+                    out.insert(placed.to_string());
+                }
+            }
+            continue;
+        }
         if let Some(sel) = &f.target {
             expand(sel, &mut out);
         }
@@ -173,6 +199,61 @@ target = "{target}"
         let monkey = of_selectors(&[TargetSelector::parse("name:^demo-api$").unwrap()]);
         assert_eq!(monkey.overlap(&a), Some("name:^demo-api$"));
         assert_eq!(monkey.overlap(&b), None);
+    }
+
+    #[test]
+    fn host_faults_key_on_their_hosts_and_resolve_nothing_here() {
+        let dir = tempfile::tempdir().unwrap();
+        let exp = |name: &str, target: &str| {
+            let p = dir.path().join(format!("{name}.toml"));
+            std::fs::write(
+                &p,
+                format!(
+                    r#"
+[experiment]
+name = "{name}"
+duration = "4s"
+[traffic]
+listen = "127.0.0.1:0"
+upstream = "http://127.0.0.1:18080"
+[[hypothesis]]
+name = "latency"
+metric = "latency"
+tolerance = "+10%"
+[[fault]]
+kind = "process-pause"
+target = "{target}"
+[[host]]
+name = "web-1"
+address = "10.0.0.1"
+labels = {{ role = "payments" }}
+[[host]]
+name = "web-2"
+address = "10.0.0.2"
+labels = {{ role = "db" }}
+"#
+                ),
+            )
+            .unwrap();
+            let loaded = crate::experiment::load(&p);
+            let e =
+                loaded.experiment.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+            of_experiment(&e)
+        };
+        // This test's own process name would match locally; on hosts it
+        // must not add a local `proc:` key.
+        let a = exp("a", "name:pay-{host}@hosts:role=payments");
+        assert!(a.0.contains("host:web-1/name:pay-web-1"), "{a:?}");
+        assert!(!a.0.iter().any(|k| k.starts_with("proc:") || k.contains("web-2")));
+        let same = exp("b", "name:pay-web-1@host:web-1");
+        assert_eq!(a.overlap(&same), Some("host:web-1/name:pay-web-1"));
+        let other_host = exp("c", "name:pay-web-1@host:web-2");
+        let shared: Vec<&String> = a.0.intersection(&other_host.0).collect();
+        assert!(
+            shared.iter().all(|k| k.starts_with("listen:") || k.starts_with("upstream:")),
+            "only the shared proxy keys: {shared:?}"
+        );
+        assert!(other_host.0.contains("host:web-2/name:pay-web-1"));
     }
 
     #[test]

@@ -234,7 +234,9 @@ fn pause_stops_the_process_for_the_duration_then_resumes_it() {
     assert!(paused.is_some(), "victim never stopped");
     let out = runner.wait_output();
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
-    assert_eq!(state(v.0.id()), Some('S'), "victim resumed with SIGCONT");
+    // Just after SIGCONT the sleeper may still be running ('R').
+    let st = state(v.0.id());
+    assert!(matches!(st, Some('S' | 'R')), "victim resumed with SIGCONT: {st:?}");
 }
 
 #[test]
@@ -597,7 +599,8 @@ fn two_runners_never_hold_a_fault_on_the_same_target() {
     assert!(String::from_utf8_lossy(&second.stderr).contains("already under a fault"));
     let out = signal_and_wait(first, nix::sys::signal::Signal::SIGTERM);
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
-    assert_eq!(state(v.0.id()), Some('S'));
+    let st = state(v.0.id());
+    assert!(matches!(st, Some('S' | 'R')), "victim resumed: {st:?}");
 }
 
 #[test]

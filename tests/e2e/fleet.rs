@@ -84,9 +84,9 @@ fn faults_on_two_of_three_hosts_apply_there_only_and_revert() {
 
     // nft loss and blackhole, and tbf, on eth0 of the payments hosts.
     for args in [
-        // Never towards the controller (10.77.0.2): loss on the agents'
-        // own SSH path can starve their lease (they would then revert
-        // and leave, which is safe but not what this test is about).
+        // Towards a TEST-NET range: the agents spare their own SSH
+        // session anyway (see the region blackhole tests), but these
+        // faults are about the rules on the payments hosts only.
         vec!["packet-loss", "--loss", "30%", "--destination", "192.0.2.0/24"],
         vec!["blackhole", "--destination", "10.77.0.0/24", "--port", "8080"],
         vec!["bandwidth", "--rate", "1mbit"],
@@ -431,11 +431,12 @@ fn install_copies_this_binary_to_a_host_without_chaos() {
     );
 }
 
-/// An HTTP upstream answering 200 inside namespace `ns` on 127.0.0.1;
-/// returns its port. Served by a runtime on a thread for the test's life.
-fn upstream_in(ns: &str) -> u16 {
-    let listener = crate::netns::in_netns(ns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream")
+/// An HTTP service answering 200 inside namespace `ns`, bound to `ip`
+/// (port chosen by the kernel); returns its port. Served by a runtime on
+/// a thread for the test's life.
+fn http_service_in(ns: &str, ip: std::net::IpAddr) -> u16 {
+    let listener = crate::netns::in_netns(ns, move || {
+        std::net::TcpListener::bind((ip, 0)).expect("bind http service")
     });
     listener.set_nonblocking(true).unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -463,20 +464,52 @@ fn upstream_in(ns: &str) -> u16 {
     port
 }
 
-#[test]
-fn an_experiment_with_host_targets_runs_its_faults_on_two_hosts_and_is_judged() {
-    let Some(f) = fleet() else { return };
-    let _heavy = crate::support::heavy();
-    let inv = f.inventory();
-    let before = f.snapshot();
-    let port = upstream_in(&f.ctl);
-    let pay = f.svc("payments", "@hosts:role=payments");
-    let db = f.svc("db", "@hosts:role=payments");
-    let exp = format!(
+/// True when a real HTTP GET from namespace `ns` to `to` gets a 200
+/// within 0.5 s to connect and 1 s to answer (a blackholed SYN times out).
+fn http_ok(ns: &str, to: std::net::SocketAddr) -> bool {
+    use std::io::{Read, Write};
+    crate::netns::in_netns(ns, move || {
+        let Ok(mut s) =
+            std::net::TcpStream::connect_timeout(&to, Duration::from_millis(500))
+        else {
+            return false;
+        };
+        let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+        let _ = s.set_write_timeout(Some(Duration::from_secs(1)));
+        let req = b"GET / HTTP/1.1\r\nhost: svc\r\nconnection: close\r\n\r\n";
+        if s.write_all(req).is_err() {
+            return false;
+        }
+        let mut answer = String::new();
+        let _ = s.read_to_string(&mut answer);
+        answer.starts_with("HTTP/1.1 200")
+    })
+}
+
+/// An experiment file on the fleet: a common head (load from the
+/// controller's namespace against an upstream there, an error-rate
+/// hypothesis; the verdict is not what these tests are about) plus
+/// `body` (its `[[region]]` and `[[fault]]` tables), and the inventory
+/// and controller journal it runs with.
+struct FleetExperiment {
+    path: std::path::PathBuf,
+    inventory: std::path::PathBuf,
+    journal: std::path::PathBuf,
+}
+
+fn fleet_experiment(
+    f: &TestFleet,
+    name: &str,
+    duration: &str,
+    inventory: std::path::PathBuf,
+    body: &str,
+) -> FleetExperiment {
+    let port = http_service_in(&f.ctl, std::net::Ipv4Addr::LOCALHOST.into());
+    let text = format!(
         r#"
 [experiment]
-name = "fleet"
-duration = "6s"
+name = "{name}"
+duration = "{duration}"
 baseline = "1s"
 min_samples = 100
 
@@ -496,7 +529,68 @@ keys = 100000
 name = "errors flat"
 metric = "error_rate"
 tolerance = "+1pp"
+{body}"#
+    );
+    let path = f.dir.path().join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    FleetExperiment { path, inventory, journal: f.dir.path().join("ctl-journal") }
+}
 
+impl FleetExperiment {
+    /// `chaos run --dry-run` from the controller's namespace.
+    fn dry_run(&self, f: &TestFleet) -> std::process::Output {
+        f.controller(&[
+            "run",
+            "--dry-run",
+            "--inventory",
+            self.inventory.to_str().unwrap(),
+            self.path.to_str().unwrap(),
+        ])
+        .env("CHAOS_JOURNAL_DIR", &self.journal)
+        .output()
+        .unwrap()
+    }
+}
+
+/// Runs `exp` on the fleet (`chaos run --quiet --json [extra]` in the
+/// controller's namespace), calls `during` with the running controller
+/// while it runs, and returns the controller's output and what `during`
+/// returned. A controller `during` killed returns its (empty) output.
+fn run_on_fleet<T>(
+    f: &TestFleet,
+    exp: &FleetExperiment,
+    extra: &[&str],
+    during: impl FnOnce(&mut std::process::Child) -> T,
+) -> (std::process::Output, T) {
+    let mut args = vec!["run", "--quiet", "--json"];
+    args.extend(extra);
+    args.extend([exp.inventory.to_str().unwrap(), exp.path.to_str().unwrap()]);
+    args.insert(args.len() - 2, "--inventory");
+    let mut child = f
+        .controller(&args)
+        .env("CHAOS_JOURNAL_DIR", &exp.journal)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn controller");
+    let seen = during(&mut child);
+    // Bounded: every experiment here is at most 30 s long.
+    let done = eventually(Duration::from_secs(60), || child.try_wait().ok().flatten());
+    if done.is_none() {
+        let _ = child.kill();
+    }
+    (child.wait_with_output().expect("wait controller"), seen)
+}
+
+#[test]
+fn an_experiment_with_host_targets_runs_its_faults_on_two_hosts_and_is_judged() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let before = f.snapshot();
+    let pay = f.svc("payments", "@hosts:role=payments");
+    let db = f.svc("db", "@hosts:role=payments");
+    let body = format!(
+        r#"
 [[fault]]
 name = "pause-payments"
 kind = "process-pause"
@@ -522,7 +616,6 @@ duration = "2s"
 name = "blackhole"
 kind = "blackhole"
 target = "iface:eth0@hosts:role=payments"
-# Not the controller (10.77.0.2): that would cut the agents off.
 destinations = ["192.0.2.0/24"]
 start = "3s"
 duration = "2s"
@@ -535,21 +628,9 @@ rate = "1mbit"
 duration = "4s"
 "#
     );
-    let path = f.dir.path().join("fleet-exp.toml");
-    std::fs::write(&path, exp).unwrap();
+    let exp = fleet_experiment(&f, "fleet", "6s", f.inventory(), &body);
     let reports = f.dir.path().join("reports");
-    let journal = f.dir.path().join("ctl-journal");
-    let dry = f
-        .controller(&[
-            "run",
-            "--dry-run",
-            "--inventory",
-            inv.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
-        .env("CHAOS_JOURNAL_DIR", &journal)
-        .output()
-        .unwrap();
+    let dry = exp.dry_run(&f);
     let dry_text = String::from_utf8_lossy(&dry.stdout);
     assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
     for want in
@@ -564,30 +645,17 @@ duration = "4s"
     let (p1, p2) = (w1.service("payments"), w2.service("payments"));
     let (d1, d2, d3) =
         (w1.service("db"), w2.service("db"), f.host("web-3").service("db"));
-    let child = f
-        .controller(&[
-            "run",
-            "--quiet",
-            "--json",
-            "--report-dir",
-            reports.to_str().unwrap(),
-            "--inventory",
-            inv.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
-        .env("CHAOS_JOURNAL_DIR", &journal)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let paused = eventually(Duration::from_secs(20), || {
-        (state(p1) == Some('T') && state(p2) == Some('T')).then_some(())
-    });
-    let shaped = eventually(Duration::from_secs(5), || {
-        (w1.net_snapshot().contains("tbf") && w2.net_snapshot().contains("tbf"))
-            .then_some(())
-    });
-    let out = child.wait_with_output().unwrap();
+    let (out, (paused, shaped)) =
+        run_on_fleet(&f, &exp, &["--report-dir", reports.to_str().unwrap()], |_| {
+            let paused = eventually(Duration::from_secs(20), || {
+                (state(p1) == Some('T') && state(p2) == Some('T')).then_some(())
+            });
+            let shaped = eventually(Duration::from_secs(5), || {
+                (w1.net_snapshot().contains("tbf") && w2.net_snapshot().contains("tbf"))
+                    .then_some(())
+            });
+            (paused, shaped)
+        });
     assert!(
         paused.is_some() && shaped.is_some(),
         "faults seen on both hosts: {}",
@@ -703,35 +771,10 @@ max_hosts = 1
 fn a_region_outage_pauses_the_region_on_the_hosts_labelled_with_it() {
     let Some(f) = fleet() else { return };
     let _heavy = crate::support::heavy();
-    let inv = f.inventory();
     let before = f.snapshot();
-    let port = upstream_in(&f.ctl);
     let pay = f.svc("payments", "");
-    let exp = format!(
+    let body = format!(
         r#"
-[experiment]
-name = "region-fleet"
-duration = "6s"
-baseline = "1s"
-min_samples = 100
-
-[traffic]
-listen = "127.0.0.1:0"
-upstream = "http://127.0.0.1:{port}"
-experiment_percent = 40
-control_percent = 40
-
-[load]
-path = "/"
-rate = 200
-concurrency = 16
-keys = 100000
-
-[[hypothesis]]
-name = "errors flat"
-metric = "error_rate"
-tolerance = "+1pp"
-
 [[region]]
 name = "us-east"
 targets = ["{pay}"]
@@ -744,33 +787,18 @@ method = "pause"
 duration = "3s"
 "#
     );
-    let path = f.dir.path().join("region-exp.toml");
-    std::fs::write(&path, exp).unwrap();
-    let journal = f.dir.path().join("ctl-journal");
+    let exp = fleet_experiment(&f, "region-fleet", "6s", f.inventory(), &body);
     let (p1, p2, p3) = (
         f.host("web-1").service("payments"),
         f.host("web-2").service("payments"),
         f.host("web-3").service("payments"),
     );
-    let child = f
-        .controller(&[
-            "run",
-            "--quiet",
-            "--json",
-            "--inventory",
-            inv.to_str().unwrap(),
-            path.to_str().unwrap(),
-        ])
-        .env("CHAOS_JOURNAL_DIR", &journal)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let paused = eventually(Duration::from_secs(20), || {
-        (state(p1) == Some('T') && state(p3) == Some('T')).then_some(())
+    let (out, (paused, web2)) = run_on_fleet(&f, &exp, &[], |_| {
+        let paused = eventually(Duration::from_secs(20), || {
+            (state(p1) == Some('T') && state(p3) == Some('T')).then_some(())
+        });
+        (paused, state(p2))
     });
-    let web2 = state(p2);
-    let out = child.wait_with_output().unwrap();
     assert!(paused.is_some(), "us-east paused on web-1 and web-3: {}", text(&out));
     assert_eq!(web2, Some('S'), "web-2 (eu-west) untouched");
     // Judged or inconclusive (the verdict is not the subject here), but
@@ -781,27 +809,21 @@ duration = "3s"
     assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
 }
 
-/// Blackholing a whole host would drop its agent's SSH session; refused
-/// (exit 2) before any host is contacted.
-#[test]
-fn a_region_blackhole_on_hosts_is_refused_before_connecting() {
-    let dir = tempfile::tempdir().unwrap();
-    let exp = dir.path().join("exp.toml");
-    std::fs::write(
-        &exp,
-        r#"[experiment]
-name = "region-blackhole"
-duration = "5s"
+/// The lease `chaos run` gives the agents in the blackhole tests: short,
+/// so a blackhole that cut an agent's session would show within the
+/// fault (the agent reverts and leaves after one lease).
+const LEASE: Duration = Duration::from_secs(2);
 
-[traffic]
-listen = "127.0.0.1:0"
-upstream = "http://127.0.0.1:9"
-
-[[hypothesis]]
-name = "errors"
-metric = "error_rate"
-tolerance = "+1pp"
-
+/// A region blackhole of us-east (web-1, web-3: `iface:eth0` of each)
+/// for `fault` within an experiment of `duration`.
+fn region_blackhole(
+    f: &TestFleet,
+    name: &str,
+    duration: &str,
+    fault: &str,
+) -> FleetExperiment {
+    let body = format!(
+        r#"
 [[region]]
 name = "us-east"
 targets = ["iface:eth0"]
@@ -811,20 +833,258 @@ name = "us-east-down"
 kind = "region-outage"
 region = "us-east"
 method = "blackhole"
+duration = "{fault}"
+"#
+    );
+    fleet_experiment(f, name, duration, f.inventory_leased("2s"), &body)
+}
 
-[[host]]
-name = "a"
-address = "192.0.2.1"
-labels = { region = "us-east" }
-"#,
+/// The lines a dry run prints for one host (from `host NAME:` to the
+/// next host).
+fn host_section<'a>(dry: &'a str, host: &str) -> &'a str {
+    let Some(at) = dry.find(&format!("host {host}:")) else { return "" };
+    let rest = &dry[at..];
+    let end = rest[1..].find("\nhost ").map_or(rest.len(), |i| i + 1);
+    &rest[..end]
+}
+
+/// Demo HTTP services on every host (bound to all addresses of its
+/// namespace), by host index: the traffic a region outage must stop.
+fn host_services(f: &TestFleet) -> Vec<std::net::SocketAddr> {
+    f.hosts
+        .iter()
+        .map(|h| {
+            let port = http_service_in(&h.ns, std::net::Ipv4Addr::UNSPECIFIED.into());
+            std::net::SocketAddr::new(h.addr.parse().unwrap(), port)
+        })
+        .collect()
+}
+
+/// `region-outage` method blackhole on the hosts labelled us-east (web-1,
+/// web-3 of 3; web-1 reached through web-2 as a ProxyJump bastion, web-3
+/// directly): the dry run shows each host's management exemption (web-1's
+/// peer is the bastion); during the fault real HTTP to their services
+/// from outside fails (and their own egress), their loopback and the
+/// eu-west host still answer, the agents keep their SSH sessions past the
+/// lease (same agents, tables in place), the run ends normally, and every
+/// host's nft state equals the snapshot from before.
+#[test]
+fn a_region_blackhole_drops_the_hosts_traffic_but_spares_the_agents_ssh() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let svc = host_services(&f);
+    for (h, to) in f.hosts.iter().zip(&svc) {
+        assert!(http_ok(&f.ctl, *to), "{} serves before the fault", h.name);
+    }
+    let before = f.snapshot();
+    let exp = region_blackhole(&f, "region-blackhole", "8s", "5s");
+    let config = f.ssh_config_jump("web-1", "web-2");
+    let inventory = std::fs::read_to_string(&exp.inventory).unwrap().replacen(
+        "[ssh]\n",
+        &format!("[ssh]\nconfig = \"{}\"\n", config.display()),
+        1,
+    );
+    std::fs::write(&exp.inventory, inventory).unwrap();
+
+    let dry = exp.dry_run(&f);
+    let dry_text = String::from_utf8_lossy(&dry.stdout);
+    assert_eq!(dry.status.code(), Some(0), "{}", text(&dry));
+    // The host sees the bastion (web-2, 10.77.0.11) as web-1's peer.
+    for (h, peer) in [("web-1", "10.77.0.11"), ("web-3", "10.77.0.2")] {
+        let addr = &f.host(h).addr;
+        let section = host_section(&dry_text, h);
+        for want in [
+            format!("management path spared: ssh {peer} -> {addr}:22"),
+            format!("ip saddr {peer} ip daddr {addr} tcp dport 22 counter accept"),
+            format!("ip daddr {peer} ip saddr {addr} tcp sport 22 counter accept"),
+            "oifname \"eth0\" counter drop".to_string(),
+        ] {
+            assert!(section.contains(&want), "{h}'s dry run shows {want:?}: {dry_text}");
+        }
+    }
+    assert!(host_section(&dry_text, "web-2").is_empty(), "{dry_text}");
+    assert_eq!(f.snapshot(), before, "the dry run changed nothing");
+
+    let (w1, w3) = (f.host("web-1"), f.host("web-3"));
+    let ssh = |h: &crate::fleet_support::TestHost| {
+        crate::netns::reachable(&f.ctl, format!("{}:22", h.addr).parse().unwrap())
+    };
+    let (out, seen) = run_on_fleet(&f, &exp, &[], |_| {
+        let active = eventually(Duration::from_secs(20), || {
+            (f.has_chaos_table("web-1") && f.has_chaos_table("web-3")).then(Instant::now)
+        })?;
+        let agents = (w1.agents(), w3.agents());
+        let seen = (
+            http_ok(&f.ctl, svc[0]),
+            http_ok(&f.ctl, svc[2]),
+            http_ok(&f.ctl, svc[1]),
+            // web-1's egress: to the eu-west host's service.
+            http_ok(&w1.ns, svc[1]),
+            // web-1's loopback.
+            http_ok(
+                &w1.ns,
+                std::net::SocketAddr::new([127, 0, 0, 1].into(), svc[0].port()),
+            ),
+            // A new SSH connection from the spared peer still gets
+            // through (what `chaos recover --inventory` needs); other
+            // peers do not (web-1 spares its bastion, not 10.77.0.2).
+            ssh(w3),
+            ssh(w1),
+        );
+        // Past one lease plus a margin: a cut session would have made
+        // both agents revert and leave by now.
+        std::thread::sleep(
+            (active + LEASE + Duration::from_secs(1))
+                .saturating_duration_since(Instant::now()),
+        );
+        let held = f.has_chaos_table("web-1")
+            && f.has_chaos_table("web-3")
+            && (w1.agents(), w3.agents()) == agents
+            && !agents.0.is_empty()
+            && !agents.1.is_empty();
+        Some((seen, held))
+    });
+    let Some((seen, held)) = seen else {
+        panic!("the blackhole never appeared on web-1 and web-3: {}", text(&out))
+    };
+    let (web1, web3, web2, egress, loopback, ssh3, ssh1) = seen;
+    assert!(held, "agents kept their sessions and the fault past the lease");
+    assert!(!web1 && !web3, "us-east services unreachable from outside: {seen:?}");
+    assert!(web2, "the eu-west host still answers: {seen:?}");
+    assert!(!egress, "web-1 cannot reach out either: {seen:?}");
+    assert!(loopback, "web-1's loopback keeps working: {seen:?}");
+    assert!(ssh3, "web-3's spared peer (the controller) still reaches sshd: {seen:?}");
+    assert!(!ssh1, "web-1 spares its bastion only, not the controller: {seen:?}");
+    assert!(matches!(out.status.code(), Some(0 | 4)), "{}", text(&out));
+    // Reverted by the controller through live agents, not by a lease.
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("us-east-down"), "{}", text(&out));
+    assert!(!report.contains("left before the revert"), "{}", text(&out));
+    let settled =
+        eventually(Duration::from_secs(3), || (f.snapshot() == before).then_some(()));
+    assert!(settled.is_some(), "hosts back to their snapshot: {:?}", f.snapshot());
+    for (h, to) in f.hosts.iter().zip(&svc) {
+        assert!(http_ok(&f.ctl, *to), "{} serves again", h.name);
+    }
+}
+
+/// SIGKILL the controller mid-blackhole: the spared sessions end with
+/// it, and every host reverts by itself within lease + 2 s, with no
+/// `chaos recover`.
+#[test]
+fn a_sigkilled_controller_mid_blackhole_leaves_nothing_behind_within_the_lease() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let before = f.snapshot();
+    let exp = region_blackhole(&f, "region-blackhole-kill", "30s", "20s");
+    let (_out, (active, back)) = run_on_fleet(&f, &exp, &[], |ctl| {
+        let active = eventually(Duration::from_secs(20), || {
+            (f.has_chaos_table("web-1") && f.has_chaos_table("web-3")).then_some(())
+        });
+        let start = Instant::now();
+        let _ = ctl.kill(); // SIGKILL
+        let back = eventually(LEASE + Duration::from_secs(2), || {
+            (f.snapshot() == before).then(|| start.elapsed())
+        });
+        (active, back)
+    });
+    assert!(active.is_some(), "the blackhole appeared on web-1 and web-3");
+    eprintln!("controller SIGKILLed mid-blackhole: hosts reverted after {back:?}");
+    assert!(back.is_some(), "hosts not reverted within lease + 2 s: {:?}", f.snapshot());
+}
+
+/// SIGKILL web-1's agent mid-blackhole: its blackhole stays (nobody is
+/// left to revert it), but the exemption in it lets a new SSH session
+/// from the controller in, so `chaos recover --inventory` reads the
+/// agent's journal (whose record names the exemption) and deletes the
+/// table: web-1 is back to its snapshot.
+#[test]
+fn recover_reaches_a_blackholed_host_whose_agent_died_through_the_exemption() {
+    let Some(f) = fleet() else { return };
+    let _heavy = crate::support::heavy();
+    let before = f.snapshot();
+    let exp = region_blackhole(&f, "region-blackhole-agent", "6s", "3s");
+    let w1 = f.host("web-1");
+    let (out, killed) = run_on_fleet(&f, &exp, &[], |_| {
+        eventually(Duration::from_secs(20), || f.has_chaos_table("web-1").then_some(()))?;
+        let agents = w1.agents();
+        for pid in &agents {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+        Some(agents.len())
+    });
+    assert_eq!(killed, Some(1), "one agent on web-1 killed mid-fault: {}", text(&out));
+    assert!(f.has_chaos_table("web-1"), "a SIGKILLed agent cannot revert");
+    // A fault left behind is exit 5 whatever the verdict: a CI gate must
+    // not pass while web-1 is still black-holed.
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    // The run's report says so (the fault's revert error) instead of
+    // showing a fault that lasted as planned.
+    let v: serde_json::Value =
+        serde_json::from_slice(&out.stdout).expect("--json result");
+    let report = v.to_string();
+    assert!(
+        report.contains("host web-1")
+            && report.contains("the agent left before the revert"),
+        "{}",
+        text(&out)
+    );
+    let inv = exp.inventory.to_str().unwrap();
+    let dry =
+        f.run(&["recover", "--inventory", inv, "--hosts", "host:web-1", "--dry-run"]);
+    let dry_text = String::from_utf8_lossy(&dry.stdout);
+    let want = format!("on host iface eth0, sparing ssh 10.77.0.2 -> {}:22", w1.addr);
+    assert!(
+        dry_text.contains("[web-1] would revert") && dry_text.contains(&want),
+        "the journal record names the exemption: {}",
+        text(&dry)
+    );
+    let rec = f.run(&["recover", "--inventory", inv, "--hosts", "host:web-1"]);
+    assert_eq!(rec.status.code(), Some(0), "{}", text(&rec));
+    let settled =
+        eventually(Duration::from_secs(3), || (f.snapshot() == before).then_some(()));
+    assert!(settled.is_some(), "every host back to its snapshot: {:?}", f.snapshot());
+}
+
+/// An agent that cannot see its SSH session (here: a wrapper that
+/// clears sshd's session variables, as `sudo` without env_keep does)
+/// would be cut off by a region blackhole: refused with exit 5 naming
+/// the host, nothing injected on any host.
+#[test]
+fn a_region_blackhole_is_refused_on_a_host_whose_agent_sees_no_session() {
+    let Some(f) = fleet() else { return };
+    let before = f.snapshot();
+    let wrapper = f.dir.path().join("chaos-nossh");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nexec env -u SSH_CONNECTION -u SSH_CLIENT {} \"$@\"\n",
+            crate::support::chaos_bin().display()
+        ),
     )
     .unwrap();
-    let out = Command::new(crate::support::chaos_bin())
-        .args(["run", exp.to_str().unwrap()])
-        .env("CHAOS_JOURNAL_DIR", dir.path().join("journal"))
-        .output()
-        .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let inv = f.inventory_with(&|h, lines| {
+        if h.name == "web-3" {
+            lines[4] = format!("chaos = \"{}\"", wrapper.display());
+        }
+    });
+    let exp = region_blackhole(&f, "region-blackhole-nossh", "5s", "2s");
+    let exp = FleetExperiment { inventory: inv, ..exp };
+    let (out, ()) = run_on_fleet(&f, &exp, &[], |_| ());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{}", text(&out));
-    assert!(err.contains("fault us-east-down") && err.contains("SSH path"), "{err}");
+    assert_eq!(out.status.code(), Some(5), "{}", text(&out));
+    assert!(
+        err.contains("host web-3") && err.contains("no SSH session to spare"),
+        "{err}"
+    );
+    assert!(!err.contains("host web-1:"), "web-1's agent can spare its session: {err}");
+    assert_eq!(f.snapshot(), before, "nothing injected anywhere");
 }

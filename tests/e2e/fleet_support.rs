@@ -310,6 +310,40 @@ impl TestFleet {
         self.inventory_with(&|_, _| {})
     }
 
+    /// An inventory whose `[ssh] lease` (what `chaos run` gives its
+    /// agents) is `lease`, e.g. "2s".
+    pub fn inventory_leased(&self, lease: &str) -> PathBuf {
+        let path = self.inventory();
+        let text = std::fs::read_to_string(&path).expect("inventory");
+        let text = text.replacen("[ssh]\n", &format!("[ssh]\nlease = \"{lease}\"\n"), 1);
+        std::fs::write(&path, text).expect("inventory");
+        path
+    }
+
+    /// An ssh_config (for `[ssh] config`, i.e. `ssh -F`) that reaches
+    /// host `target` through host `via` as a bastion (ProxyJump). The
+    /// jump connection gets only this file (not the command line's
+    /// `-o`/`-i`), so it carries the test's key and known_hosts.
+    pub fn ssh_config_jump(&self, target: &str, via: &str) -> PathBuf {
+        let text = format!(
+            "Host {t}\n  ProxyJump root@{v}\n\nHost *\n  User root\n  IdentityFile {key}\n  \
+             IdentitiesOnly yes\n  UserKnownHostsFile {kh}\n  GlobalKnownHostsFile /dev/null\n  \
+             StrictHostKeyChecking yes\n  BatchMode yes\n  ConnectTimeout 2\n",
+            t = self.host(target).addr,
+            v = self.host(via).addr,
+            key = self.client_key.display(),
+            kh = self.known_hosts.display(),
+        );
+        let path = self.dir.path().join(format!("{}.ssh_config", unique_name("cfg")));
+        std::fs::write(&path, text).expect("ssh_config");
+        path
+    }
+
+    /// True while a chaos nft table exists in `host`'s namespace.
+    pub fn has_chaos_table(&self, host: &str) -> bool {
+        self.host(host).net_snapshot().contains("table inet chaos_")
+    }
+
     /// `ip netns exec CTL chaos ARGS` (the controller's side).
     pub fn controller(&self, args: &[&str]) -> Command {
         let mut c = Command::new("ip");

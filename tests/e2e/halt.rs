@@ -168,16 +168,7 @@ fn halt_reverts_a_run_and_an_inject_within_two_seconds_and_resume_lifts_it() {
         dirs.jd(),
     ]);
     assert!(![3, 5].contains(&again.status.code().unwrap_or(5)), "{}", text(&again));
-    let inj = dirs.run(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--duration",
-        "100ms",
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let inj = dirs.run_pause(pid, &["--duration", "100ms"]);
     assert_eq!(inj.status.code(), Some(0), "{}", text(&inj));
 }
 
@@ -188,15 +179,7 @@ fn halt_sigterms_a_registered_runner_that_does_not_stop_on_its_own() {
     let v = victim();
     let pid = v.0.id();
     let dirs = Dirs::new();
-    let target = format!("pid:{pid}");
-    let inject = dirs.spawn(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let inject = dirs.spawn_pause(pid);
     assert!(eventually(Duration::from_secs(5), || (state(pid) == Some('T'))
         .then_some(()))
     .is_some());
@@ -323,15 +306,7 @@ fn the_daemon_api_halts_and_resumes_and_metrics_show_it() {
         metrics.contains("chaos_daemon_skips_total{schedule=\"m\",reason=\"halted\"}"),
         "{metrics}"
     );
-    let target = format!("pid:{}", v.0.id());
-    let out = dirs.run(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let out = dirs.run_pause(v.0.id(), &[]);
     assert_eq!(out.status.code(), Some(5), "{}", text(&out));
     assert!(text(&out).contains("api test!"), "{}", text(&out));
 

@@ -58,6 +58,31 @@ impl Dirs {
         )
     }
 
+    /// `chaos inject process-pause --target pid:PID` journalled here,
+    /// left running (it holds the pause until stopped or killed).
+    pub fn spawn_pause(&self, pid: u32) -> Guard {
+        let args = self.pause_args(pid, &[]);
+        self.spawn(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// `chaos inject process-pause --target pid:PID EXTRA…` journalled
+    /// here, run to completion.
+    pub fn run_pause(&self, pid: u32, extra: &[&str]) -> Output {
+        let args = self.pause_args(pid, extra);
+        self.run(&args.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    fn pause_args(&self, pid: u32, extra: &[&str]) -> Vec<String> {
+        let mut v: Vec<String> = ["inject", "process-pause", "--target"]
+            .into_iter()
+            .map(String::from)
+            .collect();
+        v.push(format!("pid:{pid}"));
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v.extend(["--journal-dir".to_string(), self.jd().to_string()]);
+        v
+    }
+
     /// The journal files in the journal directory.
     pub fn journals(&self) -> Vec<PathBuf> {
         journals_in(self.journal.path())
@@ -81,16 +106,8 @@ fn wait_state(pid: u32, want: char) -> bool {
 /// `chaos inject process-pause` on `pid`, SIGKILLed once the pause is in
 /// place: a dead runner's journal with one pending `continue`.
 fn killed_pause(dirs: &Dirs, pid: u32) {
-    let target = format!("pid:{pid}");
     let before = applies(dirs);
-    let runner = dirs.spawn(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let runner = dirs.spawn_pause(pid);
     let applied = eventually(Duration::from_secs(5), || {
         (applies(dirs) > before && state(pid) == Some('T')).then_some(())
     });
@@ -123,15 +140,7 @@ fn case1_recover_never_continues_a_process_a_live_runner_paused_since() {
     // Runner A pauses P and dies.
     killed_pause(&dirs, pid);
     // Runner B pauses P (already stopped) and stays alive.
-    let target = format!("pid:{pid}");
-    let b = dirs.spawn(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let b = dirs.spawn_pause(pid);
     let b_has_lock =
         eventually(Duration::from_secs(5), || (applies(&dirs) == 2).then_some(()));
     assert!(b_has_lock.is_some(), "runner B never applied its pause");
@@ -410,17 +419,7 @@ fn case7_a_process_stopped_before_the_pause_stays_stopped() {
     kill(p, Signal::SIGSTOP).unwrap();
     assert!(wait_state(pid, 'T'));
     let dirs = Dirs::new();
-    let target = format!("pid:{pid}");
-    let out = dirs.run(&[
-        "inject",
-        "process-pause",
-        "--target",
-        &target,
-        "--duration",
-        "200ms",
-        "--journal-dir",
-        dirs.jd(),
-    ]);
+    let out = dirs.run_pause(pid, &["--duration", "200ms"]);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out));
     std::thread::sleep(Duration::from_millis(100));
     assert_eq!(

@@ -58,6 +58,7 @@ fn config(dir: &std::path::Path, entries: Vec<EntrySpec>) -> DaemonConfig {
         report_dir: dir.join("reports"),
         journal_dir: None,
         seed: Some(1),
+        inventory: None,
         entries,
     }
 }
