@@ -41,6 +41,16 @@ pub(crate) fn is_upgrade(version: Version, headers: &HeaderMap) -> bool {
         && lists_token(headers, &CONNECTION, "upgrade")
 }
 
+/// `Connection` tokens that need no header lookup of their own: options
+/// (`close`) or headers that are always removed (or, for `upgrade`, kept
+/// by the caller's rule).
+fn is_handled_token(t: &[u8]) -> bool {
+    t.is_empty()
+        || t.eq_ignore_ascii_case(b"keep-alive")
+        || t.eq_ignore_ascii_case(b"close")
+        || t.eq_ignore_ascii_case(b"upgrade")
+}
+
 /// Removes hop-by-hop headers before a message is forwarded: the fixed
 /// set, every header named in `Connection` or `Proxy-Connection`, and `TE`
 /// unless it is exactly `trailers`. With `upgrade` the handshake's
@@ -56,11 +66,15 @@ pub(crate) fn strip_hop_by_hop(
         if !headers.contains_key(name) {
             continue;
         }
+        // Nearly every `Connection` lists only `keep-alive`, `close` or
+        // `upgrade`, which are handled below anyway: no list, no allocation.
         let named: Vec<HeaderName> = headers
             .get_all(name)
             .iter()
             .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .filter_map(|t| HeaderName::from_bytes(t.trim_ascii()).ok())
+            .map(<[u8]>::trim_ascii)
+            .filter(|t| !is_handled_token(t))
+            .filter_map(|t| HeaderName::from_bytes(t).ok())
             .collect();
         for n in named {
             if n != *keep && !(upgrade && n == UPGRADE) {
