@@ -13,6 +13,7 @@ use std::path::Path;
 use std::time::Duration;
 
 pub mod cmd;
+pub mod container;
 pub mod management;
 pub mod nft;
 pub mod plan;
@@ -533,6 +534,10 @@ fn compile(
             ));
         }
     }
+    if let Some(c) = container::of_net_fault(fault) {
+        // Name the container's namespace before anything runs in it.
+        steps.insert(0, container::enter_step(c)?);
+    }
     Ok(Plan::new(notes, steps))
 }
 
@@ -571,6 +576,11 @@ fn pick_net(
     notes: &mut Vec<String>,
 ) -> Result<Vec<NetTarget>, FaultError> {
     let mut nets = Vec::new();
+    if let TargetSelector::Container(c) = selector {
+        target::container::netns_pid(c, &selector.to_string())?;
+        notes.push(format!("{selector}: its network namespace"));
+        return Ok(vec![container::net_target(c)]);
+    }
     for r in target::resolve(selector, &ctx.regions)? {
         match r {
             Resolved::Net(t) => nets.push(t),
@@ -598,6 +608,10 @@ fn pick_devices(
     ctx: &FaultContext,
     notes: &mut Vec<String>,
 ) -> Result<Vec<(Option<String>, String)>, FaultError> {
+    if let TargetSelector::Container(c) = selector {
+        notes.push(format!("{selector}: the interfaces of its network namespace"));
+        return container::devices(c);
+    }
     let mut out = Vec::new();
     for t in pick_net(kind, selector, selection, ctx, notes)? {
         match (&t.iface, &t.netns) {

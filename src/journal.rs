@@ -53,6 +53,9 @@ pub enum RevertAction {
     DeleteNftTable { netns: Option<String>, family: String, table: String },
     /// Delete a root qdisc the tool added, only if it is still ours.
     DeleteQdisc { netns: Option<String>, dev: String, handle: String, kind: String },
+    /// Release the `/run/netns` name a container's network namespace was
+    /// given for a fault inside it (`fault::container`).
+    ReleaseNetns { name: String, container: String },
 }
 
 /// One line of a journal file.
@@ -405,10 +408,23 @@ impl Orphan {
     /// alive. Anything but a regular file is an error for this path only.
     pub fn claim(path: &Path) -> Result<Option<Orphan>, JournalError> {
         let file = open_regular(path, true)?;
-        if file.try_lock_exclusive().is_err() {
-            return Ok(None);
+        // A live runner holds its lock for its whole life; a lock that
+        // goes within 100 ms was a child of *this* process that had
+        // inherited our descriptor (and so the flock) between its fork
+        // and exec — not a runner. Ask a few times before calling it live.
+        for attempt in 0..5 {
+            if file.try_lock_exclusive().is_ok() {
+                return Ok(Some(Orphan {
+                    path: path.to_path_buf(),
+                    file,
+                    terminated: false,
+                }));
+            }
+            if attempt < 4 {
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            }
         }
-        Ok(Some(Orphan { path: path.to_path_buf(), file, terminated: false }))
+        Ok(None)
     }
 
     /// Marks a record reverted (fsynced), after ending a torn last line.

@@ -11,6 +11,11 @@
 //! - [`api`]: the calls used (list, get, delete, eviction, readiness).
 //! - [`inject`]: pod faults as `fault::Injector`s for the runner, and
 //!   the self-healing checks.
+//! - [`inpod`]: faults inside a pod's container, through the agent on
+//!   the pod's node.
+//! - [`rbac`]: the permissions the calls need (what rbac.yaml grants).
+//! - [`watch`]: waiting for ready replicas, by watch with a polling
+//!   fallback.
 //! - [`exec`]: a transport to `chaos agent` in the DaemonSet pod on a
 //!   node, over the pods/exec WebSocket.
 
@@ -18,9 +23,12 @@ pub mod api;
 pub mod client;
 pub mod exec;
 pub mod inject;
+pub mod inpod;
+pub mod rbac;
 pub mod select;
 pub mod spec;
 pub mod target;
+pub mod watch;
 
 /// Errors talking to the Kubernetes API or resolving targets there.
 #[derive(Debug, thiserror::Error)]

@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+pub mod container;
 pub mod place;
 pub mod process;
 pub mod resolve;
@@ -26,11 +27,15 @@ pub enum TargetSelector {
     Iface { name: String, netns: Option<String> },
     /// `region:NAME` — every target labelled with this region.
     Region(String),
+    /// `container:RUNTIME://ID` — the processes of one container, or its
+    /// network namespace (see [`container`]); what the agent on a
+    /// Kubernetes node is sent for faults inside a pod.
+    Container(container::ContainerId),
 }
 
 /// The selector kinds, for hints.
 pub const SELECTOR_KINDS: &str = "pid:N, pidfile:PATH, name:REGEX, netns:NAME, \
-iface:NAME[@NETNS], region:NAME";
+iface:NAME[@NETNS], region:NAME, container:RUNTIME://ID";
 
 impl TargetSelector {
     /// Parses `kind:value`; the error says what was expected.
@@ -80,6 +85,9 @@ impl TargetSelector {
             "region" => {
                 check_region(value).map(|()| TargetSelector::Region(value.to_string()))
             }
+            "container" => container::ContainerId::parse(value)
+                .map(TargetSelector::Container)
+                .map_err(|e| format!("container target {text:?}: {e}")),
             other => Err(format!(
                 "unknown target kind {other:?} in {text:?}; expected one of {SELECTOR_KINDS}"
             )),
@@ -160,6 +168,7 @@ impl fmt::Display for TargetSelector {
             }
             TargetSelector::Iface { name, netns: None } => write!(f, "iface:{name}"),
             TargetSelector::Region(r) => write!(f, "region:{r}"),
+            TargetSelector::Container(c) => write!(f, "container:{c}"),
         }
     }
 }
@@ -178,6 +187,7 @@ mod tests {
             "iface:veth0",
             "iface:veth0@chaos-a",
             "region:us-east",
+            "container:containerd://0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
         ] {
             let sel = TargetSelector::parse(text).expect(text);
             assert_eq!(sel.to_string(), text);

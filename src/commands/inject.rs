@@ -46,7 +46,9 @@ pub const DEFAULT_MAX_TARGETS: u32 = 3;
 #[derive(Debug, Args)]
 pub struct TargetArgs {
     /// What to hit: pid:N, pidfile:PATH, name:REGEX, netns:NAME,
-    /// iface:NAME[@NETNS], region:NAME; on other hosts with
+    /// iface:NAME[@NETNS], region:NAME, container:RUNTIME://ID (on a
+    /// Kubernetes node: that container's processes or network
+    /// namespace); on other hosts with
     /// @host:NAME or @hosts:KEY=VALUE (needs --inventory).
     #[arg(long, value_parser = Placement::parse)]
     pub target: Placement,

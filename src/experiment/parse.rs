@@ -1689,16 +1689,20 @@ fn check_target_fits(
             | TargetSelector::Pidfile(_)
             | TargetSelector::Name(_)
             | TargetSelector::Region(_)
+            | TargetSelector::Container(_)
     );
     let is_net = matches!(
         sel,
         TargetSelector::Netns(_)
             | TargetSelector::Iface { .. }
             | TargetSelector::Region(_)
+            | TargetSelector::Container(_)
     );
     let ok = match kind {
         "process-kill" | "process-pause" => is_process,
-        "netem" | "bandwidth" => matches!(sel, TargetSelector::Iface { .. }),
+        "netem" | "bandwidth" => {
+            matches!(sel, TargetSelector::Iface { .. } | TargetSelector::Container(_))
+        }
         _ => is_net,
     };
     if ok {

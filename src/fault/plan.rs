@@ -23,6 +23,8 @@ pub enum Apply {
     Signal { pid: u32, starttime: u64, signal: Signal, grace: Option<Duration> },
     /// Run a command (nft, tc).
     Command(Cmd),
+    /// Name a container's network namespace (`fault::container`).
+    EnterNetns { name: String, container: String },
 }
 
 /// One unit of a fault.
@@ -67,6 +69,9 @@ impl Injector for Plan {
                     signal.as_str().trim_start_matches("SIG")
                 )),
                 Apply::Command(cmd) => out.push(format!("  {cmd}")),
+                Apply::EnterNetns { name, container } => out.push(format!(
+                    "  ip netns attach {name} <pid of container {container}>"
+                )),
             }
             match &step.revert {
                 RevertAction::Nothing { .. } => {
@@ -147,6 +152,7 @@ fn as_found(revert: &RevertAction) -> RevertAction {
 fn apply(action: &Apply) -> Result<(), FaultError> {
     match action {
         Apply::Command(cmd) => cmd.run().map(|_| ()),
+        Apply::EnterNetns { name, container } => super::container::enter(name, container),
         Apply::Signal { pid, starttime, signal, grace } => {
             let same = |p: &process::ProcessInfo| p.starttime == *starttime;
             match process::read(*pid) {
@@ -187,6 +193,7 @@ pub fn revert_commands(action: &RevertAction) -> Vec<String> {
         RevertAction::DeleteQdisc { netns, dev, .. } => {
             vec![tc::del_cmd(netns.as_deref(), dev).to_string()]
         }
+        RevertAction::ReleaseNetns { name, .. } => vec![format!("ip netns del {name}")],
     }
 }
 
@@ -226,6 +233,9 @@ pub fn revert_action(action: &RevertAction) -> Result<(), FaultError> {
                 return Ok(());
             }
             tc::del_cmd(ns, dev).run().map(|_| ())
+        }
+        RevertAction::ReleaseNetns { name, container } => {
+            super::container::release(name, container)
         }
     }
 }

@@ -25,6 +25,9 @@ pub struct PodRef {
     pub name: String,
     pub node: Option<String>,
     pub uid: Option<String>,
+    /// (container name, `containerID` from the pod's status), in the
+    /// order of `spec.containers`; the ID is `None` until it started.
+    pub containers: Vec<(String, Option<String>)>,
 }
 
 impl std::fmt::Display for PodRef {
@@ -104,11 +107,33 @@ pub fn list_pods(kube: &Kube, w: &Workload) -> Result<Vec<PodRef>, K8sError> {
         .into_iter()
         .filter(|p| p.metadata.deletion_timestamp.is_none())
         .filter_map(|p| {
+            let statuses = p
+                .status
+                .as_ref()
+                .and_then(|s| s.container_statuses.clone())
+                .unwrap_or_default();
+            let containers = p
+                .spec
+                .as_ref()
+                .map(|s| {
+                    s.containers
+                        .iter()
+                        .map(|c| {
+                            let id = statuses
+                                .iter()
+                                .find(|st| st.name == c.name)
+                                .and_then(|st| st.container_id.clone());
+                            (c.name.clone(), id)
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
             Some(PodRef {
                 namespace: p.metadata.namespace.clone().unwrap_or_else(|| ns.to_string()),
                 name: p.metadata.name?,
                 node: p.spec.and_then(|s| s.node_name),
                 uid: p.metadata.uid,
+                containers,
             })
         })
         .collect();

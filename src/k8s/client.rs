@@ -106,6 +106,13 @@ impl Kube {
         on_thread(self.rt.as_ref().expect("runtime lives as long as Kube"), fut)
     }
 
+    /// Logs a call made outside [`Kube::call`] (a watch stream).
+    pub fn note_call(&self, call: &str) {
+        if let Ok(mut c) = self.calls.lock() {
+            c.push(call.to_string());
+        }
+    }
+
     /// The calls made so far.
     pub fn calls(&self) -> Vec<String> {
         self.calls.lock().map(|c| c.clone()).unwrap_or_default()

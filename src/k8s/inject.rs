@@ -11,10 +11,11 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use super::api::{self, Killed, PodRef};
 use super::client::Kube;
+use super::inpod::InPod;
 use super::select::{self, Radius};
 use super::spec::{KillMethod, PodFault, ReadyCheck, Settings};
 use super::K8sError;
@@ -29,7 +30,7 @@ pub fn any(exp: &Experiment) -> bool {
 }
 
 /// The time of the last kill, shared by the faults and the checks.
-type LastKill = Arc<Mutex<Option<Instant>>>;
+pub(super) type LastKill = Arc<Mutex<Option<Instant>>>;
 
 /// One pod fault, ready to strike.
 pub struct PodKill {
@@ -42,9 +43,40 @@ pub struct PodKill {
     last_kill: LastKill,
 }
 
+/// A pod fault of either sort, as the runner's schedule holds it.
+pub enum PodInjector {
+    /// Delete or evict pods through the API.
+    Kill(Box<PodKill>),
+    /// A fault inside the pods' containers, through the node agents.
+    Inside(Box<InPod>),
+}
+
+impl Injector for PodInjector {
+    fn describe(&self) -> Vec<String> {
+        match self {
+            PodInjector::Kill(k) => k.describe(),
+            PodInjector::Inside(i) => i.describe(),
+        }
+    }
+
+    fn inject(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
+        match self {
+            PodInjector::Kill(k) => k.inject(journal),
+            PodInjector::Inside(i) => i.inject(journal),
+        }
+    }
+
+    fn revert(&mut self, journal: &mut Journal) -> Result<(), FaultError> {
+        match self {
+            PodInjector::Kill(k) => k.revert(journal),
+            PodInjector::Inside(i) => i.revert(journal),
+        }
+    }
+}
+
 /// Every Kubernetes fault of a run, by fault id, and the checks.
 pub struct Prepared {
-    pub faults: BTreeMap<String, PodKill>,
+    pub faults: BTreeMap<String, PodInjector>,
     pub checks: Checks,
 }
 
@@ -64,18 +96,26 @@ fn fault_seed(seed: u64, id: &str) -> u64 {
     seed ^ h
 }
 
+/// The pods a fault would hit now: (chosen, how many matched, capped by
+/// the blast radius).
+pub(super) fn choose_pods(
+    kube: &Kube,
+    fault: &PodFault,
+    radius: Radius,
+    seed: u64,
+    id: &str,
+) -> Result<(Vec<PodRef>, usize, bool), K8sError> {
+    let pods = api::list_pods(kube, &fault.target)?;
+    let (idx, capped) =
+        select::choose(pods.len(), fault.mode, radius, fault_seed(seed, id));
+    let n = pods.len();
+    Ok((idx.into_iter().map(|i| pods[i].clone()).collect(), n, capped))
+}
+
 impl PodKill {
     /// The pods this fault would hit now.
     fn choose(&self) -> Result<(Vec<PodRef>, usize, bool), K8sError> {
-        let pods = api::list_pods(&self.kube, &self.fault.target)?;
-        let (idx, capped) = select::choose(
-            pods.len(),
-            self.fault.mode,
-            self.radius,
-            fault_seed(self.seed, &self.id),
-        );
-        let n = pods.len();
-        Ok((idx.into_iter().map(|i| pods[i].clone()).collect(), n, capped))
+        choose_pods(&self.kube, &self.fault, self.radius, self.seed, &self.id)
     }
 
     fn kill(&self, pod: &PodRef, dry_run: bool) -> Result<Killed, K8sError> {
@@ -181,6 +221,19 @@ pub fn prepare(exp: &Experiment, seed: u64, dry_run: bool) -> Result<Prepared, K
     let mut faults = BTreeMap::new();
     for f in &exp.faults {
         let FaultKind::Kubernetes(pf) = &f.kind else { continue };
+        if pf.inside.is_some() {
+            let ip = InPod::prepare(
+                kube.clone(),
+                &f.id,
+                pf,
+                settings,
+                radius,
+                seed,
+                last_kill.clone(),
+            )?;
+            faults.insert(f.id.clone(), PodInjector::Inside(Box::new(ip)));
+            continue;
+        }
         let mut pk = PodKill {
             kube: kube.clone(),
             id: f.id.clone(),
@@ -191,7 +244,7 @@ pub fn prepare(exp: &Experiment, seed: u64, dry_run: bool) -> Result<Prepared, K
             last_kill: last_kill.clone(),
         };
         pk.lines = plan_lines(&pk, settings, dry_run)?;
-        faults.insert(f.id.clone(), pk);
+        faults.insert(f.id.clone(), PodInjector::Kill(Box::new(pk)));
     }
     // Readiness is readable now, or the checks cannot be judged later.
     for c in &settings.checks {
@@ -285,8 +338,9 @@ impl Checks {
             .collect()
     }
 
-    /// Polls each workload until ready == desired or the bound (from the
-    /// last kill, or from now when nothing was killed) has passed.
+    /// Waits for each workload until ready == desired or the bound (from
+    /// the last kill, or from now when nothing was killed) has passed: by
+    /// a watch, falling back to polling (`watch`).
     pub fn judge(&self) -> Vec<CheckResult> {
         let Some(kube) = &self.kube else { return Vec::new() };
         let since =
@@ -295,34 +349,24 @@ impl Checks {
             .iter()
             .map(|c| {
                 let deadline = since + c.within;
-                let mut last;
-                loop {
-                    match api::replicas(kube, &c.target) {
-                        Ok((ready, desired)) if ready >= desired => {
-                            return CheckResult {
-                                text: format!(
-                                    "check ready_replicas {}: {ready}/{desired} ready {:.1}s after the kill (bound {}s)",
-                                    c.target,
-                                    since.elapsed().as_secs_f64(),
-                                    c.within.as_secs_f64()
-                                ),
-                                passed: true,
-                            };
-                        }
-                        Ok((ready, desired)) => last = format!("{ready}/{desired} ready"),
-                        Err(e) => last = e.to_string(),
-                    }
-                    if Instant::now() >= deadline {
-                        return CheckResult {
-                            text: format!(
-                                "check ready_replicas {}: not back within {}s of the kill (last: {last})",
-                                c.target,
-                                c.within.as_secs_f64()
-                            ),
-                            passed: false,
-                        };
-                    }
-                    std::thread::sleep(Duration::from_millis(250).min(deadline - Instant::now()));
+                match super::watch::until_ready(kube, &c.target, deadline) {
+                    (Ok((ready, desired)), via) => CheckResult {
+                        text: format!(
+                            "check ready_replicas {}: {ready}/{desired} ready {:.1}s after the kill (bound {}s, seen by {via})",
+                            c.target,
+                            since.elapsed().as_secs_f64(),
+                            c.within.as_secs_f64()
+                        ),
+                        passed: true,
+                    },
+                    (Err(last), _) => CheckResult {
+                        text: format!(
+                            "check ready_replicas {}: not back within {}s of the kill (last: {last})",
+                            c.target,
+                            c.within.as_secs_f64()
+                        ),
+                        passed: false,
+                    },
                 }
             })
             .collect()

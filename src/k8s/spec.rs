@@ -28,6 +28,7 @@ use toml::Spanned;
 
 use super::select::{Mode, MODES};
 use super::target::{Workload, SYSTEM_NAMESPACES};
+use crate::agent::wire::{WireFault, WireFilter, WireSelection};
 use crate::experiment::diagnostic::{did_you_mean, Sink};
 use crate::experiment::model::{Fault, FaultKind, Selection};
 
@@ -50,12 +51,27 @@ pub struct PodFault {
     pub method: KillMethod,
     /// `None`: the pod's own `terminationGracePeriodSeconds`.
     pub grace_period: Option<Duration>,
+    /// `None`: a pod-kill through the API. `Some`: a fault inside one
+    /// container of each chosen pod, through the `chaos agent` on the
+    /// pod's node.
+    pub inside: Option<InPodFault>,
 }
 
 impl PodFault {
     pub fn kind_name(&self) -> &'static str {
-        "pod-kill"
+        self.inside.as_ref().map_or("pod-kill", |i| i.kind)
     }
+}
+
+/// A fault inside a pod's container, applied by the agent on its node.
+#[derive(Debug, Clone, PartialEq)]
+pub struct InPodFault {
+    pub kind: &'static str,
+    /// The container by name; `None`: the pod's first container.
+    pub container: Option<String>,
+    /// The fault as sent to the agent; its target is filled in per pod
+    /// (`container:RUNTIME://ID`).
+    pub wire: WireFault,
 }
 
 /// `[[kubernetes.check]]`: the workload is back at its desired ready
@@ -121,6 +137,18 @@ struct TomlFault {
     grace_period: Option<Spanned<String>>,
     #[serde(default)]
     eviction: bool,
+    /// In-pod faults: the container by name (default: the first).
+    container: Option<Spanned<String>>,
+    /// container-kill: the signal (default KILL).
+    signal: Option<Spanned<String>>,
+    /// packet-loss / netem: the share of packets dropped ("30%").
+    loss: Option<Spanned<toml::Value>>,
+    /// bandwidth: the tbf rate ("1mbit").
+    rate: Option<Spanned<String>>,
+    /// netem: added delay ("100ms").
+    delay: Option<Spanned<String>>,
+    /// In-pod faults: how long they stay (default: to the end of the run).
+    duration: Option<Spanned<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -133,11 +161,20 @@ struct TomlCheck {
 
 const HINT: &str = "[kubernetes] takes kubeconfig, context, allow_system_namespaces, \
     request_timeout, server_dry_run, agent_namespace, agent_selector, [[kubernetes.fault]] \
-    (name, kind, target, mode, value, start, grace_period, eviction) and \
+    (name, kind, target, mode, value, start, grace_period, eviction; in-pod faults: \
+    container, signal, loss, rate, delay, duration) and \
     [[kubernetes.check]] (metric, target, within)";
 
 /// Kubernetes fault kinds.
-pub const KINDS: &[&str] = &["pod-kill"];
+pub const KINDS: &[&str] = &[
+    "pod-kill",
+    "container-kill",
+    "process-pause",
+    "packet-loss",
+    "blackhole",
+    "bandwidth",
+    "netem",
+];
 
 /// Reads `[kubernetes]` from `src`: its settings and its faults (with
 /// ids `name` or `pod-fault-N`). Problems go to `sink` with their spans.
@@ -323,15 +360,48 @@ fn read_fault(
             Duration::ZERO
         }),
     };
+    let inside = read_inside(&f, sink, span);
+    let duration = f.duration.as_ref().and_then(|d| {
+        if inside.is_none() || f.kind.get_ref() == "container-kill" {
+            sink.error(
+                Some(d.span()),
+                "kubernetes.fault.duration",
+                format!("a {} is instant; it has no duration", f.kind.get_ref()),
+                "remove duration (faults inside a pod take one)",
+            );
+            return None;
+        }
+        match crate::units::parse_duration(d.get_ref()) {
+            Ok(d) if d > Duration::ZERO => Some(d),
+            Ok(_) => {
+                sink.error(
+                    Some(d.span()),
+                    "kubernetes.fault.duration",
+                    "duration must be positive".into(),
+                    "e.g. \"30s\"",
+                );
+                None
+            }
+            Err(e) => {
+                sink.error(
+                    Some(d.span()),
+                    "kubernetes.fault.duration",
+                    e,
+                    "e.g. \"30s\"",
+                );
+                None
+            }
+        }
+    });
     if sink.diagnostics.len() != before {
         return None;
     }
-    let _ = span;
     let pod = PodFault {
         target: target?,
         mode: mode?,
         method: if f.eviction { KillMethod::Evict } else { KillMethod::Delete },
         grace_period,
+        inside,
     };
     Some(Fault {
         id: f
@@ -340,7 +410,7 @@ fn read_fault(
             .unwrap_or_else(|| format!("pod-fault-{}", index + 1)),
         start,
         // A kill is instant; "revert" is waiting for nothing.
-        duration: None,
+        duration,
         probability: 1.0,
         at: String::new(),
         target: None,
@@ -422,6 +492,275 @@ fn read_mode(f: &TomlFault, sink: &mut Sink) -> Option<Mode> {
                 &hint,
             );
             None
+        }
+    }
+}
+
+/// The in-pod part of a `[[kubernetes.fault]]`: `None` for a pod-kill
+/// (or an unknown kind, already reported). Fields that do not apply to
+/// the kind are errors, so a typo never silently does nothing.
+fn read_inside(
+    f: &TomlFault,
+    sink: &mut Sink,
+    span: std::ops::Range<usize>,
+) -> Option<InPodFault> {
+    let kind = KINDS.iter().copied().find(|k| *k == f.kind.get_ref())?;
+    let not_for = |sink: &mut Sink, field: &str, sp: std::ops::Range<usize>| {
+        sink.error(
+            Some(sp),
+            &format!("kubernetes.fault.{field}"),
+            format!("{field} does not apply to kind {kind:?}"),
+            "pod-kill takes grace_period and eviction; container-kill takes container \
+             and signal; packet-loss takes loss; bandwidth takes rate; netem takes \
+             delay and loss",
+        )
+    };
+    let allowed: &[&str] = match kind {
+        "pod-kill" => &["grace_period", "eviction"],
+        "container-kill" => &["container", "signal"],
+        "process-pause" | "blackhole" => &["container"],
+        "packet-loss" => &["container", "loss"],
+        "bandwidth" => &["container", "rate"],
+        _ => &["container", "loss", "delay"],
+    };
+    let present = [
+        ("grace_period", f.grace_period.as_ref().map(|x| x.span())),
+        ("eviction", f.eviction.then(|| f.kind.span())),
+        ("container", f.container.as_ref().map(|x| x.span())),
+        ("signal", f.signal.as_ref().map(|x| x.span())),
+        ("loss", f.loss.as_ref().map(|x| x.span())),
+        ("rate", f.rate.as_ref().map(|x| x.span())),
+        ("delay", f.delay.as_ref().map(|x| x.span())),
+    ];
+    for (field, sp) in present {
+        if let Some(sp) = sp {
+            if !allowed.contains(&field) {
+                not_for(sink, field, sp);
+            }
+        }
+    }
+    if kind == "pod-kill" {
+        return None;
+    }
+    let container = f.container.as_ref().map(|c| {
+        let name = c.get_ref();
+        let ok = !name.is_empty()
+            && name.len() <= 63
+            && name
+                .chars()
+                .all(|ch| ch.is_ascii_lowercase() || ch.is_ascii_digit() || ch == '-');
+        if !ok {
+            sink.error(
+                Some(c.span()),
+                "kubernetes.fault.container",
+                format!("{name:?} is not a container name"),
+                "a name from the pod's spec.containers (lowercase letters, digits, -)",
+            );
+        }
+        name.clone()
+    });
+    let loss = f.loss.as_ref().and_then(|v| {
+        let text = match v.get_ref() {
+            toml::Value::String(s) => s.clone(),
+            toml::Value::Float(x) => format!("{}%", x * 100.0),
+            toml::Value::Integer(i) => format!("{i}%"),
+            _ => String::new(),
+        };
+        match crate::units::parse_percent(&text) {
+            Ok(p) if p > 0.0 && p <= 1.0 => Some(p),
+            Ok(_) => {
+                sink.error(
+                    Some(v.span()),
+                    "kubernetes.fault.loss",
+                    "loss must be above 0% and at most 100%".into(),
+                    "e.g. loss = \"30%\"",
+                );
+                None
+            }
+            Err(e) => {
+                sink.error(
+                    Some(v.span()),
+                    "kubernetes.fault.loss",
+                    e,
+                    "e.g. loss = \"30%\"",
+                );
+                None
+            }
+        }
+    });
+    let missing = |sink: &mut Sink, field: &str, example: &str| {
+        sink.error(
+            Some(span.clone()),
+            &format!("kubernetes.fault.{field}"),
+            format!("kind {kind:?} needs {field}"),
+            &format!("e.g. {example}"),
+        )
+    };
+    let all = WireSelection::Percent(1.0);
+    let wire = match kind {
+        "container-kill" => {
+            let signal =
+                f.signal.as_ref().map_or("KILL".to_string(), |s| s.get_ref().clone());
+            if let (Err(e), Some(s)) = (crate::fault::parse_signal(&signal), &f.signal) {
+                sink.error(
+                    Some(s.span()),
+                    "kubernetes.fault.signal",
+                    e,
+                    "e.g. \"KILL\" or \"TERM\"",
+                );
+                return None;
+            }
+            // Every process of the container: what the runtime's kill does
+            // (its main process dies; the kernel ends the rest with it).
+            WireFault::ProcessKill {
+                target: String::new(),
+                selection: all,
+                signal,
+                grace_ms: None,
+            }
+        }
+        "process-pause" => {
+            WireFault::ProcessPause { target: String::new(), selection: all }
+        }
+        "blackhole" => WireFault::Blackhole {
+            target: String::new(),
+            selection: WireSelection::Count(1),
+            filter: WireFilter::default(),
+        },
+        "packet-loss" => {
+            let Some(loss) = loss else {
+                if f.loss.is_none() {
+                    missing(sink, "loss", "loss = \"30%\"");
+                }
+                return None;
+            };
+            WireFault::PacketLoss {
+                target: String::new(),
+                selection: WireSelection::Count(1),
+                loss,
+                filter: WireFilter::default(),
+            }
+        }
+        "bandwidth" => {
+            let Some(rate) = &f.rate else {
+                missing(sink, "rate", "rate = \"1mbit\"");
+                return None;
+            };
+            if let Err(e) = crate::fault::tc::tbf_args(rate.get_ref()) {
+                sink.error(
+                    Some(rate.span()),
+                    "kubernetes.fault.rate",
+                    e.to_string(),
+                    "e.g. \"1mbit\"",
+                );
+                return None;
+            }
+            WireFault::Bandwidth {
+                target: String::new(),
+                selection: WireSelection::Count(1),
+                rate: rate.get_ref().clone(),
+            }
+        }
+        _ => {
+            let delay =
+                f.delay.as_ref().and_then(|d| {
+                    match crate::units::parse_duration(d.get_ref()) {
+                        Ok(d) => Some(d),
+                        Err(e) => {
+                            sink.error(
+                                Some(d.span()),
+                                "kubernetes.fault.delay",
+                                e,
+                                "e.g. \"100ms\"",
+                            );
+                            None
+                        }
+                    }
+                });
+            if f.delay.is_none() && f.loss.is_none() {
+                missing(sink, "delay or loss", "delay = \"100ms\"");
+                return None;
+            }
+            WireFault::Netem {
+                target: String::new(),
+                selection: WireSelection::Count(1),
+                delay_ms: delay.map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+                jitter_ms: None,
+                loss,
+                corrupt: None,
+                duplicate: None,
+                reorder: None,
+                rate: None,
+            }
+        }
+    };
+    Some(InPodFault { kind, container, wire })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn faults(body: &str) -> (Vec<Fault>, Vec<String>) {
+        let src = format!(
+            "[kubernetes]\n[[kubernetes.fault]]\ntarget = \"pod:shop/app=web\"\n{body}"
+        );
+        let mut sink = Sink::new("t.toml", &src);
+        let (_, faults) = read(&src, &mut sink);
+        let msgs = sink.diagnostics.iter().map(|d| d.to_string()).collect();
+        (faults, msgs)
+    }
+
+    fn inside(f: &Fault) -> &InPodFault {
+        match &f.kind {
+            FaultKind::Kubernetes(p) => p.inside.as_ref().expect("an in-pod fault"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn in_pod_kinds_become_the_wire_fault_the_agent_gets() {
+        let (f, errs) = faults("kind = \"packet-loss\"\nloss = \"30%\"\ncontainer = \"app\"\nduration = \"10s\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        let i = inside(&f[0]);
+        assert_eq!(i.container.as_deref(), Some("app"));
+        assert!(
+            matches!(&i.wire, WireFault::PacketLoss { loss, .. } if (*loss - 0.3).abs() < 1e-9)
+        );
+        assert_eq!(f[0].duration, Some(Duration::from_secs(10)));
+        let (f, errs) = faults("kind = \"container-kill\"\nsignal = \"TERM\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(matches!(
+            &inside(&f[0]).wire,
+            WireFault::ProcessKill { signal, selection: WireSelection::Percent(p), .. }
+                if signal == "TERM" && *p == 1.0
+        ));
+        let (f, errs) = faults("kind = \"netem\"\ndelay = \"100ms\"\n");
+        assert!(errs.is_empty(), "{errs:?}");
+        assert!(matches!(
+            &inside(&f[0]).wire,
+            WireFault::Netem { delay_ms: Some(100), .. }
+        ));
+        let (f, _) = faults("kind = \"pod-kill\"\n");
+        assert!(matches!(&f[0].kind, FaultKind::Kubernetes(p) if p.inside.is_none()));
+    }
+
+    #[test]
+    fn in_pod_faults_refuse_missing_or_foreign_fields() {
+        for (body, want) in [
+            ("kind = \"packet-loss\"\n", "needs loss"),
+            ("kind = \"packet-loss\"\nloss = \"150%\"\n", "between 0% and 100%"),
+            ("kind = \"bandwidth\"\n", "needs rate"),
+            ("kind = \"netem\"\n", "needs delay or loss"),
+            ("kind = \"blackhole\"\neviction = true\n", "eviction does not apply"),
+            ("kind = \"pod-kill\"\nloss = \"5%\"\n", "loss does not apply"),
+            ("kind = \"container-kill\"\nsignal = \"NOPE\"\n", "unknown signal"),
+            ("kind = \"container-kill\"\nduration = \"5s\"\n", "has no duration"),
+            ("kind = \"blackhole\"\ncontainer = \"Bad_Name\"\n", "not a container name"),
+        ] {
+            let (f, errs) = faults(body);
+            assert!(f.is_empty(), "{body}: {f:?}");
+            assert!(errs.iter().any(|e| e.contains(want)), "{body}: {errs:?}");
         }
     }
 }

@@ -74,6 +74,7 @@ pub fn selector_key(sel: &TargetSelector) -> String {
         TargetSelector::Iface { name, netns: Some(ns) } => format!("iface:{name}@{ns}"),
         TargetSelector::Iface { name, netns: None } => format!("iface:{name}"),
         TargetSelector::Region(r) => format!("region:{r}"),
+        TargetSelector::Container(c) => format!("container:{c}"),
     }
 }
 
@@ -141,6 +142,10 @@ pub fn of_experiment(exp: &Experiment) -> TargetSet {
         }
         if let FaultKind::RegionOutage { region, .. } = &f.kind {
             expand(&TargetSelector::Region(region.clone()), &mut out);
+        }
+        // Two entries hitting one workload overlap like two on one process.
+        if let FaultKind::Kubernetes(pf) = &f.kind {
+            out.insert(format!("k8s:{}", pf.target));
         }
     }
     TargetSet(out)

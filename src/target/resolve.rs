@@ -147,6 +147,10 @@ pub fn resolve(
                 iface: Some(name.clone()),
             })])
         }
+        TargetSelector::Container(c) => Ok(super::container::resolve(c, &text)?
+            .into_iter()
+            .map(Resolved::Process)
+            .collect()),
         TargetSelector::Region(region) => {
             let members =
                 regions.get(region).ok_or_else(|| TargetError::UnknownRegion {

@@ -1,7 +1,8 @@
 //! An in-process HTTP server that speaks the part of the Kubernetes REST
 //! API `chaos` uses (no API server can run on these machines): list pods
 //! by label selector, get Deployments, delete and evict pods (with
-//! `dryRun=All`), refuse pods/exec upgrades. Every body is built from
+//! `dryRun=All`), refuse pods/exec upgrades — or, when told to, accept
+//! them and run a real local `chaos agent` behind the WebSocket. Every body is built from
 //! `k8s-openapi` types with `serde_json::to_vec`, never written by hand.
 //! Every request is recorded for the tests to assert on, and errors,
 //! PDB refusals and delays can be injected per path.
@@ -18,10 +19,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::{Request, Response, StatusCode};
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec, DeploymentStatus};
-use k8s_openapi::api::core::v1::{Pod, PodSpec};
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec,
+    StatefulSetStatus,
+};
+use k8s_openapi::api::core::v1::{Container, ContainerStatus, Pod, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{
-    LabelSelector, ListMeta, ObjectMeta, Status,
+    LabelSelector, ListMeta, ObjectMeta, Status, WatchEvent,
 };
 
 /// One request the server saw.
@@ -45,6 +49,9 @@ struct Rule {
 struct State {
     pods: Vec<Pod>,
     deployments: Vec<Deployment>,
+    statefulsets: Vec<StatefulSet>,
+    /// Watches of workloads answer 403 (RBAC without `watch`).
+    watch_fails: bool,
     seen: Vec<Seen>,
     rules: Vec<Rule>,
     /// Evictions answer 429 (a PodDisruptionBudget).
@@ -54,6 +61,22 @@ struct State {
     heal_after: Option<Duration>,
     last_kill: Option<Instant>,
     replaced: u32,
+    /// When set, pods/exec upgrades are accepted and run a real local
+    /// `chaos agent` (see [`FakeKube::serve_exec`]).
+    exec: Option<ExecBackend>,
+    /// Agents started behind exec upgrades, killed on drop.
+    exec_children: Vec<u32>,
+}
+
+/// What an accepted pods/exec runs: the real `chaos` binary with the
+/// command's arguments, a journal directory and a state directory.
+#[derive(Debug, Clone)]
+pub struct ExecBackend {
+    pub bin: PathBuf,
+    pub journal_dir: PathBuf,
+    pub state_dir: PathBuf,
+    /// The subprotocols this server speaks, preferred first.
+    pub protocols: Vec<&'static str>,
 }
 
 /// The fake API server; stops when dropped.
@@ -83,6 +106,34 @@ pub fn pod(ns: &str, name: &str, app: &str, node: &str) -> Pod {
     }
 }
 
+/// A running pod whose container `container` has started with `id`
+/// (`containerd://<64 hex>`) on `node`, as the kubelet reports it.
+pub fn pod_with_container(
+    ns: &str,
+    name: &str,
+    app: &str,
+    node: &str,
+    container: &str,
+    id: &str,
+) -> Pod {
+    let mut p = pod(ns, name, app, node);
+    if let Some(spec) = p.spec.as_mut() {
+        spec.containers =
+            vec![Container { name: container.into(), ..Default::default() }];
+    }
+    p.status = Some(PodStatus {
+        phase: Some("Running".into()),
+        container_statuses: Some(vec![ContainerStatus {
+            name: container.into(),
+            container_id: Some(id.into()),
+            ready: true,
+            ..Default::default()
+        }]),
+        ..Default::default()
+    });
+    p
+}
+
 /// A Deployment selecting `app=APP` with `replicas` desired.
 pub fn deployment(ns: &str, name: &str, app: &str, replicas: i32) -> Deployment {
     Deployment {
@@ -101,6 +152,31 @@ pub fn deployment(ns: &str, name: &str, app: &str, replicas: i32) -> Deployment 
         }),
         status: Some(DeploymentStatus {
             ready_replicas: Some(replicas),
+            ..Default::default()
+        }),
+    }
+}
+
+/// A StatefulSet selecting `app=APP` with `replicas` desired.
+pub fn statefulset(ns: &str, name: &str, app: &str, replicas: i32) -> StatefulSet {
+    StatefulSet {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(ns.into()),
+            ..Default::default()
+        },
+        spec: Some(StatefulSetSpec {
+            replicas: Some(replicas),
+            selector: LabelSelector {
+                match_labels: Some(labels(&[("app", app)])),
+                ..Default::default()
+            },
+            service_name: Some(name.into()),
+            ..Default::default()
+        }),
+        status: Some(StatefulSetStatus {
+            ready_replicas: Some(replicas),
+            replicas,
             ..Default::default()
         }),
     }
@@ -236,6 +312,29 @@ impl FakeKube {
         self.with(|s| s.rules.push(Rule { prefix: prefix.into(), status: 0, delay }));
     }
 
+    /// Accepts pods/exec upgrades from now on: each runs `chaos` (the
+    /// exec's `command` words after the first) behind the WebSocket, with
+    /// the Kubernetes channel framing (stdin 0, stdout 1, stderr 2,
+    /// status 3, close 255 in v5).
+    pub fn serve_exec(&self, backend: ExecBackend) {
+        self.with(|s| s.exec = Some(backend));
+    }
+
+    pub fn add_statefulset(&self, st: StatefulSet) {
+        self.with(|s| s.statefulsets.push(st));
+    }
+
+    /// Watches of Deployments/StatefulSets are refused (403) from now on.
+    pub fn refuse_watches(&self) {
+        self.with(|s| s.watch_fails = true);
+    }
+
+    /// As if a pod had just been killed: workloads report one ready
+    /// replica fewer until `heal_after` has passed.
+    pub fn mark_killed(&self) {
+        self.with(|s| s.last_kill = Some(Instant::now()));
+    }
+
     pub fn pdb_blocks_evictions(&self) {
         self.with(|s| s.pdb_blocks = true);
     }
@@ -267,6 +366,13 @@ impl FakeKube {
 
 impl Drop for FakeKube {
     fn drop(&mut self) {
+        for pid in self.with(|s| std::mem::take(&mut s.exec_children)) {
+            // Our own children, by pid; they normally left at end of input.
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
         }
@@ -284,10 +390,151 @@ fn reply(code: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
         .expect("response")
 }
 
+fn header(req: &Request<hyper::body::Incoming>, name: &str) -> String {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
+}
+
+/// Accepts a pods/exec WebSocket upgrade and runs the real agent behind
+/// it: 101 with the negotiated subprotocol, then frames pumped between
+/// the socket and the child's stdin/stdout until either side ends.
+fn exec_upgrade(
+    state: Arc<Mutex<State>>,
+    mut req: Request<hyper::body::Incoming>,
+    backend: ExecBackend,
+) -> Response<Full<Bytes>> {
+    let query = req.uri().query().unwrap_or("").to_string();
+    state.lock().expect("state").seen.push(Seen {
+        method: req.method().to_string(),
+        path: req.uri().path().to_string(),
+        query: query.clone(),
+        body: None,
+    });
+    let offered = header(&req, "sec-websocket-protocol");
+    let offered: Vec<&str> = offered.split(',').map(str::trim).collect();
+    let Some(protocol) = backend.protocols.iter().find(|p| offered.contains(p)).copied()
+    else {
+        return reply(
+            400,
+            status_body(400, "BadRequest", "no supported channel subprotocol offered"),
+        );
+    };
+    let command: Vec<String> = url_decode_pairs(&query)
+        .into_iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v)
+        .collect();
+    if command.first().map(String::as_str) != Some("chaos") {
+        return reply(400, status_body(400, "BadRequest", "only chaos runs here"));
+    }
+    let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(
+        header(&req, "sec-websocket-key").as_bytes(),
+    );
+    let mut child = match tokio::process::Command::new(&backend.bin)
+        .args(&command[1..])
+        .arg("--journal-dir")
+        .arg(&backend.journal_dir)
+        .env("CHAOS_STATE_DIR", &backend.state_dir)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => return reply(500, status_body(500, "InternalError", &e.to_string())),
+    };
+    if let Some(pid) = child.id() {
+        state.lock().expect("state").exec_children.push(pid);
+    }
+    let v5 = protocol.starts_with("v5");
+    tokio::spawn(async move {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_tungstenite::tungstenite::Message;
+        let Ok(upgraded) = hyper::upgrade::on(&mut req).await else { return };
+        let ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+            hyper_util::rt::TokioIo::new(upgraded),
+            tokio_tungstenite::tungstenite::protocol::Role::Server,
+            None,
+        )
+        .await;
+        let (mut tx, mut rx) = ws.split();
+        let mut stdin = child.stdin.take();
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let mut buf = vec![0u8; 16 * 1024];
+        loop {
+            tokio::select! {
+                frame = rx.next() => match frame {
+                    Some(Ok(Message::Binary(b))) if b.first() == Some(&0) => {
+                        if let Some(w) = stdin.as_mut() {
+                            if w.write_all(&b[1..]).await.is_err() {
+                                stdin = None;
+                            }
+                        }
+                    }
+                    // v5: CLOSE(255) of the stdin channel is end of input.
+                    Some(Ok(Message::Binary(b))) if v5 && b.as_ref() == [255u8, 0] => {
+                        stdin = None;
+                    }
+                    Some(Ok(_)) => {}
+                    // The client went away: end of input for the agent.
+                    Some(Err(_)) | None => {
+                        stdin = None;
+                        break;
+                    }
+                },
+                n = stdout.read(&mut buf) => match n {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => {
+                        let mut frame = Vec::with_capacity(n + 1);
+                        frame.push(1u8);
+                        frame.extend_from_slice(&buf[..n]);
+                        if tx.send(Message::binary(frame)).await.is_err() {
+                            stdin = None;
+                            break;
+                        }
+                    }
+                },
+            }
+        }
+        drop(stdin);
+        // The agent reverts on end of input; wait for it (bounded).
+        let code = tokio::time::timeout(Duration::from_secs(10), child.wait())
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|s| s.code());
+        let status = Status {
+            status: Some(if code == Some(0) { "Success" } else { "Failure" }.into()),
+            message: Some(format!("chaos agent exited with {code:?}")),
+            ..Default::default()
+        };
+        let mut frame = vec![3u8];
+        frame.extend(serde_json::to_vec(&status).expect("status serialises"));
+        let _ = tx.send(Message::binary(frame)).await;
+        let _ = tx.close().await;
+    });
+    Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-accept", accept)
+        .header("sec-websocket-protocol", protocol)
+        .body(Full::new(Bytes::new()))
+        .expect("101 response")
+}
+
 async fn handle(
     state: Arc<Mutex<State>>,
     req: Request<hyper::body::Incoming>,
 ) -> Response<Full<Bytes>> {
+    let upgrade = header(&req, "upgrade").eq_ignore_ascii_case("websocket");
+    if upgrade && req.uri().path().ends_with("/exec") {
+        let backend = state.lock().expect("state").exec.clone();
+        if let Some(b) = backend {
+            return exec_upgrade(state, req, b);
+        }
+    }
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     let query = req.uri().query().unwrap_or("").to_string();
@@ -315,6 +562,15 @@ async fn handle(
     }
     let dry_run = query_param(&query, "dryRun").as_deref() == Some("All");
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    if let (
+        "GET",
+        ["apis", "apps", "v1", "namespaces", ns, kind @ ("deployments" | "statefulsets")],
+    ) = (method.as_str(), parts.as_slice())
+    {
+        if query_param(&query, "watch").as_deref() == Some("true") {
+            return watch(&state, ns, kind, &query).await;
+        }
+    }
     let mut s = state.lock().expect("state");
     match (method.as_str(), parts.as_slice()) {
         ("GET", ["api", "v1", "namespaces", ns, "pods"]) => {
@@ -368,6 +624,25 @@ async fn handle(
                 ),
             }
         }
+        ("GET", ["apis", "apps", "v1", "namespaces", ns, "statefulsets", name]) => {
+            let healed = healed_now(&s);
+            match s.statefulsets.iter().find(|d| {
+                d.metadata.namespace.as_deref() == Some(*ns)
+                    && d.metadata.name.as_deref() == Some(*name)
+            }) {
+                Some(st) => {
+                    reply(200, serde_json::to_vec(&with_ready(st, healed)).expect("sts"))
+                }
+                None => reply(
+                    404,
+                    status_body(
+                        404,
+                        "NotFound",
+                        &format!("statefulsets.apps \"{name}\" not found"),
+                    ),
+                ),
+            }
+        }
         ("DELETE", ["api", "v1", "namespaces", ns, "pods", name])
         | ("POST", ["api", "v1", "namespaces", ns, "pods", name, "eviction"]) => {
             let evict = method == "POST";
@@ -416,4 +691,108 @@ async fn handle(
             ),
         ),
     }
+}
+
+fn healed_now(s: &State) -> bool {
+    match (s.last_kill, s.heal_after) {
+        (None, _) => true,
+        (Some(t), Some(h)) => t.elapsed() >= h,
+        (Some(_), None) => false,
+    }
+}
+
+fn with_ready(st: &StatefulSet, healed: bool) -> StatefulSet {
+    let mut st = st.clone();
+    let desired = st.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    st.status = Some(StatefulSetStatus {
+        ready_replicas: Some(if healed { desired } else { desired - 1 }),
+        replicas: desired,
+        ..Default::default()
+    });
+    st
+}
+
+fn deployment_ready(d: &Deployment, healed: bool) -> Deployment {
+    let mut d = d.clone();
+    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
+    d.status = Some(DeploymentStatus {
+        ready_replicas: Some(if healed { desired } else { desired - 1 }),
+        replicas: Some(desired),
+        ..Default::default()
+    });
+    d
+}
+
+/// A watch of one Deployment/StatefulSet (`fieldSelector=metadata.name=`):
+/// ADDED with the current state, then, when it heals within the watch's
+/// `timeoutSeconds`, MODIFIED with the healed state; then the stream
+/// ends. Events are `WatchEvent`s of k8s-openapi, one JSON per line.
+async fn watch(
+    state: &Arc<Mutex<State>>,
+    ns: &str,
+    kind: &str,
+    query: &str,
+) -> Response<Full<Bytes>> {
+    let name = query_param(query, "fieldSelector")
+        .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
+        .unwrap_or_default();
+    let timeout = query_param(query, "timeoutSeconds")
+        .and_then(|t| t.parse::<u64>().ok())
+        .map_or(Duration::from_secs(30), Duration::from_secs);
+    let (fails, heal_at, healed) = {
+        let s = state.lock().expect("state");
+        let heal_at = match (s.last_kill, s.heal_after) {
+            (Some(t), Some(h)) => Some(t + h),
+            _ => None,
+        };
+        (s.watch_fails, heal_at, healed_now(&s))
+    };
+    if fails {
+        return reply(
+            403,
+            status_body(403, "Forbidden", &format!("{kind} is forbidden: cannot watch")),
+        );
+    }
+    let event = |healed: bool| -> Option<Vec<u8>> {
+        let s = state.lock().expect("state");
+        let found = |m: &ObjectMeta| {
+            m.namespace.as_deref() == Some(ns) && m.name.as_deref() == Some(name.as_str())
+        };
+        let line = if kind == "deployments" {
+            let d = s.deployments.iter().find(|d| found(&d.metadata))?;
+            let ev = if healed {
+                WatchEvent::Modified(deployment_ready(d, true))
+            } else {
+                WatchEvent::Added(deployment_ready(d, false))
+            };
+            serde_json::to_vec(&ev)
+        } else {
+            let st = s.statefulsets.iter().find(|d| found(&d.metadata))?;
+            let ev = if healed {
+                WatchEvent::Modified(with_ready(st, true))
+            } else {
+                WatchEvent::Added(with_ready(st, false))
+            };
+            serde_json::to_vec(&ev)
+        };
+        let mut line = line.expect("event serialises");
+        line.push(b'\n');
+        Some(line)
+    };
+    let mut body = Vec::new();
+    if healed {
+        body.extend(event(true).unwrap_or_default());
+    } else {
+        body.extend(event(false).unwrap_or_default());
+        let start = Instant::now();
+        match heal_at {
+            Some(at) if at.saturating_duration_since(start) <= timeout => {
+                tokio::time::sleep(at.saturating_duration_since(start)).await;
+                body.extend(event(true).unwrap_or_default());
+            }
+            // Never heals within this watch: it ends at its timeout.
+            _ => tokio::time::sleep(timeout.min(Duration::from_secs(5))).await,
+        }
+    }
+    reply(200, body)
 }
