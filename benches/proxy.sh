@@ -16,8 +16,12 @@
 # TLS=1: also measure TLS termination, HAProxy (`ssl crt`) against
 # `chaos proxy --tls-cert/--tls-key` (a self-signed certificate made with
 # openssl; wrk over https, HTTP/1.1, plain HTTP to nginx behind both).
-# Needs: wrk, nginx, haproxy (Debian packages), cargo. Builds the `perf`
-# profile (release + one codegen unit).
+# EXTRA (default 1): also WebSocket echo rounds and h2c-upstream rounds,
+# chaos against HAProxy (0 skips them, e.g. for a baseline without h2c);
+# WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
+# Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
+# cargo. Builds the `perf` profile (release + one codegen unit) and the
+# `ws_bench` example (the WebSocket echo server and load generator).
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
@@ -36,6 +40,14 @@ if [[ -n "${CHAOS_BIN:-}" ]]; then
 else
   cargo build --profile perf --quiet
   CHAOS=$PWD/target/perf/chaos
+fi
+EXTRA=${EXTRA:-1}
+if [[ "$EXTRA" == 1 ]]; then
+  command -v h2load >/dev/null || { echo "missing h2load (apt-get install -y nghttp2-client)" >&2; exit 5; }
+  if [[ -z "${WS_BENCH_BIN:-}" ]]; then
+    cargo build --profile perf --quiet --example ws_bench
+  fi
+  WS_BENCH=${WS_BENCH_BIN:-$PWD/target/perf/examples/ws_bench}
 fi
 
 W=$(mktemp -d /tmp/chaos-bench.XXXXXX)
@@ -213,6 +225,91 @@ if [[ -n "${CHAOS_TLS_PID:-}" ]]; then
 fi
 recorded=$(curl -s "http://127.0.0.1:$ADMIN_PORT/cohorts" || true)
 echo "chaos cohorts recorded: $recorded"
+
+if [[ "$EXTRA" == 1 ]]; then
+  # WebSocket: 64-byte echo round trips over CONNS connections, through
+  # HAProxy (http mode, tunnel after the upgrade) and through chaos.
+  WS_PORT_FILE=$W/ws.port
+  "$WS_BENCH" serve >"$WS_PORT_FILE" & WS_PID=$!; PIDS+=($WS_PID)
+  for _ in $(seq 1 100); do [[ -s "$WS_PORT_FILE" ]] && break; sleep 0.05; done
+  WS_PORT=$(cat "$WS_PORT_FILE")
+  # h2c: nginx serving the same file over HTTP/2 with prior knowledge;
+  # h2load (h2c, prior knowledge) -> HAProxy / chaos -> nginx.
+  NGINX_H2_PORT=$(free_port)
+  sed -e "s/listen 127.0.0.1:$NGINX_PORT;/listen 127.0.0.1:$NGINX_PORT; listen 127.0.0.1:$NGINX_H2_PORT http2;/" \
+      -e "s#pid $W/nginx.pid#pid $W/nginx2.pid#" "$W/nginx.conf" > "$W/nginx2.conf"
+  sed -i "s/listen 127.0.0.1:$NGINX_PORT;//" "$W/nginx2.conf"
+  nginx -c "$W/nginx2.conf" -p "$W" & NGINX2_PID=$!; PIDS+=($NGINX2_PID)
+  HA_WS_PORT=$(free_port); HA_H2_PORT=$(free_port)
+  cat > "$W/haproxy2.cfg" <<CONF
+global
+  maxconn 4096
+defaults
+  mode http
+  option http-keep-alive
+  timeout connect 2s
+  timeout client 30s
+  timeout server 30s
+  timeout tunnel 60s
+frontend ws
+  bind 127.0.0.1:$HA_WS_PORT
+  default_backend ws
+backend ws
+  server w1 127.0.0.1:$WS_PORT
+frontend h2
+  bind 127.0.0.1:$HA_H2_PORT proto h2
+  default_backend h2
+backend h2
+  http-reuse always
+  server h1 127.0.0.1:$NGINX_H2_PORT proto h2
+CONF
+  haproxy -f "$W/haproxy2.cfg" -db & HA2_PID=$!; PIDS+=($HA2_PID)
+  CH_WS_PORT=$(free_port); CH_H2_PORT=$(free_port)
+  "$CHAOS" proxy --listen "127.0.0.1:$CH_WS_PORT" --upstream "http://127.0.0.1:$WS_PORT" \
+    --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-ws.log" & CHWS_PID=$!; PIDS+=($CHWS_PID)
+  "$CHAOS" proxy --listen "127.0.0.1:$CH_H2_PORT" --upstream "h2c://127.0.0.1:$NGINX_H2_PORT" \
+    --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-h2.log" & CHH2_PID=$!; PIDS+=($CHH2_PID)
+  for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
+  secs=${DURATION%s}
+  declare -A WRT WP99 H2R H2CPU
+  ws_run() {  # name url
+    local out
+    out=$("$WS_BENCH" load "$2" "$CONNS" "$secs")
+    WRT[$1]+=" $(echo "$out" | awk '{print $1}')"
+    WP99[$1]+=" $(echo "$out" | awk '{print $3}')"
+  }
+  h2_run() {  # name url pid
+    local before after out
+    h2load -c "$CONNS" -m 10 -D 1 "$2" >/dev/null 2>&1 || true
+    before=$(cpu_ticks "$3")
+    out=$(h2load -c "$CONNS" -m 10 -D "$secs" "$2" 2>&1)
+    after=$(cpu_ticks "$3")
+    echo "$out" | grep -q "0 failed, 0 errored" || { echo "h2load through $1 failed:" >&2; echo "$out" >&2; exit 1; }
+    local rps n
+    rps=$(echo "$out" | awk '/^finished in/ {print $4}')
+    n=$(echo "$out" | awk '/^requests:/ {print $8}')
+    H2R[$1]+=" $rps"
+    H2CPU[$1]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+  }
+  for r in $(seq 1 "$ROUNDS"); do
+    ws_run haproxy "ws://127.0.0.1:$HA_WS_PORT/"
+    ws_run chaos "ws://127.0.0.1:$CH_WS_PORT/"
+    h2_run haproxy "http://127.0.0.1:$HA_H2_PORT/index.html" "$HA2_PID"
+    h2_run chaos "http://127.0.0.1:$CH_H2_PORT/index.html" "$CHH2_PID"
+  done
+  echo
+  for t in haproxy chaos; do
+    echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]} | h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]}"
+    WRT[$t]=$(echo "${WRT[$t]}" | median); WP99[$t]=$(echo "${WP99[$t]}" | median)
+    H2R[$t]=$(echo "${H2R[$t]}" | median); H2CPU[$t]=$(echo "${H2CPU[$t]}" | median)
+  done
+  echo "websocket echo (64 B, $CONNS conns, ${DURATION}), median of $ROUNDS rounds:"
+  echo "  round trips/s haproxy ${WRT[haproxy]}  chaos ${WRT[chaos]}  chaos/haproxy $(ratio "${WRT[chaos]}" "${WRT[haproxy]}")"
+  echo "  p99 ms        haproxy ${WP99[haproxy]}  chaos ${WP99[chaos]}  chaos/haproxy $(ratio "${WP99[chaos]}" "${WP99[haproxy]}")"
+  echo "h2c upstream (h2load -c$CONNS -m10, nginx http2 prior knowledge), median of $ROUNDS rounds:"
+  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")"
+  echo "  cpu_us/req    haproxy ${H2CPU[haproxy]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy]}")"
+fi
 
 if [[ "${1:-}" == "--rss" ]]; then
   echo

@@ -3,12 +3,18 @@
 # when every tool is already present it does nothing (no network needed).
 set -euo pipefail
 
-packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db openssh-server openssh-client util-linux)
-tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man sshd ssh ssh-keygen setpriv)
+packages=(nftables iproute2 libxml2-utils wrk haproxy nginx prometheus chromium procps ca-certificates man-db openssh-server openssh-client util-linux nghttp2-client python3-grpcio)
+tools=(nft ip xmllint wrk haproxy nginx prometheus chromium ps man sshd ssh ssh-keygen setpriv h2load)
+# Python modules of the system interpreter (Debian packages, no pip): the
+# proxy's gRPC test runs a grpcio server and client (python3-grpcio).
+python_modules=(grpc)
 
 missing=0
 for t in "${tools[@]}"; do
   command -v "$t" >/dev/null 2>&1 || PATH="$PATH:/usr/sbin:/sbin" command -v "$t" >/dev/null 2>&1 || missing=1
+done
+for m in "${python_modules[@]}"; do
+  /usr/bin/python3 -c "import $m" >/dev/null 2>&1 || missing=1
 done
 if [ "$missing" = 0 ] && [ "${FORCE_APT:-0}" != 1 ]; then
   echo "install-deps: all tools present"

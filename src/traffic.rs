@@ -8,8 +8,11 @@
 pub mod admin;
 pub mod assign;
 pub mod baggage;
+pub(crate) mod body;
 pub mod config;
 pub mod fault;
+pub(crate) mod forwarded;
+pub(crate) mod headers;
 pub mod malformed;
 pub mod server;
 pub mod srm;
@@ -19,7 +22,8 @@ pub mod workers;
 
 pub use assign::assign_position;
 pub use config::{
-    AdminConfig, CohortKey, ProxyConfig, ProxyMode, Upstream, UpstreamPools,
+    AdminConfig, CohortKey, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
+    Upstream, UpstreamPools,
 };
 pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
 pub use server::{Proxy, ProxyError, ProxyHandle};

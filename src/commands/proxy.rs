@@ -13,8 +13,8 @@ use crate::exit;
 use crate::metrics::Recorder;
 use crate::tls::ServerTlsFiles;
 use crate::traffic::{
-    split_checks, AdminConfig, CohortKey, HttpFault, Proxy, ProxyConfig, ProxyMode,
-    SplitChecks, Upstream, UpstreamPools, Workers,
+    split_checks, AdminConfig, CohortKey, ForwardedMode, HttpFault, IpNet, Proxy,
+    ProxyConfig, ProxyMode, SplitChecks, Timeouts, Upstream, UpstreamPools, Workers,
 };
 use crate::units::{parse_duration, parse_percent};
 
@@ -38,10 +38,15 @@ Examples:
       (listen address, pools, cohort key and split from the file's [traffic];
       its edge faults are loaded switched off)
 
-Fault specs (--fault, repeatable): kind=latency|error|abort|reset|malformed
-plus delay, jitter, distribution=uniform|normal|exponential, status, body,
-mode=truncate|flip-bytes|json-wrong-type|wrong-content-type|
-missing-content-type|oversized, probability (e.g. 50%), id, enabled.
+  chaos proxy --listen 127.0.0.1:8443 --upstream h2c://127.0.0.1:50051 \\
+      --fault kind=grpc,code=14,message=unavailable --trusted-proxy 10.0.0.0/8 \\
+      --idle-timeout 30s --response-body-timeout 20s
+
+Fault specs (--fault, repeatable): kind=latency|error|abort|reset|malformed|
+grpc plus delay, jitter, distribution=uniform|normal|exponential, status,
+body, mode=truncate|flip-bytes|json-wrong-type|wrong-content-type|
+missing-content-type|oversized, code (gRPC, 0-16), message, probability
+(e.g. 50%), id, enabled.
 Faults only ever hit the experiment cohort. Runs until Ctrl-C or SIGTERM.
 
 The admin endpoint binds loopback only; a non-loopback --admin is refused
@@ -67,8 +72,9 @@ pub struct ProxyArgs {
     /// Address clients connect to.
     #[arg(long, default_value = "127.0.0.1:8080")]
     pub listen: SocketAddr,
-    /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]` or
-    /// `https://HOST[:PORT][@REGION]`.
+    /// Upstream URL(s), comma-separated; `http://HOST:PORT[@REGION]`,
+    /// `https://HOST[:PORT][@REGION]`, or `h2c://HOST:PORT` for HTTP/2 with
+    /// prior knowledge (gRPC).
     #[arg(long, value_delimiter = ',', required_unless_present = "config")]
     pub upstream: Vec<String>,
     /// Separate upstream pool for the experiment cohort.
@@ -108,6 +114,32 @@ pub struct ProxyArgs {
     /// Upstream connect timeout.
     #[arg(long, default_value = "2s")]
     pub connect_timeout: String,
+    /// Close a client connection whose request head takes longer than this
+    /// (from its first byte).
+    #[arg(long, default_value = "30s")]
+    pub client_header_timeout: String,
+    /// Close a client connection after this long with no request in flight.
+    #[arg(long, default_value = "60s")]
+    pub idle_timeout: String,
+    /// Longest pause in a client's request body (408 when exceeded).
+    #[arg(long, default_value = "60s")]
+    pub request_body_timeout: String,
+    /// Longest pause in an upstream's response body (the client connection
+    /// is then cut).
+    #[arg(long, default_value = "60s")]
+    pub response_body_timeout: String,
+    /// Largest request head (request line + headers) in bytes; larger gets
+    /// 431. At least 8192.
+    #[arg(long, default_value_t = crate::traffic::config::DEFAULT_MAX_HEADER_BYTES)]
+    pub max_header_bytes: usize,
+    /// X-Forwarded-For/-Proto and Forwarded: append (to a trusted peer's
+    /// list, else replace), replace, or off.
+    #[arg(long, default_value = "append")]
+    pub forwarded: String,
+    /// Peers (IP or CIDR, comma-separated) whose forwarding headers are
+    /// appended to instead of replaced.
+    #[arg(long, value_delimiter = ',')]
+    pub trusted_proxy: Vec<String>,
     /// HTTP fault (repeatable), see below.
     #[arg(long = "fault")]
     pub faults: Vec<String>,
@@ -182,6 +214,7 @@ pub fn config_from_args(
     };
     cfg.upstream_timeout = dur(&args.upstream_timeout, "--upstream-timeout")?;
     cfg.connect_timeout = dur(&args.connect_timeout, "--connect-timeout")?;
+    apply_edge_flags(args, &mut cfg)?;
     let faults = args
         .faults
         .iter()
@@ -190,6 +223,34 @@ pub fn config_from_args(
     apply_admin_token(args, &mut cfg)?;
     apply_tls(args, &mut cfg)?;
     Ok((cfg, faults))
+}
+
+/// The timeout, header-size and forwarding flags.
+fn apply_edge_flags(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<()> {
+    let dur = |s: &str, what: &str| -> anyhow::Result<Duration> {
+        match parse_duration(s) {
+            Ok(d) if !d.is_zero() => Ok(d),
+            Ok(_) => anyhow::bail!("{what}: must be more than zero"),
+            Err(e) => Err(anyhow::anyhow!(e).context(what.to_string())),
+        }
+    };
+    cfg.timeouts = Timeouts {
+        client_header: dur(&args.client_header_timeout, "--client-header-timeout")?,
+        idle: dur(&args.idle_timeout, "--idle-timeout")?,
+        request_body: dur(&args.request_body_timeout, "--request-body-timeout")?,
+        response_body: dur(&args.response_body_timeout, "--response-body-timeout")?,
+    };
+    cfg.max_header_bytes =
+        crate::traffic::config::check_max_header_bytes(args.max_header_bytes)
+            .context("--max-header-bytes")?;
+    cfg.forwarded = args.forwarded.parse::<ForwardedMode>().context("--forwarded")?;
+    cfg.trusted_proxies = args
+        .trusted_proxy
+        .iter()
+        .map(|t| t.parse::<IpNet>())
+        .collect::<Result<_, _>>()
+        .context("--trusted-proxy")?;
+    Ok(())
 }
 
 /// A token file holds one line; more than this is not a token file.

@@ -147,6 +147,16 @@ pub struct Traffic {
     pub admin_allow_remote: bool,
     /// Sidecar proxies in front of dependencies.
     pub sidecars: Vec<SidecarSpec>,
+    /// Client header read, idle keep-alive and body idle timeouts of the
+    /// edge proxy (`client_header_timeout`, `idle_timeout`,
+    /// `request_body_timeout`, `response_body_timeout`).
+    pub timeouts: crate::traffic::Timeouts,
+    /// `max_header_bytes`: largest request head (431 beyond).
+    pub max_header_bytes: usize,
+    /// `forwarded = "append" | "replace" | "off"`.
+    pub forwarded: crate::traffic::ForwardedMode,
+    /// `trusted_proxies = ["10.0.0.0/8", ...]`.
+    pub trusted_proxies: Vec<crate::traffic::IpNet>,
     /// `tls_cert` + `tls_key`: the edge proxy terminates TLS for clients.
     pub tls: Option<crate::tls::ServerTlsFiles>,
     /// `upstream_ca`: CA bundle for `https://` upstreams (system roots

@@ -335,11 +335,13 @@ fn parse_socket(
     }
 }
 
-/// Checks an upstream URL: `http://host:port[/]` or `https://host[:port][/]`
-/// (https defaults to port 443).
+/// Checks an upstream URL: `http://host:port[/]`, `h2c://host:port[/]` or
+/// `https://host[:port][/]` (https defaults to port 443).
 fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
     let v = &s.value;
-    let problem = if let Some(rest) = v.strip_prefix("http://") {
+    let problem = if let Some(rest) =
+        v.strip_prefix("http://").or(v.strip_prefix("h2c://"))
+    {
         let authority = rest.split('/').next().unwrap_or("");
         match authority.rsplit_once(':') {
             Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => None,
@@ -359,7 +361,7 @@ fn check_url(sink: &mut Sink, path: &str, s: &At<String>) -> bool {
             _ => Some("expected https://HOST[:PORT]"),
         }
     } else {
-        Some("expected a URL starting with http:// or https://")
+        Some("expected a URL starting with http://, https:// or h2c:// (HTTP/2 prior knowledge)")
     };
     match problem {
         None => true,
@@ -602,6 +604,7 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         }
         None => None,
     };
+    let edge = read_edge_limits(&mut t, sink);
     let sidecars = read_sidecars(&mut t, sink);
     let (tls, upstream_ca) = read_traffic_tls(&mut t, sink);
     t.finish(sink);
@@ -619,9 +622,81 @@ fn read_traffic(mut t: TableReader, sink: &mut Sink) -> Option<Traffic> {
         admin,
         admin_allow_remote: allow_remote,
         sidecars,
+        timeouts: edge.timeouts,
+        max_header_bytes: edge.max_header_bytes,
+        forwarded: edge.forwarded,
+        trusted_proxies: edge.trusted_proxies,
         tls,
         upstream_ca,
     })
+}
+
+/// The edge proxy's timeouts, header limit and forwarding rules.
+struct EdgeLimits {
+    timeouts: crate::traffic::Timeouts,
+    max_header_bytes: usize,
+    forwarded: crate::traffic::ForwardedMode,
+    trusted_proxies: Vec<crate::traffic::IpNet>,
+}
+
+fn read_edge_limits(t: &mut TableReader, sink: &mut Sink) -> EdgeLimits {
+    let d = crate::traffic::Timeouts::default();
+    let mut dur = |key: &'static str, default: Duration| {
+        t.duration(sink, key, false).map(|d| d.value).unwrap_or(default)
+    };
+    let timeouts = crate::traffic::Timeouts {
+        client_header: dur("client_header_timeout", d.client_header),
+        idle: dur("idle_timeout", d.idle),
+        request_body: dur("request_body_timeout", d.request_body),
+        response_body: dur("response_body_timeout", d.response_body),
+    };
+    let max_header_bytes = t
+        .integer(
+            sink,
+            "max_header_bytes",
+            8192..=1024 * 1024,
+            "a request head limit in bytes, e.g. 32768 (HAProxy's default is 16384)",
+        )
+        .map(|v| v.value as usize)
+        .unwrap_or(crate::traffic::config::DEFAULT_MAX_HEADER_BYTES);
+    let forwarded =
+        match t.string(sink, "forwarded", "one of \"append\", \"replace\", \"off\"") {
+            Some(s) => match s.value.parse() {
+                Ok(m) => m,
+                Err(e) => {
+                    sink.error(
+                    s.span.clone(),
+                    &t.key_path("forwarded"),
+                    format!("{e}"),
+                    "append keeps a trusted proxy's X-Forwarded-For and adds the peer",
+                );
+                    Default::default()
+                }
+            },
+            None => Default::default(),
+        };
+    let mut trusted_proxies = Vec::new();
+    for (i, s) in t
+        .strings(
+            sink,
+            "trusted_proxies",
+            "a list such as [\"10.0.0.0/8\", \"127.0.0.1\"]",
+        )
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        match s.value.parse() {
+            Ok(n) => trusted_proxies.push(n),
+            Err(e) => sink.error(
+                s.span.clone(),
+                &format!("{}[{i}]", t.key_path("trusted_proxies")),
+                format!("{e}"),
+                "write an address or network, e.g. \"10.0.0.0/8\"",
+            ),
+        }
+    }
+    EdgeLimits { timeouts, max_header_bytes, forwarded, trusted_proxies }
 }
 
 fn valid_token(s: &str) -> bool {

@@ -477,6 +477,54 @@ fn never_panics_and_every_failure_is_a_located_diagnostic() {
     assert!(accepted > 50 && accepted < ran - ran / 10, "accepted {accepted} of {ran}");
 }
 
+/// Issue 13 items 3, 9, 10: the edge proxy's limits in `[traffic]`, and
+/// bad values located at their line and column.
+#[test]
+fn traffic_takes_timeouts_header_limit_and_forwarding_rules() {
+    let keys = "client_header_timeout = \"5s\"\nidle_timeout = \"20s\"\n\
+                request_body_timeout = \"7s\"\nresponse_body_timeout = \"9s\"\n\
+                max_header_bytes = 16384\nforwarded = \"replace\"\n\
+                trusted_proxies = [\"10.0.0.0/8\", \"::1\"]\n";
+    let src = MINIMAL.replace(
+        "upstream = \"http://127.0.0.1:9000\"\n",
+        &format!("upstream = \"h2c://127.0.0.1:9000\"\n{keys}"),
+    );
+    let loaded = load_str(&src);
+    let e = loaded.experiment.unwrap_or_else(|| panic!("{:?}", loaded.diagnostics));
+    let t = &e.traffic;
+    assert_eq!(t.timeouts.client_header, Duration::from_secs(5));
+    assert_eq!(t.timeouts.idle, Duration::from_secs(20));
+    assert_eq!(t.timeouts.request_body, Duration::from_secs(7));
+    assert_eq!(t.timeouts.response_body, Duration::from_secs(9));
+    assert_eq!(t.max_header_bytes, 16384);
+    assert_eq!(t.forwarded, crate::traffic::ForwardedMode::Replace);
+    assert_eq!(t.trusted_proxies.len(), 2);
+    let d = load_str(MINIMAL).experiment.expect("valid").traffic;
+    assert_eq!(d.timeouts, crate::traffic::Timeouts::default());
+    assert_eq!(d.forwarded, crate::traffic::ForwardedMode::Append);
+
+    for (from, to, want) in [
+        ("\"20s\"", "\"0s\"", "idle_timeout"),
+        ("\"9s\"", "\"soon\"", "response_body_timeout"),
+        ("16384", "100", "out of range"),
+        ("\"replace\"", "\"sometimes\"", "forwarded mode"),
+        ("\"::1\"", "\"10.0.0.0/99\"", "trusted proxy"),
+    ] {
+        let bad = src.replacen(from, to, 1);
+        let loaded = load_str(&bad);
+        assert!(loaded.experiment.is_none(), "{to} was accepted");
+        let d = loaded
+            .diagnostics
+            .iter()
+            .find(|d| d.message.contains(want) || d.path.contains(want))
+            .unwrap_or_else(|| panic!("{to}: no {want:?} in {:?}", loaded.diagnostics));
+        let offset = bad.find(to).expect("replaced");
+        let line = bad[..offset].matches('\n').count() + 1;
+        let col = offset - bad[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        assert_eq!((d.line, d.column), (line, col), "{to}: {d}");
+    }
+}
+
 const TWO_HOSTS: &str = r#"
 [[host]]
 name = "pay-1"

@@ -21,7 +21,7 @@ use super::labels::{
 pub struct PromState {
     requests: [[AtomicU64; 6]; 3],
     durations: [AtomicHistogram; 3],
-    faults: [AtomicU64; 10],
+    faults: [AtomicU64; FaultKindLabel::ALL.len()],
 }
 
 impl PromState {

@@ -126,11 +126,13 @@ pub enum FaultKindLabel {
     WrongContentType,
     MissingContentType,
     Oversized,
+    /// A gRPC trailers-only abort (`grpc-status`).
+    Grpc,
 }
 
 impl FaultKindLabel {
     /// All values, in index order.
-    pub const ALL: [FaultKindLabel; 10] = [
+    pub const ALL: [FaultKindLabel; 11] = [
         FaultKindLabel::Latency,
         FaultKindLabel::Error,
         FaultKindLabel::Abort,
@@ -141,6 +143,7 @@ impl FaultKindLabel {
         FaultKindLabel::WrongContentType,
         FaultKindLabel::MissingContentType,
         FaultKindLabel::Oversized,
+        FaultKindLabel::Grpc,
     ];
 
     /// Dense index for per-kind arrays.
@@ -161,6 +164,7 @@ impl FaultKindLabel {
             FaultKindLabel::WrongContentType => "malformed-wrong-content-type",
             FaultKindLabel::MissingContentType => "malformed-missing-content-type",
             FaultKindLabel::Oversized => "malformed-oversized",
+            FaultKindLabel::Grpc => "grpc",
         }
     }
 }

@@ -79,6 +79,10 @@ pub fn edge_proxy(exp: &Experiment, seed: u64) -> Result<ProxyConfig, PlanError>
     )
     .map_err(|e| PlanError::Proxy(e.to_string()))?;
     cfg.upstream_timeout = t.upstream_timeout;
+    cfg.timeouts = t.timeouts;
+    cfg.max_header_bytes = t.max_header_bytes;
+    cfg.forwarded = t.forwarded;
+    cfg.trusted_proxies = t.trusted_proxies.clone();
     cfg.tls = t.tls.clone();
     cfg.upstream_ca = t.upstream_ca.clone();
     Ok(cfg)

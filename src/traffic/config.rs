@@ -3,7 +3,7 @@
 //! [`ProxyConfig::from_parts`].
 
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -15,12 +15,19 @@ pub enum ConfigError {
     )]
     CohortKey(String),
     #[error(
-        "upstream {url:?}: {reason} (expected http://HOST:PORT or https://HOST[:PORT], \
+        "upstream {url:?}: {reason} (expected http://HOST:PORT, https://HOST[:PORT] \
+         or h2c://HOST:PORT, \
          optionally with @REGION)"
     )]
     Upstream { url: String, reason: String },
     #[error("no upstream given: at least one --upstream is required")]
     NoUpstream,
+    #[error("forwarded mode {0:?}: expected \"append\", \"replace\" or \"off\"")]
+    ForwardedMode(String),
+    #[error("trusted proxy {0:?}: expected an IP address or CIDR (e.g. 10.0.0.0/8)")]
+    TrustedProxy(String),
+    #[error("max header bytes {0}: must be between 8192 and 1048576")]
+    MaxHeaderBytes(usize),
     #[error(
         "experiment ({experiment}) plus control ({control}) must be fractions \
          in [0, 1] that sum to at most 1"
@@ -43,8 +50,10 @@ pub enum ProxyMode {
 /// One upstream server.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Upstream {
-    /// `http://host:port` or `https://host[:port]` (TLS to the upstream,
-    /// SNI from the host); any path is ignored (the client's path is kept).
+    /// `http://host:port` (HTTP/1.1), `https://host[:port]` (TLS to the
+    /// upstream, SNI from the host; h2 or HTTP/1.1 by ALPN) or
+    /// `h2c://host:port` (HTTP/2 with prior knowledge, e.g. gRPC); any path
+    /// is ignored (the client's path is kept).
     pub url: http::Uri,
     /// Region label (e.g. for region faults and reports).
     pub region: Option<String>,
@@ -53,7 +62,8 @@ pub struct Upstream {
 impl FromStr for Upstream {
     type Err = ConfigError;
 
-    /// `http://127.0.0.1:9000` or `http://127.0.0.1:9000@eu-west`.
+    /// `http://127.0.0.1:9000`, `h2c://127.0.0.1:50051` or
+    /// `http://127.0.0.1:9000@eu-west`.
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason: &str| ConfigError::Upstream {
             url: s.to_string(),
@@ -64,8 +74,8 @@ impl FromStr for Upstream {
             _ => (s, None),
         };
         let uri: http::Uri = url.trim().parse().map_err(|e| err(&format!("{e}")))?;
-        if !matches!(uri.scheme_str(), Some("http" | "https")) {
-            return Err(err("only http:// and https:// upstreams are supported"));
+        if !matches!(uri.scheme_str(), Some("http" | "https" | "h2c")) {
+            return Err(err("only http://, https:// and h2c:// upstreams are supported"));
         }
         if uri.authority().is_none() {
             return Err(err("missing host"));
@@ -129,6 +139,131 @@ impl fmt::Display for CohortKey {
     }
 }
 
+/// What the proxy does with `X-Forwarded-For`, `X-Forwarded-Proto` and
+/// `Forwarded` (RFC 7239).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ForwardedMode {
+    /// Adds the peer to the client's list when the peer is a trusted proxy;
+    /// otherwise replaces the list with the peer (no spoofing).
+    #[default]
+    Append,
+    /// Always replaces the list with the peer.
+    Replace,
+    /// Leaves the headers as the client sent them.
+    Off,
+}
+
+impl FromStr for ForwardedMode {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "append" => Ok(ForwardedMode::Append),
+            "replace" => Ok(ForwardedMode::Replace),
+            "off" => Ok(ForwardedMode::Off),
+            _ => Err(ConfigError::ForwardedMode(s.to_string())),
+        }
+    }
+}
+
+/// A trusted proxy address or network (`10.0.0.0/8`, `127.0.0.1`, `::1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside this network (IPv4-mapped IPv6 peers count
+    /// as their IPv4 address).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(n), IpAddr::V4(a)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(n) & mask == u32::from(a) & mask
+            }
+            (IpAddr::V6(n), IpAddr::V6(a)) => {
+                let mask =
+                    u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(n) & mask == u128::from(a) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = ConfigError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad = || ConfigError::TrustedProxy(s.to_string());
+        let (a, p) = match s.trim().split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s.trim(), None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.parse::<u8>().ok().filter(|p| *p <= max).ok_or_else(bad)?,
+            None => max,
+        };
+        Ok(IpNet { addr, prefix })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// Connection and body timeouts towards clients and upstreams. Defaults
+/// sit between HAProxy's and nginx's usual settings (see docs/proxy.md).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    /// From the first byte of a request head to its end (HTTP/1; 408-less
+    /// close like HAProxy's `timeout http-request`). Default 30 s.
+    pub client_header: Duration,
+    /// A client connection with no request in flight and no response
+    /// streaming is closed after this long (`timeout http-keep-alive`,
+    /// nginx `keepalive_timeout`). Default 60 s.
+    pub idle: Duration,
+    /// Longest pause between two pieces of a request body (nginx
+    /// `client_body_timeout`). Default 60 s.
+    pub request_body: Duration,
+    /// Longest pause between two pieces of an upstream response body
+    /// (nginx `proxy_read_timeout`); the client connection is then cut.
+    /// Default 60 s.
+    pub response_body: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            client_header: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            request_body: Duration::from_secs(60),
+            response_body: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Default limit of a request head (request line plus headers).
+pub const DEFAULT_MAX_HEADER_BYTES: usize = 32 * 1024;
+
+/// Checks a header-size limit (hyper needs at least 8 KiB).
+pub fn check_max_header_bytes(n: usize) -> Result<usize, ConfigError> {
+    if (8192..=1024 * 1024).contains(&n) {
+        Ok(n)
+    } else {
+        Err(ConfigError::MaxHeaderBytes(n))
+    }
+}
+
 /// The admin endpoint (faults, metrics, health).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AdminConfig {
@@ -157,6 +292,14 @@ pub struct ProxyConfig {
     /// Limit for establishing an upstream connection (504 when exceeded).
     pub connect_timeout: Duration,
     pub admin: Option<AdminConfig>,
+    /// Client header read, idle keep-alive and body idle timeouts.
+    pub timeouts: Timeouts,
+    /// Largest request head accepted; larger ones get 431.
+    pub max_header_bytes: usize,
+    /// `X-Forwarded-For`/`-Proto` and `Forwarded` handling.
+    pub forwarded: ForwardedMode,
+    /// Peers whose forwarding headers are kept (appended to).
+    pub trusted_proxies: Vec<IpNet>,
     /// Salts the cohort hash (same seed + same key = same cohort in every
     /// process) and seeds the fault dice.
     pub seed: u64,
@@ -208,6 +351,10 @@ impl ProxyConfig {
             upstream_timeout: Duration::from_secs(30),
             connect_timeout: Duration::from_secs(2),
             admin,
+            timeouts: Timeouts::default(),
+            max_header_bytes: DEFAULT_MAX_HEADER_BYTES,
+            forwarded: ForwardedMode::default(),
+            trusted_proxies: Vec::new(),
             seed,
             tls: None,
             upstream_ca: None,
@@ -240,10 +387,32 @@ mod tests {
         let u: Upstream = "http://127.0.0.1:9000@eu-west".parse().unwrap();
         assert_eq!(u.region.as_deref(), Some("eu-west"));
         assert_eq!(u.url.authority().map(|a| a.as_str()), Some("127.0.0.1:9000"));
+        assert!("h2c://127.0.0.1:50051".parse::<Upstream>().is_ok());
         let u: Upstream = "https://api.internal@eu".parse().unwrap();
         assert_eq!(u.url.scheme_str(), Some("https"));
         assert!("ftp://x:1".parse::<Upstream>().is_err());
         assert!("127.0.0.1:9000".parse::<Upstream>().is_err());
+    }
+
+    #[test]
+    fn matches_trusted_networks() {
+        let n: IpNet = "10.0.0.0/8".parse().unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        let h: IpNet = "127.0.0.1".parse().unwrap();
+        assert!(h.contains("127.0.0.1".parse().unwrap()));
+        assert!(!h.contains("127.0.0.2".parse().unwrap()));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains("8.8.8.8".parse().unwrap()));
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "::1/129", ""] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+        assert_eq!("off".parse::<ForwardedMode>(), Ok(ForwardedMode::Off));
+        assert!("sometimes".parse::<ForwardedMode>().is_err());
+        assert!(check_max_header_bytes(4096).is_err());
     }
 
     #[test]

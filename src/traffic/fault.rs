@@ -111,6 +111,10 @@ pub enum HttpFaultKind {
     Reset,
     /// Forward, then damage the response.
     Malformed { mode: MalformedMode },
+    /// Answer as a gRPC server failing the call: `200`, `content-type:
+    /// application/grpc`, and `grpc-status`/`grpc-message` in a
+    /// trailers-only response.
+    Grpc { code: u8, message: String },
 }
 
 fn ser_duration<S: serde::Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
@@ -126,6 +130,7 @@ impl HttpFaultKind {
             HttpFaultKind::Abort => FaultKindLabel::Abort,
             HttpFaultKind::Reset => FaultKindLabel::Reset,
             HttpFaultKind::Malformed { mode } => mode.label(),
+            HttpFaultKind::Grpc { .. } => FaultKindLabel::Grpc,
         }
     }
 
@@ -174,7 +179,8 @@ impl HttpFault {
     /// true); latency: `delay`, `jitter`, `distribution`
     /// (uniform|normal|exponential); error: `status` (default 503), `body`;
     /// malformed: `mode` (truncate|flip-bytes|json-wrong-type|
-    /// wrong-content-type|missing-content-type|oversized).
+    /// wrong-content-type|missing-content-type|oversized); grpc: `code`
+    /// (0-16, default 14 UNAVAILABLE), `message`.
     pub fn parse_spec(spec: &str) -> Result<HttpFault, FaultSpecError> {
         let err = |reason: String| FaultSpecError { spec: spec.to_string(), reason };
         let mut kind = None;
@@ -187,6 +193,8 @@ impl HttpFault {
         let mut status = 503u16;
         let mut body = String::from("injected by chaos");
         let mut mode = None;
+        let mut code = 14u8;
+        let mut message = String::from("injected by chaos");
         for part in spec.split(',') {
             let (k, v) = part
                 .split_once('=')
@@ -229,6 +237,14 @@ impl HttpFault {
                         .ok_or_else(|| err(format!("bad status {v:?}")))?
                 }
                 "body" => body = v.to_string(),
+                "code" => {
+                    code = v
+                        .parse()
+                        .ok()
+                        .filter(|c| *c <= 16)
+                        .ok_or_else(|| err(format!("bad gRPC code {v:?} (0-16)")))?
+                }
+                "message" => message = v.to_string(),
                 "mode" => {
                     mode =
                         Some(MalformedMode::parse(v).ok_or_else(|| {
@@ -247,6 +263,7 @@ impl HttpFault {
             "malformed" => HttpFaultKind::Malformed {
                 mode: mode.ok_or_else(|| err("malformed needs mode=".into()))?,
             },
+            "grpc" => HttpFaultKind::Grpc { code, message },
             other => return Err(err(format!("unknown kind {other:?}"))),
         };
         Ok(HttpFault { id: id.unwrap_or(kind_name), kind, probability, enabled })
@@ -304,6 +321,9 @@ mod tests {
         ] {
             assert!(HttpFault::parse_spec(bad).is_err(), "{bad}");
         }
+        assert!(HttpFault::parse_spec("kind=grpc,code=17").is_err());
+        let g = HttpFault::parse_spec("kind=grpc,code=8,message=no quota").unwrap();
+        assert_eq!(g.kind, HttpFaultKind::Grpc { code: 8, message: "no quota".into() });
         let f = HttpFault::parse_spec("kind=malformed,mode=oversized,id=big").unwrap();
         assert_eq!(f.kind.label(), FaultKindLabel::Oversized);
         assert_eq!(f.id, "big");

@@ -1,9 +1,11 @@
 //! The proxy itself: accept loop, per-request cohort assignment, the fault
-//! layer for the experiment cohort, forwarding over upstream HTTP/1.1
-//! connections owned by each client connection ([`super::upstream`]),
-//! recording, and shutdown. Clients may speak HTTP/1.1 or HTTP/2. Client
-//! connections run on the current runtime or, with [`Proxy::start_on`], are
-//! spread over current-thread worker runtimes ([`super::workers`]).
+//! layer for the experiment cohort, forwarding over upstream HTTP/1.1 or
+//! h2c connections owned by each client connection ([`super::upstream`]),
+//! upgrade tunnels (WebSocket), recording, timeouts and shutdown. Clients
+//! may speak HTTP/1.1 or HTTP/2. Client connections run on the current
+//! runtime or, with [`Proxy::start_on`], are spread over current-thread
+//! worker runtimes ([`super::workers`]). [`serve_connection`] is generic
+//! over the connection's IO, so a TLS layer can hand it decrypted streams.
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -14,10 +16,9 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{HeaderName, HeaderValue, CONTENT_TYPE, COOKIE, HOST};
-use http::uri::PathAndQuery;
-use http::{Request, Response, StatusCode, Uri};
-use http_body_util::{BodyExt, Either, Full, Limited};
-use hyper::body::Incoming;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Either, Empty, Limited};
+use hyper::body::{Body, Incoming};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -29,10 +30,17 @@ use tokio::time::Instant;
 
 use super::assign::{assign_position, cohort_at, random_unit};
 use super::baggage;
-use super::config::{CohortKey, ConfigError, ProxyConfig, ProxyMode};
+use super::body::{Activity, BodyError, Busy, ClientBody, IdleBody, Side};
+use super::config::{
+    CohortKey, ConfigError, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
+};
 use super::fault::{HttpFault, HttpFaultKind};
+use super::forwarded::PeerForwarding;
+use super::headers::{
+    check_host, is_upgrade, strip_hop_by_hop, COHORT_HEADER_UNDERSCORE,
+};
 use super::malformed::damage;
-use super::upstream::{Target, UpstreamConns};
+use super::upstream::{for_h1, is_idempotent, Target, UpBody, UpstreamConns};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 use crate::metrics::{Outcome, Recorder};
 
@@ -57,7 +65,10 @@ pub enum ProxyError {
 }
 
 /// Response bodies: streamed from upstream, or made by the proxy.
-pub type ProxyBody = Either<Incoming, Full<Bytes>>;
+pub type ProxyBody = ClientBody;
+
+/// The cohort header as a name, for the hop-by-hop rules.
+const COHORT: HeaderName = HeaderName::from_static(COHORT_HEADER);
 
 #[derive(Debug)]
 struct Pool {
@@ -93,6 +104,9 @@ pub(crate) struct Shared {
     salt: u64,
     upstream_timeout: Duration,
     connect_timeout: Duration,
+    timeouts: Timeouts,
+    forwarded: ForwardedMode,
+    trusted_proxies: Vec<IpNet>,
     builder: auto::Builder<TokioExecutor>,
     /// Client-facing TLS (`None`: plain TCP).
     tls: Option<tokio_rustls::TlsAcceptor>,
@@ -179,6 +193,8 @@ struct ConnInfo {
     fd: RawFd,
     kill: Notify,
     upstream: UpstreamConns,
+    forwarding: PeerForwarding,
+    activity: Arc<Activity>,
 }
 
 impl ConnInfo {
@@ -203,30 +219,53 @@ impl ConnInfo {
     }
 }
 
-/// Connection-scoped headers a proxy must not forward (RFC 9110 7.6.1);
-/// constants, so removal does no name parsing per request.
-const HOP_BY_HOP: [HeaderName; 7] = [
-    http::header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    http::header::TRANSFER_ENCODING,
-    http::header::TE,
-    http::header::TRAILER,
-    http::header::UPGRADE,
-];
-
-fn strip_hop_by_hop(headers: &mut http::HeaderMap) {
-    for h in &HOP_BY_HOP {
-        headers.remove(h);
-    }
-}
-
 fn synthetic(status: StatusCode, body: String) -> Response<ProxyBody> {
-    let mut resp = Response::new(Either::Right(Full::new(Bytes::from(body))));
+    let mut resp = Response::new(ClientBody::full(Bytes::from(body)));
     *resp.status_mut() = status;
     resp.headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
+}
+
+/// A gRPC trailers-only response failing the call with `code`.
+fn grpc_abort(code: u8, message: &str) -> Response<ProxyBody> {
+    let mut resp = Response::new(ClientBody::full(Bytes::new()));
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+    h.insert(GRPC_STATUS, HeaderValue::from(u16::from(code)));
+    if let Ok(v) = HeaderValue::from_str(&grpc_percent_encode(message)) {
+        h.insert(GRPC_MESSAGE, v);
+    }
+    resp
+}
+
+const GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+const GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+
+/// `grpc-message` encoding: printable ASCII except `%` as is, the rest as
+/// `%XX` of its UTF-8 bytes (gRPC over HTTP/2 spec).
+fn grpc_percent_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if (0x20..=0x7e).contains(&b) && b != b'%' {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// The body error behind a failed upstream exchange, if a body failed.
+fn body_error<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a BodyError> {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(b) = err.downcast_ref::<BodyError>() {
+            return Some(b);
+        }
+        cur = err.source();
+    }
+    None
 }
 
 /// Walks an error's sources for a timeout, to tell 504 from 502 by cause.
@@ -255,6 +294,9 @@ fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
 }
 
 /// What became of one request.
+// Boxing the response would cost an allocation per request; the enum only
+// lives on the stack of one request's future.
+#[allow(clippy::large_enum_variant)]
 enum Reply {
     Respond(Response<ProxyBody>),
     /// The connection is being aborted or reset.
@@ -266,6 +308,7 @@ async fn forward(
     conn: &ConnInfo,
     mut req: Request<Incoming>,
     cohort: Option<Cohort>,
+    upgrade: bool,
 ) -> (Response<ProxyBody>, bool) {
     let Some(target) = shared.pool_for(cohort).pick() else {
         let body = "chaos proxy: no upstream configured for this cohort\n".to_string();
@@ -284,35 +327,86 @@ async fn forward(
             req.headers_mut().insert(HOST, v);
         }
     }
-    // Origin form towards the upstream; HTTP/1 clients already sent it.
-    if req.uri().scheme().is_some() || req.uri().authority().is_some() {
-        let pq =
-            req.uri().path_and_query().cloned().unwrap_or(PathAndQuery::from_static("/"));
-        *req.uri_mut() = Uri::from(pq);
-    }
     // HTTP/2 clients may pipeline streams: only they need more than one
     // upstream connection at a time.
     let sequential = req.version() != http::Version::HTTP_2;
-    *req.version_mut() = http::Version::HTTP_11;
-    strip_hop_by_hop(req.headers_mut());
+    // Origin or absolute form, HTTP/1.1 or HTTP/2: decided by the
+    // upstream connection's protocol (`super::upstream::for_h1`/`for_h2`).
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let (parts, body) = req.into_parts();
+    let empty = body.is_end_stream();
+    let retryable = empty && !upgrade && is_idempotent(&parts.method);
+    let body: UpBody = if empty {
+        Either::Right(Empty::new())
+    } else {
+        Either::Left(IdleBody::new(body, shared.timeouts.request_body, Side::Client))
+    };
+    let req = Request::from_parts(parts, body);
     let up = &target.authority;
-    let send = conn.upstream.send(target, req, shared.connect_timeout, sequential);
-    match tokio::time::timeout(shared.upstream_timeout, send).await {
-        Ok(Ok(resp)) => {
+    let result = match client_upgrade {
+        Some(_) if target.h2 => {
+            let body =
+                format!("chaos proxy: upstream {up} speaks h2c; upgrades need http://\n");
+            return (synthetic(StatusCode::BAD_GATEWAY, body), false);
+        }
+        Some(_) => {
+            let mut req = req;
+            for_h1(&mut req);
+            let send = conn.upstream.send_upgrade(target, req, shared.connect_timeout);
+            tokio::time::timeout(shared.upstream_timeout, send).await
+        }
+        None => {
+            let send = conn.upstream.send(
+                target,
+                req,
+                shared.connect_timeout,
+                sequential,
+                retryable,
+            );
+            tokio::time::timeout(shared.upstream_timeout, send).await
+        }
+    };
+    match result {
+        Ok(Ok(mut resp)) => {
+            let switching = resp.status() == StatusCode::SWITCHING_PROTOCOLS;
+            if let (true, Some(client)) = (switching, client_upgrade) {
+                let upstream = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(client, upstream));
+                let (mut parts, _) = resp.into_parts();
+                strip_hop_by_hop(&mut parts.headers, true, &COHORT);
+                return (
+                    Response::from_parts(parts, ClientBody::full(Bytes::new())),
+                    false,
+                );
+            }
             let (mut parts, body) = resp.into_parts();
-            strip_hop_by_hop(&mut parts.headers);
-            (Response::from_parts(parts, Either::Left(body)), true)
+            strip_hop_by_hop(&mut parts.headers, false, &COHORT);
+            let body = ClientBody::streamed(body, shared.timeouts.response_body);
+            (Response::from_parts(parts, body), true)
         }
-        Ok(Err(e)) if is_timeout(&e) => {
-            let body =
-                format!("chaos proxy: upstream {up} timed out: {}\n", error_chain(&e));
-            (synthetic(StatusCode::GATEWAY_TIMEOUT, body), false)
-        }
-        Ok(Err(e)) => {
-            let body =
-                format!("chaos proxy: upstream {up} failed: {}\n", error_chain(&e));
-            (synthetic(StatusCode::BAD_GATEWAY, body), false)
-        }
+        Ok(Err(e)) => match body_error(&e) {
+            // The client's own body broke (bad chunked framing, a stall):
+            // a client error, not the upstream's.
+            Some(b) if b.is_client() => {
+                let status = match b {
+                    BodyError::ClientIdle(_) => StatusCode::REQUEST_TIMEOUT,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                (synthetic(status, format!("chaos proxy: {b}\n")), false)
+            }
+            _ if is_timeout(&e) => {
+                let body = format!(
+                    "chaos proxy: upstream {up} timed out: {}\n",
+                    error_chain(&e)
+                );
+                (synthetic(StatusCode::GATEWAY_TIMEOUT, body), false)
+            }
+            _ => {
+                let body =
+                    format!("chaos proxy: upstream {up} failed: {}\n", error_chain(&e));
+                (synthetic(StatusCode::BAD_GATEWAY, body), false)
+            }
+        },
         Err(_) => {
             let body = format!(
                 "chaos proxy: upstream {up} sent no response within {:?}\n",
@@ -320,6 +414,21 @@ async fn forward(
             );
             (synthetic(StatusCode::GATEWAY_TIMEOUT, body), false)
         }
+    }
+}
+
+/// Copies bytes both ways between an upgraded client connection and the
+/// upstream's until either side closes.
+async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnUpgrade) {
+    match tokio::try_join!(client, upstream) {
+        Ok((c, u)) => {
+            let mut c = TokioIo::new(c);
+            let mut u = TokioIo::new(u);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut c, &mut u).await {
+                tracing::debug!(error = %e, "upgraded connection ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "upgrade failed"),
     }
 }
 
@@ -343,6 +452,7 @@ fn assign_request(
             // Clients must not pick their own cohort.
             let headers = req.headers_mut();
             headers.remove(COHORT_HEADER);
+            headers.remove(COHORT_HEADER_UNDERSCORE);
             if let Some(c) = cohort {
                 headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
             }
@@ -353,6 +463,7 @@ fn assign_request(
         // The header first; baggage when a service on the way propagated
         // only its OpenTelemetry context.
         ProxyMode::Sidecar => Assignment {
+            // The edge's header is trusted, a look-alike never is.
             cohort: req
                 .headers()
                 .get(COHORT_HEADER)
@@ -404,6 +515,7 @@ async fn process(
     conn: &ConnInfo,
     req: Request<Incoming>,
     cohort: Option<Cohort>,
+    upgrade: bool,
 ) -> Reply {
     // Roll every enabled fault once; only the experiment cohort is eligible.
     let faults =
@@ -427,18 +539,22 @@ async fn process(
     let terminal = fired.iter().find(|f| {
         matches!(
             f.kind,
-            HttpFaultKind::Error { .. } | HttpFaultKind::Abort | HttpFaultKind::Reset
+            HttpFaultKind::Error { .. }
+                | HttpFaultKind::Abort
+                | HttpFaultKind::Reset
+                | HttpFaultKind::Grpc { .. }
         )
     });
     let mut resp = if let Some(f) = terminal {
         shared.recorder.record_fault(f.kind.label());
         tags.push(f.kind.label().as_str());
-        match &f.kind {
+        let mut resp = match &f.kind {
             HttpFaultKind::Error { status, body } => {
                 let status = StatusCode::from_u16(*status)
                     .unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
                 synthetic(status, body.clone())
             }
+            HttpFaultKind::Grpc { code, message } => grpc_abort(*code, message),
             HttpFaultKind::Reset => {
                 conn.kill(true);
                 return Reply::Drop;
@@ -447,9 +563,11 @@ async fn process(
                 conn.kill(false);
                 return Reply::Drop;
             }
-        }
+        };
+        resp.body_mut().keep_request(req.into_body());
+        resp
     } else {
-        let (resp, from_upstream) = forward(shared, conn, req, cohort).await;
+        let (resp, from_upstream) = forward(shared, conn, req, cohort, upgrade).await;
         let modes: Vec<_> = fired
             .iter()
             .filter_map(|f| match f.kind {
@@ -467,7 +585,7 @@ async fn process(
                         tags.push(mode.label().as_str());
                         shared.recorder.record_fault(mode.label());
                     }
-                    Response::from_parts(parts, Either::Right(Full::new(bytes)))
+                    Response::from_parts(parts, ClientBody::full(bytes))
                 }
                 Err(e) => synthetic(
                     StatusCode::BAD_GATEWAY,
@@ -494,17 +612,29 @@ async fn handle(
     conn: Arc<ConnInfo>,
     mut req: Request<Incoming>,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    // Refused before cohort assignment, like hyper's own 400s for heads it
+    // cannot parse: not a request of any cohort.
+    if let Err(e) = check_host(req.version(), req.headers()) {
+        return Ok(synthetic(StatusCode::BAD_REQUEST, format!("chaos proxy: {e}\n")));
+    }
+    let busy = Busy::enter(&conn.activity);
     let arrived = Instant::now();
+    let upgrade = is_upgrade(req.version(), req.headers());
+    strip_hop_by_hop(req.headers_mut(), upgrade, &COHORT);
+    conn.forwarding.apply(shared.forwarded, req.headers_mut());
     let assignment = assign_request(&shared, &conn, &mut req);
     let mut unrecorded =
         Unrecorded { shared: &shared, arrived, assignment: Some(assignment) };
-    let reply = process(&shared, &conn, req, assignment.cohort).await;
+    let reply = process(&shared, &conn, req, assignment.cohort, upgrade).await;
     unrecorded.record(match &reply {
         Reply::Respond(r) => Some(r.status().as_u16()),
         Reply::Drop => None,
     });
     match reply {
-        Reply::Respond(r) => Ok(r),
+        Reply::Respond(mut r) => {
+            r.body_mut().hold(busy);
+            Ok(r)
+        }
         // HTTP/1: the connection task drops the connection (and this future)
         // as soon as it sees the kill notification. HTTP/2 runs streams as
         // their own tasks, so this one must still end: it answers into a
@@ -519,62 +649,93 @@ async fn handle(
     }
 }
 
-async fn serve_connection(
+/// Serves one client connection over any IO (plain TCP here; a TLS layer
+/// passes its decrypted stream). `fd` is the socket under it (for the
+/// reset fault), `proto` what the client speaks (`http`/`https`, for
+/// `X-Forwarded-Proto`).
+pub(crate) async fn serve_connection<I>(
     shared: Arc<Shared>,
-    stream: TcpStream,
-    peer: SocketAddr,
-    shutdown: watch::Receiver<bool>,
-) {
-    let _ = stream.set_nodelay(true);
-    let info = Arc::new(ConnInfo {
-        peer,
-        fd: stream.as_raw_fd(),
-        kill: Notify::new(),
-        upstream: UpstreamConns::default(),
-    });
-    match &shared.tls {
-        None => serve_io(shared, info, TokioIo::new(stream), shutdown).await,
-        Some(acceptor) => match super::tls::accept(acceptor, stream).await {
-            Ok(tls) => serve_io(shared, info, TokioIo::new(tls), shutdown).await,
-            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        },
-    }
-}
-
-/// Serves one client connection over a plain or TLS stream (generic, so
-/// the plain path carries no TLS branch).
-async fn serve_io<I>(
-    shared: Arc<Shared>,
-    info: Arc<ConnInfo>,
     io: I,
+    peer: SocketAddr,
+    fd: RawFd,
+    proto: &'static str,
     mut shutdown: watch::Receiver<bool>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
-    let peer = info.peer;
+    let info = Arc::new(ConnInfo {
+        peer,
+        fd,
+        kill: Notify::new(),
+        upstream: UpstreamConns::default(),
+        forwarding: PeerForwarding::new(peer, proto, &shared.trusted_proxies),
+        activity: Arc::new(Activity::new()),
+    });
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
         service_fn(move |req| handle(shared.clone(), info.clone(), req))
     };
-    let conn = shared.builder.serve_connection(io, svc);
+    let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
-    // Biased: the connection is what wakes this task nearly every time;
-    // polling it first skips the branch shuffle on the hot path.
-    tokio::select! {
-        biased;
-        r = conn.as_mut() => {
-            if let Err(e) = r {
-                tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    let idle_timeout = shared.timeouts.idle;
+    let idle = tokio::time::sleep(idle_timeout);
+    tokio::pin!(idle);
+    loop {
+        // Biased: the connection is what wakes this task nearly every time;
+        // polling it first skips the branch shuffle on the hot path.
+        tokio::select! {
+            biased;
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                return;
+            }
+            _ = info.kill.notified() => {
+                tracing::debug!(%peer, "connection dropped by a fault");
+                return;
+            }
+            _ = stopped(&mut shutdown) => break,
+            _ = idle.as_mut() => {
+                // Nothing in flight for the whole timeout: close (a
+                // connection that never sent a byte included).
+                match info.activity.idle_since() {
+                    Some(since) if since + idle_timeout <= Instant::now() => {
+                        tracing::debug!(%peer, "closing an idle client connection");
+                        break;
+                    }
+                    Some(since) => idle.as_mut().reset(since + idle_timeout),
+                    None => idle.as_mut().reset(Instant::now() + idle_timeout),
+                }
             }
         }
-        _ = info.kill.notified() => {
-            tracing::debug!(%peer, "connection dropped by a fault");
+    }
+    conn.as_mut().graceful_shutdown();
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
+}
+
+/// Serves one accepted TCP connection, terminating TLS first when the
+/// proxy has a certificate ([`serve_connection`] is generic over the
+/// stream, so the plain path carries no TLS branch per read).
+async fn serve_tcp(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    peer: SocketAddr,
+    rx: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let fd = stream.as_raw_fd();
+    match &shared.tls {
+        None => {
+            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await
         }
-        _ = stopped(&mut shutdown) => {
-            conn.as_mut().graceful_shutdown();
-            let _ = tokio::time::timeout(DRAIN_TIMEOUT, conn.as_mut()).await;
-        }
+        Some(acceptor) => match super::tls::accept(acceptor, stream).await {
+            Ok(tls) => {
+                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx).await
+            }
+            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
+        },
     }
 }
 
@@ -637,8 +798,16 @@ impl Proxy {
             .map_err(|source| ProxyError::Bind { addr: cfg.listen, source })?;
 
         let mut builder = auto::Builder::new(TokioExecutor::new());
-        builder.http1().timer(TokioTimer::new()).keep_alive(true);
-        builder.http2().timer(TokioTimer::new());
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .keep_alive(true)
+            .header_read_timeout(cfg.timeouts.client_header)
+            // The read buffer bounds the request head (431 beyond it).
+            .max_buf_size(cfg.max_header_bytes);
+        builder.http2().timer(TokioTimer::new()).max_header_list_size(
+            u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
+        );
 
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
@@ -656,6 +825,9 @@ impl Proxy {
             salt: cfg.seed,
             upstream_timeout: cfg.upstream_timeout,
             connect_timeout: cfg.connect_timeout,
+            timeouts: cfg.timeouts,
+            forwarded: cfg.forwarded,
+            trusted_proxies: cfg.trusted_proxies.clone(),
             builder,
             tls,
             faults: RwLock::new(Arc::new(Vec::new())),
@@ -715,7 +887,7 @@ async fn accept_loop(
                     if workers.is_empty() {
                         shared.active.fetch_add(1, Ordering::Relaxed);
                         tokio::spawn(async move {
-                            serve_connection(shared.clone(), stream, peer, rx).await;
+                            serve_tcp(shared.clone(), stream, peer, rx).await;
                             shared.active.fetch_sub(1, Ordering::Relaxed);
                         });
                         continue;
@@ -735,7 +907,7 @@ async fn accept_loop(
                     worker.spawn(async move {
                         match TcpStream::from_std(std_stream) {
                             Ok(stream) => {
-                                serve_connection(shared.clone(), stream, peer, rx).await
+                                serve_tcp(shared.clone(), stream, peer, rx).await
                             }
                             Err(e) => {
                                 tracing::warn!(%peer, error = %e, "cannot adopt a connection")

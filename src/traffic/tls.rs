@@ -18,7 +18,9 @@ use tokio_rustls::{client, server, TlsAcceptor, TlsConnector};
 
 use super::config::{ProxyConfig, Upstream};
 use super::upstream::Target;
-use crate::tls::{client_config, server_config, server_name, TlsError, ALPN_HTTP11};
+use crate::tls::{
+    client_config, server_config, server_name, TlsError, ALPN_H2, ALPN_HTTP11,
+};
 
 /// A client that completes no TLS handshake within this is dropped (a
 /// slow or silent client must not hold a connection slot forever).
@@ -43,11 +45,14 @@ pub(crate) async fn accept(
     }
 }
 
-/// How one `https://` target is reached: the shared client configuration
+/// How one `https://` target is reached: the shared client configurations
 /// and the name used for SNI and certificate verification.
 #[derive(Clone)]
 pub(crate) struct UpstreamTls {
+    /// Offers `h2` and `http/1.1`: the upstream's ALPN choice decides.
     connector: TlsConnector,
+    /// Offers only `http/1.1`, for upgrade handshakes (WebSocket).
+    connector_h1: TlsConnector,
     name: ServerName<'static>,
 }
 
@@ -63,13 +68,16 @@ impl UpstreamTls {
         self.name.to_str().into_owned()
     }
 
-    /// TLS over an established TCP connection, within `timeout`.
+    /// TLS over an established TCP connection, within `timeout`; `h1_only`
+    /// offers only `http/1.1` by ALPN.
     pub(crate) async fn connect(
         &self,
         stream: TcpStream,
         timeout: Duration,
+        h1_only: bool,
     ) -> std::io::Result<client::TlsStream<TcpStream>> {
-        let handshake = self.connector.connect(self.name.clone(), stream);
+        let connector = if h1_only { &self.connector_h1 } else { &self.connector };
+        let handshake = connector.connect(self.name.clone(), stream);
         match tokio::time::timeout(timeout, handshake).await {
             Ok(r) => r,
             Err(_) => Err(std::io::Error::new(
@@ -88,10 +96,13 @@ pub(crate) fn pool_targets(cfg: &ProxyConfig) -> Result<[Vec<Target>; 3], TlsErr
     let pools = [&cfg.pools.default, &cfg.pools.control, &cfg.pools.experiment];
     let any_https =
         pools.iter().flat_map(|p| p.iter()).any(|u| u.url.scheme_str() == Some("https"));
-    let connector = if any_https {
-        // The proxy speaks HTTP/1.1 upstream, so that is all it offers.
-        let config = client_config(cfg.upstream_ca.as_deref(), &[ALPN_HTTP11])?;
-        Some(TlsConnector::from(config))
+    let connectors = if any_https {
+        // HTTP/2 when the upstream picks it (gRPC over TLS), else HTTP/1.1;
+        // upgrade handshakes need HTTP/1.1.
+        let ca = cfg.upstream_ca.as_deref();
+        let any = client_config(ca, &[ALPN_H2, ALPN_HTTP11])?;
+        let h1 = client_config(ca, &[ALPN_HTTP11])?;
+        Some((TlsConnector::from(any), TlsConnector::from(h1)))
     } else {
         None
     };
@@ -99,14 +110,16 @@ pub(crate) fn pool_targets(cfg: &ProxyConfig) -> Result<[Vec<Target>; 3], TlsErr
         let mut out = Vec::with_capacity(ups.len());
         for u in ups {
             let Some(authority) = u.url.authority().cloned() else { continue };
-            let tls = match (&connector, u.url.scheme_str()) {
-                (Some(c), Some("https")) => Some(UpstreamTls {
-                    connector: c.clone(),
+            let tls = match (&connectors, u.url.scheme_str()) {
+                (Some((any, h1)), Some("https")) => Some(UpstreamTls {
+                    connector: any.clone(),
+                    connector_h1: h1.clone(),
                     name: server_name(authority.host())?,
                 }),
                 _ => None,
             };
-            out.push(Target::with_tls(authority, tls));
+            let h2 = u.url.scheme_str() == Some("h2c");
+            out.push(Target::with_tls(authority, h2, tls));
         }
         Ok(out)
     };

@@ -29,6 +29,7 @@ mod netns;
 mod otel;
 mod prometheus;
 mod proxy;
+mod proxy_edge;
 mod recovery;
 mod report;
 mod run;

@@ -535,9 +535,11 @@ async fn requests_the_client_gives_up_on_count_as_failures_of_their_cohort() {
     assert!(abandoned >= 10, "only {abandoned} of 40 keys in the experiment cohort");
     assert_eq!(e.errors, abandoned, "abandoned requests are failures");
     assert_eq!(e.status_counts.get(&0), Some(&abandoned), "{:?}", e.status_counts);
+    // Arrival at the proxy trails the client's clock by the connect and
+    // scheduling delay, which reaches 100-200 ms on a loaded machine.
     for s in &e.samples {
         assert!(
-            (900.0..4000.0).contains(&s.latency_ms),
+            (500.0..4000.0).contains(&s.latency_ms),
             "recorded when abandoned, not at the fault's 5 s: {s:?}"
         );
     }

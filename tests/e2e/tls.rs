@@ -69,11 +69,16 @@ impl Pki {
 
 type Seen = Arc<Mutex<Vec<Option<String>>>>;
 
-/// An HTTPS upstream with the test certificate: answers `secure` and
-/// records the SNI name of every TLS connection it accepts.
-async fn https_upstream(pki: &Pki) -> (SocketAddr, Seen) {
-    let cfg = chaos::tls::server_config(&pki.server_files()).unwrap();
-    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+/// An HTTPS upstream with the test certificate: answers `secure` with the
+/// HTTP version it was asked in (`x-seen-version`) and records the SNI name
+/// of every TLS connection it accepts. `h2`: it offers `h2` by ALPN (and
+/// then speaks it), else only `http/1.1`.
+async fn https_upstream(pki: &Pki, h2: bool) -> (SocketAddr, Seen) {
+    let mut cfg = (*chaos::tls::server_config(&pki.server_files()).unwrap()).clone();
+    if !h2 {
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    }
+    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(cfg));
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let seen: Seen = Arc::default();
@@ -86,15 +91,19 @@ async fn https_upstream(pki: &Pki) -> (SocketAddr, Seen) {
                 let Ok(tls) = acceptor.accept(s).await else { return };
                 let sni = tls.get_ref().1.server_name().map(str::to_string);
                 seen.lock().unwrap().push(sni);
-                let svc =
-                    hyper::service::service_fn(|_req: http::Request<Incoming>| async {
-                        Ok::<_, Infallible>(http::Response::new(Full::new(
-                            Bytes::from_static(b"secure"),
-                        )))
-                    });
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(TokioIo::new(tls), svc)
-                    .await;
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<Incoming>| async move {
+                        let mut resp =
+                            http::Response::new(Full::new(Bytes::from_static(b"secure")));
+                        let v = format!("{:?}", req.version());
+                        resp.headers_mut().insert("x-seen-version", v.parse().unwrap());
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
+                let _ =
+                    hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(tls), svc)
+                        .await;
             });
         }
     });
@@ -234,7 +243,8 @@ async fn clients_reach_the_proxy_over_tls_with_h2_or_http1_chosen_by_alpn() {
 async fn the_proxy_verifies_https_upstreams_against_the_ca_and_sends_sni() {
     tokio::time::timeout(T, async {
         let pki = Pki::new();
-        let (up, seen) = https_upstream(&pki).await;
+        // The upstream offers h2 by ALPN: the proxy speaks HTTP/2 to it.
+        let (up, seen) = https_upstream(&pki, true).await;
         let url = format!("https://localhost:{}", up.port());
         let client = reqwest::Client::new();
 
@@ -251,6 +261,7 @@ async fn the_proxy_verifies_https_upstreams_against_the_ca_and_sends_sni() {
                 .await
                 .unwrap();
             assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-seen-version"], "HTTP/2.0");
             assert_eq!(r.text().await.unwrap(), "secure");
         }
         let names = seen.lock().unwrap().clone();
@@ -299,7 +310,8 @@ impl Drop for Child {
 async fn chaos_proxy_flags_terminate_and_originate_tls() {
     tokio::time::timeout(T, async {
         let pki = Pki::new();
-        let (up, seen) = https_upstream(&pki).await;
+        // An upstream offering only http/1.1 gets HTTP/1.1.
+        let (up, seen) = https_upstream(&pki, false).await;
         let p = |n: &str| pki.path(n).display().to_string();
         let mut child = Child(
             Command::new(support::chaos_bin())
@@ -335,6 +347,7 @@ async fn chaos_proxy_flags_terminate_and_originate_tls() {
         tokio::spawn(conn);
         let resp = h2.send_request(get("u1")).await.unwrap();
         assert_eq!(resp.status(), 200);
+        assert_eq!(resp.headers()["x-seen-version"], "HTTP/1.1");
         assert_eq!(body_text(resp).await, "secure");
         assert_eq!(
             seen.lock().unwrap().first().cloned().flatten().as_deref(),
