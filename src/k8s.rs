@@ -11,6 +11,7 @@
 //! - [`api`]: the calls used (list, get, delete, eviction, readiness).
 //! - [`inject`]: pod faults as `fault::Injector`s for the runner, and
 //!   the self-healing checks.
+//! - [`heal`]: the checks' watchers, started at each kill.
 //! - [`inpod`]: faults inside a pod's container, through the agent on
 //!   the pod's node.
 //! - [`rbac`]: the permissions the calls need (what rbac.yaml grants).
@@ -22,6 +23,7 @@
 pub mod api;
 pub mod client;
 pub mod exec;
+pub mod heal;
 pub mod inject;
 pub mod inpod;
 pub mod rbac;

@@ -1,8 +1,9 @@
 //! Pod faults in the runner's fault schedule: each `[[kubernetes.fault]]`
 //! becomes a `fault::Injector` (describe / inject / revert) like a local
-//! or remote fault, and each `[[kubernetes.check]]` is judged after the
-//! faults: the workload must be back at its desired ready replicas
-//! within the bound after the last kill.
+//! or remote fault, and each `[[kubernetes.check]]` is watched from the
+//! moment of each kill and judged after the faults: the workload must be
+//! back at its desired ready replicas within the bound after the last
+//! kill (`heal`).
 //!
 //! A kill cannot be undone: the journal gets one audit record per pod
 //! (`RevertAction::Nothing`), already settled, so `chaos recover` has
@@ -10,14 +11,15 @@
 //! pod's controller (ReplicaSet, StatefulSet) brings a replacement.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Instant;
 
 use super::api::{self, Killed, PodRef};
 use super::client::Kube;
+use super::heal::Healing;
 use super::inpod::InPod;
 use super::select::{self, Radius};
-use super::spec::{KillMethod, PodFault, ReadyCheck, Settings};
+use super::spec::{KillMethod, PodFault, Settings};
 use super::K8sError;
 use crate::experiment::model::{Experiment, FaultKind};
 use crate::fault::{FaultError, Injector};
@@ -29,8 +31,8 @@ pub fn any(exp: &Experiment) -> bool {
         || exp.faults.iter().any(|f| matches!(f.kind, FaultKind::Kubernetes(_)))
 }
 
-/// The time of the last kill, shared by the faults and the checks.
-pub(super) type LastKill = Arc<Mutex<Option<Instant>>>;
+/// The checks' watchers, told of every kill by the faults.
+pub(super) type LastKill = Arc<Healing>;
 
 /// One pod fault, ready to strike.
 pub struct PodKill {
@@ -82,9 +84,7 @@ pub struct Prepared {
 
 /// The self-healing checks of a run.
 pub struct Checks {
-    kube: Option<Arc<Kube>>,
-    checks: Vec<ReadyCheck>,
-    last_kill: LastKill,
+    healing: Arc<Healing>,
 }
 
 fn fault_seed(seed: u64, id: &str) -> u64 {
@@ -190,9 +190,8 @@ impl Injector for PodKill {
                 }
             }
         }
-        if let Ok(mut t) = self.last_kill.lock() {
-            *t = Some(Instant::now());
-        }
+        // The bound runs from the last kill: watching starts now.
+        self.last_kill.killed(Instant::now());
         Ok(())
     }
 
@@ -206,14 +205,15 @@ impl Injector for PodKill {
 /// dry run, asks the server to dry-run each kill (`dryRun=All`) when
 /// `server_dry_run` is on. Nothing is changed.
 pub fn prepare(exp: &Experiment, seed: u64, dry_run: bool) -> Result<Prepared, K8sError> {
-    let last_kill: LastKill = Arc::default();
     let Some(settings) = exp.kubernetes.as_ref().filter(|_| any(exp)) else {
         return Ok(Prepared {
             faults: BTreeMap::new(),
-            checks: Checks { kube: None, checks: Vec::new(), last_kill },
+            checks: Checks { healing: Arc::new(Healing::new(None, Vec::new())) },
         });
     };
     let kube = Arc::new(Kube::connect(settings)?);
+    let last_kill: LastKill =
+        Arc::new(Healing::new(Some(kube.clone()), settings.checks.clone()));
     let radius = Radius {
         max_targets: exp.safety.max_targets,
         max_fraction: exp.safety.max_target_fraction,
@@ -250,10 +250,7 @@ pub fn prepare(exp: &Experiment, seed: u64, dry_run: bool) -> Result<Prepared, K
     for c in &settings.checks {
         api::replicas(&kube, &c.target)?;
     }
-    Ok(Prepared {
-        faults,
-        checks: Checks { kube: Some(kube), checks: settings.checks.clone(), last_kill },
-    })
+    Ok(Prepared { faults, checks: Checks { healing: last_kill } })
 }
 
 fn plan_lines(
@@ -326,11 +323,12 @@ pub struct CheckResult {
 impl Checks {
     /// Descriptions for the dry run.
     pub fn describe(&self) -> Vec<String> {
-        self.checks
+        self.healing
+            .checks()
             .iter()
             .map(|c| {
                 format!(
-                    "check ready_replicas {}: back at desired ready replicas within {}s of the last kill",
+                    "check ready_replicas {}: back at desired ready replicas within {}s of the last kill (watched from the kill)",
                     c.target,
                     c.within.as_secs_f64()
                 )
@@ -338,37 +336,10 @@ impl Checks {
             .collect()
     }
 
-    /// Waits for each workload until ready == desired or the bound (from
-    /// the last kill, or from now when nothing was killed) has passed: by
-    /// a watch, falling back to polling (`watch`).
+    /// Judges each check: what its watcher saw within the bound after
+    /// the last kill, or, when nothing was killed, a wait from now
+    /// within the bound (`heal`).
     pub fn judge(&self) -> Vec<CheckResult> {
-        let Some(kube) = &self.kube else { return Vec::new() };
-        let since =
-            self.last_kill.lock().ok().and_then(|t| *t).unwrap_or_else(Instant::now);
-        self.checks
-            .iter()
-            .map(|c| {
-                let deadline = since + c.within;
-                match super::watch::until_ready(kube, &c.target, deadline) {
-                    (Ok((ready, desired)), via) => CheckResult {
-                        text: format!(
-                            "check ready_replicas {}: {ready}/{desired} ready {:.1}s after the kill (bound {}s, seen by {via})",
-                            c.target,
-                            since.elapsed().as_secs_f64(),
-                            c.within.as_secs_f64()
-                        ),
-                        passed: true,
-                    },
-                    (Err(last), _) => CheckResult {
-                        text: format!(
-                            "check ready_replicas {}: not back within {}s of the kill (last: {last})",
-                            c.target,
-                            c.within.as_secs_f64()
-                        ),
-                        passed: false,
-                    },
-                }
-            })
-            .collect()
+        self.healing.judge()
     }
 }

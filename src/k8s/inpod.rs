@@ -315,9 +315,7 @@ impl Injector for InPod {
             }
         }
         if self.inside.kind == "container-kill" {
-            if let Ok(mut t) = self.last_kill.lock() {
-                *t = Some(Instant::now());
-            }
+            self.last_kill.killed(Instant::now());
         }
         Ok(())
     }

@@ -32,11 +32,21 @@ fn cluster() -> FakeKube {
 }
 
 fn experiment(dir: &Path, traffic: &str, kubernetes: &str) -> PathBuf {
+    experiment_for("4s", dir, traffic, kubernetes)
+}
+
+/// An experiment whose fault window lasts `duration`.
+fn experiment_for(
+    duration: &str,
+    dir: &Path,
+    traffic: &str,
+    kubernetes: &str,
+) -> PathBuf {
     let text = format!(
         r#"
 [experiment]
 name = "k8s"
-duration = "4s"
+duration = "{duration}"
 baseline = "2s"
 min_samples = 200
 
@@ -363,8 +373,21 @@ keys = 50000
 "#;
 
 fn run(dir: &Path, fleet: &Fleet, kube: &FakeKube, exp: &Path) -> Output {
+    run_with(dir, fleet, kube, exp, &["--quiet"])
+}
+
+/// `run` with the progress on stderr (`&[]`) or not (`&["--quiet"]`).
+fn run_with(
+    dir: &Path,
+    fleet: &Fleet,
+    kube: &FakeKube,
+    exp: &Path,
+    extra: &[&str],
+) -> Output {
     Command::new(chaos_bin())
-        .args(["run", "--quiet", "--json", "--report-dir"])
+        .arg("run")
+        .args(extra)
+        .args(["--json", "--report-dir"])
         .arg(dir.join("reports"))
         .arg(exp)
         .envs(fleet.env_vars())
@@ -446,4 +469,107 @@ fn a_workload_that_does_not_heal_in_time_rejects_the_run() {
         "{warnings}"
     );
     assert!(warnings.contains("2/3 ready"), "{warnings}");
+}
+
+// The fault window of these runs (6 s, the kill 1 s in) outlasts every
+// bound below: the check must judge what happened within the bound after
+// the kill, not the state when the faults end.
+
+/// The seconds from the kill to readiness in the passed check's line.
+fn time_to_ready(progress: &str) -> f64 {
+    let line = progress
+        .lines()
+        .find(|l| l.contains("check ready_replicas deployment:shop/web: 3/3 ready "))
+        .unwrap_or_else(|| panic!("no passed check line: {progress}"));
+    let after = line.split("3/3 ready ").nth(1).unwrap_or_default();
+    let secs = after.split("s after the kill").next().unwrap_or_default();
+    eprintln!("measured: {line}");
+    secs.parse().unwrap_or_else(|_| panic!("no time in {line:?}"))
+}
+
+#[test]
+fn a_deployment_that_heals_only_after_the_bound_fails_even_if_healed_when_the_faults_end()
+{
+    let _heavy = crate::support::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = demo_fleet(dir.path());
+    let kube = cluster();
+    // Bound 2 s, healed at 3.5 s, faults end about 5 s after the kill.
+    kube.heal_after(Some(Duration::from_millis(3500)));
+    let exp = experiment_for(
+        "6s",
+        dir.path(),
+        DEMO_TRAFFIC,
+        &KILL_AND_CHECK.replace("WITHIN", "2s"),
+    );
+    let out = run(dir.path(), &fleet, &kube, &exp);
+    assert_eq!(out.status.code(), Some(1), "{}\n{}", stdout(&out), stderr(&out));
+    let v: serde_json::Value = serde_json::from_str(&stdout(&out)).expect("--json");
+    assert_eq!(v["outcome"], "rejected", "{v}");
+    let warnings = v["warnings"].to_string();
+    assert!(
+        warnings.contains(
+            "check ready_replicas deployment:shop/web: not back within 2s of the kill (last: 2/3 ready)"
+        ),
+        "{warnings}"
+    );
+    let watches = kube
+        .seen()
+        .iter()
+        .filter(|s| s.path.ends_with("/deployments") && s.query.contains("watch=true"))
+        .count();
+    assert_eq!(watches, 1, "watched from the kill, once");
+}
+
+#[test]
+fn a_deployment_that_heals_within_the_bound_passes_with_its_measured_time() {
+    let _heavy = crate::support::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = demo_fleet(dir.path());
+    let kube = cluster();
+    kube.heal_after(Some(Duration::from_millis(1000)));
+    let exp = experiment_for(
+        "6s",
+        dir.path(),
+        DEMO_TRAFFIC,
+        &KILL_AND_CHECK.replace("WITHIN", "4s"),
+    );
+    let out = run_with(dir.path(), &fleet, &kube, &exp, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let progress = stderr(&out);
+    let t = time_to_ready(&progress);
+    // Healed 1 s after the delete; the faults ended about 5 s after it.
+    assert!(
+        (0.8..2.0).contains(&t),
+        "the heal, not the end of the faults: {t}\n{progress}"
+    );
+    assert!(progress.contains("(bound 4s, seen by watch)"), "{progress}");
+    assert!(!progress.contains("no dip"), "the dip was seen: {progress}");
+}
+
+#[test]
+fn a_status_still_ready_right_after_the_delete_is_not_taken_for_the_heal() {
+    let _heavy = crate::support::heavy();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let fleet = demo_fleet(dir.path());
+    let kube = cluster();
+    // 3/3 for 0.7 s after the delete (not yet observed), 2/3, then 3/3
+    // at 1.8 s.
+    kube.stale_after_kill(Duration::from_millis(700));
+    kube.heal_after(Some(Duration::from_millis(1800)));
+    let exp = experiment_for(
+        "6s",
+        dir.path(),
+        DEMO_TRAFFIC,
+        &KILL_AND_CHECK.replace("WITHIN", "4s"),
+    );
+    let out = run_with(dir.path(), &fleet, &kube, &exp, &[]);
+    assert_eq!(out.status.code(), Some(0), "{}\n{}", stdout(&out), stderr(&out));
+    let progress = stderr(&out);
+    let t = time_to_ready(&progress);
+    assert!(
+        (1.6..3.0).contains(&t),
+        "the heal after the dip, not 0.0 s: {t}\n{progress}"
+    );
+    assert!(progress.contains("seen by watch)"), "{progress}");
 }

@@ -5,7 +5,8 @@
 //! them and run a real local `chaos agent` behind the WebSocket. Every body is built from
 //! `k8s-openapi` types with `serde_json::to_vec`, never written by hand.
 //! Every request is recorded for the tests to assert on, and errors,
-//! PDB refusals and delays can be injected per path.
+//! PDB refusals and delays can be injected per path. Watches stream:
+//! each change of a workload's readiness goes out as it happens.
 
 #![allow(dead_code)]
 
@@ -17,7 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper::{Request, Response, StatusCode};
 use k8s_openapi::api::apps::v1::{
     Deployment, DeploymentSpec, DeploymentStatus, StatefulSet, StatefulSetSpec,
@@ -59,6 +62,9 @@ struct State {
     /// After a kill, the deployment reports one ready replica fewer
     /// until this long has passed (`None`: it never heals).
     heal_after: Option<Duration>,
+    /// For this long after a kill the status still reports every replica
+    /// ready (the controller has not observed the deletion yet).
+    stale_for: Duration,
     last_kill: Option<Instant>,
     replaced: u32,
     /// When set, pods/exec upgrades are accepted and run a real local
@@ -343,6 +349,13 @@ impl FakeKube {
         self.with(|s| s.heal_after = d);
     }
 
+    /// After a kill, the status keeps reporting every replica ready for
+    /// `d` before the dip shows (a controller that has not yet observed
+    /// the deletion).
+    pub fn stale_after_kill(&self, d: Duration) {
+        self.with(|s| s.stale_for = d);
+    }
+
     pub fn seen(&self) -> Vec<Seen> {
         self.with(|s| s.seen.clone())
     }
@@ -382,11 +395,14 @@ impl Drop for FakeKube {
     }
 }
 
-fn reply(code: u16, body: Vec<u8>) -> Response<Full<Bytes>> {
+/// A whole body, or a watch's stream of events.
+type Body = BoxBody<Bytes, Infallible>;
+
+fn reply(code: u16, body: Vec<u8>) -> Response<Body> {
     Response::builder()
         .status(StatusCode::from_u16(code).expect("status"))
         .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body)))
+        .body(Full::new(Bytes::from(body)).boxed())
         .expect("response")
 }
 
@@ -401,7 +417,7 @@ fn exec_upgrade(
     state: Arc<Mutex<State>>,
     mut req: Request<hyper::body::Incoming>,
     backend: ExecBackend,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let query = req.uri().query().unwrap_or("").to_string();
     state.lock().expect("state").seen.push(Seen {
         method: req.method().to_string(),
@@ -520,14 +536,14 @@ fn exec_upgrade(
         .header("upgrade", "websocket")
         .header("sec-websocket-accept", accept)
         .header("sec-websocket-protocol", protocol)
-        .body(Full::new(Bytes::new()))
+        .body(Full::new(Bytes::new()).boxed())
         .expect("101 response")
 }
 
 async fn handle(
     state: Arc<Mutex<State>>,
     req: Request<hyper::body::Incoming>,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let upgrade = header(&req, "upgrade").eq_ignore_ascii_case("websocket");
     if upgrade && req.uri().path().ends_with("/exec") {
         let backend = state.lock().expect("state").exec.clone();
@@ -593,25 +609,13 @@ async fn handle(
             reply(200, serde_json::to_vec(&list).expect("list"))
         }
         ("GET", ["apis", "apps", "v1", "namespaces", ns, "deployments", name]) => {
-            let heal_after = s.heal_after;
-            let last_kill = s.last_kill;
+            let healed = healed_now(&s);
             match s.deployments.iter().find(|d| {
                 d.metadata.namespace.as_deref() == Some(*ns)
                     && d.metadata.name.as_deref() == Some(*name)
             }) {
                 Some(d) => {
-                    let mut d = d.clone();
-                    let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    let healed = match (last_kill, heal_after) {
-                        (None, _) => true,
-                        (Some(t), Some(h)) => t.elapsed() >= h,
-                        (Some(_), None) => false,
-                    };
-                    d.status = Some(DeploymentStatus {
-                        ready_replicas: Some(if healed { desired } else { desired - 1 }),
-                        replicas: Some(desired),
-                        ..Default::default()
-                    });
+                    let d = deployment_ready(d, healed);
                     reply(200, serde_json::to_vec(&d).expect("deployment"))
                 }
                 None => reply(
@@ -693,9 +697,11 @@ async fn handle(
     }
 }
 
+/// Whether the status reports every replica ready now.
 fn healed_now(s: &State) -> bool {
     match (s.last_kill, s.heal_after) {
         (None, _) => true,
+        (Some(t), _) if t.elapsed() < s.stale_for => true,
         (Some(t), Some(h)) => t.elapsed() >= h,
         (Some(_), None) => false,
     }
@@ -724,75 +730,81 @@ fn deployment_ready(d: &Deployment, healed: bool) -> Deployment {
 }
 
 /// A watch of one Deployment/StatefulSet (`fieldSelector=metadata.name=`):
-/// ADDED with the current state, then, when it heals within the watch's
-/// `timeoutSeconds`, MODIFIED with the healed state; then the stream
-/// ends. Events are `WatchEvent`s of k8s-openapi, one JSON per line.
+/// ADDED with the current state at once, then MODIFIED each time its
+/// readiness changes (checked every 20 ms), streamed as it happens,
+/// until the watch's `timeoutSeconds` (capped at 5 s, as servers cut
+/// watches) or the client goes away. Events are `WatchEvent`s of
+/// k8s-openapi, one JSON per line.
 async fn watch(
     state: &Arc<Mutex<State>>,
     ns: &str,
     kind: &str,
     query: &str,
-) -> Response<Full<Bytes>> {
+) -> Response<Body> {
     let name = query_param(query, "fieldSelector")
         .and_then(|f| f.strip_prefix("metadata.name=").map(str::to_string))
         .unwrap_or_default();
     let timeout = query_param(query, "timeoutSeconds")
         .and_then(|t| t.parse::<u64>().ok())
-        .map_or(Duration::from_secs(30), Duration::from_secs);
-    let (fails, heal_at, healed) = {
-        let s = state.lock().expect("state");
-        let heal_at = match (s.last_kill, s.heal_after) {
-            (Some(t), Some(h)) => Some(t + h),
-            _ => None,
-        };
-        (s.watch_fails, heal_at, healed_now(&s))
-    };
-    if fails {
+        .map_or(Duration::from_secs(30), Duration::from_secs)
+        .min(Duration::from_secs(5));
+    if state.lock().expect("state").watch_fails {
         return reply(
             403,
             status_body(403, "Forbidden", &format!("{kind} is forbidden: cannot watch")),
         );
     }
-    let event = |healed: bool| -> Option<Vec<u8>> {
+    let (ns, kind) = (ns.to_string(), kind.to_string());
+    let state = state.clone();
+    // The readiness now and its event line (`None`: no such object).
+    let event = move |first: bool| -> Option<(bool, Vec<u8>)> {
         let s = state.lock().expect("state");
+        let healed = healed_now(&s);
         let found = |m: &ObjectMeta| {
-            m.namespace.as_deref() == Some(ns) && m.name.as_deref() == Some(name.as_str())
+            m.namespace.as_deref() == Some(ns.as_str())
+                && m.name.as_deref() == Some(name.as_str())
         };
         let line = if kind == "deployments" {
-            let d = s.deployments.iter().find(|d| found(&d.metadata))?;
-            let ev = if healed {
-                WatchEvent::Modified(deployment_ready(d, true))
-            } else {
-                WatchEvent::Added(deployment_ready(d, false))
-            };
+            let d = deployment_ready(
+                s.deployments.iter().find(|d| found(&d.metadata))?,
+                healed,
+            );
+            let ev = if first { WatchEvent::Added(d) } else { WatchEvent::Modified(d) };
             serde_json::to_vec(&ev)
         } else {
-            let st = s.statefulsets.iter().find(|d| found(&d.metadata))?;
-            let ev = if healed {
-                WatchEvent::Modified(with_ready(st, true))
-            } else {
-                WatchEvent::Added(with_ready(st, false))
-            };
+            let st =
+                with_ready(s.statefulsets.iter().find(|d| found(&d.metadata))?, healed);
+            let ev = if first { WatchEvent::Added(st) } else { WatchEvent::Modified(st) };
             serde_json::to_vec(&ev)
         };
         let mut line = line.expect("event serialises");
         line.push(b'\n');
-        Some(line)
+        Some((healed, line))
     };
-    let mut body = Vec::new();
-    if healed {
-        body.extend(event(true).unwrap_or_default());
-    } else {
-        body.extend(event(false).unwrap_or_default());
-        let start = Instant::now();
-        match heal_at {
-            Some(at) if at.saturating_duration_since(start) <= timeout => {
-                tokio::time::sleep(at.saturating_duration_since(start)).await;
-                body.extend(event(true).unwrap_or_default());
-            }
-            // Never heals within this watch: it ends at its timeout.
-            _ => tokio::time::sleep(timeout.min(Duration::from_secs(5))).await,
+    let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(16);
+    tokio::spawn(async move {
+        let end = Instant::now() + timeout;
+        let Some((mut was, line)) = event(true) else { return };
+        if tx.send(Bytes::from(line)).await.is_err() {
+            return;
         }
-    }
-    reply(200, body)
+        while Instant::now() < end {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let Some((healed, line)) = event(false) else { return };
+            if healed != was {
+                was = healed;
+                if tx.send(Bytes::from(line)).await.is_err() {
+                    return;
+                }
+            }
+        }
+    });
+    let frames = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, Infallible>(Frame::data(b)), rx))
+    });
+    Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "application/json")
+        .body(StreamBody::new(frames).boxed())
+        .expect("watch response")
 }

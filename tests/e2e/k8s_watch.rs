@@ -1,15 +1,18 @@
 //! The self-healing check's wait: a watch on the Deployment or
 //! StatefulSet (the fake API server streams k8s-openapi `WatchEvent`s:
 //! ADDED with the current state, MODIFIED when it heals), with a bound,
-//! falling back to polling when the watch is refused; and StatefulSets
-//! as pod-kill targets.
+//! falling back to polling when the watch is refused; the checks'
+//! watchers started at each kill, a later kill superseding an earlier
+//! one; and StatefulSets as pod-kill targets.
 
 use std::path::Path;
 use std::process::Command;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chaos::k8s::client::Kube;
-use chaos::k8s::spec::Settings;
+use chaos::k8s::heal::Healing;
+use chaos::k8s::spec::{ReadyCheck, Settings};
 use chaos::k8s::target::Workload;
 use chaos::k8s::watch::{until_ready, Via};
 
@@ -173,4 +176,40 @@ within = "30s"
     assert!(so.contains("labelSelector=app=db"), "{so}");
     assert!(!so.contains("cache-0"), "{so}");
     assert!(so.contains("check ready_replicas statefulset:data/db"), "{so}");
+}
+
+#[test]
+fn a_later_kill_supersedes_the_earlier_watch_and_the_bound_runs_from_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let kube = FakeKube::start();
+    kube.add_deployment(deployment("shop", "web", "web", 3));
+    kube.heal_after(Some(Duration::from_millis(1500)));
+    let k = Arc::new(client(&kube, dir.path()));
+    let check = ReadyCheck {
+        target: Workload::parse("deployment:shop/web").unwrap(),
+        within: Duration::from_secs(2),
+    };
+    let healing = Healing::new(Some(k.clone()), vec![check.clone()]);
+    kube.mark_killed();
+    healing.killed(Instant::now());
+    std::thread::sleep(Duration::from_millis(1000));
+    // The second kill: healed 1.5 s after it, 2.5 s after the first (out
+    // of the first kill's bound, within the second's).
+    kube.mark_killed();
+    let second = Instant::now();
+    healing.killed(second);
+    let results = healing.judge();
+    let took = second.elapsed();
+    assert_eq!(results.len(), 1);
+    let text = &results[0].text;
+    assert!(results[0].passed, "{text}");
+    assert!(text.contains("3/3 ready 1."), "timed from the second kill: {text}");
+    assert!(text.contains("(bound 2s, seen by watch)"), "{text}");
+    assert!(took < Duration::from_millis(2500), "joined at the heal: {took:?}");
+    assert_eq!(watches(&kube, "/deployments"), 2, "one watch per kill");
+
+    // Nothing killed: the bound runs from the judging, as before.
+    let results = Healing::new(Some(k), vec![check]).judge();
+    assert!(results[0].passed, "{}", results[0].text);
+    assert!(results[0].text.contains("nothing was killed"), "{}", results[0].text);
 }
