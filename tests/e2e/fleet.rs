@@ -431,39 +431,6 @@ fn install_copies_this_binary_to_a_host_without_chaos() {
     );
 }
 
-/// An HTTP service answering 200 inside namespace `ns`, bound to `ip`
-/// (port chosen by the kernel); returns its port. Served by a runtime on
-/// a thread for the test's life.
-fn http_service_in(ns: &str, ip: std::net::IpAddr) -> u16 {
-    let listener = crate::netns::in_netns(ns, move || {
-        std::net::TcpListener::bind((ip, 0)).expect("bind http service")
-    });
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
-                        ))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    port
-}
-
 /// True when a real HTTP GET from namespace `ns` to `to` gets a 200
 /// within 0.5 s to connect and 1 s to answer (a blackholed SYN times out).
 fn http_ok(ns: &str, to: std::net::SocketAddr) -> bool {
@@ -504,7 +471,10 @@ fn fleet_experiment(
     inventory: std::path::PathBuf,
     body: &str,
 ) -> FleetExperiment {
-    let port = http_service_in(&f.ctl, std::net::Ipv4Addr::LOCALHOST.into());
+    let port = crate::fleet_support::http_service_in(
+        &f.ctl,
+        std::net::Ipv4Addr::LOCALHOST.into(),
+    );
     let text = format!(
         r#"
 [experiment]
@@ -854,7 +824,10 @@ fn host_services(f: &TestFleet) -> Vec<std::net::SocketAddr> {
     f.hosts
         .iter()
         .map(|h| {
-            let port = http_service_in(&h.ns, std::net::Ipv4Addr::UNSPECIFIED.into());
+            let port = crate::fleet_support::http_service_in(
+                &h.ns,
+                std::net::Ipv4Addr::UNSPECIFIED.into(),
+            );
             std::net::SocketAddr::new(h.addr.parse().unwrap(), port)
         })
         .collect()

@@ -35,35 +35,9 @@ pub fn text(o: &std::process::Output) -> String {
 }
 
 /// An HTTP upstream answering 200 inside namespace `ns` on 127.0.0.1;
-/// returns its port. Served by a runtime on a thread for the test's life.
+/// returns its port.
 pub fn upstream_in(ns: &str) -> u16 {
-    let listener = crate::netns::in_netns(ns, || {
-        std::net::TcpListener::bind("127.0.0.1:0").expect("bind upstream")
-    });
-    listener.set_nonblocking(true).unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let rt =
-            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        rt.block_on(async move {
-            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(|_req| async {
-                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
-                        ))
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .keep_alive(true)
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    port
+    crate::fleet_support::http_service_in(ns, std::net::Ipv4Addr::LOCALHOST.into())
 }
 
 /// A short experiment through a cohort proxy in the controller's

@@ -408,3 +408,36 @@ impl Drop for TestFleet {
         }
     }
 }
+
+/// An HTTP service answering 200 inside namespace `ns`, bound to `ip`
+/// (port chosen by the kernel); returns its port. Served by a runtime on
+/// a thread for the test's life.
+pub fn http_service_in(ns: &str, ip: std::net::IpAddr) -> u16 {
+    let listener = crate::netns::in_netns(ns, move || {
+        std::net::TcpListener::bind((ip, 0)).expect("bind http service")
+    });
+    listener.set_nonblocking(true).unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let rt =
+            tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        rt.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(|_req| async {
+                        Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                            http_body_util::Full::new(bytes::Bytes::from_static(b"ok\n")),
+                        ))
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .keep_alive(true)
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    port
+}
