@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -71,7 +71,7 @@ pub type ProxyBody = ClientBody;
 const COHORT: HeaderName = HeaderName::from_static(COHORT_HEADER);
 
 #[derive(Debug)]
-struct Pool {
+pub(super) struct Pool {
     targets: Vec<Target>,
     next: AtomicUsize,
 }
@@ -82,7 +82,7 @@ impl Pool {
     }
 
     /// Round robin.
-    fn pick(&self) -> Option<&Target> {
+    pub(super) fn pick(&self) -> Option<&Target> {
         if self.targets.is_empty() {
             return None;
         }
@@ -114,6 +114,12 @@ pub(crate) struct Shared {
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) admin_token: Option<String>,
     active: AtomicUsize,
+    /// Some HTTP fault is enabled (kept with `faults`, read per request by
+    /// the fast path without taking the lock).
+    faults_enabled: AtomicBool,
+    max_header_bytes: usize,
+    /// Plain HTTP/1.1 client connections start on [`super::fast`].
+    fast: bool,
 }
 
 impl Shared {
@@ -122,7 +128,9 @@ impl Shared {
     }
 
     pub(crate) fn set_faults(&self, faults: Vec<HttpFault>) {
-        *self.faults.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(faults);
+        let mut guard = self.faults.write().unwrap_or_else(|p| p.into_inner());
+        self.faults_enabled.store(faults.iter().any(|f| f.enabled), Ordering::Relaxed);
+        *guard = Arc::new(faults);
     }
 
     /// Copy-on-write toggle so the hot path only ever clones an `Arc`.
@@ -135,6 +143,7 @@ impl Shared {
         for f in next.iter_mut().filter(|f| f.id == id) {
             f.enabled = on;
         }
+        self.faults_enabled.store(next.iter().any(|f| f.enabled), Ordering::Relaxed);
         *guard = Arc::new(next);
         true
     }
@@ -145,26 +154,67 @@ impl Shared {
 
     /// The cohort of a request in edge mode (sticky by key), with the key's
     /// position in [0, 1) for the key-level sample-ratio check.
-    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> (Option<Cohort>, f64) {
-        let pos = match &self.cohort_key {
-            CohortKey::Header(_) => self
-                .key_header
-                .as_ref()
-                .and_then(|h| req.headers().get(h))
-                .map(|v| assign_position(v.as_bytes(), self.salt)),
-            CohortKey::Cookie(name) => {
-                cookie_value(req.headers(), name).map(|v| assign_position(v, self.salt))
+    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Assignment {
+        let key = match &self.cohort_key {
+            CohortKey::Header(_) => {
+                self.key_header.as_ref().and_then(|h| req.headers().get(h)).map(|v| v.as_bytes())
             }
+            CohortKey::Cookie(name) => cookie_value(req.headers(), name),
+            CohortKey::ClientIp => None,
+        };
+        self.assign_key(key, peer)
+    }
+
+    /// The cohort for a request whose key (header or cookie value) is
+    /// `key`; with a client-IP key, the peer's address is the key.
+    pub(super) fn assign_key(&self, key: Option<&[u8]>, peer: SocketAddr) -> Assignment {
+        let pos = match &self.cohort_key {
             CohortKey::ClientIp => Some(match peer.ip() {
                 std::net::IpAddr::V4(a) => assign_position(&a.octets(), self.salt),
                 std::net::IpAddr::V6(a) => assign_position(&a.octets(), self.salt),
             }),
+            _ => key.map(|k| assign_position(k, self.salt)),
         };
         let pos = pos.unwrap_or_else(random_unit);
-        (cohort_at(pos, self.experiment, self.control), pos)
+        Assignment {
+            cohort: cohort_at(pos, self.experiment, self.control),
+            key_position: Some(pos),
+        }
     }
 
-    fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
+    pub(super) fn cohort_key(&self) -> &CohortKey {
+        &self.cohort_key
+    }
+
+    pub(super) fn trusted_proxies(&self) -> &[IpNet] {
+        &self.trusted_proxies
+    }
+
+    pub(super) fn forwarded(&self) -> ForwardedMode {
+        self.forwarded
+    }
+
+    pub(super) fn faults_enabled(&self) -> bool {
+        self.faults_enabled.load(Ordering::Relaxed)
+    }
+
+    pub(super) fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    pub(super) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    pub(super) fn upstream_timeout(&self) -> Duration {
+        self.upstream_timeout
+    }
+
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(super) fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
         let specific = match cohort {
             Some(Cohort::Control) => &self.control_pool,
             Some(Cohort::Experiment) => &self.experiment_pool,
@@ -190,6 +240,8 @@ fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]
 /// Per-connection facts the fault layer needs.
 struct ConnInfo {
     peer: SocketAddr,
+    /// The cohort the fast path drew for the request it handed over.
+    preassigned: std::sync::Mutex<Option<Assignment>>,
     fd: RawFd,
     kill: Notify,
     upstream: UpstreamConns,
@@ -433,10 +485,10 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 /// A request's cohort and, in edge mode, where its key fell in [0, 1).
-#[derive(Debug, Clone, Copy)]
-struct Assignment {
-    cohort: Option<Cohort>,
-    key_position: Option<f64>,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Assignment {
+    pub(crate) cohort: Option<Cohort>,
+    pub(crate) key_position: Option<f64>,
 }
 
 /// Edge mode assigns the cohort by key (and overwrites any client-sent
@@ -448,7 +500,9 @@ fn assign_request(
 ) -> Assignment {
     match shared.mode {
         ProxyMode::Edge => {
-            let (cohort, pos) = shared.assign(req, conn.peer);
+            let taken = conn.preassigned.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Assignment { cohort, key_position } =
+                taken.unwrap_or_else(|| shared.assign(req, conn.peer));
             // Clients must not pick their own cohort.
             let headers = req.headers_mut();
             headers.remove(COHORT_HEADER);
@@ -458,7 +512,7 @@ fn assign_request(
             }
             // The same in W3C baggage, for OpenTelemetry-instrumented services.
             baggage::set_cohort(headers, cohort);
-            Assignment { cohort, key_position: Some(pos) }
+            Assignment { cohort, key_position }
         }
         // The header first; baggage when a service on the way propagated
         // only its OpenTelemetry context.
@@ -490,18 +544,24 @@ struct Unrecorded<'a> {
 impl Unrecorded<'_> {
     fn record(&mut self, status: Option<u16>) {
         if let Some(a) = self.assignment.take() {
-            let outcome = Outcome { status, latency: self.arrived.elapsed() };
-            if let Some(pos) = a.key_position {
-                self.shared.recorder.note_key(pos);
-            }
-            self.shared.recorder.record_keyed(
-                a.cohort,
-                self.arrived,
-                outcome,
-                a.key_position,
-            );
+            record_request(self.shared, self.arrived, a, status);
         }
     }
+}
+
+/// Records one request of `assignment`'s cohort, answered with `status`
+/// (`None`: abandoned without a response), timed from `arrived`.
+pub(super) fn record_request(
+    shared: &Shared,
+    arrived: Instant,
+    a: Assignment,
+    status: Option<u16>,
+) {
+    let outcome = Outcome { status, latency: arrived.elapsed() };
+    if let Some(pos) = a.key_position {
+        shared.recorder.note_key(pos);
+    }
+    shared.recorder.record_keyed(a.cohort, arrived, outcome, a.key_position);
 }
 
 impl Drop for Unrecorded<'_> {
@@ -652,7 +712,8 @@ async fn handle(
 /// Serves one client connection over any IO (plain TCP here; a TLS layer
 /// passes its decrypted stream). `fd` is the socket under it (for the
 /// reset fault), `proto` what the client speaks (`http`/`https`, for
-/// `X-Forwarded-Proto`).
+/// `X-Forwarded-Proto`); `preassigned` the cohort of the first request if
+/// the fast path already drew it.
 pub(crate) async fn serve_connection<I>(
     shared: Arc<Shared>,
     io: I,
@@ -660,11 +721,13 @@ pub(crate) async fn serve_connection<I>(
     fd: RawFd,
     proto: &'static str,
     mut shutdown: watch::Receiver<bool>,
+    preassigned: Option<Assignment>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let info = Arc::new(ConnInfo {
         peer,
+        preassigned: std::sync::Mutex::new(preassigned),
         fd,
         kill: Notify::new(),
         upstream: UpstreamConns::default(),
@@ -727,12 +790,14 @@ async fn serve_tcp(
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     match &shared.tls {
+        None if shared.fast => super::fast::serve(shared, stream, peer, rx).await,
         None => {
-            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await
+            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None).await
         }
         Some(acceptor) => match super::tls::accept(acceptor, stream).await {
             Ok(tls) => {
-                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx).await
+                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx, None)
+                    .await
             }
             Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         },
@@ -809,6 +874,14 @@ impl Proxy {
             u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
         );
 
+        let fast = cfg.fast_path
+            && tls.is_none()
+            && cfg.mode == ProxyMode::Edge
+            && super::fast::eligible(
+                [&default_pool, &control_pool, &experiment_pool]
+                    .into_iter()
+                    .flat_map(|p| p.targets.iter()),
+            );
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
             _ => None,
@@ -834,6 +907,9 @@ impl Proxy {
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),
             active: AtomicUsize::new(0),
+            faults_enabled: AtomicBool::new(false),
+            max_header_bytes: cfg.max_header_bytes,
+            fast,
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

@@ -106,6 +106,11 @@ impl Target {
         Target { authority, connect_to, h2, tls, alpn_h2: AtomicBool::new(false) }
     }
 
+    /// Plain `http://`: HTTP/1.1 over TCP, no TLS.
+    pub(crate) fn is_plain_h1(&self) -> bool {
+        !self.h2 && self.tls.is_none()
+    }
+
     /// HTTP/2 upstream: `h2c://`, or TLS where the server chose `h2`.
     pub(crate) fn speaks_h2(&self) -> bool {
         self.h2 || self.alpn_h2.load(Ordering::Relaxed)
@@ -376,7 +381,10 @@ impl UpstreamConns {
     }
 }
 
-async fn tcp(target: &Target, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+pub(crate) async fn tcp(
+    target: &Target,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
     let addr = &target.connect_to;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
