@@ -154,11 +154,13 @@ impl Conn {
                 forwarded: shared.forwarded(),
                 faults_enabled: shared.faults_enabled(),
             };
-            let forward = match self.next_request(shared, rules, forwarding, shutdown).await {
-                Ok(f) => f,
-                Err(ended) => return ended,
-            };
+            let forward =
+                match self.next_request(shared, rules, forwarding, shutdown).await {
+                    Ok(f) => f,
+                    Err(ended) => return ended,
+                };
             let arrived = Instant::now();
+            shared.fast_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
             self.rbuf.advance(forward.len);
             match self.exchange(shared, &forward, arrived).await {
                 After::KeepAlive if !forward.close && !*shutdown.borrow() => {}
@@ -188,7 +190,8 @@ impl Conn {
                 self.req.clear();
                 let peer = self.peer;
                 let assign = |key: Option<&[u8]>| shared.assign_key(key, peer);
-                match request::plan(&self.rbuf, rules, forwarding, assign, &mut self.req) {
+                match request::plan(&self.rbuf, rules, forwarding, assign, &mut self.req)
+                {
                     Plan::Forward(f) => return Ok(f),
                     Plan::General(a) => return Err(Ended::General(a)),
                     Plan::Partial => {}
@@ -215,14 +218,20 @@ impl Conn {
     }
 
     /// Sends the planned request upstream and streams the response back.
-    async fn exchange(&mut self, shared: &Shared, f: &Forward, arrived: Instant) -> After {
+    async fn exchange(
+        &mut self,
+        shared: &Shared,
+        f: &Forward,
+        arrived: Instant,
+    ) -> After {
         let cohort = f.assignment.cohort;
         let Some(target) = shared.pool_for(cohort).pick() else {
             let body = "chaos proxy: no upstream configured for this cohort\n";
             record_request(shared, arrived, f.assignment, Some(502));
             return self.answer(502, body, cohort, f.close).await;
         };
-        let for_client = ForClient { head_request: f.head_request, cohort, close: f.close };
+        let for_client =
+            ForClient { head_request: f.head_request, cohort, close: f.close };
         let up = target.authority.as_str();
         let (mut upstream, mut reused) = match self.take(target) {
             Some(u) => (u, true),
@@ -241,15 +250,22 @@ impl Conn {
         let head = loop {
             self.ubuf.clear();
             self.out.clear();
-            let result = send_and_read_head(
+            let exchange = send_and_read_head(
                 &mut upstream.stream,
                 &self.req,
                 &mut self.ubuf,
                 deadline,
                 for_client,
                 &mut self.out,
-            )
-            .await;
+            );
+            // Like the general path, a request whose client gives up
+            // before the response head counts as answered by nothing.
+            let Some(result) =
+                until_client_leaves(exchange, &mut self.client, &mut self.rbuf).await
+            else {
+                record_request(shared, arrived, f.assignment, None);
+                return After::Close;
+            };
             match result {
                 Ok(head) => break head,
                 Err(HeadFailure::Closed(_)) if reused && self.ubuf.is_empty() => {
@@ -259,7 +275,8 @@ impl Conn {
                         Ok(u) => upstream = u,
                         Err(e) => {
                             record_request(shared, arrived, f.assignment, Some(502));
-                            let body = format!("chaos proxy: upstream {up} failed: {e}\n");
+                            let body =
+                                format!("chaos proxy: upstream {up} failed: {e}\n");
                             return self.answer(502, &body, cohort, f.close).await;
                         }
                     }
@@ -298,14 +315,25 @@ impl Conn {
                     return After::Close;
                 }
                 let extra = have > n;
-                match self.copy_length(&mut upstream.stream, n - now as u64, body_idle).await {
+                match self
+                    .copy_length(&mut upstream.stream, n - now as u64, body_idle)
+                    .await
+                {
                     Ok(clean) => clean && !extra,
                     Err(()) => return After::Close,
                 }
             }
             Framing::Chunked => {
                 let mut decoder = ChunkedDecoder::default();
-                match self.copy_chunked(&mut upstream.stream, &mut decoder, body_start, body_idle).await {
+                match self
+                    .copy_chunked(
+                        &mut upstream.stream,
+                        &mut decoder,
+                        body_start,
+                        body_idle,
+                    )
+                    .await
+                {
                     Ok(clean) => clean,
                     Err(()) => return After::Close,
                 }
@@ -318,13 +346,15 @@ impl Conn {
                 return After::Close;
             }
         };
-        if head.framing == Framing::Empty && self.client.write_all(&self.out).await.is_err() {
+        if head.framing == Framing::Empty
+            && self.client.write_all(&self.out).await.is_err()
+        {
             return After::Close;
         }
         if upstream_ok && !head.upstream_close {
-            upstream.retire_at = head
-                .keep_alive_secs
-                .map(|s| Instant::now() + Duration::from_secs(s).saturating_sub(KEEP_ALIVE_MARGIN));
+            upstream.retire_at = head.keep_alive_secs.map(|s| {
+                Instant::now() + Duration::from_secs(s).saturating_sub(KEEP_ALIVE_MARGIN)
+            });
             self.put(upstream);
         }
         After::KeepAlive
@@ -382,7 +412,11 @@ impl Conn {
         }
     }
 
-    async fn copy_until_close(&mut self, up: &mut TcpStream, idle: Duration) -> Result<(), ()> {
+    async fn copy_until_close(
+        &mut self,
+        up: &mut TcpStream,
+        idle: Duration,
+    ) -> Result<(), ()> {
         loop {
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
@@ -513,8 +547,41 @@ async fn send_and_read_head(
     }
 }
 
+/// Runs `exchange` while watching the client: `None` if the client closes
+/// (or breaks) its connection first. Bytes it sends meanwhile (a pipelined
+/// next request) are kept in `rbuf`, up to a bound after which it is no
+/// longer watched.
+async fn until_client_leaves<F: std::future::Future>(
+    exchange: F,
+    client: &mut TcpStream,
+    rbuf: &mut BytesMut,
+) -> Option<F::Output> {
+    tokio::pin!(exchange);
+    let mut watching = true;
+    loop {
+        if rbuf.len() >= MAX_RESPONSE_HEAD {
+            watching = false;
+        }
+        if watching {
+            rbuf.reserve(4096);
+        }
+        tokio::select! {
+            biased;
+            r = &mut exchange => return Some(r),
+            r = client.read_buf(rbuf), if watching => match r {
+                Ok(n) if n > 0 => {}
+                _ => return None,
+            },
+        }
+    }
+}
+
 /// One read of at least a byte within `idle`.
-async fn read_within(up: &mut TcpStream, buf: &mut BytesMut, idle: Duration) -> Result<usize, ()> {
+async fn read_within(
+    up: &mut TcpStream,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> Result<usize, ()> {
     match tokio::time::timeout(idle, up.read_buf(buf)).await {
         Ok(Ok(n)) if n > 0 => Ok(n),
         _ => Err(()),

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -120,6 +120,8 @@ pub(crate) struct Shared {
     max_header_bytes: usize,
     /// Plain HTTP/1.1 client connections start on [`super::fast`].
     fast: bool,
+    /// Requests the fast path answered.
+    pub(super) fast_requests: AtomicU64,
 }
 
 impl Shared {
@@ -156,9 +158,11 @@ impl Shared {
     /// position in [0, 1) for the key-level sample-ratio check.
     fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Assignment {
         let key = match &self.cohort_key {
-            CohortKey::Header(_) => {
-                self.key_header.as_ref().and_then(|h| req.headers().get(h)).map(|v| v.as_bytes())
-            }
+            CohortKey::Header(_) => self
+                .key_header
+                .as_ref()
+                .and_then(|h| req.headers().get(h))
+                .map(|v| v.as_bytes()),
             CohortKey::Cookie(name) => cookie_value(req.headers(), name),
             CohortKey::ClientIp => None,
         };
@@ -792,7 +796,8 @@ async fn serve_tcp(
     match &shared.tls {
         None if shared.fast => super::fast::serve(shared, stream, peer, rx).await,
         None => {
-            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None).await
+            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None)
+                .await
         }
         Some(acceptor) => match super::tls::accept(acceptor, stream).await {
             Ok(tls) => {
@@ -910,6 +915,7 @@ impl Proxy {
             faults_enabled: AtomicBool::new(false),
             max_header_bytes: cfg.max_header_bytes,
             fast,
+            fast_requests: AtomicU64::new(0),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -1036,6 +1042,12 @@ impl ProxyHandle {
     /// Switches a fault on or off; false if no fault has that id.
     pub fn set_enabled(&self, id: &str, on: bool) -> bool {
         self.shared.set_enabled(id, on)
+    }
+
+    /// Requests answered on the HTTP/1.1 fast path so far (the rest went
+    /// through the general path).
+    pub fn fast_path_requests(&self) -> u64 {
+        self.shared.fast_requests.load(Ordering::Relaxed)
     }
 
     /// The recorder this proxy writes to.

@@ -32,14 +32,26 @@ pub(crate) enum ChunkError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// Hex digits of a size line.
-    Size { size: u64, digits: u8 },
+    Size {
+        size: u64,
+        digits: u8,
+    },
     /// Spaces/tabs after the digits: only `;` or CR may follow.
-    SizeSpace { size: u64 },
+    SizeSpace {
+        size: u64,
+    },
     /// Inside `;ext...` up to CR.
-    Extension { size: u64, len: usize },
+    Extension {
+        size: u64,
+        len: usize,
+    },
     /// CR seen, LF expected.
-    SizeLf { size: u64 },
-    Data { left: u64 },
+    SizeLf {
+        size: u64,
+    },
+    Data {
+        left: u64,
+    },
     DataCr,
     DataLf,
     /// At the start of a trailer line (or of the final empty line).
@@ -236,8 +248,8 @@ mod tests {
         loop {
             let line_end = rest.windows(2).position(|w| w == b"\r\n").unwrap();
             let size_text = std::str::from_utf8(&rest[..line_end]).unwrap();
-            let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16)
-                .unwrap();
+            let size =
+                usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
             rest = &rest[line_end + 2..];
             if size == 0 {
                 return data;

@@ -246,7 +246,8 @@ mod tests {
              x-forwarded-for: 10.0.0.7\r\nforwarded: for=10.0.0.7;proto=http\r\n\
              x-forwarded-proto: http\r\n\r\n"
         );
-        let (_, text) = run(raw, Rules { forwarded: ForwardedMode::Off, ..rules() }, None);
+        let (_, text) =
+            run(raw, Rules { forwarded: ForwardedMode::Off, ..rules() }, None);
         assert!(text.contains("X-Forwarded-For: 6.6.6.6\r\n"), "{text}");
         assert!(!text.contains("x-chaos-cohort") && !text.contains("baggage"), "{text}");
     }
@@ -286,7 +287,9 @@ mod tests {
         let raw = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
         let r = Rules { faults_enabled: true, ..rules() };
         let (p, _) = run(raw, r, Some(Cohort::Experiment));
-        assert!(matches!(p, Plan::General(Some(a)) if a.cohort == Some(Cohort::Experiment)));
+        assert!(
+            matches!(p, Plan::General(Some(a)) if a.cohort == Some(Cohort::Experiment))
+        );
         assert!(matches!(run(raw, r, Some(Cohort::Control)).0, Plan::Forward(_)));
         let raw = "GET / HTTP/1.1\r\nhost: a\r\nx-forwarded-for: 1.2.3.4\r\n\r\n";
         let mut out = Vec::new();
@@ -296,18 +299,31 @@ mod tests {
 
     #[test]
     fn finds_the_key_in_a_header_or_a_cookie() {
-        let raw = "GET / HTTP/1.1\r\nhost: a\r\nX-User-Id: u1\r\ncookie: a=1; sid=s9\r\n\r\n";
+        let raw =
+            "GET / HTTP/1.1\r\nhost: a\r\nX-User-Id: u1\r\ncookie: a=1; sid=s9\r\n\r\n";
         let mut seen = Vec::new();
         let mut out = Vec::new();
-        plan(raw.as_bytes(), rules(), &peer(false), |k| {
-            seen.push(k.map(<[u8]>::to_vec));
-            Assignment { cohort: None, key_position: None }
-        }, &mut out);
+        plan(
+            raw.as_bytes(),
+            rules(),
+            &peer(false),
+            |k| {
+                seen.push(k.map(<[u8]>::to_vec));
+                Assignment { cohort: None, key_position: None }
+            },
+            &mut out,
+        );
         let r = Rules { key_header: None, key_cookie: Some("sid"), ..rules() };
-        plan(raw.as_bytes(), r, &peer(false), |k| {
-            seen.push(k.map(<[u8]>::to_vec));
-            Assignment { cohort: None, key_position: None }
-        }, &mut out);
+        plan(
+            raw.as_bytes(),
+            r,
+            &peer(false),
+            |k| {
+                seen.push(k.map(<[u8]>::to_vec));
+                Assignment { cohort: None, key_position: None }
+            },
+            &mut out,
+        );
         assert_eq!(seen, [Some(b"u1".to_vec()), Some(b"s9".to_vec())]);
     }
 }

@@ -245,22 +245,37 @@ mod tests {
         let f = |raw: &str, c: ForClient| rewrite(raw, c).0;
         let get = client();
         let head = ForClient { head_request: true, ..client() };
-        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", head).framing, Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\n", head).framing,
+            Framing::Empty
+        );
         assert_eq!(f("HTTP/1.1 204 No Content\r\n\r\n", get).framing, Framing::Empty);
         assert_eq!(f("HTTP/1.1 304 Not Modified\r\n\r\n", get).framing, Framing::Empty);
-        assert_eq!(f("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n", get).framing, Framing::Empty);
+        assert_eq!(
+            f("HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\n", get).framing,
+            Framing::Empty
+        );
         let h = f("HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n", get);
         assert_eq!((h.framing, h.upstream_close), (Framing::Chunked, false));
         // Both framings: chunked wins, the connection is not reused.
-        let h = f("HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n", get);
+        let h = f(
+            "HTTP/1.1 200 OK\r\ncontent-length: 3\r\ntransfer-encoding: chunked\r\n\r\n",
+            get,
+        );
         assert_eq!((h.framing, h.upstream_close), (Framing::Chunked, true));
         let h = f("HTTP/1.1 200 OK\r\n\r\n", get);
         assert_eq!((h.framing, h.upstream_close), (Framing::UntilClose, true));
-        assert!(rewrite("HTTP/1.1 200 OK\r\n\r\n", get).1.contains("connection: close\r\n"));
-        assert_eq!(f("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n", get).framing, Framing::Length(7));
+        assert!(rewrite("HTTP/1.1 200 OK\r\n\r\n", get)
+            .1
+            .contains("connection: close\r\n"));
+        assert_eq!(
+            f("HTTP/1.1 200 OK\r\ncontent-length: 7, 7\r\n\r\n", get).framing,
+            Framing::Length(7)
+        );
         let h = f("HTTP/1.0 200 OK\r\ncontent-length: 1\r\n\r\n", get);
         assert!(h.upstream_close);
-        let h = f("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n", get);
+        let h =
+            f("HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 1\r\n\r\n", get);
         assert!(h.upstream_close);
     }
 
@@ -287,6 +302,9 @@ mod tests {
     fn asks_the_client_to_close_when_it_asked_to() {
         let c = ForClient { close: true, ..client() };
         let text = rewrite("HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n", c).1;
-        assert!(text.ends_with("content-length: 0\r\nconnection: close\r\n\r\n"), "{text}");
+        assert!(
+            text.ends_with("content-length: 0\r\nconnection: close\r\n\r\n"),
+            "{text}"
+        );
     }
 }
