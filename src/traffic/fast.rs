@@ -324,7 +324,8 @@ impl Conn {
                 }
             }
             Framing::Chunked => {
-                let mut decoder = ChunkedDecoder::default();
+                // Fast-path requests never carry `TE: trailers`.
+                let mut decoder = ChunkedDecoder::new(false);
                 match self
                     .copy_chunked(
                         &mut upstream.stream,

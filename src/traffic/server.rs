@@ -641,7 +641,8 @@ async fn process(
             .collect();
         if from_upstream && !modes.is_empty() {
             let (mut parts, body) = resp.into_parts();
-            match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            // Boxed: rare, and large enough to bloat every request's future.
+            match Box::pin(Limited::new(body, MAX_BUFFERED_BODY).collect()).await {
                 Ok(collected) => {
                     let mut bytes = collected.to_bytes();
                     for mode in modes {
@@ -741,7 +742,9 @@ pub(crate) async fn serve_connection<I>(
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
-        service_fn(move |req| handle(shared.clone(), info.clone(), req))
+        // Boxed once here: hyper moves the service future (HTTP/2 spawns
+        // it as a task per stream), and a pointer moves cheaply.
+        service_fn(move |req| Box::pin(handle(shared.clone(), info.clone(), req)))
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);

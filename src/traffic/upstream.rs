@@ -266,7 +266,10 @@ impl UpstreamConns {
                 }
             }
         }
-        match connect(target, connect_timeout, false).await? {
+        // Boxed: connecting (TCP, TLS, handshake) is a large future and
+        // rare; inline it would make every request's future that large
+        // (and every move of it a copy of that size).
+        match Box::pin(connect(target, connect_timeout, false)).await? {
             Fresh::H1(mut sender) => {
                 let resp = sender.send_request(req).await?;
                 self.put(&target.authority, sender, &resp);
@@ -290,7 +293,7 @@ impl UpstreamConns {
         req: Request<UpBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match connect(target, connect_timeout, true).await? {
+        match Box::pin(connect(target, connect_timeout, true)).await? {
             Fresh::H1(mut sender) => Ok(sender.send_request(req).await?),
             // Not offered (`h1_only`); a server that picks it anyway broke
             // ALPN.
@@ -327,7 +330,7 @@ impl UpstreamConns {
             }
             None => req,
         };
-        let mut sender = match connect(target, connect_timeout, false).await? {
+        let mut sender = match Box::pin(connect(target, connect_timeout, false)).await? {
             Fresh::H2(sender) => sender,
             // A TLS upstream that now picks HTTP/1.1: this request was
             // shaped for HTTP/2, the next ones go to HTTP/1.1.

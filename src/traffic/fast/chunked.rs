@@ -2,7 +2,10 @@
 //! bodies (RFC 9112 §7.1) that re-encodes what it decodes: the fast path
 //! never forwards an upstream's chunk framing byte for byte, so a framing
 //! trick the upstream (or something in front of it) plays cannot reach the
-//! client. Chunk extensions are dropped; trailer fields are kept.
+//! client. Chunk extensions are dropped; trailer fields are validated and
+//! kept or dropped as the caller says (a client that did not send
+//! `TE: trailers` does not get them, as on the general path, where hyper
+//! sends trailers only then).
 //!
 //! Strict where parsers disagree: the size is hex digits only (at most 15,
 //! so it fits in 60 bits), optional spaces/tabs only right before `;` or the
@@ -70,11 +73,17 @@ enum State {
 pub(crate) struct ChunkedDecoder {
     state: State,
     trailers: Vec<u8>,
+    keep_trailers: bool,
 }
 
-impl Default for ChunkedDecoder {
-    fn default() -> Self {
-        ChunkedDecoder { state: State::Size { size: 0, digits: 0 }, trailers: Vec::new() }
+impl ChunkedDecoder {
+    /// A decoder for one body; `keep_trailers`: forward its trailer fields.
+    pub(crate) fn new(keep_trailers: bool) -> Self {
+        ChunkedDecoder {
+            state: State::Size { size: 0, digits: 0 },
+            trailers: Vec::new(),
+            keep_trailers,
+        }
     }
 }
 
@@ -182,7 +191,9 @@ impl ChunkedDecoder {
                         return Err(ChunkError::Trailer);
                     }
                     out.extend_from_slice(b"0\r\n");
-                    out.extend_from_slice(&self.trailers);
+                    if self.keep_trailers {
+                        out.extend_from_slice(&self.trailers);
+                    }
                     out.extend_from_slice(b"\r\n");
                     self.state = State::Done;
                     return Ok(i + 1);
@@ -228,7 +239,7 @@ mod tests {
     /// Decodes `input` fed in `pieces`-sized parts; returns the re-encoded
     /// body and how much was consumed.
     fn run(input: &[u8], piece: usize) -> Result<(Vec<u8>, usize, bool), ChunkError> {
-        let mut d = ChunkedDecoder::default();
+        let mut d = ChunkedDecoder::new(true);
         let mut out = Vec::new();
         let mut used = 0;
         for part in input.chunks(piece.max(1)) {
@@ -269,6 +280,11 @@ mod tests {
             assert_eq!(data_of(&out), b"hello world");
             assert!(out.ends_with(b"0\r\nx-sum: 7\r\n\r\n"), "{out:?}");
         }
+        let mut d = ChunkedDecoder::new(false);
+        let mut out = Vec::new();
+        d.decode(body, &mut out).unwrap();
+        assert!(d.is_done());
+        assert!(out.ends_with(b"world\r\n0\r\n\r\n"), "{out:?}");
     }
 
     #[test]

@@ -297,6 +297,105 @@ mod tests {
         assert!(matches!(p, Plan::General(Some(_))), "{p:?}");
     }
 
+    const NAMES: [&str; 19] = [
+        "host",
+        "Host",
+        "connection",
+        "te",
+        "upgrade",
+        "content-length",
+        "transfer-encoding",
+        "x-chaos-cohort",
+        "x_chaos_cohort",
+        "x-forwarded-for",
+        "forwarded",
+        "cookie",
+        "x-user-id",
+        "accept",
+        "baggage",
+        "keep-alive",
+        "expect",
+        "trailer",
+        "proxy-connection",
+    ];
+
+    /// Header names the upstream head may carry at most this often.
+    fn count(headers: &[httparse::Header<'_>], name: &str) -> usize {
+        headers.iter().filter(|h| h.name.eq_ignore_ascii_case(name)).count()
+    }
+
+    proptest::proptest! {
+        /// The fuzz target of the planner: random heads built from the
+        /// headers that matter, plus arbitrary bytes. A forwarded head is
+        /// always a well-formed HTTP/1.1 request with one Host, none of the
+        /// hop-by-hop or framing headers, and our cohort header once at most.
+        #[test]
+        fn forwarded_heads_are_well_formed(
+            method in proptest::sample::select(vec!["GET", "HEAD", "POST", "get"]),
+            path in "/[a-z0-9?=&%.]{0,12}",
+            version in proptest::sample::select(vec!["HTTP/1.1", "HTTP/1.0"]),
+            headers in proptest::collection::vec(
+                (proptest::sample::select(NAMES.to_vec()),
+                 proptest::prop_oneof!["[ -~]{0,16}", proptest::strategy::Just("close".to_string()),
+                                        proptest::strategy::Just("keep-alive".to_string())]),
+                0..7),
+            cohort in proptest::option::of(proptest::sample::select(
+                vec![Cohort::Control, Cohort::Experiment])),
+            faults in proptest::bool::ANY,
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+        ) {
+            let mut raw = format!("{method} {path} {version}\r\n");
+            for (n, v) in &headers {
+                raw.push_str(&format!("{n}: {v}\r\n"));
+            }
+            raw.push_str("\r\n");
+            let head_len = raw.len();
+            let mut bytes = raw.into_bytes();
+            bytes.extend_from_slice(&tail);
+            let r = Rules { faults_enabled: faults, ..rules() };
+            let mut out = Vec::new();
+            let p = plan(&bytes, r, &peer(false), fixed(cohort), &mut out);
+            let Plan::Forward(f) = p else {
+                proptest::prop_assert!(out.is_empty());
+                return Ok(());
+            };
+            proptest::prop_assert_eq!(f.len, head_len);
+            proptest::prop_assert!(!(faults && cohort == Some(Cohort::Experiment)));
+            let mut storage = [httparse::EMPTY_HEADER; 80];
+            let mut req = httparse::Request::new(&mut storage);
+            proptest::prop_assert_eq!(req.parse(&out), Ok(httparse::Status::Complete(out.len())));
+            proptest::prop_assert_eq!(req.version, Some(1));
+            proptest::prop_assert_eq!(req.method, Some(method));
+            proptest::prop_assert_eq!(req.path, Some(path.as_str()));
+            let hs = &*req.headers;
+            proptest::prop_assert_eq!(count(hs, "host"), 1);
+            for gone in ["connection", "te", "upgrade", "content-length", "transfer-encoding",
+                         "keep-alive", "proxy-connection", "expect", "trailer", "x_chaos_cohort"] {
+                proptest::prop_assert_eq!(count(hs, gone), 0, "{}", gone);
+            }
+            proptest::prop_assert_eq!(count(hs, "x-chaos-cohort"), usize::from(cohort.is_some()));
+            proptest::prop_assert_eq!(count(hs, "baggage"), usize::from(cohort.is_some()));
+            proptest::prop_assert_eq!(count(hs, "x-forwarded-for"), 1);
+        }
+
+        /// Arbitrary bytes never panic, and only a complete head is forwarded.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(
+            proptest::prop_oneof![proptest::strategy::Just(b'\r'), proptest::strategy::Just(b'\n'),
+                                  proptest::strategy::Just(b' '), proptest::strategy::Just(b':'),
+                                  proptest::num::u8::ANY], 0..120)) {
+            let mut prefixed = b"GET / HTTP/1.1\r\nhost: a\r\n".to_vec();
+            prefixed.extend_from_slice(&bytes);
+            for input in [&bytes[..], &prefixed[..]] {
+                let mut out = Vec::new();
+                if let Plan::Forward(f) = plan(input, rules(), &peer(false), fixed(None), &mut out) {
+                    proptest::prop_assert!(f.len <= input.len());
+                    proptest::prop_assert!(input[..f.len].ends_with(b"\r\n\r\n") || input[..f.len].ends_with(b"\n\n"));
+                }
+            }
+        }
+    }
+
     #[test]
     fn finds_the_key_in_a_header_or_a_cookie() {
         let raw =
