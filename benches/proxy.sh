@@ -209,6 +209,15 @@ for r in $(seq 1 "$ROUNDS"); do
     run chaos-tls "https://127.0.0.1:$CHAOS_TLS_PORT/index.html" "$CHAOS_TLS_PID"
   fi
 done
+# Per-round ratios: the rounds are interleaved so that a load swing hits
+# both targets of a round alike; the median of the per-round ratios is the
+# paired estimate (printed next to the ratio of the per-target medians).
+paired() {  # "a1 a2 ..." "b1 b2 ..." -> median of a_i / b_i
+  awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) printf "%.4f\n", x[i] / y[i] }' | median
+}
+PAIRED_RPS=$(paired "${RPS[chaos]}" "${RPS[haproxy]}")
+PAIRED_P99=$(paired "${P99[chaos]}" "${P99[haproxy]}")
 for t in "${TARGETS[@]}"; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
@@ -232,6 +241,7 @@ echo
 echo "throughput chaos/haproxy: $(ratio "${RPS[chaos]}" "${RPS[haproxy]}")  (goal >= 1.05)"
 echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goal <= 1.00)"
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
+echo "paired (median of per-round ratios) chaos/haproxy: throughput $PAIRED_RPS, p99 $PAIRED_P99"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
 if [[ -n "${GENERAL_PID:-}" ]]; then
