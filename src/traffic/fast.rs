@@ -38,14 +38,16 @@ use tokio::sync::watch;
 use tokio::time::{timeout_at, Instant};
 
 use self::chunked::ChunkedDecoder;
+pub(crate) use self::request::FaultMode;
 use self::request::{Forward, Plan, Rules};
 use self::response::{ForClient, Framing};
 use super::config::CohortKey;
+use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
 use super::rewind::Rewind;
-use super::server::{record_request, serve_connection, stopped, Shared};
+use super::server::{record_request, reset_on_close, serve_connection, stopped, Shared};
 use super::upstream::Target;
-use crate::cohort::{Cohort, COHORT_HEADER};
+use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 
 /// Idle upstream connections kept per client connection.
 const MAX_IDLE: usize = 4;
@@ -56,6 +58,18 @@ const READ_CHUNK: usize = 16 * 1024;
 /// A connection the upstream announced `Keep-Alive: timeout=N` for is not
 /// reused later than this much before N runs out.
 const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
+
+/// Fault kinds the fast path applies itself; while another kind is
+/// enabled, experiment requests take the general path.
+pub(crate) fn applies(kind: &HttpFaultKind) -> bool {
+    matches!(
+        kind,
+        HttpFaultKind::Latency { .. }
+            | HttpFaultKind::Error { .. }
+            | HttpFaultKind::Abort
+            | HttpFaultKind::Reset
+    )
+}
 
 /// Whether a proxy with these targets can use the fast path at all.
 pub(crate) fn eligible<'a>(mut targets: impl Iterator<Item = &'a Target>) -> bool {
@@ -86,8 +100,10 @@ enum After {
     /// Ready for the next request.
     KeepAlive,
     /// The client connection must close (asked to, until-close body, a
-    /// broken upstream body, a client that went away).
+    /// broken upstream body, a client that went away, the abort fault).
     Close,
+    /// The reset fault: close with RST.
+    Reset,
 }
 
 /// Per-connection state of the fast path.
@@ -152,7 +168,7 @@ impl Conn {
                 key_header,
                 key_cookie,
                 forwarded: shared.forwarded(),
-                faults_enabled: shared.faults_enabled(),
+                faults: shared.fault_mode(),
             };
             let forward =
                 match self.next_request(shared, rules, forwarding, shutdown).await {
@@ -164,6 +180,10 @@ impl Conn {
             self.rbuf.advance(forward.len);
             match self.exchange(shared, &forward, arrived).await {
                 After::KeepAlive if !forward.close && !*shutdown.borrow() => {}
+                After::Reset => {
+                    reset_on_close(self.client.as_raw_fd());
+                    return Ended::Closed;
+                }
                 _ => {
                     let _ = self.client.shutdown().await;
                     return Ended::Closed;
@@ -217,7 +237,8 @@ impl Conn {
         }
     }
 
-    /// Sends the planned request upstream and streams the response back.
+    /// Sends the planned request upstream and streams the response back;
+    /// an experiment request first rolls the enabled faults.
     async fn exchange(
         &mut self,
         shared: &Shared,
@@ -225,13 +246,27 @@ impl Conn {
         arrived: Instant,
     ) -> After {
         let cohort = f.assignment.cohort;
+        // The `x-chaos-fault` value; allocates only when a fault fires.
+        let mut tags = String::new();
+        if cohort == Some(Cohort::Experiment) && shared.fault_mode() != FaultMode::None {
+            let faults = shared.faults();
+            if let Some(after) =
+                self.apply_faults(shared, &faults, f, arrived, &mut tags).await
+            {
+                return after;
+            }
+        }
         let Some(target) = shared.pool_for(cohort).pick() else {
             let body = "chaos proxy: no upstream configured for this cohort\n";
             record_request(shared, arrived, f.assignment, Some(502));
-            return self.answer(502, body, cohort, f.close).await;
+            return self.answer(502, body, cohort, f.close, &tags).await;
         };
-        let for_client =
-            ForClient { head_request: f.head_request, cohort, close: f.close };
+        let for_client = ForClient {
+            head_request: f.head_request,
+            cohort,
+            close: f.close,
+            faults: &tags,
+        };
         let up = target.authority.as_str();
         let (mut upstream, mut reused) = match self.take(target) {
             Some(u) => (u, true),
@@ -240,7 +275,7 @@ impl Conn {
                 Err(e) => {
                     record_request(shared, arrived, f.assignment, Some(502));
                     let body = format!("chaos proxy: upstream {up} failed: {e}\n");
-                    return self.answer(502, &body, cohort, f.close).await;
+                    return self.answer(502, &body, cohort, f.close, &tags).await;
                 }
             },
         };
@@ -277,7 +312,7 @@ impl Conn {
                             record_request(shared, arrived, f.assignment, Some(502));
                             let body =
                                 format!("chaos proxy: upstream {up} failed: {e}\n");
-                            return self.answer(502, &body, cohort, f.close).await;
+                            return self.answer(502, &body, cohort, f.close, &tags).await;
                         }
                     }
                 }
@@ -298,7 +333,7 @@ impl Conn {
                         }
                     };
                     record_request(shared, arrived, f.assignment, Some(status));
-                    return self.answer(status, &body, cohort, f.close).await;
+                    return self.answer(status, &body, cohort, f.close, &tags).await;
                 }
             }
         };
@@ -429,14 +464,75 @@ impl Conn {
         }
     }
 
-    /// A response the proxy makes itself (502/504), as the general path
-    /// words it.
+    /// Rolls the enabled faults for an experiment request, as the general
+    /// path's fault layer does: latencies add up and are waited out (a
+    /// client leaving meanwhile is recorded without a response), then the
+    /// first error, abort or reset ends the request. `Some` when a fault
+    /// answered (or dropped) it; the applied faults' labels go to `tags`.
+    async fn apply_faults(
+        &mut self,
+        shared: &Shared,
+        faults: &[HttpFault],
+        f: &Forward,
+        arrived: Instant,
+        tags: &mut String,
+    ) -> Option<After> {
+        // A kind enabled between planning and now is left to the next
+        // request (this one cannot move to the general path any more).
+        let fired: Vec<&HttpFault> =
+            faults.iter().filter(|x| applies(&x.kind) && x.fires()).collect();
+        let mut delay = Duration::ZERO;
+        for x in fired.iter().filter(|x| matches!(x.kind, HttpFaultKind::Latency { .. }))
+        {
+            delay += x.kind.draw_delay();
+            push_tag(tags, x.kind.label().as_str());
+            shared.recorder.record_fault(x.kind.label());
+        }
+        if !delay.is_zero() {
+            let wait = tokio::time::sleep(delay);
+            if until_client_leaves(wait, &mut self.client, &mut self.rbuf).await.is_none()
+            {
+                record_request(shared, arrived, f.assignment, None);
+                return Some(After::Close);
+            }
+        }
+        let terminal = fired.iter().find(|x| {
+            matches!(
+                x.kind,
+                HttpFaultKind::Error { .. } | HttpFaultKind::Abort | HttpFaultKind::Reset
+            )
+        })?;
+        shared.recorder.record_fault(terminal.kind.label());
+        push_tag(tags, terminal.kind.label().as_str());
+        Some(match &terminal.kind {
+            HttpFaultKind::Error { status, body } => {
+                let status = http::StatusCode::from_u16(*status)
+                    .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE)
+                    .as_u16();
+                record_request(shared, arrived, f.assignment, Some(status));
+                let cohort = f.assignment.cohort;
+                self.answer(status, body, cohort, f.close, tags).await
+            }
+            HttpFaultKind::Reset => {
+                record_request(shared, arrived, f.assignment, None);
+                After::Reset
+            }
+            _ => {
+                record_request(shared, arrived, f.assignment, None);
+                After::Close
+            }
+        })
+    }
+
+    /// A response the proxy makes itself (502/504, the error fault), as the
+    /// general path words it.
     async fn answer(
         &mut self,
         status: u16,
         body: &str,
         cohort: Option<Cohort>,
         close: bool,
+        faults: &str,
     ) -> After {
         use std::io::Write;
         let reason = http::StatusCode::from_u16(status)
@@ -452,6 +548,9 @@ impl Conn {
         );
         if let Some(c) = cohort {
             let _ = write!(self.out, "{COHORT_HEADER}: {}\r\n", c.as_str());
+        }
+        if !faults.is_empty() {
+            let _ = write!(self.out, "{FAULT_HEADER}: {faults}\r\n");
         }
         if close {
             self.out.extend_from_slice(b"connection: close\r\n");
@@ -488,6 +587,13 @@ impl Conn {
     }
 }
 
+fn push_tag(tags: &mut String, label: &str) {
+    if !tags.is_empty() {
+        tags.push(',');
+    }
+    tags.push_str(label);
+}
+
 /// Why no response head arrived.
 enum HeadFailure {
     /// Closed or broken before a complete head.
@@ -503,7 +609,7 @@ async fn send_and_read_head(
     req: &[u8],
     ubuf: &mut BytesMut,
     deadline: Instant,
-    for_client: ForClient,
+    for_client: ForClient<'_>,
     out: &mut Vec<u8>,
 ) -> Result<response::Head, HeadFailure> {
     match timeout_at(deadline, up.write_all(req)).await {

@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use super::body::{Activity, BodyError, Busy, ClientBody, IdleBody, Side};
 use super::config::{
     CohortKey, ConfigError, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
 };
+use super::fast::FaultMode;
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
 use super::headers::{
@@ -116,7 +117,7 @@ pub(crate) struct Shared {
     active: AtomicUsize,
     /// Some HTTP fault is enabled (kept with `faults`, read per request by
     /// the fast path without taking the lock).
-    faults_enabled: AtomicBool,
+    faults_mode: std::sync::atomic::AtomicU8,
     max_header_bytes: usize,
     /// Plain HTTP/1.1 client connections start on [`super::fast`].
     fast: bool,
@@ -131,7 +132,7 @@ impl Shared {
 
     pub(crate) fn set_faults(&self, faults: Vec<HttpFault>) {
         let mut guard = self.faults.write().unwrap_or_else(|p| p.into_inner());
-        self.faults_enabled.store(faults.iter().any(|f| f.enabled), Ordering::Relaxed);
+        self.faults_mode.store(fault_mode(&faults) as u8, Ordering::Relaxed);
         *guard = Arc::new(faults);
     }
 
@@ -145,7 +146,7 @@ impl Shared {
         for f in next.iter_mut().filter(|f| f.id == id) {
             f.enabled = on;
         }
-        self.faults_enabled.store(next.iter().any(|f| f.enabled), Ordering::Relaxed);
+        self.faults_mode.store(fault_mode(&next) as u8, Ordering::Relaxed);
         *guard = Arc::new(next);
         true
     }
@@ -198,8 +199,12 @@ impl Shared {
         self.forwarded
     }
 
-    pub(super) fn faults_enabled(&self) -> bool {
-        self.faults_enabled.load(Ordering::Relaxed)
+    pub(super) fn fault_mode(&self) -> FaultMode {
+        match self.faults_mode.load(Ordering::Relaxed) {
+            0 => FaultMode::None,
+            1 => FaultMode::Fast,
+            _ => FaultMode::General,
+        }
     }
 
     pub(super) fn max_header_bytes(&self) -> usize {
@@ -232,6 +237,35 @@ impl Shared {
     }
 }
 
+/// Whether the fast path can apply every enabled fault itself.
+fn fault_mode(faults: &[HttpFault]) -> FaultMode {
+    let mut enabled = faults.iter().filter(|f| f.enabled).peekable();
+    if enabled.peek().is_none() {
+        return FaultMode::None;
+    }
+    if enabled.all(|f| super::fast::applies(&f.kind)) {
+        FaultMode::Fast
+    } else {
+        FaultMode::General
+    }
+}
+
+/// Makes closing `fd` send RST instead of FIN (the reset fault).
+pub(super) fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is an open socket owned by the caller's connection,
+    // which outlives this call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
+    }
+}
+
 fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
     headers.get_all(COOKIE).iter().find_map(|v| {
         v.to_str().ok()?.split(';').find_map(|pair| {
@@ -258,18 +292,9 @@ impl ConnInfo {
     /// send RST instead of FIN.
     fn kill(&self, reset: bool) {
         if reset {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: `fd` belongs to the TcpStream the connection task
-            // owns, which stays open at least until `kill` is observed.
-            unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
+            // `fd` belongs to the TcpStream the connection task owns, which
+            // stays open at least until `kill` is observed.
+            reset_on_close(self.fd);
         }
         self.kill.notify_one();
     }
@@ -915,7 +940,7 @@ impl Proxy {
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),
             active: AtomicUsize::new(0),
-            faults_enabled: AtomicBool::new(false),
+            faults_mode: std::sync::atomic::AtomicU8::new(FaultMode::None as u8),
             max_header_bytes: cfg.max_header_bytes,
             fast,
             fast_requests: AtomicU64::new(0),

@@ -299,16 +299,17 @@ async fn upstream_framing_tricks_never_reach_the_client() {
     h.shutdown().await;
 }
 
-/// With a fault enabled, experiment requests leave the fast path for the
-/// fault layer; the cohort drawn on the fast path goes along, so keyless
-/// requests are not drawn twice (which would make fewer than half of them
-/// experiment requests with a 50/50 split).
+/// With a fault only the general path applies (malformed) enabled,
+/// experiment requests leave the fast path for the fault layer; the cohort
+/// drawn on the fast path goes along, so keyless requests are not drawn
+/// twice (which would make a quarter of them experiment requests with a
+/// 50/50 split, not half).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn faulted_experiment_requests_take_the_general_path_with_their_draw() {
     let up = raw_upstream(answers).await;
     let (h, rec) =
         start(config(up, 0.5, 0.5, CohortKey::Header("x-user-id".into()))).await;
-    h.set_faults(vec![HttpFault::parse_spec("kind=error,status=503").unwrap()]);
+    h.set_faults(vec![HttpFault::parse_spec("kind=malformed,mode=truncate").unwrap()]);
     let n = 400;
     let mut faulted = 0;
     for _ in 0..n {
@@ -316,11 +317,12 @@ async fn faulted_experiment_requests_take_the_general_path_with_their_draw() {
         let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
         let mut buf = Vec::new();
         let text = exchange(&mut s, &mut buf, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
-        if text.starts_with("HTTP/1.1 503") {
-            assert!(text.contains("x-chaos-cohort: experiment"), "{text}");
+        if text.contains("x-chaos-cohort: experiment") {
+            assert!(text.contains("x-chaos-fault: malformed-truncate"), "{text}");
             faulted += 1;
         } else {
             assert!(text.contains("x-chaos-cohort: control"), "{text}");
+            assert!(text.ends_with("\r\n\r\nok"), "{text}");
         }
     }
     let exp = rec.snapshot(Cohort::Experiment).total;
@@ -330,6 +332,69 @@ async fn faulted_experiment_requests_take_the_general_path_with_their_draw() {
     // Binomial(400, 0.5): 200 ± 10 (sd); drawn twice it would be ~100.
     assert!((150..=250).contains(&faulted), "{faulted} of {n} faulted");
     assert_eq!(h.fast_path_requests() as usize, n - faulted);
+    h.shutdown().await;
+}
+
+/// Latency, error, abort and reset faults are applied on the fast path
+/// itself, with the general path's labels, counts and recording: the
+/// experiment cohort's connections stay on it during a fault window.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn latency_and_error_faults_apply_on_the_fast_path() {
+    use chaos::metrics::labels::FaultKindLabel;
+    let up = raw_upstream(answers).await;
+    let (h, rec) = start(config(up, 1.0, 0.0, CohortKey::ClientIp)).await;
+    h.set_faults(vec![
+        HttpFault::parse_spec("kind=latency,delay=40ms").unwrap(),
+        HttpFault::parse_spec("kind=error,status=502,probability=50%").unwrap(),
+    ]);
+    let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
+    let mut buf = Vec::new();
+    let (mut errors, n) = (0, 40);
+    for _ in 0..n {
+        let t0 = std::time::Instant::now();
+        let text = exchange(&mut s, &mut buf, "GET / HTTP/1.1\r\nhost: x\r\n\r\n").await;
+        assert!(t0.elapsed() >= Duration::from_millis(40), "{:?}", t0.elapsed());
+        assert!(text.contains("x-chaos-cohort: experiment"), "{text}");
+        if text.starts_with("HTTP/1.1 502") {
+            assert!(text.contains("x-chaos-fault: latency,error\r\n"), "{text}");
+            errors += 1;
+        } else {
+            assert!(
+                text.contains("x-chaos-fault: latency\r\n") && text.ends_with("ok"),
+                "{text}"
+            );
+        }
+    }
+    assert!((5..=35).contains(&errors), "{errors} of {n}");
+    assert_eq!(
+        h.fast_path_requests(),
+        n as u64,
+        "the connection stayed on the fast path"
+    );
+    assert_eq!(rec.faults_injected(FaultKindLabel::Latency), n as u64);
+    assert_eq!(rec.faults_injected(FaultKindLabel::Error), errors as u64);
+    let snap = rec.snapshot(Cohort::Experiment);
+    assert_eq!(snap.status_counts.get(&502), Some(&(errors as u64)));
+    assert!(snap.samples.iter().all(|x| x.latency_ms >= 40.0));
+
+    // Abort: FIN without a response; reset: RST. Both recorded unanswered.
+    for (spec, reset) in [("kind=abort", false), ("kind=reset", true)] {
+        h.set_faults(vec![HttpFault::parse_spec(spec).unwrap()]);
+        let mut s = TcpStream::connect(h.local_addr()).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
+        let mut rest = Vec::new();
+        let r = tokio::time::timeout(T, s.read_to_end(&mut rest)).await.unwrap();
+        assert!(rest.is_empty(), "{spec}: {rest:?}");
+        match r {
+            Err(e) => {
+                assert!(reset && e.kind() == std::io::ErrorKind::ConnectionReset, "{e}")
+            }
+            Ok(_) => assert!(!reset, "{spec}: closed without RST"),
+        }
+    }
+    assert_eq!(rec.snapshot(Cohort::Experiment).status_counts.get(&0), Some(&2));
+    assert_eq!(rec.faults_injected(FaultKindLabel::Abort), 1);
+    assert_eq!(rec.faults_injected(FaultKindLabel::Reset), 1);
     h.shutdown().await;
 }
 

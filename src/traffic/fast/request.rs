@@ -6,7 +6,9 @@
 //! `Transfer-Encoding`), `Connection` at most `keep-alive`/`close`, and none
 //! of the headers whose rules live in the general path (`Upgrade`, `TE`,
 //! `Expect`, `Trailer`, `Keep-Alive`, `Proxy-Connection`, `baggage`, the
-//! underscore cohort header, forwarding headers from a trusted peer). Every
+//! underscore cohort header, forwarding headers from a trusted peer), and an
+//! experiment request only while every enabled fault is one the fast path
+//! applies itself (latency, error, abort, reset). Every
 //! other request, and every head `httparse` refuses or that exceeds the
 //! size limit, goes to the general (hyper) path unchanged, which answers
 //! 400/431 or forwards it under the full rules.
@@ -28,8 +30,18 @@ pub(crate) struct Rules<'a> {
     /// The cohort key's cookie name (`cookie:NAME`).
     pub(crate) key_cookie: Option<&'a str>,
     pub(crate) forwarded: ForwardedMode,
-    /// Some HTTP fault is enabled: experiment requests need the fault layer.
-    pub(crate) faults_enabled: bool,
+    /// Which HTTP faults are enabled (they apply to experiment requests).
+    pub(crate) faults: FaultMode,
+}
+
+/// The enabled HTTP faults, as far as the fast path is concerned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FaultMode {
+    None,
+    /// Only kinds the fast path applies itself: latency, error, abort, reset.
+    Fast,
+    /// Some kind only the general path applies (malformed, grpc).
+    General,
 }
 
 /// What to do with the bytes at the start of the client's buffer.
@@ -159,7 +171,7 @@ pub(crate) fn plan(
     }
     let assignment = assign(key);
     let experiment = assignment.cohort == Some(Cohort::Experiment);
-    if (experiment && rules.faults_enabled)
+    if (experiment && rules.faults == FaultMode::General)
         || (forwarding && rules.forwarded == ForwardedMode::Append && peer.trusted())
     {
         return Plan::General(Some(assignment));
@@ -211,7 +223,7 @@ mod tests {
             key_header: Some("x-user-id"),
             key_cookie: None,
             forwarded: ForwardedMode::Append,
-            faults_enabled: false,
+            faults: FaultMode::None,
         }
     }
 
@@ -285,7 +297,7 @@ mod tests {
     #[test]
     fn experiment_requests_under_faults_and_trusted_forwarding_keep_their_draw() {
         let raw = "GET / HTTP/1.1\r\nhost: a\r\n\r\n";
-        let r = Rules { faults_enabled: true, ..rules() };
+        let r = Rules { faults: FaultMode::General, ..rules() };
         let (p, _) = run(raw, r, Some(Cohort::Experiment));
         assert!(
             matches!(p, Plan::General(Some(a)) if a.cohort == Some(Cohort::Experiment))
@@ -352,7 +364,8 @@ mod tests {
             let head_len = raw.len();
             let mut bytes = raw.into_bytes();
             bytes.extend_from_slice(&tail);
-            let r = Rules { faults_enabled: faults, ..rules() };
+            let mode = if faults { FaultMode::General } else { FaultMode::Fast };
+            let r = Rules { faults: mode, ..rules() };
             let mut out = Vec::new();
             let p = plan(&bytes, r, &peer(false), fixed(cohort), &mut out);
             let Plan::Forward(f) = p else {

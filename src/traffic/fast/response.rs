@@ -5,7 +5,7 @@
 
 use std::io::Write;
 
-use crate::cohort::{Cohort, COHORT_HEADER};
+use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 
 /// Most header lines accepted in an upstream response (hyper's default).
 const MAX_HEADERS: usize = 100;
@@ -49,11 +49,13 @@ pub(crate) enum HeadError {
 
 /// What the client side asked for, needed to frame and rewrite a response.
 #[derive(Debug, Clone, Copy)]
-pub(crate) struct ForClient {
+pub(crate) struct ForClient<'a> {
     pub(crate) head_request: bool,
     pub(crate) cohort: Option<Cohort>,
     /// Ask the client to close after this response.
     pub(crate) close: bool,
+    /// `x-chaos-fault` value (the faults applied), empty for none.
+    pub(crate) faults: &'a str,
 }
 
 fn is(name: &str, want: &str) -> bool {
@@ -69,7 +71,7 @@ fn tokens(v: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// yet. On success the rewritten head is appended to `out`.
 pub(crate) fn parse(
     buf: &[u8],
-    client: ForClient,
+    client: ForClient<'_>,
     out: &mut Vec<u8>,
 ) -> Result<Option<Head>, HeadError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -156,7 +158,8 @@ pub(crate) fn parse(
             || (is(n, "te") && !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"))
             || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || (is(n, "content-length") && framing != Framing::Empty)
-            || (is(n, COHORT_HEADER) && client.cohort.is_some());
+            || (is(n, COHORT_HEADER) && client.cohort.is_some())
+            || (is(n, FAULT_HEADER) && !client.faults.is_empty());
         if hop {
             continue;
         }
@@ -174,6 +177,9 @@ pub(crate) fn parse(
     }
     if let Some(c) = client.cohort {
         let _ = write!(out, "{COHORT_HEADER}: {}\r\n", c.as_str());
+    }
+    if !client.faults.is_empty() {
+        let _ = write!(out, "{FAULT_HEADER}: {}\r\n", client.faults);
     }
     let informational = (100..200).contains(&status);
     if !informational && (client.close || framing == Framing::UntilClose) {
@@ -212,11 +218,11 @@ fn keep_alive_timeout(v: &[u8]) -> Option<u64> {
 mod tests {
     use super::*;
 
-    fn client() -> ForClient {
-        ForClient { head_request: false, cohort: None, close: false }
+    fn client() -> ForClient<'static> {
+        ForClient { head_request: false, cohort: None, close: false, faults: "" }
     }
 
-    fn rewrite(raw: &str, c: ForClient) -> (Head, String) {
+    fn rewrite(raw: &str, c: ForClient<'_>) -> (Head, String) {
         let mut out = Vec::new();
         let head = parse(raw.as_bytes(), c, &mut out).unwrap().unwrap();
         (head, String::from_utf8(out).unwrap())
@@ -242,7 +248,7 @@ mod tests {
 
     #[test]
     fn frames_by_rfc_9112() {
-        let f = |raw: &str, c: ForClient| rewrite(raw, c).0;
+        let f = |raw: &str, c: ForClient<'_>| rewrite(raw, c).0;
         let get = client();
         let head = ForClient { head_request: true, ..client() };
         assert_eq!(
@@ -330,7 +336,7 @@ mod tests {
             }
             raw.push_str("\r\n");
             let mut out = Vec::new();
-            let c = ForClient { head_request, cohort, close };
+            let c = ForClient { head_request, cohort, close, faults: "" };
             let Ok(Some(head)) = parse(raw.as_bytes(), c, &mut out) else {
                 return Ok(());
             };
@@ -377,7 +383,7 @@ mod tests {
             prefixed.extend_from_slice(&bytes);
             for input in [&bytes[..], &prefixed[..]] {
                 let mut out = Vec::new();
-                let c = ForClient { head_request, cohort: None, close: false };
+                let c = ForClient { head_request, cohort: None, close: false, faults: "" };
                 if let Ok(Some(h)) = parse(input, c, &mut out) {
                     proptest::prop_assert!(h.len <= input.len());
                 }
