@@ -10,6 +10,9 @@
 # rounds and the median per target is reported, so load drift on a shared
 # machine hits all of them alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
 # flags for chaos proxy, e.g. "--workers 1").
+# GENERAL (default 1): also measure the same chaos binary with
+# --no-fast-path (every request through the general hyper path), as target
+# "general", to show what the HTTP/1.1 fast path buys.
 # CHAOS_BIN=/path/to/chaos: measure that binary instead of building one.
 # CHAOS_BASELINE=/path/to/chaos: A/B a second build (e.g. main's) in the same
 # interleaved rounds, as target "base" (same flags); prints chaos/base.
@@ -133,6 +136,14 @@ haproxy -f "$W/haproxy.cfg" -db & HAPROXY_PID=$!; PIDS+=($HAPROXY_PID)
 
 wait_port "$NGINX_PORT"; wait_port "$HAPROXY_PORT"; wait_port "$CHAOS_PORT"
 
+# The general path of the same binary, for the fast-path comparison.
+if [[ "${GENERAL:-1}" == 1 ]]; then
+  GENERAL_PORT=$(free_port)
+  "$CHAOS" proxy --listen "127.0.0.1:$GENERAL_PORT" --upstream "http://127.0.0.1:$NGINX_PORT" \
+    --experiment-percent 5 --control-percent 5 --admin "127.0.0.1:$(free_port)" \
+    --no-fast-path ${CHAOS_ARGS:-} 2>"$W/general.log" & GENERAL_PID=$!; PIDS+=($GENERAL_PID)
+  wait_port "$GENERAL_PORT"; TARGETS+=(general)
+fi
 # Optional: a second chaos build in the same rounds (A/B).
 if [[ -n "${CHAOS_BASELINE:-}" ]]; then
   "$CHAOS_BASELINE" proxy --listen "127.0.0.1:$BASE_PORT" \
@@ -161,19 +172,21 @@ to_ms() {
 
 # CPU time (user + system, in clock ticks) a process has used so far.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+user_ticks() { awk '{print $14}' "/proc/$1/stat"; }
 HZ=$(getconf CLK_TCK)
 
-declare -A RPS P50 P99 CPU
+declare -A RPS P50 P99 CPU USR
 run() {
-  local name=$1 url=$2 pid=$3 out before after n
+  local name=$1 url=$2 pid=$3 out before after n ubefore uafter
   wrk -t1 -c"$CONNS" -d1s "$url" >/dev/null   # warm-up (connections, caches)
-  before=$(cpu_ticks "$pid")
+  before=$(cpu_ticks "$pid"); ubefore=$(user_ticks "$pid")
   out=$(wrk -t1 -c"$CONNS" -d"$DURATION" --latency "$url")
-  after=$(cpu_ticks "$pid")
+  after=$(cpu_ticks "$pid"); uafter=$(user_ticks "$pid")
   n=$(echo "$out" | awk '/requests in/ {print $1}')
   # CPU the serving process spent per request: less noisy than req/s on a
   # shared machine, and it says where a throughput gap comes from.
   CPU[$name]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+  USR[$name]+=" $(awk -v d=$((uafter - ubefore)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
   echo "$out" | grep -q "Non-2xx" && { echo "$name answered non-2xx:" >&2; echo "$out" >&2; exit 1; }
   RPS[$name]+=" $(echo "$out" | awk '/Requests\/sec/ {print $2}')"
   P50[$name]+=" $(to_ms "$(echo "$out" | awk '$1 == "50%" {print $2}')")"
@@ -185,6 +198,9 @@ for r in $(seq 1 "$ROUNDS"); do
   run direct "http://127.0.0.1:$NGINX_PORT/index.html" "$NGINX_PID"
   run haproxy "http://127.0.0.1:$HAPROXY_PORT/index.html" "$HAPROXY_PID"
   run chaos "http://127.0.0.1:$CHAOS_PORT/index.html" "$CHAOS_PID"
+  if [[ -n "${GENERAL_PID:-}" ]]; then
+    run general "http://127.0.0.1:$GENERAL_PORT/index.html" "$GENERAL_PID"
+  fi
   if [[ -n "${BASE_PID:-}" ]]; then
     run base "http://127.0.0.1:$BASE_PORT/index.html" "$BASE_PID"
   fi
@@ -193,29 +209,44 @@ for r in $(seq 1 "$ROUNDS"); do
     run chaos-tls "https://127.0.0.1:$CHAOS_TLS_PORT/index.html" "$CHAOS_TLS_PID"
   fi
 done
+# Per-round ratios: the rounds are interleaved so that a load swing hits
+# both targets of a round alike; the median of the per-round ratios is the
+# paired estimate (printed next to the ratio of the per-target medians).
+paired() {  # "a1 a2 ..." "b1 b2 ..." -> median of a_i / b_i
+  awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) printf "%.4f\n", x[i] / y[i] }' | median
+}
+PAIRED_RPS=$(paired "${RPS[chaos]}" "${RPS[haproxy]}")
+PAIRED_P99=$(paired "${P99[chaos]}" "${P99[haproxy]}")
 for t in "${TARGETS[@]}"; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
   P50[$t]=$(echo "${P50[$t]}" | median)
   P99[$t]=$(echo "${P99[$t]}" | median)
   CPU[$t]=$(echo "${CPU[$t]}" | median)
+  USR[$t]=$(echo "${USR[$t]}" | median)
 done
 
 printf '\nwrk -t1 -c%s -d%s --latency, 100-byte file from nginx, median of %s rounds\n' \
   "$CONNS" "$DURATION" "$ROUNDS"
-printf '%-12s %12s %10s %10s %12s\n' target req/s p50_ms p99_ms cpu_us/req
+printf '%-12s %12s %10s %10s %12s %12s\n' target req/s p50_ms p99_ms cpu_us/req user_us/req
 for t in "${TARGETS[@]}"; do
-  printf '%-12s %12s %10s %10s %12s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}"
+  printf '%-12s %12s %10s %10s %12s %12s\n' "$t" "${RPS[$t]}" "${P50[$t]}" "${P99[$t]}" "${CPU[$t]}" "${USR[$t]}"
 done
-echo "(cpu_us/req: user+system CPU of the serving process per request; for direct"
-echo " that is nginx alone, for the proxies the proxy alone)"
+echo "(cpu_us/req: user+system CPU of the serving process per request, user_us/req"
+echo " its user-space part; for direct that is nginx alone, for the proxies the"
+echo " proxy alone)"
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }'; }
 echo
 echo "throughput chaos/haproxy: $(ratio "${RPS[chaos]}" "${RPS[haproxy]}")  (goal >= 1.05)"
 echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goal <= 1.00)"
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
+echo "paired (median of per-round ratios) chaos/haproxy: throughput $PAIRED_RPS, p99 $PAIRED_P99"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
+if [[ -n "${GENERAL_PID:-}" ]]; then
+  echo "fast path chaos/general: throughput $(ratio "${RPS[chaos]}" "${RPS[general]}"), p99 $(ratio "${P99[chaos]}" "${P99[general]}"), cpu/request $(ratio "${CPU[chaos]}" "${CPU[general]}")"
+fi
 if [[ -n "${BASE_PID:-}" ]]; then
   echo "A/B chaos/base: throughput $(ratio "${RPS[chaos]}" "${RPS[base]}"), p99 $(ratio "${P99[chaos]}" "${P99[base]}"), cpu/request $(ratio "${CPU[chaos]}" "${CPU[base]}")"
 fi

@@ -162,6 +162,11 @@ pub struct ProxyArgs {
     /// system trust store.
     #[arg(long, value_name = "FILE")]
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// Serve every request through the general HTTP path (hyper), even
+    /// plain HTTP/1.1 GET/HEAD requests the fast path would take; for
+    /// comparing the two (benches/proxy.sh) or ruling the fast path out.
+    #[arg(long)]
+    pub no_fast_path: bool,
 }
 
 /// `--tls-cert/--tls-key/--upstream-ca` override the file's settings;
@@ -173,6 +178,7 @@ fn apply_tls(args: &ProxyArgs, cfg: &mut ProxyConfig) -> anyhow::Result<()> {
     if let Some(ca) = &args.upstream_ca {
         cfg.upstream_ca = Some(ca.clone());
     }
+    cfg.fast_path = !args.no_fast_path;
     crate::traffic::tls::check(cfg)?;
     Ok(())
 }

@@ -41,7 +41,8 @@ pub enum Applied {
     Dropped,
 }
 
-fn member(cohort: Cohort) -> &'static str {
+/// Our list-member for `cohort` (`chaos.cohort=...`).
+pub(crate) fn member(cohort: Cohort) -> &'static str {
     match cohort {
         Cohort::Control => "chaos.cohort=control",
         Cohort::Experiment => "chaos.cohort=experiment",

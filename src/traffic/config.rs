@@ -309,6 +309,10 @@ pub struct ProxyConfig {
     /// CA bundle that https upstreams must chain to (replaces the system
     /// trust store when set).
     pub upstream_ca: Option<std::path::PathBuf>,
+    /// Serve plain HTTP/1.1 `GET`/`HEAD` requests on the fast path (on by
+    /// default; it applies only without client TLS, in edge mode, with
+    /// `http://` upstreams).
+    pub fast_path: bool,
 }
 
 impl ProxyConfig {
@@ -358,6 +362,7 @@ impl ProxyConfig {
             seed,
             tls: None,
             upstream_ca: None,
+            fast_path: true,
         })
     }
 }

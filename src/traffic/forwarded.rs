@@ -49,6 +49,17 @@ impl PeerForwarding {
         }
     }
 
+    /// Whether the peer may speak for earlier hops.
+    pub(crate) fn trusted(&self) -> bool {
+        self.trusted
+    }
+
+    /// `X-Forwarded-For`, `Forwarded` and `X-Forwarded-Proto` values of
+    /// this peer.
+    pub(crate) fn values(&self) -> (&[u8], &[u8], &[u8]) {
+        (self.xff.as_bytes(), self.forwarded.as_bytes(), self.proto.as_bytes())
+    }
+
     /// Rewrites the request's forwarding headers according to `mode`.
     pub(crate) fn apply(&self, mode: ForwardedMode, headers: &mut HeaderMap) {
         match mode {

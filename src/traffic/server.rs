@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -34,6 +34,7 @@ use super::body::{Activity, BodyError, Busy, ClientBody, IdleBody, Side};
 use super::config::{
     CohortKey, ConfigError, ForwardedMode, IpNet, ProxyConfig, ProxyMode, Timeouts,
 };
+use super::fast::FaultMode;
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
 use super::headers::{
@@ -71,7 +72,7 @@ pub type ProxyBody = ClientBody;
 const COHORT: HeaderName = HeaderName::from_static(COHORT_HEADER);
 
 #[derive(Debug)]
-struct Pool {
+pub(super) struct Pool {
     targets: Vec<Target>,
     next: AtomicUsize,
 }
@@ -82,7 +83,7 @@ impl Pool {
     }
 
     /// Round robin.
-    fn pick(&self) -> Option<&Target> {
+    pub(super) fn pick(&self) -> Option<&Target> {
         if self.targets.is_empty() {
             return None;
         }
@@ -114,6 +115,14 @@ pub(crate) struct Shared {
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) admin_token: Option<String>,
     active: AtomicUsize,
+    /// Some HTTP fault is enabled (kept with `faults`, read per request by
+    /// the fast path without taking the lock).
+    faults_mode: std::sync::atomic::AtomicU8,
+    max_header_bytes: usize,
+    /// Plain HTTP/1.1 client connections start on [`super::fast`].
+    fast: bool,
+    /// Requests the fast path answered.
+    pub(super) fast_requests: AtomicU64,
 }
 
 impl Shared {
@@ -122,7 +131,9 @@ impl Shared {
     }
 
     pub(crate) fn set_faults(&self, faults: Vec<HttpFault>) {
-        *self.faults.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(faults);
+        let mut guard = self.faults.write().unwrap_or_else(|p| p.into_inner());
+        self.faults_mode.store(fault_mode(&faults) as u8, Ordering::Relaxed);
+        *guard = Arc::new(faults);
     }
 
     /// Copy-on-write toggle so the hot path only ever clones an `Arc`.
@@ -135,6 +146,7 @@ impl Shared {
         for f in next.iter_mut().filter(|f| f.id == id) {
             f.enabled = on;
         }
+        self.faults_mode.store(fault_mode(&next) as u8, Ordering::Relaxed);
         *guard = Arc::new(next);
         true
     }
@@ -145,26 +157,73 @@ impl Shared {
 
     /// The cohort of a request in edge mode (sticky by key), with the key's
     /// position in [0, 1) for the key-level sample-ratio check.
-    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> (Option<Cohort>, f64) {
-        let pos = match &self.cohort_key {
+    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Assignment {
+        let key = match &self.cohort_key {
             CohortKey::Header(_) => self
                 .key_header
                 .as_ref()
                 .and_then(|h| req.headers().get(h))
-                .map(|v| assign_position(v.as_bytes(), self.salt)),
-            CohortKey::Cookie(name) => {
-                cookie_value(req.headers(), name).map(|v| assign_position(v, self.salt))
-            }
+                .map(|v| v.as_bytes()),
+            CohortKey::Cookie(name) => cookie_value(req.headers(), name),
+            CohortKey::ClientIp => None,
+        };
+        self.assign_key(key, peer)
+    }
+
+    /// The cohort for a request whose key (header or cookie value) is
+    /// `key`; with a client-IP key, the peer's address is the key.
+    pub(super) fn assign_key(&self, key: Option<&[u8]>, peer: SocketAddr) -> Assignment {
+        let pos = match &self.cohort_key {
             CohortKey::ClientIp => Some(match peer.ip() {
                 std::net::IpAddr::V4(a) => assign_position(&a.octets(), self.salt),
                 std::net::IpAddr::V6(a) => assign_position(&a.octets(), self.salt),
             }),
+            _ => key.map(|k| assign_position(k, self.salt)),
         };
         let pos = pos.unwrap_or_else(random_unit);
-        (cohort_at(pos, self.experiment, self.control), pos)
+        Assignment {
+            cohort: cohort_at(pos, self.experiment, self.control),
+            key_position: Some(pos),
+        }
     }
 
-    fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
+    pub(super) fn cohort_key(&self) -> &CohortKey {
+        &self.cohort_key
+    }
+
+    pub(super) fn trusted_proxies(&self) -> &[IpNet] {
+        &self.trusted_proxies
+    }
+
+    pub(super) fn forwarded(&self) -> ForwardedMode {
+        self.forwarded
+    }
+
+    pub(super) fn fault_mode(&self) -> FaultMode {
+        match self.faults_mode.load(Ordering::Relaxed) {
+            0 => FaultMode::None,
+            1 => FaultMode::Fast,
+            _ => FaultMode::General,
+        }
+    }
+
+    pub(super) fn max_header_bytes(&self) -> usize {
+        self.max_header_bytes
+    }
+
+    pub(super) fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    pub(super) fn upstream_timeout(&self) -> Duration {
+        self.upstream_timeout
+    }
+
+    pub(super) fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    pub(super) fn pool_for(&self, cohort: Option<Cohort>) -> &Pool {
         let specific = match cohort {
             Some(Cohort::Control) => &self.control_pool,
             Some(Cohort::Experiment) => &self.experiment_pool,
@@ -175,6 +234,35 @@ impl Shared {
         } else {
             specific
         }
+    }
+}
+
+/// Whether the fast path can apply every enabled fault itself.
+fn fault_mode(faults: &[HttpFault]) -> FaultMode {
+    let mut enabled = faults.iter().filter(|f| f.enabled).peekable();
+    if enabled.peek().is_none() {
+        return FaultMode::None;
+    }
+    if enabled.all(|f| super::fast::applies(&f.kind)) {
+        FaultMode::Fast
+    } else {
+        FaultMode::General
+    }
+}
+
+/// Makes closing `fd` send RST instead of FIN (the reset fault).
+pub(super) fn reset_on_close(fd: RawFd) {
+    let linger = libc::linger { l_onoff: 1, l_linger: 0 };
+    // SAFETY: `fd` is an open socket owned by the caller's connection,
+    // which outlives this call.
+    unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_LINGER,
+            (&linger as *const libc::linger).cast(),
+            std::mem::size_of::<libc::linger>() as libc::socklen_t,
+        );
     }
 }
 
@@ -190,6 +278,8 @@ fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]
 /// Per-connection facts the fault layer needs.
 struct ConnInfo {
     peer: SocketAddr,
+    /// The cohort the fast path drew for the request it handed over.
+    preassigned: std::sync::Mutex<Option<Assignment>>,
     fd: RawFd,
     kill: Notify,
     upstream: UpstreamConns,
@@ -202,18 +292,9 @@ impl ConnInfo {
     /// send RST instead of FIN.
     fn kill(&self, reset: bool) {
         if reset {
-            let linger = libc::linger { l_onoff: 1, l_linger: 0 };
-            // SAFETY: `fd` belongs to the TcpStream the connection task
-            // owns, which stays open at least until `kill` is observed.
-            unsafe {
-                libc::setsockopt(
-                    self.fd,
-                    libc::SOL_SOCKET,
-                    libc::SO_LINGER,
-                    (&linger as *const libc::linger).cast(),
-                    std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                );
-            }
+            // `fd` belongs to the TcpStream the connection task owns, which
+            // stays open at least until `kill` is observed.
+            reset_on_close(self.fd);
         }
         self.kill.notify_one();
     }
@@ -433,10 +514,10 @@ async fn tunnel(client: hyper::upgrade::OnUpgrade, upstream: hyper::upgrade::OnU
 }
 
 /// A request's cohort and, in edge mode, where its key fell in [0, 1).
-#[derive(Debug, Clone, Copy)]
-struct Assignment {
-    cohort: Option<Cohort>,
-    key_position: Option<f64>,
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct Assignment {
+    pub(crate) cohort: Option<Cohort>,
+    pub(crate) key_position: Option<f64>,
 }
 
 /// Edge mode assigns the cohort by key (and overwrites any client-sent
@@ -448,7 +529,9 @@ fn assign_request(
 ) -> Assignment {
     match shared.mode {
         ProxyMode::Edge => {
-            let (cohort, pos) = shared.assign(req, conn.peer);
+            let taken = conn.preassigned.lock().unwrap_or_else(|p| p.into_inner()).take();
+            let Assignment { cohort, key_position } =
+                taken.unwrap_or_else(|| shared.assign(req, conn.peer));
             // Clients must not pick their own cohort.
             let headers = req.headers_mut();
             headers.remove(COHORT_HEADER);
@@ -458,7 +541,7 @@ fn assign_request(
             }
             // The same in W3C baggage, for OpenTelemetry-instrumented services.
             baggage::set_cohort(headers, cohort);
-            Assignment { cohort, key_position: Some(pos) }
+            Assignment { cohort, key_position }
         }
         // The header first; baggage when a service on the way propagated
         // only its OpenTelemetry context.
@@ -490,18 +573,24 @@ struct Unrecorded<'a> {
 impl Unrecorded<'_> {
     fn record(&mut self, status: Option<u16>) {
         if let Some(a) = self.assignment.take() {
-            let outcome = Outcome { status, latency: self.arrived.elapsed() };
-            if let Some(pos) = a.key_position {
-                self.shared.recorder.note_key(pos);
-            }
-            self.shared.recorder.record_keyed(
-                a.cohort,
-                self.arrived,
-                outcome,
-                a.key_position,
-            );
+            record_request(self.shared, self.arrived, a, status);
         }
     }
+}
+
+/// Records one request of `assignment`'s cohort, answered with `status`
+/// (`None`: abandoned without a response), timed from `arrived`.
+pub(super) fn record_request(
+    shared: &Shared,
+    arrived: Instant,
+    a: Assignment,
+    status: Option<u16>,
+) {
+    let outcome = Outcome { status, latency: arrived.elapsed() };
+    if let Some(pos) = a.key_position {
+        shared.recorder.note_key(pos);
+    }
+    shared.recorder.record_keyed(a.cohort, arrived, outcome, a.key_position);
 }
 
 impl Drop for Unrecorded<'_> {
@@ -577,7 +666,8 @@ async fn process(
             .collect();
         if from_upstream && !modes.is_empty() {
             let (mut parts, body) = resp.into_parts();
-            match Limited::new(body, MAX_BUFFERED_BODY).collect().await {
+            // Boxed: rare, and large enough to bloat every request's future.
+            match Box::pin(Limited::new(body, MAX_BUFFERED_BODY).collect()).await {
                 Ok(collected) => {
                     let mut bytes = collected.to_bytes();
                     for mode in modes {
@@ -652,7 +742,8 @@ async fn handle(
 /// Serves one client connection over any IO (plain TCP here; a TLS layer
 /// passes its decrypted stream). `fd` is the socket under it (for the
 /// reset fault), `proto` what the client speaks (`http`/`https`, for
-/// `X-Forwarded-Proto`).
+/// `X-Forwarded-Proto`); `preassigned` the cohort of the first request if
+/// the fast path already drew it.
 pub(crate) async fn serve_connection<I>(
     shared: Arc<Shared>,
     io: I,
@@ -660,11 +751,13 @@ pub(crate) async fn serve_connection<I>(
     fd: RawFd,
     proto: &'static str,
     mut shutdown: watch::Receiver<bool>,
+    preassigned: Option<Assignment>,
 ) where
     I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
 {
     let info = Arc::new(ConnInfo {
         peer,
+        preassigned: std::sync::Mutex::new(preassigned),
         fd,
         kill: Notify::new(),
         upstream: UpstreamConns::default(),
@@ -674,7 +767,9 @@ pub(crate) async fn serve_connection<I>(
     let svc = {
         let shared = shared.clone();
         let info = info.clone();
-        service_fn(move |req| handle(shared.clone(), info.clone(), req))
+        // Boxed once here: hyper moves the service future (HTTP/2 spawns
+        // it as a task per stream), and a pointer moves cheaply.
+        service_fn(move |req| Box::pin(handle(shared.clone(), info.clone(), req)))
     };
     let conn = shared.builder.serve_connection_with_upgrades(io, svc);
     tokio::pin!(conn);
@@ -727,12 +822,15 @@ async fn serve_tcp(
     let _ = stream.set_nodelay(true);
     let fd = stream.as_raw_fd();
     match &shared.tls {
+        None if shared.fast => super::fast::serve(shared, stream, peer, rx).await,
         None => {
-            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx).await
+            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None)
+                .await
         }
         Some(acceptor) => match super::tls::accept(acceptor, stream).await {
             Ok(tls) => {
-                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx).await
+                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx, None)
+                    .await
             }
             Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
         },
@@ -809,6 +907,14 @@ impl Proxy {
             u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
         );
 
+        let fast = cfg.fast_path
+            && tls.is_none()
+            && cfg.mode == ProxyMode::Edge
+            && super::fast::eligible(
+                [&default_pool, &control_pool, &experiment_pool]
+                    .into_iter()
+                    .flat_map(|p| p.targets.iter()),
+            );
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
             _ => None,
@@ -834,6 +940,10 @@ impl Proxy {
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),
             active: AtomicUsize::new(0),
+            faults_mode: std::sync::atomic::AtomicU8::new(FaultMode::None as u8),
+            max_header_bytes: cfg.max_header_bytes,
+            fast,
+            fast_requests: AtomicU64::new(0),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 
@@ -960,6 +1070,12 @@ impl ProxyHandle {
     /// Switches a fault on or off; false if no fault has that id.
     pub fn set_enabled(&self, id: &str, on: bool) -> bool {
         self.shared.set_enabled(id, on)
+    }
+
+    /// Requests answered on the HTTP/1.1 fast path so far (the rest went
+    /// through the general path).
+    pub fn fast_path_requests(&self) -> u64 {
+        self.shared.fast_requests.load(Ordering::Relaxed)
     }
 
     /// The recorder this proxy writes to.

@@ -106,6 +106,11 @@ impl Target {
         Target { authority, connect_to, h2, tls, alpn_h2: AtomicBool::new(false) }
     }
 
+    /// Plain `http://`: HTTP/1.1 over TCP, no TLS.
+    pub(crate) fn is_plain_h1(&self) -> bool {
+        !self.h2 && self.tls.is_none()
+    }
+
     /// HTTP/2 upstream: `h2c://`, or TLS where the server chose `h2`.
     pub(crate) fn speaks_h2(&self) -> bool {
         self.h2 || self.alpn_h2.load(Ordering::Relaxed)
@@ -261,7 +266,10 @@ impl UpstreamConns {
                 }
             }
         }
-        match connect(target, connect_timeout, false).await? {
+        // Boxed: connecting (TCP, TLS, handshake) is a large future and
+        // rare; inline it would make every request's future that large
+        // (and every move of it a copy of that size).
+        match Box::pin(connect(target, connect_timeout, false)).await? {
             Fresh::H1(mut sender) => {
                 let resp = sender.send_request(req).await?;
                 self.put(&target.authority, sender, &resp);
@@ -285,7 +293,7 @@ impl UpstreamConns {
         req: Request<UpBody>,
         connect_timeout: Duration,
     ) -> Result<Response<Incoming>, UpstreamError> {
-        match connect(target, connect_timeout, true).await? {
+        match Box::pin(connect(target, connect_timeout, true)).await? {
             Fresh::H1(mut sender) => Ok(sender.send_request(req).await?),
             // Not offered (`h1_only`); a server that picks it anyway broke
             // ALPN.
@@ -322,7 +330,7 @@ impl UpstreamConns {
             }
             None => req,
         };
-        let mut sender = match connect(target, connect_timeout, false).await? {
+        let mut sender = match Box::pin(connect(target, connect_timeout, false)).await? {
             Fresh::H2(sender) => sender,
             // A TLS upstream that now picks HTTP/1.1: this request was
             // shaped for HTTP/2, the next ones go to HTTP/1.1.
@@ -376,7 +384,10 @@ impl UpstreamConns {
     }
 }
 
-async fn tcp(target: &Target, timeout: Duration) -> Result<TcpStream, UpstreamError> {
+pub(crate) async fn tcp(
+    target: &Target,
+    timeout: Duration,
+) -> Result<TcpStream, UpstreamError> {
     let addr = &target.connect_to;
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,

@@ -30,6 +30,7 @@ mod otel;
 mod prometheus;
 mod proxy;
 mod proxy_edge;
+mod proxy_fast;
 mod recovery;
 mod report;
 mod run;
