@@ -19,6 +19,10 @@
 # TLS=1: also measure TLS termination, HAProxy (`ssl crt`) against
 # `chaos proxy --tls-cert/--tls-key` (a self-signed certificate made with
 # openssl; wrk over https, HTTP/1.1, plain HTTP to nginx behind both).
+# FIXED_RATE (default 1): also p50/p99/p99.9 of HAProxy and chaos at the
+# same fixed request rate (h2load --h1 --rps; RATE_SHARE of HAProxy's
+# median req/s, default 0.75), since closed-loop wrk loads the faster
+# proxy harder.
 # EXTRA (default 1): also WebSocket echo rounds and h2c-upstream rounds,
 # chaos against HAProxy (0 skips them, e.g. for a baseline without h2c);
 # WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
@@ -253,6 +257,33 @@ fi
 if [[ -n "${CHAOS_TLS_PID:-}" ]]; then
   echo "TLS chaos/haproxy: throughput $(ratio "${RPS[chaos-tls]}" "${RPS[haproxy-tls]}"), p99 $(ratio "${P99[chaos-tls]}" "${P99[haproxy-tls]}"), cpu/request $(ratio "${CPU[chaos-tls]}" "${CPU[haproxy-tls]}")"
   echo "(haproxy-tls cpu/request is the whole HAProxy process, which serves only that load then)"
+fi
+# Equal offered load: closed-loop wrk gives the faster proxy more requests
+# to carry, so its tail is measured at a higher load. h2load --h1 --rps
+# offers the same fixed rate (RATE_SHARE of HAProxy's median req/s above)
+# to both, and the percentiles come from its per-request log.
+if [[ "${FIXED_RATE:-1}" == 1 ]] && command -v h2load >/dev/null; then
+  share=${RATE_SHARE:-0.75}
+  per_conn=$(awk -v r="${RPS[haproxy]}" -v s="$share" -v c="$CONNS" 'BEGIN { printf "%d", r * s / c }')
+  pct() {  # log -> "p50 p99 p99.9" in ms (third column: microseconds)
+    sort -n -k3,3 "$1" | awk '{v[NR]=$3} END {printf "%.3f %.3f %.3f\n", v[int(NR*0.5)]/1000, v[int(NR*0.99)]/1000, v[int(NR*0.999)]/1000}'
+  }
+  declare -A FR99
+  for r in $(seq 1 "$ROUNDS"); do
+    for t in haproxy chaos; do
+      port=$HAPROXY_PORT; [[ $t == chaos ]] && port=$CHAOS_PORT
+      rm -f "$W/rate.log"
+      h2load --h1 -c"$CONNS" --rps="$per_conn" -D "${DURATION%s}" --log-file="$W/rate.log" \
+        "http://127.0.0.1:$port/index.html" >/dev/null 2>&1 || true
+      read -r p50 p99 p999 < <(pct "$W/rate.log")
+      FR99[$t]+=" $p99"
+      echo "fixed-rate round $r $t: p50 ${p50} ms, p99 ${p99} ms, p99.9 ${p999} ms"
+    done
+  done
+  echo "fixed rate $((per_conn * CONNS)) req/s (${share} of HAProxy's), median of $ROUNDS rounds:" \
+    "p99 haproxy $(echo "${FR99[haproxy]}" | median) ms, chaos $(echo "${FR99[chaos]}" | median) ms," \
+    "chaos/haproxy $(ratio "$(echo "${FR99[chaos]}" | median)" "$(echo "${FR99[haproxy]}" | median)")," \
+    "paired $(paired "${FR99[chaos]}" "${FR99[haproxy]}")"
 fi
 recorded=$(curl -s "http://127.0.0.1:$ADMIN_PORT/cohorts" || true)
 echo "chaos cohorts recorded: $recorded"
