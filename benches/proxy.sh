@@ -109,8 +109,9 @@ if [[ "${TLS:-0}" == 1 ]]; then
 fi
 
 # HAProxy in http mode with keep-alive to the server (its defaults for
-# threads: one per core).
-cat > "$W/haproxy.cfg" <<CONF
+# threads: one per core); every HAProxy config here starts with these.
+haproxy_defaults() {
+  cat <<CONF
 global
   maxconn 4096
 defaults
@@ -119,6 +120,10 @@ defaults
   timeout connect 2s
   timeout client 30s
   timeout server 30s
+CONF
+}
+cat > "$W/haproxy.cfg" <<CONF
+$(haproxy_defaults)
 frontend fe
   bind 127.0.0.1:$HAPROXY_PORT
   default_backend be
@@ -304,14 +309,7 @@ if [[ "$EXTRA" == 1 ]]; then
   nginx -c "$W/nginx2.conf" -p "$W" & NGINX2_PID=$!; PIDS+=($NGINX2_PID)
   HA_WS_PORT=$(free_port); HA_H2_PORT=$(free_port)
   cat > "$W/haproxy2.cfg" <<CONF
-global
-  maxconn 4096
-defaults
-  mode http
-  option http-keep-alive
-  timeout connect 2s
-  timeout client 30s
-  timeout server 30s
+$(haproxy_defaults)
   timeout tunnel 60s
 frontend ws
   bind 127.0.0.1:$HA_WS_PORT

@@ -46,7 +46,7 @@ use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
 use super::rewind::Rewind;
 use super::server::{record_request, reset_on_close, serve_connection, stopped, Shared};
-use super::upstream::Target;
+use super::upstream::{Target, KEEP_ALIVE_MARGIN};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 
 /// Idle upstream connections kept per client connection.
@@ -55,9 +55,6 @@ const MAX_IDLE: usize = 4;
 const MAX_RESPONSE_HEAD: usize = 256 * 1024;
 /// How much of a body is read per system call.
 const READ_CHUNK: usize = 16 * 1024;
-/// A connection the upstream announced `Keep-Alive: timeout=N` for is not
-/// reused later than this much before N runs out.
-const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Fault kinds the fast path applies itself; while another kind is
 /// enabled, experiment requests take the general path.
@@ -258,8 +255,7 @@ impl Conn {
         }
         let Some(target) = shared.pool_for(cohort).pick() else {
             let body = "chaos proxy: no upstream configured for this cohort\n";
-            record_request(shared, arrived, f.assignment, Some(502));
-            return self.answer(502, body, cohort, f.close, &tags).await;
+            return self.fail(shared, f, arrived, 502, body, &tags).await;
         };
         let for_client = ForClient {
             head_request: f.head_request,
@@ -273,9 +269,8 @@ impl Conn {
             None => match self.connect(shared, target).await {
                 Ok(u) => (u, false),
                 Err(e) => {
-                    record_request(shared, arrived, f.assignment, Some(502));
                     let body = format!("chaos proxy: upstream {up} failed: {e}\n");
-                    return self.answer(502, &body, cohort, f.close, &tags).await;
+                    return self.fail(shared, f, arrived, 502, &body, &tags).await;
                 }
             },
         };
@@ -309,31 +304,24 @@ impl Conn {
                     match self.connect(shared, target).await {
                         Ok(u) => upstream = u,
                         Err(e) => {
-                            record_request(shared, arrived, f.assignment, Some(502));
                             let body =
                                 format!("chaos proxy: upstream {up} failed: {e}\n");
-                            return self.answer(502, &body, cohort, f.close, &tags).await;
+                            return self
+                                .fail(shared, f, arrived, 502, &body, &tags)
+                                .await;
                         }
                     }
                 }
+                Err(HeadFailure::TimedOut) => {
+                    let body = format!(
+                        "chaos proxy: upstream {up} sent no response within {:?}\n",
+                        shared.upstream_timeout()
+                    );
+                    return self.fail(shared, f, arrived, 504, &body, &tags).await;
+                }
                 Err(failure) => {
-                    let (status, body) = match failure {
-                        HeadFailure::TimedOut => (
-                            504,
-                            format!(
-                                "chaos proxy: upstream {up} sent no response within {:?}\n",
-                                shared.upstream_timeout()
-                            ),
-                        ),
-                        HeadFailure::Closed(e) => {
-                            (502, format!("chaos proxy: upstream {up} failed: {e}\n"))
-                        }
-                        HeadFailure::Invalid(e) => {
-                            (502, format!("chaos proxy: upstream {up} failed: {e}\n"))
-                        }
-                    };
-                    record_request(shared, arrived, f.assignment, Some(status));
-                    return self.answer(status, &body, cohort, f.close, &tags).await;
+                    let body = format!("chaos proxy: upstream {up} failed: {failure}\n");
+                    return self.fail(shared, f, arrived, 502, &body, &tags).await;
                 }
             }
         };
@@ -509,9 +497,7 @@ impl Conn {
                 let status = http::StatusCode::from_u16(*status)
                     .unwrap_or(http::StatusCode::SERVICE_UNAVAILABLE)
                     .as_u16();
-                record_request(shared, arrived, f.assignment, Some(status));
-                let cohort = f.assignment.cohort;
-                self.answer(status, body, cohort, f.close, tags).await
+                self.fail(shared, f, arrived, status, body, tags).await
             }
             HttpFaultKind::Reset => {
                 record_request(shared, arrived, f.assignment, None);
@@ -525,15 +511,17 @@ impl Conn {
     }
 
     /// A response the proxy makes itself (502/504, the error fault), as the
-    /// general path words it.
-    async fn answer(
+    /// general path words it; `f` is recorded as answered with `status`.
+    async fn fail(
         &mut self,
+        shared: &Shared,
+        f: &Forward,
+        arrived: Instant,
         status: u16,
         body: &str,
-        cohort: Option<Cohort>,
-        close: bool,
         faults: &str,
     ) -> After {
+        record_request(shared, arrived, f.assignment, Some(status));
         use std::io::Write;
         let reason = http::StatusCode::from_u16(status)
             .ok()
@@ -546,13 +534,13 @@ impl Conn {
              content-length: {}\r\n",
             body.len()
         );
-        if let Some(c) = cohort {
+        if let Some(c) = f.assignment.cohort {
             let _ = write!(self.out, "{COHORT_HEADER}: {}\r\n", c.as_str());
         }
         if !faults.is_empty() {
             let _ = write!(self.out, "{FAULT_HEADER}: {faults}\r\n");
         }
-        if close {
+        if f.close {
             self.out.extend_from_slice(b"connection: close\r\n");
         }
         self.out.extend_from_slice(b"\r\n");
@@ -595,10 +583,14 @@ fn push_tag(tags: &mut String, label: &str) {
 }
 
 /// Why no response head arrived.
+#[derive(Debug, thiserror::Error)]
 enum HeadFailure {
     /// Closed or broken before a complete head.
+    #[error("{0}")]
     Closed(std::io::Error),
+    #[error("no response head in time")]
     TimedOut,
+    #[error("{0}")]
     Invalid(response::HeadError),
 }
 

@@ -22,7 +22,7 @@ pub(crate) const COHORT_HEADER_UNDERSCORE: HeaderName =
 
 /// Always connection-scoped. `TE` is handled apart (`TE: trailers` is kept,
 /// so trailers survive), and `Trailer` is end to end (RFC 9110 §6.6.2).
-const HOP_BY_HOP: [HeaderName; 5] =
+pub(crate) const HOP_BY_HOP: [HeaderName; 5] =
     [CONNECTION, KEEP_ALIVE, PROXY_CONNECTION, http::header::TRANSFER_ENCODING, UPGRADE];
 
 /// Whether a `Connection`-style header lists `token` (case-insensitive).
@@ -97,6 +97,19 @@ pub(crate) fn strip_hop_by_hop(
         headers.insert(UPGRADE, v);
         headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
     }
+}
+
+/// `Keep-Alive: timeout=N, max=M` -> N (the value read like
+/// `HeaderValue::to_str`: visible ASCII and tabs only).
+pub(crate) fn keep_alive_timeout(value: &[u8]) -> Option<u64> {
+    if !value.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t') {
+        return None;
+    }
+    let v = std::str::from_utf8(value).ok()?;
+    v.split(',').find_map(|p| {
+        let (k, n) = p.split_once('=')?;
+        k.trim().eq_ignore_ascii_case("timeout").then(|| n.trim().parse().ok())?
+    })
 }
 
 /// Why a request head is refused with 400 before it is forwarded.

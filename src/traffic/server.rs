@@ -10,7 +10,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -115,9 +115,9 @@ pub(crate) struct Shared {
     pub(crate) recorder: Arc<Recorder>,
     pub(crate) admin_token: Option<String>,
     active: AtomicUsize,
-    /// Some HTTP fault is enabled (kept with `faults`, read per request by
-    /// the fast path without taking the lock).
-    faults_mode: std::sync::atomic::AtomicU8,
+    /// [`FaultMode`] of `faults` as a `u8` (kept with it, read per request
+    /// by the fast path without taking the lock).
+    faults_mode: AtomicU8,
     max_header_bytes: usize,
     /// Plain HTTP/1.1 client connections start on [`super::fast`].
     fast: bool,
@@ -267,11 +267,19 @@ pub(super) fn reset_on_close(fd: RawFd) {
 }
 
 fn cookie_value<'a>(headers: &'a http::HeaderMap, name: &str) -> Option<&'a [u8]> {
-    headers.get_all(COOKIE).iter().find_map(|v| {
-        v.to_str().ok()?.split(';').find_map(|pair| {
-            let (k, val) = pair.trim().split_once('=')?;
-            (k == name).then_some(val.as_bytes())
-        })
+    headers.get_all(COOKIE).iter().find_map(|v| cookie_in(v.as_bytes(), name))
+}
+
+/// The value of cookie `name` in one `Cookie` line: visible ASCII only
+/// (like `HeaderValue::to_str`), `;`-separated `name=value` pairs.
+pub(super) fn cookie_in<'v>(line: &'v [u8], name: &str) -> Option<&'v [u8]> {
+    if !line.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t') {
+        return None;
+    }
+    line.split(|b| *b == b';').find_map(|pair| {
+        let pair = pair.trim_ascii();
+        let eq = pair.iter().position(|b| *b == b'=')?;
+        (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
     })
 }
 
@@ -940,7 +948,7 @@ impl Proxy {
             recorder,
             admin_token: cfg.admin.as_ref().and_then(|a| a.token.clone()),
             active: AtomicUsize::new(0),
-            faults_mode: std::sync::atomic::AtomicU8::new(FaultMode::None as u8),
+            faults_mode: AtomicU8::new(FaultMode::None as u8),
             max_header_bytes: cfg.max_header_bytes,
             fast,
             fast_requests: AtomicU64::new(0),

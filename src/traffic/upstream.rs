@@ -51,7 +51,7 @@ const MAX_IDLE: usize = 4;
 
 /// A connection the upstream announced `Keep-Alive: timeout=N` for is not
 /// reused later than this much before N runs out.
-const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
+pub(crate) const KEEP_ALIVE_MARGIN: Duration = Duration::from_millis(500);
 
 /// Request bodies sent upstream: the client's (idle-bounded) or none.
 pub(crate) type UpBody = Either<IdleBody<Incoming>, Empty<Bytes>>;
@@ -211,11 +211,8 @@ fn died_before_response(e: &hyper::Error) -> bool {
 
 /// `Keep-Alive: timeout=N` of a response, in seconds.
 fn keep_alive_timeout(resp: &Response<Incoming>) -> Option<u64> {
-    let v = resp.headers().get(super::headers::KEEP_ALIVE)?.to_str().ok()?;
-    v.split(',').find_map(|p| {
-        let (k, n) = p.split_once('=')?;
-        k.trim().eq_ignore_ascii_case("timeout").then(|| n.trim().parse().ok())?
-    })
+    let v = resp.headers().get(super::headers::KEEP_ALIVE)?;
+    super::headers::keep_alive_timeout(v.as_bytes())
 }
 
 impl UpstreamConns {

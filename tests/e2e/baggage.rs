@@ -12,9 +12,7 @@ use bytes::Bytes;
 use chaos::cohort::COHORT_HEADER;
 use chaos::metrics::Recorder;
 use chaos::traffic::baggage::{BAGGAGE, MAX_MEMBERS};
-use chaos::traffic::{
-    CohortKey, HttpFault, Proxy, ProxyConfig, ProxyHandle, ProxyMode, UpstreamPools,
-};
+use chaos::traffic::{CohortKey, HttpFault, Proxy, ProxyConfig, ProxyHandle, ProxyMode};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
@@ -92,21 +90,11 @@ async fn otel_service(next: SocketAddr) -> SocketAddr {
 }
 
 fn proxy_config(up: SocketAddr, mode: ProxyMode, share: f64) -> ProxyConfig {
-    let pools = UpstreamPools {
-        default: vec![format!("http://{up}").parse().unwrap()],
-        ..Default::default()
-    };
-    ProxyConfig::from_parts(
-        "127.0.0.1:0".parse().unwrap(),
-        pools,
-        CohortKey::Header("x-user-id".into()),
-        share,
-        share,
-        mode,
-        None,
-        0,
-    )
-    .unwrap()
+    let key = CohortKey::Header("x-user-id".into());
+    let mut cfg =
+        crate::support::proxy_config(&format!("http://{up}"), key, share, share);
+    cfg.mode = mode;
+    cfg
 }
 
 async fn start(cfg: ProxyConfig) -> ProxyHandle {

@@ -12,7 +12,7 @@ use chaos::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 use chaos::metrics::Recorder;
 use chaos::traffic::{
     sample_ratio_mismatch, AdminConfig, CohortKey, HttpFault, HttpFaultKind,
-    MalformedMode, Proxy, ProxyConfig, ProxyHandle, ProxyMode, UpstreamPools,
+    MalformedMode, Proxy, ProxyConfig, ProxyHandle, ProxyMode,
 };
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
@@ -63,25 +63,15 @@ async fn upstream() -> SocketAddr {
 }
 
 fn config(up: SocketAddr, experiment: f64, control: f64) -> ProxyConfig {
-    let pools = UpstreamPools {
-        default: vec![format!("http://{up}").parse().unwrap()],
-        ..Default::default()
-    };
-    ProxyConfig::from_parts(
-        "127.0.0.1:0".parse().unwrap(),
-        pools,
-        CohortKey::Header("x-user-id".into()),
-        experiment,
-        control,
-        ProxyMode::Edge,
-        Some(AdminConfig {
-            listen: "127.0.0.1:0".parse().unwrap(),
-            token: Some("s3cret".into()),
-            allow_remote: false,
-        }),
-        0,
-    )
-    .unwrap()
+    let key = CohortKey::Header("x-user-id".into());
+    let mut cfg =
+        crate::support::proxy_config(&format!("http://{up}"), key, experiment, control);
+    cfg.admin = Some(AdminConfig {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        token: Some("s3cret".into()),
+        allow_remote: false,
+    });
+    cfg
 }
 
 async fn start(cfg: ProxyConfig) -> (ProxyHandle, Arc<Recorder>) {

@@ -15,8 +15,7 @@ use bytes::Bytes;
 use chaos::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 use chaos::metrics::Recorder;
 use chaos::traffic::{
-    assign_position, CohortKey, ForwardedMode, HttpFault, Proxy, ProxyConfig,
-    ProxyHandle, ProxyMode, UpstreamPools,
+    assign_position, CohortKey, ForwardedMode, HttpFault, Proxy, ProxyConfig, ProxyHandle,
 };
 use futures_util::{SinkExt, StreamExt};
 use http_body_util::{BodyExt, Empty, Full, StreamBody};
@@ -31,21 +30,8 @@ use tokio_tungstenite::tungstenite::Message;
 const T: Duration = Duration::from_secs(30);
 
 fn config_for(upstream_url: String, experiment: f64, control: f64) -> ProxyConfig {
-    let pools = UpstreamPools {
-        default: vec![upstream_url.parse().unwrap()],
-        ..Default::default()
-    };
-    ProxyConfig::from_parts(
-        "127.0.0.1:0".parse().unwrap(),
-        pools,
-        CohortKey::Header("x-user-id".into()),
-        experiment,
-        control,
-        ProxyMode::Edge,
-        None,
-        0,
-    )
-    .unwrap()
+    let key = CohortKey::Header("x-user-id".into());
+    crate::support::proxy_config(&upstream_url, key, experiment, control)
 }
 
 fn config(up: SocketAddr, experiment: f64, control: f64) -> ProxyConfig {

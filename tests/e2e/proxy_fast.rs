@@ -10,30 +10,14 @@ use std::time::Duration;
 
 use chaos::cohort::Cohort;
 use chaos::metrics::Recorder;
-use chaos::traffic::{
-    CohortKey, HttpFault, Proxy, ProxyConfig, ProxyHandle, ProxyMode, UpstreamPools,
-};
+use chaos::traffic::{CohortKey, HttpFault, Proxy, ProxyConfig, ProxyHandle};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const T: Duration = Duration::from_secs(20);
 
 fn config(up: SocketAddr, experiment: f64, control: f64, key: CohortKey) -> ProxyConfig {
-    let pools = UpstreamPools {
-        default: vec![format!("http://{up}").parse().unwrap()],
-        ..Default::default()
-    };
-    ProxyConfig::from_parts(
-        "127.0.0.1:0".parse().unwrap(),
-        pools,
-        key,
-        experiment,
-        control,
-        ProxyMode::Edge,
-        None,
-        0,
-    )
-    .unwrap()
+    crate::support::proxy_config(&format!("http://{up}"), key, experiment, control)
 }
 
 async fn start(cfg: ProxyConfig) -> (ProxyHandle, Arc<Recorder>) {

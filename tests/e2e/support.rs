@@ -97,3 +97,29 @@ impl ClosedPort {
         format!("http://127.0.0.1:{}", self.port)
     }
 }
+
+/// An edge-mode proxy config on a loopback port with one upstream
+/// (`http://…`, `https://…` or `h2c://…`), cohorts drawn by `key` with
+/// seed 0, no admin endpoint; tests change the fields they need.
+pub fn proxy_config(
+    upstream_url: &str,
+    key: chaos::traffic::CohortKey,
+    experiment: f64,
+    control: f64,
+) -> chaos::traffic::ProxyConfig {
+    let pools = chaos::traffic::UpstreamPools {
+        default: vec![upstream_url.parse().expect("a valid upstream URL")],
+        ..Default::default()
+    };
+    chaos::traffic::ProxyConfig::from_parts(
+        "127.0.0.1:0".parse().expect("a socket address"),
+        pools,
+        key,
+        experiment,
+        control,
+        chaos::traffic::ProxyMode::Edge,
+        None,
+        0,
+    )
+    .expect("a valid proxy config")
+}

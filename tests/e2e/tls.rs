@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chaos::cohort::{Cohort, COHORT_HEADER};
 use chaos::metrics::Recorder;
 use chaos::tls::ServerTlsFiles;
-use chaos::traffic::{CohortKey, Proxy, ProxyConfig, ProxyMode, UpstreamPools};
+use chaos::traffic::{CohortKey, Proxy, ProxyConfig};
 use http_body_util::{BodyExt, Empty, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -134,19 +134,10 @@ async fn plain_upstream() -> SocketAddr {
 }
 
 fn proxy_config(upstream: &str) -> ProxyConfig {
-    let pools =
-        UpstreamPools { default: vec![upstream.parse().unwrap()], ..Default::default() };
-    ProxyConfig::from_parts(
-        "127.0.0.1:0".parse().unwrap(),
-        pools,
-        CohortKey::Header("x-user-id".into()),
-        0.5,
-        0.5,
-        ProxyMode::Edge,
-        None,
-        7,
-    )
-    .unwrap()
+    let key = CohortKey::Header("x-user-id".into());
+    let mut cfg = crate::support::proxy_config(upstream, key, 0.5, 0.5);
+    cfg.seed = 7;
+    cfg
 }
 
 /// A TLS client connection to `addr` trusting `ca`, offering `alpn`;

@@ -15,7 +15,7 @@
 
 use super::super::config::ForwardedMode;
 use super::super::forwarded::PeerForwarding;
-use super::super::server::Assignment;
+use super::super::server::{cookie_in, Assignment};
 use crate::cohort::{Cohort, COHORT_HEADER};
 
 /// Most header lines the fast path parses; more go to the general path.
@@ -90,19 +90,6 @@ fn needs_general(name: &str) -> bool {
 
 fn is_forwarding(name: &str) -> bool {
     is(name, "x-forwarded-for") || is(name, "x-forwarded-proto") || is(name, "forwarded")
-}
-
-/// The value of cookie `name` in one `Cookie` line (same rules as the
-/// general path: visible ASCII only, `; `-separated pairs).
-fn cookie_in<'v>(line: &'v [u8], name: &str) -> Option<&'v [u8]> {
-    if !line.iter().all(|b| (0x20..0x7f).contains(b) || *b == b'\t') {
-        return None;
-    }
-    line.split(|b| *b == b';').find_map(|pair| {
-        let pair = pair.trim_ascii();
-        let eq = pair.iter().position(|b| *b == b'=')?;
-        (&pair[..eq] == name.as_bytes()).then(|| &pair[eq + 1..])
-    })
 }
 
 /// Plans the request at the start of `buf`. `assign` draws the cohort from

@@ -5,6 +5,7 @@
 
 use std::io::Write;
 
+use super::super::headers::HOP_BY_HOP;
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
 
 /// Most header lines accepted in an upstream response (hyper's default).
@@ -105,7 +106,7 @@ pub(crate) fn parse(
                 }
             }
         } else if is(h.name, "keep-alive") {
-            keep_alive_secs = keep_alive_timeout(h.value);
+            keep_alive_secs = super::super::headers::keep_alive_timeout(h.value);
         } else if is(h.name, "content-length") {
             for t in v_list(h.value) {
                 let n = parse_length(t).ok_or(HeadError::ContentLength)?;
@@ -150,11 +151,7 @@ pub(crate) fn parse(
     let _ = write!(out, "HTTP/1.1 {status} {reason}\r\n");
     for h in headers {
         let n = h.name;
-        let hop = is(n, "connection")
-            || is(n, "proxy-connection")
-            || is(n, "keep-alive")
-            || is(n, "transfer-encoding")
-            || is(n, "upgrade")
+        let hop = HOP_BY_HOP.iter().any(|h| is(n, h.as_str()))
             || (is(n, "te") && !h.value.trim_ascii().eq_ignore_ascii_case(b"trailers"))
             || named.iter().any(|t| t.eq_ignore_ascii_case(n.as_bytes()))
             || (is(n, "content-length") && framing != Framing::Empty)
@@ -200,18 +197,6 @@ fn parse_length(t: &[u8]) -> Option<u64> {
         return None;
     }
     std::str::from_utf8(t).ok()?.parse().ok()
-}
-
-/// `Keep-Alive: timeout=N, max=M` -> N.
-fn keep_alive_timeout(v: &[u8]) -> Option<u64> {
-    tokens(v).find_map(|p| {
-        let eq = p.iter().position(|b| *b == b'=')?;
-        let (k, n) = (&p[..eq], &p[eq + 1..]);
-        if !k.trim_ascii().eq_ignore_ascii_case(b"timeout") {
-            return None;
-        }
-        std::str::from_utf8(n.trim_ascii()).ok()?.parse().ok()
-    })
 }
 
 #[cfg(test)]
