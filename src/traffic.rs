@@ -13,6 +13,7 @@ pub mod config;
 mod fast;
 pub mod fault;
 pub(crate) mod forwarded;
+mod h2relay;
 pub(crate) mod headers;
 pub mod malformed;
 mod rewind;

@@ -48,7 +48,7 @@ use crate::metrics::{Outcome, Recorder};
 /// Largest upstream body the malformed faults will buffer.
 const MAX_BUFFERED_BODY: usize = 64 * 1024 * 1024;
 /// How long shutdown waits for in-flight requests.
-const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+pub(super) const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the proxy could not start.
 #[derive(Debug, thiserror::Error)]
@@ -69,7 +69,7 @@ pub enum ProxyError {
 pub type ProxyBody = ClientBody;
 
 /// The cohort header as a name, for the hop-by-hop rules.
-const COHORT: HeaderName = HeaderName::from_static(COHORT_HEADER);
+pub(super) const COHORT: HeaderName = HeaderName::from_static(COHORT_HEADER);
 
 #[derive(Debug)]
 pub(super) struct Pool {
@@ -80,6 +80,10 @@ pub(super) struct Pool {
 impl Pool {
     fn new(targets: Vec<Target>) -> Pool {
         Pool { targets, next: AtomicUsize::new(0) }
+    }
+
+    pub(super) fn targets(&self) -> &[Target] {
+        &self.targets
     }
 
     /// Round robin.
@@ -121,7 +125,10 @@ pub(crate) struct Shared {
     max_header_bytes: usize,
     /// Plain HTTP/1.1 client connections start on [`super::fast`].
     fast: bool,
-    /// Requests the fast path answered.
+    /// HTTP/2 client connections (prior knowledge) start on
+    /// [`super::h2relay`].
+    h2relay: bool,
+    /// Requests the fast paths (HTTP/1.1 and the HTTP/2 relay) answered.
     pub(super) fast_requests: AtomicU64,
 }
 
@@ -157,14 +164,18 @@ impl Shared {
 
     /// The cohort of a request in edge mode (sticky by key), with the key's
     /// position in [0, 1) for the key-level sample-ratio check.
-    fn assign(&self, req: &Request<Incoming>, peer: SocketAddr) -> Assignment {
+    pub(super) fn assign(
+        &self,
+        headers: &http::HeaderMap,
+        peer: SocketAddr,
+    ) -> Assignment {
         let key = match &self.cohort_key {
             CohortKey::Header(_) => self
                 .key_header
                 .as_ref()
-                .and_then(|h| req.headers().get(h))
+                .and_then(|h| headers.get(h))
                 .map(|v| v.as_bytes()),
-            CohortKey::Cookie(name) => cookie_value(req.headers(), name),
+            CohortKey::Cookie(name) => cookie_value(headers, name),
             CohortKey::ClientIp => None,
         };
         self.assign_key(key, peer)
@@ -539,16 +550,8 @@ fn assign_request(
         ProxyMode::Edge => {
             let taken = conn.preassigned.lock().unwrap_or_else(|p| p.into_inner()).take();
             let Assignment { cohort, key_position } =
-                taken.unwrap_or_else(|| shared.assign(req, conn.peer));
-            // Clients must not pick their own cohort.
-            let headers = req.headers_mut();
-            headers.remove(COHORT_HEADER);
-            headers.remove(COHORT_HEADER_UNDERSCORE);
-            if let Some(c) = cohort {
-                headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
-            }
-            // The same in W3C baggage, for OpenTelemetry-instrumented services.
-            baggage::set_cohort(headers, cohort);
+                taken.unwrap_or_else(|| shared.assign(req.headers(), conn.peer));
+            mark_cohort(req.headers_mut(), cohort);
             Assignment { cohort, key_position }
         }
         // The header first; baggage when a service on the way propagated
@@ -564,6 +567,19 @@ fn assign_request(
             key_position: None,
         },
     }
+}
+
+/// Edge mode: the request carries the cohort we drew, in our header and
+/// in W3C baggage, whatever the client sent.
+pub(super) fn mark_cohort(headers: &mut http::HeaderMap, cohort: Option<Cohort>) {
+    // Clients must not pick their own cohort.
+    headers.remove(COHORT_HEADER);
+    headers.remove(COHORT_HEADER_UNDERSCORE);
+    if let Some(c) = cohort {
+        headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
+    }
+    // The same in W3C baggage, for OpenTelemetry-instrumented services.
+    baggage::set_cohort(headers, cohort);
 }
 
 /// Records a request exactly once: with its status when it is answered,
@@ -831,6 +847,7 @@ async fn serve_tcp(
     let fd = stream.as_raw_fd();
     match &shared.tls {
         None if shared.fast => super::fast::serve(shared, stream, peer, rx).await,
+        None if shared.h2relay => super::h2relay::serve(shared, stream, peer, rx).await,
         None => {
             serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None)
                 .await
@@ -923,6 +940,10 @@ impl Proxy {
                     .into_iter()
                     .flat_map(|p| p.targets.iter()),
             );
+        let h2relay = cfg.fast_path
+            && tls.is_none()
+            && cfg.mode == ProxyMode::Edge
+            && super::h2relay::eligible(&default_pool, &control_pool, &experiment_pool);
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),
             _ => None,
@@ -951,6 +972,7 @@ impl Proxy {
             faults_mode: AtomicU8::new(FaultMode::None as u8),
             max_header_bytes: cfg.max_header_bytes,
             fast,
+            h2relay,
             fast_requests: AtomicU64::new(0),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);

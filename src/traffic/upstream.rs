@@ -111,6 +111,11 @@ impl Target {
         !self.h2 && self.tls.is_none()
     }
 
+    /// Plain `h2c://`: HTTP/2 with prior knowledge over TCP, no TLS.
+    pub(crate) fn is_plain_h2c(&self) -> bool {
+        self.h2 && self.tls.is_none()
+    }
+
     /// HTTP/2 upstream: `h2c://`, or TLS where the server chose `h2`.
     pub(crate) fn speaks_h2(&self) -> bool {
         self.h2 || self.alpn_h2.load(Ordering::Relaxed)

@@ -31,6 +31,7 @@ mod prometheus;
 mod proxy;
 mod proxy_edge;
 mod proxy_fast;
+mod proxy_h2;
 mod recovery;
 mod report;
 mod run;

@@ -436,6 +436,17 @@ async fn grpcio_client_and_server_talk_through_the_proxy_and_see_the_grpc_fault(
     let server = grpc_server();
     let up: SocketAddr = format!("127.0.0.1:{}", server.port).parse().unwrap();
     let (h, rec) = start(config_for(format!("h2c://{up}"), 0.5, 0.5)).await;
+    // Without a fault, gRPC's own HTTP/2 client goes through the relay.
+    let relayed = grpc_calls(h.local_addr(), key_for(Cohort::Experiment), 5).await;
+    for c in relayed["unary"].as_array().unwrap() {
+        assert_eq!(c["code"], "OK", "{c}");
+        assert_eq!(c["trailing"]["x-seen-cohort"], "experiment", "{c}");
+        assert_eq!(c["initial"][COHORT_HEADER], "experiment", "{c}");
+    }
+    assert_eq!(relayed["stream"]["messages"], serde_json::json!(["n-0", "n-1", "n-2"]));
+    assert_eq!(relayed["stream"]["trailing"]["x-count-trailer"], "3");
+    assert_eq!(h.fast_path_requests(), 6, "5 unary calls and 1 stream, relayed");
+    assert_eq!(rec.snapshot(Cohort::Experiment).total, 6);
     h.set_faults(vec![HttpFault::parse_spec(
         "kind=grpc,code=14,message=shed by chaos: 100%",
     )
@@ -462,8 +473,10 @@ async fn grpcio_client_and_server_talk_through_the_proxy_and_see_the_grpc_fault(
         assert_eq!(c["details"], "shed by chaos: 100%", "{c}");
     }
     assert_eq!(experiment["stream"]["code"], "UNAVAILABLE");
+    // With the fault on, new connections take the general path.
+    assert_eq!(h.fast_path_requests(), 6);
     assert_eq!(rec.snapshot(Cohort::Control).total, 11);
-    assert_eq!(rec.snapshot(Cohort::Experiment).total, 11);
+    assert_eq!(rec.snapshot(Cohort::Experiment).total, 6 + 11);
     assert_eq!(rec.faults_injected(chaos::metrics::labels::FaultKindLabel::Grpc), 11);
     h.shutdown().await;
 }

@@ -1,0 +1,443 @@
+//! Header blocks on the relay: decoding with a per-side HPACK decoder
+//! ([`super::hpack`]), the RFC 9113 §8.2–8.3 checks every request, response
+//! and trailer section must pass, and a stateless encoder (static table
+//! and literals without indexing, no Huffman): every block the relay
+//! writes stands alone, so the peers' dynamic table sizes never matter.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue};
+
+use super::hpack::{Decoder, STATIC};
+
+/// Why a header section is refused.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Refused {
+    /// HPACK itself failed: the connection's decoder state is lost.
+    Compression,
+    /// Well-encoded but malformed (§8.1.1): a stream error.
+    Malformed(&'static str),
+}
+
+/// A decoded request head.
+#[derive(Debug, Default)]
+pub(super) struct RequestHead {
+    pub(super) method: Vec<u8>,
+    pub(super) scheme: Option<Vec<u8>>,
+    pub(super) authority: Option<Vec<u8>>,
+    pub(super) path: Option<Vec<u8>>,
+    pub(super) headers: HeaderMap,
+    /// RFC 9113 §6.5.2 size: names, values and 32 bytes per field.
+    pub(super) size: usize,
+}
+
+/// A decoded response head (`:status`) or trailer section (no status).
+#[derive(Debug, Default)]
+pub(super) struct ResponseHead {
+    pub(super) status: Option<u16>,
+    pub(super) headers: HeaderMap,
+}
+
+/// Header fields that make an HTTP/2 message malformed (§8.2.2).
+fn connection_specific(name: &[u8]) -> bool {
+    matches!(
+        name,
+        b"connection"
+            | b"proxy-connection"
+            | b"keep-alive"
+            | b"transfer-encoding"
+            | b"upgrade"
+    )
+}
+
+/// Adds a regular field, checking what §8.2 asks of it.
+fn regular(
+    headers: &mut HeaderMap,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(), &'static str> {
+    if name.iter().any(u8::is_ascii_uppercase) {
+        return Err("upper-case header name");
+    }
+    if connection_specific(name) {
+        return Err("connection-specific header");
+    }
+    if name == b"te" && value != b"trailers" {
+        return Err("te other than trailers");
+    }
+    let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
+    let value = HeaderValue::from_bytes(value).map_err(|_| "invalid header value")?;
+    headers.append(name, value);
+    Ok(())
+}
+
+/// Decodes and checks a request header section.
+pub(super) fn request(
+    decoder: &mut Decoder,
+    block: &[u8],
+) -> Result<RequestHead, Refused> {
+    let mut head = RequestHead::default();
+    let mut problem: Option<&'static str> = None;
+    let mut regular_seen = false;
+    let mut method = false;
+    decoder
+        .decode(block, |name, value| {
+            head.size += name.len() + value.len() + 32;
+            if problem.is_some() {
+                return;
+            }
+            if name.first() == Some(&b':') {
+                let slot = match name {
+                    _ if regular_seen => {
+                        return problem = Some("pseudo-header after a field")
+                    }
+                    b":method" if !method => {
+                        method = true;
+                        head.method = value.to_vec();
+                        return;
+                    }
+                    b":scheme" => &mut head.scheme,
+                    b":authority" => &mut head.authority,
+                    b":path" => &mut head.path,
+                    _ => return problem = Some("unknown or repeated pseudo-header"),
+                };
+                if slot.is_some() {
+                    return problem = Some("repeated pseudo-header");
+                }
+                *slot = Some(value.to_vec());
+                return;
+            }
+            regular_seen = true;
+            if let Err(p) = regular(&mut head.headers, name, value) {
+                problem = Some(p);
+            }
+        })
+        .map_err(|_| Refused::Compression)?;
+    if let Some(p) = problem {
+        return Err(Refused::Malformed(p));
+    }
+    if !method || head.method.is_empty() {
+        return Err(Refused::Malformed("no :method"));
+    }
+    if head.method == b"CONNECT" {
+        // §8.5: only :method and :authority (extended CONNECT is not
+        // offered, so no :protocol either).
+        if head.scheme.is_some() || head.path.is_some() || head.authority.is_none() {
+            return Err(Refused::Malformed(
+                "CONNECT with :scheme/:path or no :authority",
+            ));
+        }
+    } else {
+        match (&head.scheme, &head.path) {
+            (Some(_), Some(p)) if !p.is_empty() => {}
+            _ => return Err(Refused::Malformed("missing :scheme or :path")),
+        }
+    }
+    Ok(head)
+}
+
+/// Decodes and checks a response head (`trailers: false`) or a trailer
+/// section of either direction (`trailers: true`, no pseudo-headers).
+pub(super) fn response(
+    decoder: &mut Decoder,
+    block: &[u8],
+    trailers: bool,
+) -> Result<ResponseHead, Refused> {
+    let mut head = ResponseHead::default();
+    let mut problem: Option<&'static str> = None;
+    let mut regular_seen = false;
+    decoder
+        .decode(block, |name, value| {
+            if problem.is_some() {
+                return;
+            }
+            if name.first() == Some(&b':') {
+                problem = if trailers || regular_seen || head.status.is_some() {
+                    Some("misplaced pseudo-header")
+                } else if name != b":status" {
+                    Some("unknown pseudo-header")
+                } else {
+                    match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                        Some(s @ 100..=999) if value.len() == 3 => {
+                            head.status = Some(s);
+                            None
+                        }
+                        _ => Some("invalid :status"),
+                    }
+                };
+                return;
+            }
+            regular_seen = true;
+            if let Err(p) = regular(&mut head.headers, name, value) {
+                problem = Some(p);
+            }
+        })
+        .map_err(|_| Refused::Compression)?;
+    if let Some(p) = problem {
+        return Err(Refused::Malformed(p));
+    }
+    if !trailers && head.status.is_none() {
+        return Err(Refused::Malformed("no :status"));
+    }
+    Ok(head)
+}
+
+/// HPACK static table entries the encoder indexes (RFC 7541 Appendix A):
+/// full matches first, then names.
+fn static_full(name: &[u8], value: &[u8]) -> Option<u8> {
+    Some(match (name, value) {
+        (b":method", b"GET") => 2,
+        (b":method", b"POST") => 3,
+        (b":path", b"/") => 4,
+        (b":path", b"/index.html") => 5,
+        (b":scheme", b"http") => 6,
+        (b":scheme", b"https") => 7,
+        (b":status", b"200") => 8,
+        (b":status", b"204") => 9,
+        (b":status", b"206") => 10,
+        (b":status", b"304") => 11,
+        (b":status", b"400") => 12,
+        (b":status", b"404") => 13,
+        (b":status", b"500") => 14,
+        (b"accept-encoding", b"gzip, deflate") => 16,
+        _ => return None,
+    })
+}
+
+fn static_name(name: &[u8]) -> Option<u8> {
+    // The first entry of each name (Appendix A lists a name's entries
+    // together).
+    STATIC.iter().position(|(n, _)| *n == name).map(|i| i as u8 + 1)
+}
+
+/// RFC 7541 §5.1 integer with an `n`-bit prefix; `first` holds the
+/// pattern bits above the prefix.
+fn integer(out: &mut Vec<u8>, first: u8, n: u32, mut v: usize) {
+    let max = (1usize << n) - 1;
+    if v < max {
+        out.push(first | v as u8);
+        return;
+    }
+    out.push(first | max as u8);
+    v -= max;
+    while v >= 128 {
+        out.push((v % 128) as u8 | 0x80);
+        v /= 128;
+    }
+    out.push(v as u8);
+}
+
+fn string(out: &mut Vec<u8>, s: &[u8]) {
+    integer(out, 0, 7, s.len());
+    out.extend_from_slice(s);
+}
+
+/// Encodes one field: indexed when the static table has it, otherwise a
+/// literal without indexing (never touching the peer's dynamic table).
+pub(super) fn encode(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    if let Some(i) = static_full(name, value) {
+        out.push(0x80 | i);
+        return;
+    }
+    match static_name(name) {
+        Some(i) => integer(out, 0x00, 4, usize::from(i)),
+        None => {
+            out.push(0x00);
+            string(out, name);
+        }
+    }
+    string(out, value);
+}
+
+/// Encodes every field of a header map.
+pub(super) fn encode_map(out: &mut Vec<u8>, headers: &HeaderMap) {
+    for (name, value) in headers {
+        encode(out, name.as_str().as_bytes(), value.as_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn block(fields: &[(&str, &str)]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for (n, v) in fields {
+            encode(&mut out, n.as_bytes(), v.as_bytes());
+        }
+        out
+    }
+
+    fn decode_all(b: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
+        loona_hpack::Decoder::new().decode(b).expect("decodes")
+    }
+
+    #[test]
+    fn the_encoder_round_trips_through_an_independent_decoder() {
+        let long = "v".repeat(300);
+        let fields = [
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":authority", "svc:8080"),
+            (":path", "/a?b"),
+            ("accept-encoding", "gzip, deflate"),
+            ("x-custom", long.as_str()),
+            ("cookie", "a=1"),
+            ("", ""),
+        ];
+        let got = decode_all(&block(&fields));
+        let want: Vec<(Vec<u8>, Vec<u8>)> = fields
+            .iter()
+            .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+            .collect();
+        assert_eq!(got, want);
+    }
+
+    #[test]
+    fn requests_follow_the_pseudo_header_and_field_rules() {
+        let ok =
+            block(&[(":method", "GET"), (":scheme", "http"), (":path", "/"), ("a", "1")]);
+        let head = request(&mut Decoder::new(4096), &ok).expect("valid");
+        assert_eq!(head.method, b"GET");
+        assert_eq!(head.headers["a"], "1");
+        for (fields, why) in [
+            (vec![(":scheme", "http"), (":path", "/")], "no :method"),
+            (vec![(":method", "GET"), (":path", "/")], "missing :scheme or :path"),
+            (
+                vec![(":method", "GET"), (":scheme", "http"), (":path", "")],
+                "missing :scheme or :path",
+            ),
+            (
+                vec![(":method", "GET"), ("a", "1"), (":scheme", "http"), (":path", "/")],
+                "pseudo-header after a field",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                ],
+                "unknown or repeated pseudo-header",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":path", "/"),
+                    (":path", "/"),
+                    (":scheme", "http"),
+                ],
+                "repeated pseudo-header",
+            ),
+            (
+                vec![(":method", "GET"), (":status", "200")],
+                "unknown or repeated pseudo-header",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    ("connection", "x"),
+                ],
+                "connection-specific header",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    ("te", "gzip"),
+                ],
+                "te other than trailers",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    ("Up", "x"),
+                ],
+                "upper-case header name",
+            ),
+            (
+                vec![
+                    (":method", "GET"),
+                    (":scheme", "http"),
+                    (":path", "/"),
+                    ("a", "x\ny"),
+                ],
+                "invalid header value",
+            ),
+            (
+                vec![(":method", "CONNECT"), (":authority", "a:1"), (":path", "/")],
+                "CONNECT with :scheme/:path or no :authority",
+            ),
+        ] {
+            let err = request(&mut Decoder::new(4096), &block(&fields)).unwrap_err();
+            assert_eq!(err, Refused::Malformed(why), "{fields:?}");
+        }
+        let te = block(&[
+            (":method", "GET"),
+            (":scheme", "http"),
+            (":path", "/"),
+            ("te", "trailers"),
+        ]);
+        assert!(request(&mut Decoder::new(4096), &te).is_ok());
+        assert_eq!(
+            request(&mut Decoder::new(4096), &[0xff, 0xff, 0xff]).unwrap_err(),
+            Refused::Compression
+        );
+    }
+
+    #[test]
+    fn responses_need_one_valid_status_and_trailers_none() {
+        let mut d = Decoder::new(4096);
+        let ok = response(&mut d, &block(&[(":status", "204"), ("x", "y")]), false)
+            .expect("ok");
+        assert_eq!(ok.status, Some(204));
+        for fields in [
+            vec![("x", "y")],
+            vec![(":status", "20")],
+            vec![(":status", "2000")],
+            vec![(":status", "200"), (":status", "200")],
+            vec![("x", "y"), (":status", "200")],
+            vec![(":status", "200"), ("transfer-encoding", "chunked")],
+        ] {
+            assert!(response(&mut d, &block(&fields), false).is_err(), "{fields:?}");
+        }
+        assert!(response(&mut d, &block(&[("grpc-status", "0")]), true).is_ok());
+        assert!(response(&mut d, &block(&[(":status", "200")]), true).is_err());
+    }
+
+    proptest! {
+        /// Arbitrary bytes never panic the decoder or the checks, and a
+        /// section that passes re-encodes into the same fields.
+        #[test]
+        fn any_block_is_refused_or_round_trips(bytes in proptest::collection::vec(any::<u8>(), 0..200)) {
+            let mut d = Decoder::new(4096);
+            if let Ok(head) = request(&mut d, &bytes) {
+                let mut out = Vec::new();
+                encode(&mut out, b":method", &head.method);
+                encode_map(&mut out, &head.headers);
+                let again = decode_all(&out);
+                prop_assert_eq!(&again[0].1, &head.method);
+                prop_assert_eq!(again.len(), 1 + head.headers.len());
+            }
+            let _ = response(&mut Decoder::new(4096), &bytes, false);
+            let _ = response(&mut Decoder::new(4096), &bytes, true);
+        }
+
+        /// Any field list the encoder writes decodes to exactly that list.
+        #[test]
+        fn encoded_fields_decode_exactly(fields in proptest::collection::vec(
+            ("[a-z:-]{0,12}|:method|:path|accept-encoding|cookie", "[ -~]{0,40}|GET|/|200"), 0..12)) {
+            let mut out = Vec::new();
+            for (n, v) in &fields {
+                encode(&mut out, n.as_bytes(), v.as_bytes());
+            }
+            let want: Vec<(Vec<u8>, Vec<u8>)> =
+                fields.iter().map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec())).collect();
+            prop_assert_eq!(decode_all(&out), want);
+        }
+    }
+}

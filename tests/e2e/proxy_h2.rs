@@ -1,0 +1,510 @@
+//! End-to-end tests of the HTTP/2 relay (`src/traffic/h2relay.rs`): an
+//! HTTP/2 client in front of an `h2c://` upstream, over real loopback
+//! sockets. Parity with the general (hyper) path on what the upstream and
+//! the client see, the hand-over to the general path when a fault is
+//! enabled, raw-frame conformance cases (RFC 9113) and the timeouts.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chaos::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
+use chaos::metrics::Recorder;
+use chaos::traffic::{
+    assign_position, CohortKey, HttpFault, Proxy, ProxyConfig, ProxyHandle,
+};
+use http_body_util::{BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+const T: Duration = Duration::from_secs(20);
+
+fn config(up: SocketAddr, fast_path: bool) -> ProxyConfig {
+    let key = CohortKey::Header("x-user-id".into());
+    let mut cfg = crate::support::proxy_config(&format!("h2c://{up}"), key, 0.5, 0.5);
+    cfg.fast_path = fast_path;
+    cfg
+}
+
+async fn start(cfg: ProxyConfig) -> (ProxyHandle, Arc<Recorder>) {
+    let rec = Arc::new(Recorder::new(tokio::time::Instant::now(), 10_000));
+    let h = Proxy::start(cfg, rec.clone()).await.expect("proxy starts");
+    (h, rec)
+}
+
+/// A `x-user-id` value that lands in `cohort` with a 50/50 split, seed 0.
+fn key_for(cohort: Cohort) -> String {
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .find(|k| {
+            (assign_position(k.as_bytes(), 0) < 0.5) == (cohort == Cohort::Experiment)
+        })
+        .unwrap_or_default()
+}
+
+/// A hyper h2c upstream. Answers with the request head it saw (`:authority`
+/// and every header, sorted, one `name: value` line each), then the request
+/// body's length and trailers, and sends trailers of its own (HEAD gets
+/// the head alone).
+/// `/slow`
+/// answers after 3 s; `/stall` sends its head and part of a body, then
+/// stops.
+async fn echo_upstream() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = l.local_addr().expect("addr");
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(
+                    |req: http::Request<Incoming>| async move {
+                        let path = req.uri().path().to_string();
+                        // Trailers on a HEAD response make the general path's
+                        // HTTP/2 server reset the stream; real servers send none.
+                        let head = req.method() == http::Method::HEAD;
+                        if path == "/slow" {
+                            tokio::time::sleep(Duration::from_secs(3)).await;
+                        }
+                        let mut lines = vec![format!(
+                            ":authority: {}",
+                            req.uri().authority().map(|a| a.as_str()).unwrap_or("-")
+                        )];
+                        for (n, v) in req.headers() {
+                            lines.push(format!("{n}: {}", v.to_str().unwrap_or("?")));
+                        }
+                        lines.sort();
+                        let body = req.into_body().collect().await.ok();
+                        let trailers = body.as_ref().and_then(|b| b.trailers().cloned());
+                        let len = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+                        lines.push(format!("body: {len}"));
+                        for (n, v) in trailers.iter().flatten() {
+                            lines.push(format!(
+                                "trailer {n}: {}",
+                                v.to_str().unwrap_or("?")
+                            ));
+                        }
+                        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                            vec![Ok(Frame::data(Bytes::from(lines.join("\n"))))];
+                        if path == "/stall" {
+                            let stalled = futures_util::stream::iter(frames)
+                                .chain(futures_util::stream::pending());
+                            let resp =
+                                http::Response::new(StreamBody::new(Box::pin(stalled)
+                                    as std::pin::Pin<
+                                        Box<dyn futures_util::Stream<Item = _> + Send>,
+                                    >));
+                            return Ok::<_, Infallible>(resp);
+                        }
+                        let mut t = http::HeaderMap::new();
+                        t.insert("x-up-trailer", "kept".parse().expect("value"));
+                        if !head {
+                            frames.push(Ok(Frame::trailers(t)));
+                        }
+                        let resp = http::Response::builder()
+                            .header("x-up", "1")
+                            .body(StreamBody::new(Box::pin(futures_util::stream::iter(
+                                frames,
+                            ))
+                                as std::pin::Pin<
+                                    Box<dyn futures_util::Stream<Item = _> + Send>,
+                                >))
+                            .expect("response");
+                        Ok::<_, Infallible>(resp)
+                    },
+                );
+                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(s), svc)
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+use futures_util::StreamExt;
+
+type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+
+async fn h2_client(addr: SocketAddr) -> Sender {
+    let stream = TcpStream::connect(addr).await.expect("connect");
+    let (sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .expect("handshake");
+    tokio::spawn(conn);
+    sender
+}
+
+/// What one exchange looked like from both ends.
+#[derive(Debug, PartialEq)]
+struct Seen {
+    status: u16,
+    /// Response headers without `date`.
+    headers: Vec<String>,
+    body: String,
+    trailers: Vec<String>,
+}
+
+async fn exchange(sender: &mut Sender, req: http::Request<Full<Bytes>>) -> Seen {
+    sender.ready().await.expect("ready");
+    let resp =
+        timeout(T, sender.send_request(req)).await.expect("in time").expect("response");
+    let status = resp.status().as_u16();
+    let mut headers: Vec<String> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| *n != "date")
+        .map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?")))
+        .collect();
+    headers.sort();
+    let body = resp.into_body().collect().await.expect("body");
+    let trailers = body
+        .trailers()
+        .map(|t| {
+            t.iter().map(|(n, v)| format!("{n}: {}", v.to_str().unwrap_or("?"))).collect()
+        })
+        .unwrap_or_default();
+    Seen {
+        status,
+        headers,
+        body: String::from_utf8_lossy(&body.to_bytes()).into(),
+        trailers,
+    }
+}
+
+/// The requests of the parity test: cohort keys, spoofed cohort and
+/// forwarding headers, baggage, split cookies, a body.
+fn requests(addr: SocketAddr) -> Vec<http::Request<Full<Bytes>>> {
+    let mut out = Vec::new();
+    for (i, key) in [key_for(Cohort::Control), key_for(Cohort::Experiment), "x".repeat(3)]
+        .into_iter()
+        .enumerate()
+    {
+        out.push(
+            http::Request::get(format!("http://{addr}/a?i={i}"))
+                .header("x-user-id", key.clone())
+                .header(COHORT_HEADER, "experiment")
+                .header("x_chaos_cohort", "control")
+                .header("x-forwarded-for", "6.6.6.6")
+                .header("forwarded", "for=6.6.6.6")
+                .header("baggage", "tenant=blue,chaos.cohort=experiment")
+                .header("cookie", "a=1")
+                .header("cookie", "b=2")
+                .header("te", "trailers")
+                .body(Full::new(Bytes::new()))
+                .expect("request"),
+        );
+        out.push(
+            http::Request::post(format!("http://{addr}/upload"))
+                .header("x-user-id", key.clone())
+                .header("content-type", "application/octet-stream")
+                .body(Full::new(Bytes::from(vec![b'z'; 70_000])))
+                .expect("request"),
+        );
+    }
+    out
+}
+
+/// The relay and the general path, side by side on the same upstream:
+/// the upstream sees the same request heads (cohort header and baggage
+/// ours, spoofed ones gone, forwarding headers replaced, `:authority`
+/// kept), the client the same responses and trailers, the recorder the
+/// same cohorts; only the relay counts its requests.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_relay_shapes_requests_and_responses_like_the_general_path() {
+    let up = echo_upstream().await;
+    let (relay, relay_rec) = start(config(up, true)).await;
+    let (general, general_rec) = start(config(up, false)).await;
+    let mut via_relay = Vec::new();
+    let mut via_general = Vec::new();
+    let mut a = h2_client(relay.local_addr()).await;
+    let mut b = h2_client(general.local_addr()).await;
+    for (r, g) in
+        requests(relay.local_addr()).into_iter().zip(requests(relay.local_addr()))
+    {
+        via_relay.push(exchange(&mut a, r).await);
+        via_general.push(exchange(&mut b, g).await);
+    }
+    assert_eq!(via_relay, via_general);
+    let first = &via_relay[0];
+    assert_eq!(first.status, 200);
+    assert!(first.headers.contains(&format!("{COHORT_HEADER}: control")), "{first:?}");
+    assert!(first.body.contains(&format!("{COHORT_HEADER}: control")), "{}", first.body);
+    assert!(!first.body.contains("x_chaos_cohort"), "{}", first.body);
+    assert!(first.body.contains("x-forwarded-for: 127.0.0.1"), "{}", first.body);
+    assert!(!first.body.contains("6.6.6.6"), "{}", first.body);
+    assert!(
+        first.body.contains("baggage: tenant=blue,chaos.cohort=control"),
+        "{}",
+        first.body
+    );
+    assert!(
+        first.body.contains(&format!(":authority: {}", relay.local_addr())),
+        "{}",
+        first.body
+    );
+    assert!(first.body.contains("cookie: a=1"), "{}", first.body);
+    assert_eq!(first.trailers, vec!["x-up-trailer: kept".to_string()]);
+    assert!(via_relay[1].body.contains("body: 70000"), "{}", via_relay[1].body);
+    assert!(via_relay[2].body.contains(&format!("{COHORT_HEADER}: experiment")));
+    // A 50/50 split: every key is in a cohort ("xxx" in control).
+    assert!(via_relay[4].body.contains(&format!("{COHORT_HEADER}: control")));
+    // HEAD: the response ends with its head. (The general path resets
+    // HEAD streams against this hyper upstream; see the upstream's note.)
+    let head = http::Request::head(format!("http://{}/h", relay.local_addr()))
+        .header("x-user-id", key_for(Cohort::Control))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let seen = exchange(&mut a, head).await;
+    assert_eq!((seen.status, seen.body.as_str()), (200, ""));
+    assert_eq!(relay.fast_path_requests(), 7);
+    assert_eq!(general.fast_path_requests(), 0);
+    assert_eq!(general_rec.snapshot(Cohort::Control).total, 4);
+    assert_eq!(general_rec.snapshot(Cohort::Experiment).total, 2);
+    assert_eq!(relay_rec.snapshot(Cohort::Control).total, 4 + 1);
+    assert_eq!(relay_rec.snapshot(Cohort::Experiment).total, 2);
+    relay.shutdown().await;
+    general.shutdown().await;
+}
+
+/// While a fault is enabled the relay takes no new stream: the client's
+/// next stream is refused (nothing processed, safe to retry) and its next
+/// connection is served by the general path, where the fault applies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fault_sends_new_streams_to_the_general_path() {
+    let up = echo_upstream().await;
+    let (h, rec) = start(config(up, true)).await;
+    let experiment = key_for(Cohort::Experiment);
+    let get = |key: &str| {
+        http::Request::get(format!("http://{}/x", h.local_addr()))
+            .header("x-user-id", key)
+            .body(Full::new(Bytes::new()))
+            .expect("request")
+    };
+    let mut first = h2_client(h.local_addr()).await;
+    assert_eq!(exchange(&mut first, get(&experiment)).await.status, 200);
+    assert_eq!(h.fast_path_requests(), 1);
+    h.set_faults(vec![HttpFault::parse_spec("kind=error,status=503").expect("spec")]);
+    let refused = async {
+        first.ready().await?;
+        first.send_request(get(&experiment)).await
+    };
+    let err = timeout(T, refused).await.expect("in time").expect_err("refused");
+    // hyper reports the GOAWAY or the REFUSED_STREAM that follows it:
+    // either way, nothing was processed.
+    let why = format!("{err:?}");
+    assert!(
+        why.contains("REFUSED_STREAM") || why.contains("GoAway(b\"\", NO_ERROR"),
+        "{why}"
+    );
+    let mut second = h2_client(h.local_addr()).await;
+    let seen = exchange(&mut second, get(&experiment)).await;
+    assert_eq!(seen.status, 503);
+    assert!(seen.headers.contains(&format!("{FAULT_HEADER}: error")), "{seen:?}");
+    assert_eq!(h.fast_path_requests(), 1);
+    assert_eq!(rec.snapshot(Cohort::Experiment).total, 2);
+    h.shutdown().await;
+}
+
+// ---- raw frames ----
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let l = payload.len() as u32;
+    let mut f = vec![(l >> 16) as u8, (l >> 8) as u8, l as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+struct Raw {
+    s: TcpStream,
+    buf: Vec<u8>,
+    enc: loona_hpack::Encoder<'static>,
+    dec: loona_hpack::Decoder<'static>,
+}
+
+impl Raw {
+    async fn open(addr: SocketAddr) -> Raw {
+        let mut s = TcpStream::connect(addr).await.expect("connect");
+        s.write_all(PREFACE).await.expect("write");
+        s.write_all(&frame(4, 0, 0, &[])).await.expect("write");
+        Raw {
+            s,
+            buf: Vec::new(),
+            enc: loona_hpack::Encoder::new(),
+            dec: loona_hpack::Decoder::new(),
+        }
+    }
+
+    fn block(&mut self, fields: &[(&str, &str)]) -> Vec<u8> {
+        self.enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
+    }
+
+    async fn send(&mut self, bytes: &[u8]) {
+        self.s.write_all(bytes).await.expect("write");
+    }
+
+    /// The next frame (kind, flags, stream, payload); `None` on EOF.
+    async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+        loop {
+            if self.buf.len() >= 9 {
+                let len = (usize::from(self.buf[0]) << 16)
+                    | (usize::from(self.buf[1]) << 8)
+                    | usize::from(self.buf[2]);
+                if self.buf.len() >= 9 + len {
+                    let f: Vec<u8> = self.buf.drain(..9 + len).collect();
+                    let stream =
+                        u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
+                    return Some((f[3], f[4], stream, f[9..].to_vec()));
+                }
+            }
+            let mut chunk = [0u8; 16384];
+            let n = timeout(T, self.s.read(&mut chunk)).await.expect("in time").ok()?;
+            if n == 0 {
+                return None;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    /// Frames until one of `kind` on `stream` (ACKing SETTINGS on the way).
+    async fn until(&mut self, kind: u8, stream: u32) -> Option<(u8, Vec<u8>)> {
+        while let Some((k, flags, s, payload)) = self.next().await {
+            if k == 4 && flags & 1 == 0 {
+                self.send(&frame(4, 1, 0, &[])).await;
+            }
+            if k == kind && s == stream {
+                return Some((flags, payload));
+            }
+        }
+        None
+    }
+
+    async fn status(&mut self, stream: u32) -> String {
+        let (_, block) = self.until(1, stream).await.expect("a HEADERS frame");
+        let fields = self.dec.decode(&block).expect("valid HPACK");
+        String::from_utf8_lossy(&fields[0].1).into()
+    }
+}
+
+fn get_fields(path: &str) -> Vec<(&str, &str)> {
+    vec![(":method", "GET"), (":scheme", "http"), (":authority", "svc"), (":path", path)]
+}
+
+const RST_STREAM: u8 = 3;
+const GOAWAY: u8 = 7;
+const WINDOW_UPDATE: u8 = 8;
+
+fn code(payload: &[u8], at: usize) -> u32 {
+    u32::from_be_bytes([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]])
+}
+
+/// RFC 9113 cases on raw sockets: a malformed request is reset alone
+/// (PROTOCOL_ERROR) and the connection goes on; DATA on a stream the relay
+/// answered is credited back; an oversized header section gets 431; a
+/// CONTINUATION flood ends the connection (ENHANCE_YOUR_CALM); a
+/// connection that does not start with SETTINGS ends (PROTOCOL_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_frames_follow_rfc_9113() {
+    let up = echo_upstream().await;
+    let mut cfg = config(up, true);
+    cfg.max_header_bytes = 8192;
+    let (h, _rec) = start(cfg).await;
+
+    let mut c = Raw::open(h.local_addr()).await;
+    let mut bad = get_fields("/");
+    bad.push(("Upper-Case", "x"));
+    let block = c.block(&bad);
+    c.send(&frame(1, 0x5, 1, &block)).await;
+    let (_, payload) = c.until(RST_STREAM, 1).await.expect("stream 1 reset");
+    assert_eq!(code(&payload, 0), 1, "PROTOCOL_ERROR");
+    let mut conn_header = get_fields("/");
+    conn_header.push(("connection", "close"));
+    let block = c.block(&conn_header);
+    c.send(&frame(1, 0x5, 3, &block)).await;
+    let (_, payload) = c.until(RST_STREAM, 3).await.expect("stream 3 reset");
+    assert_eq!(code(&payload, 0), 1);
+    // The connection still serves.
+    let block = c.block(&get_fields("/ok"));
+    c.send(&frame(1, 0x5, 5, &block)).await;
+    assert_eq!(c.status(5).await, "200");
+
+    // 431, then DATA on that answered stream comes back as window credit.
+    let big = "v".repeat(9000);
+    let mut fields = get_fields("/big");
+    fields.push(("x-big", &big));
+    let block = c.block(&fields);
+    c.send(&frame(1, 0x4, 7, &block)).await;
+    assert_eq!(c.status(7).await, "431");
+    c.send(&frame(0, 0x1, 7, &[b'd'; 1000])).await;
+    let (_, payload) = c.until(WINDOW_UPDATE, 0).await.expect("connection credit");
+    assert_eq!(code(&payload, 0), 1000);
+
+    // CONTINUATION flood.
+    let block = c.block(&get_fields("/flood"));
+    c.send(&frame(1, 0x1, 9, &block)).await;
+    let junk = vec![0x40u8; 16_000];
+    for _ in 0..8 {
+        c.send(&frame(9, 0, 9, &junk)).await;
+    }
+    let (_, payload) = c.until(GOAWAY, 0).await.expect("GOAWAY");
+    assert_eq!(code(&payload, 4), 0xb, "ENHANCE_YOUR_CALM");
+    assert!(c.next().await.is_none() || c.next().await.is_none(), "then it closes");
+
+    // A connection that opens with PING instead of SETTINGS.
+    let mut s = TcpStream::connect(h.local_addr()).await.expect("connect");
+    s.write_all(PREFACE).await.expect("write");
+    s.write_all(&frame(6, 0, 0, &[0; 8])).await.expect("write");
+    let mut r = Raw {
+        s,
+        buf: Vec::new(),
+        enc: loona_hpack::Encoder::new(),
+        dec: loona_hpack::Decoder::new(),
+    };
+    let (_, payload) = r.until(GOAWAY, 0).await.expect("GOAWAY");
+    assert_eq!(code(&payload, 4), 1, "PROTOCOL_ERROR");
+    h.shutdown().await;
+}
+
+/// The general path's timeouts on the relay: no response head within
+/// the upstream timeout is a recorded 504; a response body that stalls
+/// past the response-body timeout is reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_and_stalled_upstreams_hit_their_timeouts() {
+    let up = echo_upstream().await;
+    let mut cfg = config(up, true);
+    cfg.upstream_timeout = Duration::from_millis(400);
+    cfg.timeouts.response_body = Duration::from_millis(400);
+    let (h, rec) = start(cfg).await;
+    let mut c = Raw::open(h.local_addr()).await;
+    let key = key_for(Cohort::Control);
+    let mut fields = get_fields("/slow");
+    fields.push(("x-user-id", &key));
+    let block = c.block(&fields);
+    let started = std::time::Instant::now();
+    c.send(&frame(1, 0x5, 1, &block)).await;
+    assert_eq!(c.status(1).await, "504");
+    let waited = started.elapsed();
+    assert!(
+        waited >= Duration::from_millis(350) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    let snap = rec.snapshot(Cohort::Control);
+    assert_eq!(snap.total, 1);
+
+    let mut fields = get_fields("/stall");
+    fields.push(("x-user-id", &key));
+    let block = c.block(&fields);
+    c.send(&frame(1, 0x5, 3, &block)).await;
+    assert_eq!(c.status(3).await, "200");
+    let (_, payload) = c.until(RST_STREAM, 3).await.expect("the stalled stream is reset");
+    assert_eq!(code(&payload, 0), 2, "INTERNAL_ERROR");
+    h.shutdown().await;
+}
