@@ -25,6 +25,10 @@
 # proxy harder.
 # EXTRA (default 1): also WebSocket echo rounds and h2c-upstream rounds,
 # chaos against HAProxy (0 skips them, e.g. for a baseline without h2c);
+# h2c against HAProxy twice: pooling one upstream connection for all
+# clients (its usual `http-reuse always`), and with one upstream connection
+# per client connection as the relay has (`http-reuse never`), with nginx's
+# CPU per request behind each;
 # WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
 # Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
 # cargo. Builds the `perf` profile (release + one codegen unit) and the
@@ -307,7 +311,7 @@ if [[ "$EXTRA" == 1 ]]; then
       -e "s#pid $W/nginx.pid#pid $W/nginx2.pid#" "$W/nginx.conf" > "$W/nginx2.conf"
   sed -i "s/listen 127.0.0.1:$NGINX_PORT;//" "$W/nginx2.conf"
   nginx -c "$W/nginx2.conf" -p "$W" & NGINX2_PID=$!; PIDS+=($NGINX2_PID)
-  HA_WS_PORT=$(free_port); HA_H2_PORT=$(free_port)
+  HA_WS_PORT=$(free_port); HA_H2_PORT=$(free_port); HA_H2_OWN_PORT=$(free_port)
   cat > "$W/haproxy2.cfg" <<CONF
 $(haproxy_defaults)
   timeout tunnel 60s
@@ -322,6 +326,13 @@ frontend h2
 backend h2
   http-reuse always
   server h1 127.0.0.1:$NGINX_H2_PORT proto h2
+# The relay's connection model: one upstream connection per client one.
+frontend h2own
+  bind 127.0.0.1:$HA_H2_OWN_PORT proto h2
+  default_backend h2own
+backend h2own
+  http-reuse never
+  server h1 127.0.0.1:$NGINX_H2_PORT proto h2
 CONF
   haproxy -f "$W/haproxy2.cfg" -db & HA2_PID=$!; PIDS+=($HA2_PID)
   CH_WS_PORT=$(free_port); CH_H2_PORT=$(free_port)
@@ -329,39 +340,48 @@ CONF
     --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-ws.log" & CHWS_PID=$!; PIDS+=($CHWS_PID)
   "$CHAOS" proxy --listen "127.0.0.1:$CH_H2_PORT" --upstream "h2c://127.0.0.1:$NGINX_H2_PORT" \
     --experiment-percent 5 --control-percent 5 ${CHAOS_ARGS:-} 2>"$W/chaos-h2.log" & CHH2_PID=$!; PIDS+=($CHH2_PID)
-  for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
+  for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$HA_H2_OWN_PORT" \
+           "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
   secs=${DURATION%s}
-  declare -A WRT WP99 H2R H2CPU
+  declare -A WRT WP99 H2R H2CPU H2UP
   ws_run() {  # name url
     local out
     out=$("$WS_BENCH" load "$2" "$CONNS" "$secs")
     WRT[$1]+=" $(echo "$out" | awk '{print $1}')"
     WP99[$1]+=" $(echo "$out" | awk '{print $3}')"
   }
+  # The proxy's CPU per request, and nginx's (rounds run one at a time,
+  # so nginx's CPU during a round is that target's).
   h2_run() {  # name url pid
-    local before after out
+    local before after up_before up_after out
     h2load -c "$CONNS" -m 10 -D 1 "$2" >/dev/null 2>&1 || true
-    before=$(cpu_ticks "$3")
+    before=$(cpu_ticks "$3"); up_before=$(cpu_ticks "$NGINX2_PID")
     out=$(h2load -c "$CONNS" -m 10 -D "$secs" "$2" 2>&1)
-    after=$(cpu_ticks "$3")
+    after=$(cpu_ticks "$3"); up_after=$(cpu_ticks "$NGINX2_PID")
     echo "$out" | grep -q "0 failed, 0 errored" || { echo "h2load through $1 failed:" >&2; echo "$out" >&2; exit 1; }
     local rps n
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     n=$(echo "$out" | awk '/^requests:/ {print $8}')
     H2R[$1]+=" $rps"
     H2CPU[$1]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
+    H2UP[$1]+=" $(awk -v d=$((up_after - up_before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
   }
   for r in $(seq 1 "$ROUNDS"); do
     ws_run haproxy "ws://127.0.0.1:$HA_WS_PORT/"
     ws_run chaos "ws://127.0.0.1:$CH_WS_PORT/"
     h2_run haproxy "http://127.0.0.1:$HA_H2_PORT/index.html" "$HA2_PID"
+    h2_run haproxy-1to1 "http://127.0.0.1:$HA_H2_OWN_PORT/index.html" "$HA2_PID"
     h2_run chaos "http://127.0.0.1:$CH_H2_PORT/index.html" "$CHH2_PID"
   done
   echo
   for t in haproxy chaos; do
-    echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]} | h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]}"
+    echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]}"
     WRT[$t]=$(echo "${WRT[$t]}" | median); WP99[$t]=$(echo "${WP99[$t]}" | median)
+  done
+  for t in haproxy haproxy-1to1 chaos; do
+    echo "rounds $t: h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]} | nginx cpu_us/req${H2UP[$t]}"
     H2R[$t]=$(echo "${H2R[$t]}" | median); H2CPU[$t]=$(echo "${H2CPU[$t]}" | median)
+    H2UP[$t]=$(echo "${H2UP[$t]}" | median)
   done
   echo "websocket echo (64 B, $CONNS conns, ${DURATION}), median of $ROUNDS rounds:"
   echo "  round trips/s haproxy ${WRT[haproxy]}  chaos ${WRT[chaos]}  chaos/haproxy $(ratio "${WRT[chaos]}" "${WRT[haproxy]}")"
@@ -369,6 +389,11 @@ CONF
   echo "h2c upstream (h2load -c$CONNS -m10, nginx http2 prior knowledge), median of $ROUNDS rounds:"
   echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")"
   echo "  cpu_us/req    haproxy ${H2CPU[haproxy]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy]}")"
+  echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy]}  behind chaos ${H2UP[chaos]}"
+  echo "h2c, one upstream connection per client connection on both (HAProxy http-reuse never):"
+  echo "  req/s         haproxy ${H2R[haproxy-1to1]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy-1to1]}")"
+  echo "  cpu_us/req    haproxy ${H2CPU[haproxy-1to1]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy-1to1]}")"
+  echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy-1to1]}  behind chaos ${H2UP[chaos]}"
 fi
 
 if [[ "${1:-}" == "--rss" ]]; then

@@ -260,8 +260,12 @@ impl Relay<'_> {
                 self.client_gone();
                 return;
             }
-            if self.uout.flush(&self.upstream).is_err() && self.closing.is_none() {
-                self.upstream_gone();
+            if self.uout.flush(&self.upstream).is_err() {
+                if self.closing.is_none() {
+                    self.upstream_gone();
+                }
+                // Nothing more can reach it; do not wait to write it.
+                self.uout = Out::default();
             }
             if self.closing.is_some() && self.cout.len() == 0 && self.uout.len() == 0 {
                 return;
