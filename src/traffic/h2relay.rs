@@ -132,6 +132,7 @@ pub(super) async fn serve(
         closing: None,
         shutdown_at: None,
         idle_since: now,
+        client_blocked_since: None,
         wake: now + shared.timeouts().idle,
         scratch: Vec::with_capacity(1024),
     };
@@ -156,8 +157,10 @@ impl Out {
         self.buf.len() - self.pos
     }
 
-    /// Writes what the socket takes now; `Err` when the peer is gone.
-    fn flush(&mut self, to: &TcpStream) -> std::io::Result<()> {
+    /// Writes what the socket takes now: how many bytes, `Err` when the
+    /// peer is gone.
+    fn flush(&mut self, to: &TcpStream) -> std::io::Result<usize> {
+        let start = self.pos;
         while self.pos < self.buf.len() {
             match to.try_write(&self.buf[self.pos..]) {
                 Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
@@ -166,6 +169,7 @@ impl Out {
                 Err(e) => return Err(e),
             }
         }
+        let written = self.pos - start;
         if self.pos == self.buf.len() {
             self.buf.clear();
             self.pos = 0;
@@ -173,7 +177,7 @@ impl Out {
             self.buf.drain(..self.pos);
             self.pos = 0;
         }
-        Ok(())
+        Ok(written)
     }
 }
 
@@ -243,6 +247,8 @@ struct Relay<'a> {
     closing: Option<Instant>,
     /// Shutdown began then: streams get `DRAIN_TIMEOUT` to finish.
     shutdown_at: Option<Instant>,
+    /// Since when the client has not taken what is queued for it.
+    client_blocked_since: Option<Instant>,
     /// Since when no stream is open.
     idle_since: Instant,
     /// When the timer next looks at the streams.
@@ -252,20 +258,38 @@ struct Relay<'a> {
 
 impl Relay<'_> {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
+        // Frames that came in the same read as the preface.
+        if let Err(fatal) = self.client_frames(Instant::now()) {
+            self.fail(fatal);
+        }
         let sleep = tokio::time::sleep_until(self.wake);
         tokio::pin!(sleep);
         let mut armed = self.wake;
         loop {
-            if self.cout.flush(&self.client).is_err() {
-                self.client_gone();
-                return;
-            }
+            let written = match self.cout.flush(&self.client) {
+                Ok(n) => n,
+                Err(_) => {
+                    self.client_gone();
+                    return;
+                }
+            };
             if self.uout.flush(&self.upstream).is_err() {
                 if self.closing.is_none() {
                     self.upstream_gone();
                 }
                 // Nothing more can reach it; do not wait to write it.
                 self.uout = Out::default();
+            }
+            match (self.cout.len(), self.client_blocked_since) {
+                (0, _) => self.client_blocked_since = None,
+                (_, since) if since.is_none() || written > 0 => {
+                    // The socket is full: a client that takes nothing for
+                    // the response-body timeout loses its connection.
+                    let now = Instant::now();
+                    self.client_blocked_since = Some(now);
+                    self.wake = self.wake.min(now + self.shared.timeouts().response_body);
+                }
+                _ => {}
             }
             if self.closing.is_some() && self.cout.len() == 0 && self.uout.len() == 0 {
                 return;
@@ -1117,6 +1141,15 @@ impl Relay<'_> {
                     next = next.min(body_due);
                 }
             }
+        }
+        if let Some(since) = self.client_blocked_since {
+            let due = since + t.response_body;
+            if now >= due && self.closing.is_none() {
+                tracing::debug!("closing a client connection that stopped reading");
+                self.client_gone();
+                self.closing = Some(now);
+            }
+            next = next.min(due);
         }
         if let Some(at) = self.shutdown_at {
             if now >= at + DRAIN_TIMEOUT {

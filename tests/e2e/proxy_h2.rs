@@ -51,7 +51,7 @@ fn key_for(cohort: Cohort) -> String {
 /// and every header, sorted, one `name: value` line each), then the request
 /// body's length and trailers, and sends trailers of its own (HEAD gets
 /// the head alone).
-/// `/slow`
+/// `/big` sends 64 MiB. `/slow`
 /// answers after 3 s; `/stall` sends its head and part of a body, then
 /// stops.
 async fn echo_upstream() -> SocketAddr {
@@ -90,6 +90,20 @@ async fn echo_upstream() -> SocketAddr {
                         }
                         let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
                             vec![Ok(Frame::data(Bytes::from(lines.join("\n"))))];
+                        if path == "/big" {
+                            // 64 MiB, far more than the socket buffers on the way hold.
+                            let chunk = Bytes::from(vec![b'b'; 16 * 1024]);
+                            let big =
+                                futures_util::stream::iter((0..4096).map(move |_| {
+                                    Ok::<_, Infallible>(Frame::data(chunk.clone()))
+                                }));
+                            let resp =
+                                http::Response::new(StreamBody::new(Box::pin(big)
+                                    as std::pin::Pin<
+                                        Box<dyn futures_util::Stream<Item = _> + Send>,
+                                    >));
+                            return Ok::<_, Infallible>(resp);
+                        }
                         if path == "/stall" {
                             let stalled = futures_util::stream::iter(frames)
                                 .chain(futures_util::stream::pending());
@@ -506,5 +520,67 @@ async fn slow_and_stalled_upstreams_hit_their_timeouts() {
     assert_eq!(c.status(3).await, "200");
     let (_, payload) = c.until(RST_STREAM, 3).await.expect("the stalled stream is reset");
     assert_eq!(code(&payload, 0), 2, "INTERNAL_ERROR");
+    h.shutdown().await;
+}
+
+/// A client that stops reading a response loses its connection after the
+/// response-body timeout, instead of holding it and its upstream forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected() {
+    let up = echo_upstream().await;
+    let mut cfg = config(up, true);
+    cfg.timeouts.response_body = Duration::from_millis(300);
+    let (h, _rec) = start(cfg).await;
+    let mut c = Raw::open(h.local_addr()).await;
+    // The largest windows: only the socket buffers hold the body back.
+    let mut settings = vec![0, 4];
+    settings.extend_from_slice(&0x7fff_ffffu32.to_be_bytes());
+    c.send(&frame(4, 0, 0, &settings)).await;
+    c.send(&frame(WINDOW_UPDATE, 0, 0, &(0x7fff_ffffu32 - 65_535).to_be_bytes())).await;
+    let block = c.block(&get_fields("/big"));
+    c.send(&frame(1, 0x5, 1, &block)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Now read: what the buffers held, then the end of the connection.
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let r = timeout(Duration::from_secs(5), c.s.read(&mut chunk)).await;
+        let Ok(r) = r else { panic!("no end of the connection after {total} bytes") };
+        match r {
+            Ok(0) | Err(_) => break,
+            Ok(n) => total += n,
+        }
+    }
+    assert!(total < 64 * 1024 * 1024, "the whole body arrived ({total} bytes)");
+    h.shutdown().await;
+}
+
+/// A client that sends its preface, SETTINGS and first request in one
+/// write (as gRPC clients often do) is answered without sending more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_in_the_same_write_as_the_preface_is_answered() {
+    let up = echo_upstream().await;
+    let (h, _rec) = start(config(up, true)).await;
+    let mut s = TcpStream::connect(h.local_addr()).await.expect("connect");
+    let mut enc = loona_hpack::Encoder::new();
+    let block = enc
+        .encode(get_fields("/first").iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())));
+    let mut all = PREFACE.to_vec();
+    all.extend_from_slice(&frame(4, 0, 0, &[]));
+    all.extend_from_slice(&frame(1, 0x5, 1, &block));
+    s.write_all(&all).await.expect("write");
+    let mut c = Raw { s, buf: Vec::new(), enc, dec: loona_hpack::Decoder::new() };
+    // Read without writing anything (not even a SETTINGS ACK), so only
+    // those first bytes can have produced the response.
+    let block = loop {
+        match c.next().await {
+            Some((1, _, 1, block)) => break block,
+            Some(_) => {}
+            None => panic!("closed without a response"),
+        }
+    };
+    let fields = c.dec.decode(&block).expect("valid HPACK");
+    assert_eq!(fields[0].1, b"200");
+    assert_eq!(h.fast_path_requests(), 1);
     h.shutdown().await;
 }
