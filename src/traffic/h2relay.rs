@@ -29,6 +29,7 @@ pub(crate) mod frame;
 mod hpack;
 mod huffman;
 
+use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -181,6 +182,13 @@ impl Out {
     }
 }
 
+/// A complete header block: its stream, END_STREAM, and the block.
+struct Block<'p> {
+    stream: u32,
+    end_stream: bool,
+    bytes: Cow<'p, [u8]>,
+}
+
 /// A header block still waiting for its CONTINUATION frames.
 struct Pending {
     stream: u32,
@@ -211,9 +219,20 @@ enum Fatal {
     Upstream(u32),
 }
 
+#[derive(Clone, Copy)]
 enum Side {
     Client,
     Upstream,
+}
+
+impl Side {
+    /// A connection error this side caused.
+    fn fatal(self, code: u32) -> Fatal {
+        match self {
+            Side::Client => Fatal::Client(code),
+            Side::Upstream => Fatal::Upstream(code),
+        }
+    }
 }
 
 struct Relay<'a> {
@@ -259,7 +278,7 @@ struct Relay<'a> {
 impl Relay<'_> {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         // Frames that came in the same read as the preface.
-        if let Err(fatal) = self.client_frames(Instant::now()) {
+        if let Err(fatal) = self.frames(Side::Client, Instant::now()) {
             self.fail(fatal);
         }
         let sleep = tokio::time::sleep_until(self.wake);
@@ -318,8 +337,7 @@ impl Relay<'_> {
                 }
             };
             let result = match side {
-                Ok(Some(Side::Client)) => self.read_client(),
-                Ok(Some(Side::Upstream)) => self.read_upstream(),
+                Ok(Some(side)) => self.read(side),
                 Ok(None) => Ok(()),
                 Err(_) => {
                     self.client_gone();
@@ -332,92 +350,133 @@ impl Relay<'_> {
         }
     }
 
-    fn read_client(&mut self) -> Result<(), Fatal> {
-        if self.cin.capacity() - self.cin.len() < READ_CHUNK / 4 {
-            self.cin.reserve(READ_CHUNK);
+    /// One read from `side`, and the frames it completed.
+    fn read(&mut self, side: Side) -> Result<(), Fatal> {
+        let (stream, buf) = match side {
+            Side::Client => (&self.client, &mut self.cin),
+            Side::Upstream => (&self.upstream, &mut self.uin),
+        };
+        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
+            buf.reserve(READ_CHUNK);
         }
-        match self.client.try_read_buf(&mut self.cin) {
-            Ok(0) => {
+        let read = stream.try_read_buf(buf);
+        match (read, side) {
+            (Ok(n), _) if n > 0 => self.frames(side, Instant::now()),
+            (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            (Ok(_), Side::Client) => {
                 self.client_gone();
                 self.closing = Some(Instant::now() + CLOSE_FLUSH);
                 Ok(())
             }
-            Ok(_) => self.client_frames(Instant::now()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(_) => {
+            (Err(_), Side::Client) => {
                 self.client_gone();
                 self.closing = Some(Instant::now());
                 Ok(())
             }
-        }
-    }
-
-    fn read_upstream(&mut self) -> Result<(), Fatal> {
-        if self.uin.capacity() - self.uin.len() < READ_CHUNK / 4 {
-            self.uin.reserve(READ_CHUNK);
-        }
-        match self.upstream.try_read_buf(&mut self.uin) {
-            Ok(0) => {
-                self.upstream_gone();
-                Ok(())
-            }
-            Ok(_) => self.upstream_frames(Instant::now()),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            Err(_) => {
+            (_, Side::Upstream) => {
                 self.upstream_gone();
                 Ok(())
             }
         }
     }
 
-    fn client_frames(&mut self, now: Instant) -> Result<(), Fatal> {
-        let buf = std::mem::take(&mut self.cin);
+    /// Handles every complete frame buffered from `side`.
+    fn frames(&mut self, side: Side, now: Instant) -> Result<(), Fatal> {
+        let (buf, limit) = match side {
+            Side::Client => (std::mem::take(&mut self.cin), self.client_may_send),
+            Side::Upstream => (std::mem::take(&mut self.uin), self.upstream_may_send),
+        };
         let mut at = 0;
         let result = loop {
             if buf.len() - at < HEADER_LEN {
                 break Ok(());
             }
             let h = frame::parse_head(&buf[at..]);
-            if h.len > self.client_may_send {
-                break Err(Fatal::Client(code::FRAME_SIZE_ERROR));
+            if h.len > limit {
+                break Err(side.fatal(code::FRAME_SIZE_ERROR));
             }
             let end = at + HEADER_LEN + h.len;
             if buf.len() < end {
                 break Ok(());
             }
-            if let Err(f) = self.client_frame(h, &buf[at..end], now) {
+            let handled = match side {
+                Side::Client => self.client_frame(h, &buf[at..end], now),
+                Side::Upstream => self.upstream_frame(h, &buf[at..end], now),
+            };
+            if let Err(f) = handled {
                 break Err(f);
             }
             at = end;
         };
-        self.cin = buf;
-        self.cin.advance(at);
+        let rest = match side {
+            Side::Client => &mut self.cin,
+            Side::Upstream => &mut self.uin,
+        };
+        *rest = buf;
+        rest.advance(at);
         result
     }
 
-    fn upstream_frames(&mut self, now: Instant) -> Result<(), Fatal> {
-        let buf = std::mem::take(&mut self.uin);
-        let mut at = 0;
-        let result = loop {
-            if buf.len() - at < HEADER_LEN {
-                break Ok(());
-            }
-            let h = frame::parse_head(&buf[at..]);
-            if h.len > self.upstream_may_send {
-                break Err(Fatal::Upstream(code::FRAME_SIZE_ERROR));
-            }
-            let end = at + HEADER_LEN + h.len;
-            if buf.len() < end {
-                break Ok(());
-            }
-            if let Err(f) = self.upstream_frame(h, &buf[at..end], now) {
-                break Err(f);
-            }
-            at = end;
+    /// HEADERS and CONTINUATION from `side`: a complete header block
+    /// or `None` while CONTINUATION is due.
+    fn assemble<'p>(
+        &mut self,
+        side: Side,
+        h: Head,
+        payload: &'p [u8],
+    ) -> Result<Option<Block<'p>>, Fatal> {
+        let limit = self.block_limit();
+        let pending = match side {
+            Side::Client => &mut self.cpending,
+            Side::Upstream => &mut self.upending,
         };
-        self.uin = buf;
-        self.uin.advance(at);
-        result
+        if h.kind == frame::HEADERS {
+            let fragment = frame::headers_fragment(h.flags, payload)
+                .ok_or(side.fatal(code::PROTOCOL_ERROR))?;
+            let end_stream = h.flags & frame::END_STREAM != 0;
+            if h.flags & frame::END_HEADERS != 0 {
+                return Ok(Some(Block {
+                    stream: h.stream,
+                    end_stream,
+                    bytes: Cow::Borrowed(fragment),
+                }));
+            }
+            *pending =
+                Some(Pending { stream: h.stream, end_stream, block: fragment.to_vec() });
+            return Ok(None);
+        }
+        let mut p = pending.take().ok_or(side.fatal(code::PROTOCOL_ERROR))?;
+        if p.stream != h.stream {
+            return Err(side.fatal(code::PROTOCOL_ERROR));
+        }
+        p.block.extend_from_slice(payload);
+        if p.block.len() > limit {
+            return Err(side.fatal(code::ENHANCE_YOUR_CALM));
+        }
+        if h.flags & frame::END_HEADERS != 0 {
+            return Ok(Some(Block {
+                stream: p.stream,
+                end_stream: p.end_stream,
+                bytes: Cow::Owned(p.block),
+            }));
+        }
+        *pending = Some(p);
+        Ok(None)
+    }
+
+    /// WINDOW_UPDATE from `from`: forwarded for the connection and for
+    /// streams both sides know, dropped for the rest.
+    fn window_update(&mut self, h: Head, frame: &[u8], from: Side) -> Result<(), Fatal> {
+        if h.len != 4 {
+            return Err(from.fatal(code::FRAME_SIZE_ERROR));
+        }
+        if h.stream == 0 || self.find(h.stream).is_some() {
+            match from {
+                Side::Client => self.uout.buf.extend_from_slice(frame),
+                Side::Upstream => self.cout.buf.extend_from_slice(frame),
+            }
+        }
+        Ok(())
     }
 
     fn find(&self, id: u32) -> Option<usize> {
@@ -444,40 +503,16 @@ impl Relay<'_> {
         }
         match h.kind {
             frame::DATA => self.client_data(h, frame, now),
-            frame::HEADERS => {
-                if h.stream == 0 || h.stream.is_multiple_of(2) {
+            frame::HEADERS | frame::CONTINUATION => {
+                if h.kind == frame::HEADERS
+                    && (h.stream == 0 || h.stream.is_multiple_of(2))
+                {
                     return err(code::PROTOCOL_ERROR);
                 }
-                let Some(fragment) = frame::headers_fragment(h.flags, payload) else {
-                    return err(code::PROTOCOL_ERROR);
-                };
-                let end_stream = h.flags & frame::END_STREAM != 0;
-                if h.flags & frame::END_HEADERS != 0 {
-                    return self.client_headers(h.stream, end_stream, fragment, now);
+                match self.assemble(Side::Client, h, payload)? {
+                    Some(b) => self.client_headers(b.stream, b.end_stream, &b.bytes, now),
+                    None => Ok(()),
                 }
-                self.cpending = Some(Pending {
-                    stream: h.stream,
-                    end_stream,
-                    block: fragment.to_vec(),
-                });
-                Ok(())
-            }
-            frame::CONTINUATION => {
-                let Some(mut p) = self.cpending.take() else {
-                    return err(code::PROTOCOL_ERROR);
-                };
-                if p.stream != h.stream {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                p.block.extend_from_slice(payload);
-                if p.block.len() > self.block_limit() {
-                    return err(code::ENHANCE_YOUR_CALM);
-                }
-                if h.flags & frame::END_HEADERS != 0 {
-                    return self.client_headers(p.stream, p.end_stream, &p.block, now);
-                }
-                self.cpending = Some(p);
-                Ok(())
             }
             frame::PRIORITY => match (h.stream, h.len) {
                 (0, _) => err(code::PROTOCOL_ERROR),
@@ -498,59 +533,34 @@ impl Relay<'_> {
                 }
                 Ok(())
             }
-            frame::SETTINGS => {
-                let first = !self.client_settings_seen;
-                self.client_settings_seen = true;
-                let max = self.settings(h, payload, Side::Client, first)?;
-                if let Some(m) = max {
-                    self.upstream_may_send = m;
-                }
-                Ok(())
-            }
-            frame::PING => self.forward_connection_frame(h, frame, 8, Side::Client),
+            frame::SETTINGS => self.settings(h, payload, Side::Client),
+            frame::PING => self.forward_connection_frame(h, frame, Side::Client),
             frame::GOAWAY => {
-                if h.stream != 0 {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                if h.len < 8 {
-                    return err(code::FRAME_SIZE_ERROR);
-                }
-                self.uout.buf.extend_from_slice(frame);
+                self.forward_connection_frame(h, frame, Side::Client)?;
                 self.draining = true;
                 Ok(())
             }
-            frame::WINDOW_UPDATE => {
-                if h.len != 4 {
-                    return err(code::FRAME_SIZE_ERROR);
-                }
-                if h.stream == 0 || self.find(h.stream).is_some() {
-                    self.uout.buf.extend_from_slice(frame);
-                }
-                Ok(())
-            }
+            frame::WINDOW_UPDATE => self.window_update(h, frame, Side::Client),
             frame::PUSH_PROMISE => err(code::PROTOCOL_ERROR),
             // §4.1: unknown frame types are ignored.
             _ => Ok(()),
         }
     }
 
-    /// PING: forwarded to the other side as it is (its ACK comes back the
-    /// same way).
+    /// PING (exactly 8 bytes) and GOAWAY (at least 8): forwarded to the
+    /// other side as they are (a PING's ACK comes back the same way).
     fn forward_connection_frame(
         &mut self,
         h: Head,
         frame: &[u8],
-        len: usize,
         from: Side,
     ) -> Result<(), Fatal> {
-        let fatal = |c| match from {
-            Side::Client => Fatal::Client(c),
-            Side::Upstream => Fatal::Upstream(c),
-        };
+        let fatal = |c| from.fatal(c);
         if h.stream != 0 {
             return Err(fatal(code::PROTOCOL_ERROR));
         }
-        if h.len != len {
+        let len_ok = if h.kind == frame::PING { h.len == 8 } else { h.len >= 8 };
+        if !len_ok {
             return Err(fatal(code::FRAME_SIZE_ERROR));
         }
         match from {
@@ -561,18 +571,32 @@ impl Relay<'_> {
     }
 
     /// Checks a SETTINGS frame from `from` and forwards it without what
-    /// concerns only one hop; returns its MAX_FRAME_SIZE if it has one.
-    fn settings(
+    /// concerns only one hop; its MAX_FRAME_SIZE bounds what the other
+    /// side may send.
+    fn settings(&mut self, h: Head, payload: &[u8], from: Side) -> Result<(), Fatal> {
+        let first = match from {
+            Side::Client => !std::mem::replace(&mut self.client_settings_seen, true),
+            Side::Upstream => !std::mem::replace(&mut self.upstream_settings_seen, true),
+        };
+        let max_frame = self.forward_settings(h, payload, from, first)?;
+        match (from, max_frame) {
+            (Side::Client, Some(m)) => self.upstream_may_send = m,
+            (Side::Upstream, Some(m)) => self.client_may_send = m,
+            (_, None) => {}
+        }
+        Ok(())
+    }
+
+    /// [`Self::settings`]' checks and forwarding; returns MAX_FRAME_SIZE if
+    /// the frame has one.
+    fn forward_settings(
         &mut self,
         h: Head,
         payload: &[u8],
         from: Side,
         first: bool,
     ) -> Result<Option<usize>, Fatal> {
-        let fatal = |c| match from {
-            Side::Client => Fatal::Client(c),
-            Side::Upstream => Fatal::Upstream(c),
-        };
+        let fatal = |c| from.fatal(c);
         if h.stream != 0 {
             return Err(fatal(code::PROTOCOL_ERROR));
         }
@@ -677,15 +701,7 @@ impl Relay<'_> {
                     return Ok(());
                 }
             };
-            self.scratch.clear();
-            fields::encode_map(&mut self.scratch, &t.headers);
-            frame::header_block(
-                &mut self.uout.buf,
-                id,
-                &self.scratch,
-                true,
-                frame::DEFAULT_MAX_FRAME,
-            );
+            self.send_trailers(Side::Upstream, id, &t.headers);
             self.streams[i].client_done = true;
             self.streams[i].client_seen = now;
             self.close_if_done(i, now);
@@ -756,13 +772,7 @@ impl Relay<'_> {
             fields::encode(&mut self.scratch, b":path", path);
         }
         fields::encode_map(&mut self.scratch, &head.headers);
-        frame::header_block(
-            &mut self.uout.buf,
-            id,
-            &self.scratch,
-            end_stream,
-            frame::DEFAULT_MAX_FRAME,
-        );
+        self.send_scratch(Side::Upstream, id, end_stream);
         self.last_forwarded = id;
         self.shared.fast_requests.fetch_add(1, Ordering::Relaxed);
         self.streams.push(Stream {
@@ -826,40 +836,16 @@ impl Relay<'_> {
                 }
                 Ok(())
             }
-            frame::HEADERS => {
-                if h.stream == 0 {
+            frame::HEADERS | frame::CONTINUATION => {
+                if h.kind == frame::HEADERS && h.stream == 0 {
                     return err(code::PROTOCOL_ERROR);
                 }
-                let Some(fragment) = frame::headers_fragment(h.flags, payload) else {
-                    return err(code::PROTOCOL_ERROR);
-                };
-                let end_stream = h.flags & frame::END_STREAM != 0;
-                if h.flags & frame::END_HEADERS != 0 {
-                    return self.upstream_headers(h.stream, end_stream, fragment, now);
+                match self.assemble(Side::Upstream, h, payload)? {
+                    Some(b) => {
+                        self.upstream_headers(b.stream, b.end_stream, &b.bytes, now)
+                    }
+                    None => Ok(()),
                 }
-                self.upending = Some(Pending {
-                    stream: h.stream,
-                    end_stream,
-                    block: fragment.to_vec(),
-                });
-                Ok(())
-            }
-            frame::CONTINUATION => {
-                let Some(mut p) = self.upending.take() else {
-                    return err(code::PROTOCOL_ERROR);
-                };
-                if p.stream != h.stream {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                p.block.extend_from_slice(payload);
-                if p.block.len() > self.block_limit() {
-                    return err(code::ENHANCE_YOUR_CALM);
-                }
-                if h.flags & frame::END_HEADERS != 0 {
-                    return self.upstream_headers(p.stream, p.end_stream, &p.block, now);
-                }
-                self.upending = Some(p);
-                Ok(())
             }
             frame::PRIORITY => Ok(()),
             frame::RST_STREAM => {
@@ -886,23 +872,10 @@ impl Relay<'_> {
                 }
                 Ok(())
             }
-            frame::SETTINGS => {
-                let first = !self.upstream_settings_seen;
-                self.upstream_settings_seen = true;
-                if let Some(m) = self.settings(h, payload, Side::Upstream, first)? {
-                    self.client_may_send = m;
-                }
-                Ok(())
-            }
-            frame::PING => self.forward_connection_frame(h, frame, 8, Side::Upstream),
+            frame::SETTINGS => self.settings(h, payload, Side::Upstream),
+            frame::PING => self.forward_connection_frame(h, frame, Side::Upstream),
             frame::GOAWAY => {
-                if h.stream != 0 {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                if h.len < 8 {
-                    return err(code::FRAME_SIZE_ERROR);
-                }
-                self.cout.buf.extend_from_slice(frame);
+                self.forward_connection_frame(h, frame, Side::Upstream)?;
                 let last =
                     u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
                         & 0x7fff_ffff;
@@ -913,15 +886,7 @@ impl Relay<'_> {
                 self.check_drained(now);
                 Ok(())
             }
-            frame::WINDOW_UPDATE => {
-                if h.len != 4 {
-                    return err(code::FRAME_SIZE_ERROR);
-                }
-                if h.stream == 0 || self.find(h.stream).is_some() {
-                    self.cout.buf.extend_from_slice(frame);
-                }
-                Ok(())
-            }
+            frame::WINDOW_UPDATE => self.window_update(h, frame, Side::Upstream),
             // Push is disabled in the SETTINGS the relay forwards.
             frame::PUSH_PROMISE => err(code::PROTOCOL_ERROR),
             _ => Ok(()),
@@ -961,15 +926,7 @@ impl Relay<'_> {
                 self.bad_upstream_stream(i, now);
                 return Ok(());
             }
-            self.scratch.clear();
-            fields::encode_map(&mut self.scratch, &head.headers);
-            frame::header_block(
-                &mut self.cout.buf,
-                id,
-                &self.scratch,
-                true,
-                frame::DEFAULT_MAX_FRAME,
-            );
+            self.send_trailers(Side::Client, id, &head.headers);
             self.streams[i].upstream_done = true;
             self.close_if_done(i, now);
             return Ok(());
@@ -993,13 +950,7 @@ impl Relay<'_> {
         let mut digits = [0u8; 3];
         fields::encode(&mut self.scratch, b":status", status_digits(status, &mut digits));
         fields::encode_map(&mut self.scratch, &head.headers);
-        frame::header_block(
-            &mut self.cout.buf,
-            id,
-            &self.scratch,
-            end,
-            frame::DEFAULT_MAX_FRAME,
-        );
+        self.send_scratch(Side::Client, id, end);
         if informational {
             return Ok(());
         }
@@ -1017,6 +968,22 @@ impl Relay<'_> {
             self.wake = self.wake.min(body);
         }
         Ok(())
+    }
+
+    /// Sends the header block in `scratch` to `to`, on stream `id`.
+    fn send_scratch(&mut self, to: Side, id: u32, end_stream: bool) {
+        let out = match to {
+            Side::Client => &mut self.cout.buf,
+            Side::Upstream => &mut self.uout.buf,
+        };
+        frame::header_block(out, id, &self.scratch, end_stream, frame::DEFAULT_MAX_FRAME);
+    }
+
+    /// A trailer section to `to`, re-encoded; it ends the stream.
+    fn send_trailers(&mut self, to: Side, id: u32, trailers: &http::HeaderMap) {
+        self.scratch.clear();
+        fields::encode_map(&mut self.scratch, trailers);
+        self.send_scratch(to, id, true);
     }
 
     /// The upstream broke a stream's rules: a 502 if the client has no
@@ -1062,13 +1029,7 @@ impl Relay<'_> {
                 c.as_str().as_bytes(),
             );
         }
-        frame::header_block(
-            &mut self.cout.buf,
-            id,
-            &self.scratch,
-            true,
-            frame::DEFAULT_MAX_FRAME,
-        );
+        self.send_scratch(Side::Client, id, true);
         if !client_done {
             // §8.1: the response is complete; the request body is not needed.
             frame::rst_stream(&mut self.cout.buf, id, code::NO_ERROR);

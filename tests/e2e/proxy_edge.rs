@@ -55,18 +55,7 @@ fn key_for(cohort: Cohort) -> String {
         .unwrap()
 }
 
-fn accept_loop<F, Fut>(l: TcpListener, serve: F)
-where
-    F: Fn(TcpStream) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(serve(s));
-        }
-    });
-}
+use crate::support::accept_loop;
 
 /// A hyper HTTP/1.1 upstream answering every request with the request's
 /// headers, one `name: value` line each (the body is read first, and its

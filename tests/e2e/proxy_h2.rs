@@ -57,85 +57,66 @@ fn key_for(cohort: Cohort) -> String {
 async fn echo_upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
-    tokio::spawn(async move {
-        loop {
-            let Ok((s, _)) = l.accept().await else { return };
-            tokio::spawn(async move {
-                let svc = hyper::service::service_fn(
-                    |req: http::Request<Incoming>| async move {
-                        let path = req.uri().path().to_string();
-                        // Trailers on a HEAD response make the general path's
-                        // HTTP/2 server reset the stream; real servers send none.
-                        let head = req.method() == http::Method::HEAD;
-                        if path == "/slow" {
-                            tokio::time::sleep(Duration::from_secs(3)).await;
-                        }
-                        let mut lines = vec![format!(
-                            ":authority: {}",
-                            req.uri().authority().map(|a| a.as_str()).unwrap_or("-")
-                        )];
-                        for (n, v) in req.headers() {
-                            lines.push(format!("{n}: {}", v.to_str().unwrap_or("?")));
-                        }
-                        lines.sort();
-                        let body = req.into_body().collect().await.ok();
-                        let trailers = body.as_ref().and_then(|b| b.trailers().cloned());
-                        let len = body.map(|b| b.to_bytes().len()).unwrap_or(0);
-                        lines.push(format!("body: {len}"));
-                        for (n, v) in trailers.iter().flatten() {
-                            lines.push(format!(
-                                "trailer {n}: {}",
-                                v.to_str().unwrap_or("?")
-                            ));
-                        }
-                        let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
-                            vec![Ok(Frame::data(Bytes::from(lines.join("\n"))))];
-                        if path == "/big" {
-                            // 64 MiB, far more than the socket buffers on the way hold.
-                            let chunk = Bytes::from(vec![b'b'; 16 * 1024]);
-                            let big =
-                                futures_util::stream::iter((0..4096).map(move |_| {
-                                    Ok::<_, Infallible>(Frame::data(chunk.clone()))
-                                }));
-                            let resp =
-                                http::Response::new(StreamBody::new(Box::pin(big)
-                                    as std::pin::Pin<
-                                        Box<dyn futures_util::Stream<Item = _> + Send>,
-                                    >));
-                            return Ok::<_, Infallible>(resp);
-                        }
-                        if path == "/stall" {
-                            let stalled = futures_util::stream::iter(frames)
-                                .chain(futures_util::stream::pending());
-                            let resp =
-                                http::Response::new(StreamBody::new(Box::pin(stalled)
-                                    as std::pin::Pin<
-                                        Box<dyn futures_util::Stream<Item = _> + Send>,
-                                    >));
-                            return Ok::<_, Infallible>(resp);
-                        }
-                        let mut t = http::HeaderMap::new();
-                        t.insert("x-up-trailer", "kept".parse().expect("value"));
-                        if !head {
-                            frames.push(Ok(Frame::trailers(t)));
-                        }
-                        let resp = http::Response::builder()
-                            .header("x-up", "1")
-                            .body(StreamBody::new(Box::pin(futures_util::stream::iter(
-                                frames,
-                            ))
-                                as std::pin::Pin<
-                                    Box<dyn futures_util::Stream<Item = _> + Send>,
-                                >))
-                            .expect("response");
-                        Ok::<_, Infallible>(resp)
-                    },
+    crate::support::accept_loop(l, |s| async move {
+        let svc = hyper::service::service_fn(|req: http::Request<Incoming>| async move {
+            let path = req.uri().path().to_string();
+            // Given a body (or trailers) for HEAD, hyper's server
+            // sends it and the general path's HTTP/2 server then
+            // resets the stream; real servers send neither.
+            let head = req.method() == http::Method::HEAD;
+            if path == "/slow" {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+            }
+            let mut lines = vec![format!(
+                ":authority: {}",
+                req.uri().authority().map(|a| a.as_str()).unwrap_or("-")
+            )];
+            for (n, v) in req.headers() {
+                lines.push(format!("{n}: {}", v.to_str().unwrap_or("?")));
+            }
+            lines.sort();
+            let body = req.into_body().collect().await.ok();
+            let trailers = body.as_ref().and_then(|b| b.trailers().cloned());
+            let len = body.map(|b| b.to_bytes().len()).unwrap_or(0);
+            lines.push(format!("body: {len}"));
+            for (n, v) in trailers.iter().flatten() {
+                lines.push(format!("trailer {n}: {}", v.to_str().unwrap_or("?")));
+            }
+            let mut frames: Vec<Result<Frame<Bytes>, Infallible>> =
+                vec![Ok(Frame::data(Bytes::from(lines.join("\n"))))];
+            if path == "/big" {
+                // 64 MiB, far more than the socket buffers on the way hold.
+                let chunk = Bytes::from(vec![b'b'; 16 * 1024]);
+                let big = futures_util::stream::iter(
+                    (0..4096)
+                        .map(move |_| Ok::<_, Infallible>(Frame::data(chunk.clone()))),
                 );
-                let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(s), svc)
-                    .await;
-            });
-        }
+                let resp = http::Response::new(StreamBody::new(Box::pin(big)
+                    as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>));
+                return Ok::<_, Infallible>(resp);
+            }
+            if path == "/stall" {
+                let stalled = futures_util::stream::iter(frames)
+                    .chain(futures_util::stream::pending());
+                let resp = http::Response::new(StreamBody::new(Box::pin(stalled)
+                    as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>));
+                return Ok::<_, Infallible>(resp);
+            }
+            let mut t = http::HeaderMap::new();
+            t.insert("x-up-trailer", "kept".parse().expect("value"));
+            if !head {
+                frames.push(Ok(Frame::trailers(t)));
+            }
+            let resp = http::Response::builder()
+                .header("x-up", "1")
+                .body(StreamBody::new(Box::pin(futures_util::stream::iter(frames))
+                    as std::pin::Pin<Box<dyn futures_util::Stream<Item = _> + Send>>))
+                .expect("response");
+            Ok::<_, Infallible>(resp)
+        });
+        let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+            .serve_connection(TokioIo::new(s), svc)
+            .await;
     });
     addr
 }

@@ -123,3 +123,18 @@ pub fn proxy_config(
     )
     .expect("a valid proxy config")
 }
+
+/// Serves every connection `l` accepts with `serve`, each on its own task
+/// (test upstreams).
+pub fn accept_loop<F, Fut>(l: tokio::net::TcpListener, serve: F)
+where
+    F: Fn(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(serve(s));
+        }
+    });
+}
