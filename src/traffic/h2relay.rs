@@ -399,10 +399,10 @@ impl Relay<'_> {
             if buf.len() < end {
                 break Ok(());
             }
-            let handled = match side {
+            let handled = self.in_order(side, h).and_then(|()| match side {
                 Side::Client => self.client_frame(h, &buf[at..end], now),
                 Side::Upstream => self.upstream_frame(h, &buf[at..end], now),
-            };
+            });
             if let Err(f) = handled {
                 break Err(f);
             }
@@ -415,6 +415,22 @@ impl Relay<'_> {
         *rest = buf;
         rest.advance(at);
         result
+    }
+
+    /// Frame order rules both sides share: SETTINGS first (§3.4: it
+    /// follows the preface), and nothing between a HEADERS frame and the
+    /// CONTINUATION frames it announced (§6.10).
+    fn in_order(&self, side: Side, h: Head) -> Result<(), Fatal> {
+        let (settings_seen, pending) = match side {
+            Side::Client => (self.client_settings_seen, self.cpending.is_some()),
+            Side::Upstream => (self.upstream_settings_seen, self.upending.is_some()),
+        };
+        let first_ok =
+            settings_seen || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
+        if !first_ok || (pending && h.kind != frame::CONTINUATION) {
+            return Err(side.fatal(code::PROTOCOL_ERROR));
+        }
+        Ok(())
     }
 
     /// HEADERS and CONTINUATION from `side`: a complete header block
@@ -492,15 +508,6 @@ impl Relay<'_> {
     fn client_frame(&mut self, h: Head, frame: &[u8], now: Instant) -> Result<(), Fatal> {
         let err = |c| Err(Fatal::Client(c));
         let payload = &frame[HEADER_LEN..];
-        if !self.client_settings_seen
-            && (h.kind != frame::SETTINGS || h.flags & frame::ACK != 0)
-        {
-            // §3.4: the preface is followed by a SETTINGS frame.
-            return err(code::PROTOCOL_ERROR);
-        }
-        if self.cpending.is_some() && h.kind != frame::CONTINUATION {
-            return err(code::PROTOCOL_ERROR);
-        }
         match h.kind {
             frame::DATA => self.client_data(h, frame, now),
             frame::HEADERS | frame::CONTINUATION => {
@@ -801,14 +808,6 @@ impl Relay<'_> {
     ) -> Result<(), Fatal> {
         let err = |c| Err(Fatal::Upstream(c));
         let payload = &frame[HEADER_LEN..];
-        if !self.upstream_settings_seen
-            && (h.kind != frame::SETTINGS || h.flags & frame::ACK != 0)
-        {
-            return err(code::PROTOCOL_ERROR);
-        }
-        if self.upending.is_some() && h.kind != frame::CONTINUATION {
-            return err(code::PROTOCOL_ERROR);
-        }
         match h.kind {
             frame::DATA => {
                 if h.stream == 0 || !frame::data_padding_ok(h.flags, payload) {

@@ -932,17 +932,15 @@ impl Proxy {
             u32::try_from(cfg.max_header_bytes).unwrap_or(u32::MAX),
         );
 
-        let fast = cfg.fast_path
-            && tls.is_none()
-            && cfg.mode == ProxyMode::Edge
+        // Both fast paths: plain TCP from clients, edge mode, not switched off.
+        let fast_paths = cfg.fast_path && tls.is_none() && cfg.mode == ProxyMode::Edge;
+        let fast = fast_paths
             && super::fast::eligible(
                 [&default_pool, &control_pool, &experiment_pool]
                     .into_iter()
                     .flat_map(|p| p.targets.iter()),
             );
-        let h2relay = cfg.fast_path
-            && tls.is_none()
-            && cfg.mode == ProxyMode::Edge
+        let h2relay = fast_paths
             && super::h2relay::eligible(&default_pool, &control_pool, &experiment_pool);
         let key_header = match &cfg.cohort_key {
             CohortKey::Header(h) => HeaderName::from_bytes(h.as_bytes()).ok(),

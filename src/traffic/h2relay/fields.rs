@@ -69,51 +69,67 @@ fn regular(
     Ok(())
 }
 
+/// Decodes one header section: each pseudo-header goes to `pseudo` (with
+/// whether a regular field came before it), each regular field is checked
+/// and added to `headers`. The first problem wins. Returns the §6.5.2 size.
+fn section(
+    decoder: &mut Decoder,
+    block: &[u8],
+    headers: &mut HeaderMap,
+    mut pseudo: impl FnMut(&[u8], &[u8], bool) -> Option<&'static str>,
+) -> Result<usize, Refused> {
+    let mut size = 0;
+    let mut problem: Option<&'static str> = None;
+    let mut regular_seen = false;
+    decoder
+        .decode(block, |name, value| {
+            size += name.len() + value.len() + 32;
+            if problem.is_some() {
+                return;
+            }
+            if name.first() == Some(&b':') {
+                problem = pseudo(name, value, regular_seen);
+                return;
+            }
+            regular_seen = true;
+            problem = regular(headers, name, value).err();
+        })
+        .map_err(|_| Refused::Compression)?;
+    match problem {
+        Some(p) => Err(Refused::Malformed(p)),
+        None => Ok(size),
+    }
+}
+
 /// Decodes and checks a request header section.
 pub(super) fn request(
     decoder: &mut Decoder,
     block: &[u8],
 ) -> Result<RequestHead, Refused> {
     let mut head = RequestHead::default();
-    let mut problem: Option<&'static str> = None;
-    let mut regular_seen = false;
     let mut method = false;
-    decoder
-        .decode(block, |name, value| {
-            head.size += name.len() + value.len() + 32;
-            if problem.is_some() {
-                return;
-            }
-            if name.first() == Some(&b':') {
-                let slot = match name {
-                    _ if regular_seen => {
-                        return problem = Some("pseudo-header after a field")
-                    }
-                    b":method" if !method => {
-                        method = true;
-                        head.method = value.to_vec();
-                        return;
-                    }
-                    b":scheme" => &mut head.scheme,
-                    b":authority" => &mut head.authority,
-                    b":path" => &mut head.path,
-                    _ => return problem = Some("unknown or repeated pseudo-header"),
-                };
-                if slot.is_some() {
-                    return problem = Some("repeated pseudo-header");
+    let (method_value, scheme, authority, path) =
+        (&mut head.method, &mut head.scheme, &mut head.authority, &mut head.path);
+    head.size =
+        section(decoder, block, &mut head.headers, |name, value, after_field| {
+            let slot = match name {
+                _ if after_field => return Some("pseudo-header after a field"),
+                b":method" if !method => {
+                    method = true;
+                    *method_value = value.to_vec();
+                    return None;
                 }
-                *slot = Some(value.to_vec());
-                return;
+                b":scheme" => &mut *scheme,
+                b":authority" => &mut *authority,
+                b":path" => &mut *path,
+                _ => return Some("unknown or repeated pseudo-header"),
+            };
+            if slot.is_some() {
+                return Some("repeated pseudo-header");
             }
-            regular_seen = true;
-            if let Err(p) = regular(&mut head.headers, name, value) {
-                problem = Some(p);
-            }
-        })
-        .map_err(|_| Refused::Compression)?;
-    if let Some(p) = problem {
-        return Err(Refused::Malformed(p));
-    }
+            *slot = Some(value.to_vec());
+            None
+        })?;
     if !method || head.method.is_empty() {
         return Err(Refused::Malformed("no :method"));
     }
@@ -142,38 +158,22 @@ pub(super) fn response(
     trailers: bool,
 ) -> Result<ResponseHead, Refused> {
     let mut head = ResponseHead::default();
-    let mut problem: Option<&'static str> = None;
-    let mut regular_seen = false;
-    decoder
-        .decode(block, |name, value| {
-            if problem.is_some() {
-                return;
+    let status = &mut head.status;
+    section(decoder, block, &mut head.headers, |name, value, after_field| {
+        if trailers || after_field || status.is_some() {
+            return Some("misplaced pseudo-header");
+        }
+        if name != b":status" {
+            return Some("unknown pseudo-header");
+        }
+        match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+            Some(s @ 100..=999) if value.len() == 3 => {
+                *status = Some(s);
+                None
             }
-            if name.first() == Some(&b':') {
-                problem = if trailers || regular_seen || head.status.is_some() {
-                    Some("misplaced pseudo-header")
-                } else if name != b":status" {
-                    Some("unknown pseudo-header")
-                } else {
-                    match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
-                        Some(s @ 100..=999) if value.len() == 3 => {
-                            head.status = Some(s);
-                            None
-                        }
-                        _ => Some("invalid :status"),
-                    }
-                };
-                return;
-            }
-            regular_seen = true;
-            if let Err(p) = regular(&mut head.headers, name, value) {
-                problem = Some(p);
-            }
-        })
-        .map_err(|_| Refused::Compression)?;
-    if let Some(p) = problem {
-        return Err(Refused::Malformed(p));
-    }
+            _ => Some("invalid :status"),
+        }
+    })?;
     if !trailers && head.status.is_none() {
         return Err(Refused::Malformed("no :status"));
     }
