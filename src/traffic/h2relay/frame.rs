@@ -7,7 +7,7 @@ pub(super) const HEADER_LEN: usize = 9;
 /// The smallest `SETTINGS_MAX_FRAME_SIZE`, and the default.
 pub(super) const DEFAULT_MAX_FRAME: usize = 16_384;
 const MAX_FRAME_LIMIT: u32 = (1 << 24) - 1;
-const MAX_WINDOW: u32 = (1 << 31) - 1;
+pub(super) const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 pub(super) const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
@@ -46,7 +46,6 @@ pub(super) mod setting {
     pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
     pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
-    pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +143,15 @@ pub(super) fn data_padding_ok(flags: u8, payload: &[u8]) -> bool {
         || payload.first().is_some_and(|&pad| usize::from(pad) < payload.len())
 }
 
+/// A DATA payload without its padding (checked by [`data_padding_ok`]).
+pub(super) fn data_body(flags: u8, payload: &[u8]) -> &[u8] {
+    if flags & PADDED == 0 {
+        return payload;
+    }
+    let pad = payload.first().map_or(0, |&p| usize::from(p));
+    payload.get(1..payload.len().saturating_sub(pad)).unwrap_or_default()
+}
+
 /// One setting of a SETTINGS payload (a multiple of six bytes).
 pub(super) fn settings(payload: &[u8]) -> impl Iterator<Item = (u16, u32)> + '_ {
     payload.chunks_exact(6).map(|c| {
@@ -222,6 +230,8 @@ mod tests {
         assert!(data_padding_ok(PADDED, &[1, b'x', 0]));
         assert!(!data_padding_ok(PADDED, &[3, b'x', 0]));
         assert!(!data_padding_ok(PADDED, &[]));
+        assert_eq!(data_body(PADDED, &[1, b'x', 0]), b"x");
+        assert_eq!(data_body(0, &[1, b'x', 0]), &[1, b'x', 0]);
     }
 
     #[test]
