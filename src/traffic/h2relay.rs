@@ -37,7 +37,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{HeaderValue, HOST};
+use http::header::HOST;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
@@ -45,7 +45,7 @@ use tokio::time::Instant;
 
 pub(super) use self::mux::Pools;
 
-use self::fields::{Refused, ResponseHead};
+use self::fields::Refused;
 use self::frame::{code, setting, Head, HEADER_LEN};
 use self::mux::{ClientTx, Open, ToClient, ToUp, UpTx, CONN_WINDOW, CREDIT_STEP, STREAM_WINDOW};
 use super::fast::FaultMode;
@@ -69,6 +69,33 @@ const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
 const MAX_CLIENT_STREAMS: u32 = 128;
 /// Messages from upstream connections handled before the next write.
 const MESSAGE_BATCH: usize = 1024;
+/// Connection credit is returned in steps of at least this much (DATA
+/// is credited as it arrives; a WINDOW_UPDATE per read would cost a write
+/// of its own).
+const CONN_CREDIT_STEP: u32 = CONN_WINDOW / 4;
+
+/// One read into `buf`: how many bytes (0 at the end of the stream).
+/// A read that leaves room in `buf` emptied the socket, so its readiness
+/// is cleared at once; without this, every read that returns data is
+/// followed by one that returns `WouldBlock` (tokio clears readiness only
+/// then). An event that arrives meanwhile is not lost: tokio clears only
+/// the readiness it saw.
+fn read_drained(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = sock.try_read_buf(buf)?;
+        got = n;
+        if n > 0 && n < room {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
 
 /// Whether a proxy with these pools can relay: every target is the same
 /// plain `h2c://` upstream.
@@ -308,7 +335,7 @@ impl Relay<'_> {
         tokio::pin!(sleep);
         let mut armed = self.wake;
         loop {
-            if self.conn_credit > 0 {
+            if self.conn_credit >= CONN_CREDIT_STEP {
                 frame::window_update(&mut self.cout.buf, 0, self.conn_credit);
                 self.recv_window += i64::from(self.conn_credit);
                 self.conn_credit = 0;
@@ -394,7 +421,7 @@ impl Relay<'_> {
         if self.cin.capacity() - self.cin.len() < READ_CHUNK / 4 {
             self.cin.reserve(READ_CHUNK);
         }
-        match self.client.try_read_buf(&mut self.cin) {
+        match read_drained(&self.client, &mut self.cin) {
             Ok(n) if n > 0 => self.frames(Instant::now()),
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
             Ok(_) => {
@@ -783,6 +810,7 @@ impl Relay<'_> {
             client: self.tx.clone(),
             block: request,
             end: end_stream,
+            cohort: assignment.cohort,
             idempotent: matches!(
                 head.method.as_slice(),
                 b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
@@ -823,9 +851,9 @@ impl Relay<'_> {
     /// A message from the stream's upstream connection.
     fn message(&mut self, msg: ToClient, now: Instant) {
         match msg {
-            ToClient::Head { stream, head, end } => {
+            ToClient::Head { stream, status, block, end } => {
                 if let Some(i) = self.find(stream) {
-                    self.response_head(i, head, end, now);
+                    self.response_head(i, status, &block, end, now);
                 }
             }
             ToClient::Data { stream, data, end } => {
@@ -844,14 +872,12 @@ impl Relay<'_> {
                 }
                 self.pump(i, now);
             }
-            ToClient::Trailers { stream, head } => {
+            ToClient::Trailers { stream, block } => {
                 let Some(i) = self.find(stream) else { return };
                 let s = &mut self.streams[i];
                 if s.up_ended {
                     return;
                 }
-                let mut block = Vec::with_capacity(64);
-                fields::encode_map(&mut block, &head.headers);
                 s.end = Some(End::Trailers(block));
                 s.up_ended = true;
                 self.pump(i, now);
@@ -906,32 +932,36 @@ impl Relay<'_> {
             return;
         }
         if !s.upstream_done || !s.client_done {
-            let c = if s.upstream_done { error } else { error.max(code::INTERNAL_ERROR) };
+            // A response cut short is not a clean end, whatever the code.
+            let c = if !s.upstream_done && error == code::NO_ERROR {
+                code::INTERNAL_ERROR
+            } else {
+                error
+            };
             frame::rst_stream(&mut self.cout.buf, id, c);
         }
         self.finish(i, None, now);
     }
 
-    /// A response head from upstream, shaped like the general path's.
-    fn response_head(&mut self, i: usize, mut head: ResponseHead, end_stream: bool, now: Instant) {
+    /// A response head from upstream (already shaped like the general
+    /// path's by its upstream connection).
+    fn response_head(
+        &mut self,
+        i: usize,
+        status: u16,
+        block: &[u8],
+        end_stream: bool,
+        now: Instant,
+    ) {
         let id = self.streams[i].id;
         if self.streams[i].responded {
             return;
         }
-        let status = head.status.unwrap_or(502);
         let informational = (100..200).contains(&status);
-        strip_hop_by_hop(&mut head.headers, false, &COHORT);
-        if let (false, Some(c)) = (informational, self.streams[i].cohort) {
-            head.headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
-        }
-        self.scratch.clear();
         // A response to HEAD ends with its head, as the general path
         // sends it; what the upstream adds after it is dropped.
         let end = end_stream || (!informational && self.streams[i].head_request);
-        let mut digits = [0u8; 3];
-        fields::encode(&mut self.scratch, b":status", status_digits(status, &mut digits));
-        fields::encode_map(&mut self.scratch, &head.headers);
-        frame::header_block(&mut self.cout.buf, id, &self.scratch, end, self.client_max_frame);
+        frame::header_block(&mut self.cout.buf, id, block, end, self.client_max_frame);
         if informational {
             return;
         }

@@ -33,7 +33,8 @@ use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
-use super::fields::{self, Refused, ResponseHead};
+use super::fields::{self, Refused};
+use crate::cohort::{Cohort, COHORT_HEADER};
 use super::frame::{self, code, setting, Head, HEADER_LEN};
 use super::{hpack, Out, CLOSE_FLUSH, HIGH_WATER, READ_CHUNK};
 use crate::traffic::server::{stopped, Shared, DRAIN_TIMEOUT};
@@ -69,6 +70,8 @@ pub(super) struct Open {
     /// It may be sent again after its connection was lost (no response
     /// yet): GET, HEAD, OPTIONS, PUT, DELETE, TRACE.
     pub(super) idempotent: bool,
+    /// Its cohort, named in the response head (as the general path does).
+    pub(super) cohort: Option<Cohort>,
     /// Times it was sent upstream (it is sent again at most once).
     pub(super) attempts: u8,
     /// Times it moved to another connection (a bound against loops).
@@ -90,11 +93,12 @@ pub(super) enum ToUp {
 
 /// From an upstream connection to a client connection.
 pub(super) enum ToClient {
-    /// A response head (final or interim); `end`: no body follows.
-    Head { stream: u32, head: ResponseHead, end: bool },
+    /// A response head (final or interim), encoded for the client and
+    /// shaped like the general path's; `end`: no body follows.
+    Head { stream: u32, status: u16, block: Vec<u8>, end: bool },
     Data { stream: u32, data: Bytes, end: bool },
-    /// Response trailers; they end the response.
-    Trailers { stream: u32, head: ResponseHead },
+    /// Response trailers, encoded; they end the response.
+    Trailers { stream: u32, block: Vec<u8> },
     /// This many request bytes of the stream went upstream.
     Credit { stream: u32, n: u32 },
     /// The stream ended upstream without a complete response:
@@ -145,6 +149,9 @@ impl Pools {
 pub(super) struct Pool {
     conns: Mutex<Vec<Entry>>,
     next_id: AtomicU64,
+    /// The upstream's last MAX_CONCURRENT_STREAMS (0: not known yet),
+    /// assumed for a new connection until its own SETTINGS arrive.
+    known_max: AtomicU32,
 }
 
 struct Entry {
@@ -197,10 +204,9 @@ impl Pool {
             }
         }
         let (tx, rx) = mpsc::unbounded_channel();
-        let load = Arc::new(Load {
-            open: AtomicU32::new(1),
-            max: AtomicU32::new(ASSUMED_MAX_STREAMS),
-        });
+        let known = self.known_max.load(Ordering::Relaxed);
+        let max = if known == 0 { ASSUMED_MAX_STREAMS } else { known };
+        let load = Arc::new(Load { open: AtomicU32::new(1), max: AtomicU32::new(max) });
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         conns.push(Entry { id, tx: tx.clone(), load: load.clone() });
         drop(conns);
@@ -239,6 +245,7 @@ enum End {
 /// A stream on an upstream connection.
 struct UpStream {
     key: u64,
+    cohort: Option<Cohort>,
     client: ClientTx,
     client_stream: u32,
     /// What the upstream lets the relay send on it.
@@ -308,6 +315,7 @@ impl Conn {
         rx: mpsc::UnboundedReceiver<ToUp>,
         shutdown: watch::Receiver<bool>,
     ) -> Conn {
+        let max_streams = load.max.load(Ordering::Relaxed);
         Conn {
             shared,
             pool,
@@ -322,7 +330,7 @@ impl Conn {
             keys: AHashMap::new(),
             waiting: VecDeque::new(),
             next_stream: 1,
-            peer_max_streams: ASSUMED_MAX_STREAMS,
+            peer_max_streams: max_streams,
             peer_initial_window: 65_535,
             peer_max_frame: frame::DEFAULT_MAX_FRAME,
             send_window: 65_535,
@@ -558,6 +566,7 @@ impl Conn {
         frame::header_block(&mut self.out.buf, id, &o.block, o.end, self.peer_max_frame);
         let s = UpStream {
             key: o.key,
+            cohort: o.cohort,
             client: o.client.clone(),
             client_stream: o.stream,
             send_window: self.peer_initial_window,
@@ -699,11 +708,11 @@ impl Conn {
         if self.inb.capacity() - self.inb.len() < READ_CHUNK / 4 {
             self.inb.reserve(READ_CHUNK);
         }
-        match sock.try_read_buf(&mut self.inb) {
+        match super::read_drained(sock, &mut self.inb) {
             Ok(0) => false,
             Ok(_) => match self.frames() {
                 Ok(()) => {
-                    if self.conn_credit > 0 {
+                    if self.conn_credit >= super::CONN_CREDIT_STEP {
                         frame::window_update(&mut self.out.buf, 0, self.conn_credit);
                         self.conn_credit = 0;
                     }
@@ -866,8 +875,9 @@ impl Conn {
             }
             match id {
                 setting::MAX_CONCURRENT_STREAMS => {
-                    self.peer_max_streams = value.min(MAX_STREAMS_CAP);
+                    self.peer_max_streams = value.clamp(1, MAX_STREAMS_CAP);
                     self.load.max.store(self.peer_max_streams, Ordering::Relaxed);
+                    self.pool.known_max.store(self.peer_max_streams, Ordering::Relaxed);
                 }
                 setting::INITIAL_WINDOW_SIZE => {
                     // §6.9.2: the change applies to every open stream.
@@ -979,10 +989,12 @@ impl Conn {
     }
 
     fn header_block(&mut self, id: u32, end: bool, block: &[u8]) -> Result<(), u32> {
-        let trailers = self.streams.get(&id).is_some_and(|s| s.responded);
+        let (trailers, cohort) =
+            self.streams.get(&id).map_or((false, None), |s| (s.responded, s.cohort));
+        let cohort = cohort.map(|c| (COHORT_HEADER.as_bytes(), c.as_str().as_bytes()));
         // Decoded even for streams the relay forgot: the HPACK state
         // follows every block.
-        let decoded = fields::response(&mut self.dec, block, trailers);
+        let decoded = fields::response_encoded(&mut self.dec, block, trailers, cohort);
         let Some(s) = self.streams.get_mut(&id) else {
             return match decoded {
                 Err(Refused::Compression) => Err(code::COMPRESSION_ERROR),
@@ -1008,10 +1020,11 @@ impl Conn {
             return Ok(());
         }
         let stream = s.client_stream;
-        let msg = if trailers {
-            ToClient::Trailers { stream, head }
-        } else {
-            ToClient::Head { stream, head, end }
+        let msg = match head.status {
+            Some(status) if !trailers => {
+                ToClient::Head { stream, status, block: head.block, end }
+            }
+            _ => ToClient::Trailers { stream, block: head.block },
         };
         if !informational {
             s.responded = true;
