@@ -47,7 +47,9 @@ pub(super) use self::mux::Pools;
 
 use self::fields::Refused;
 use self::frame::{code, setting, Head, HEADER_LEN};
-use self::mux::{ClientTx, Open, ToClient, ToUp, UpTx, CONN_WINDOW, CREDIT_STEP, STREAM_WINDOW};
+use self::mux::{
+    ClientTx, Open, ToClient, ToUp, UpTx, CONN_WINDOW, CREDIT_STEP, STREAM_WINDOW,
+};
 use super::fast::FaultMode;
 use super::forwarded::PeerForwarding;
 use super::headers::{check_host, strip_hop_by_hop};
@@ -228,6 +230,13 @@ struct Pending {
     stream: u32,
     end_stream: bool,
     block: Vec<u8>,
+}
+
+/// A complete header block: its stream, END_STREAM, and the block.
+struct Block<'p> {
+    stream: u32,
+    end_stream: bool,
+    bytes: Cow<'p, [u8]>,
 }
 
 /// What ends a response toward the client after its queued body.
@@ -454,7 +463,8 @@ impl Relay<'_> {
             if buf.len() < end {
                 break Ok(());
             }
-            if let Err(c) = self.in_order(h).and_then(|()| self.frame(h, &buf[at..end], now))
+            if let Err(c) =
+                self.in_order(h).and_then(|()| self.frame(h, &buf[at..end], now))
             {
                 break Err(c);
             }
@@ -468,28 +478,29 @@ impl Relay<'_> {
     /// SETTINGS first (§3.4: it follows the preface), and nothing between
     /// a HEADERS frame and the CONTINUATION frames it announced (§6.10).
     fn in_order(&self, h: Head) -> Result<(), u32> {
-        let first_ok =
-            self.settings_seen || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
+        let first_ok = self.settings_seen
+            || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
         if !first_ok || (self.pending.is_some() && h.kind != frame::CONTINUATION) {
             return Err(code::PROTOCOL_ERROR);
         }
         Ok(())
     }
 
-    /// HEADERS and CONTINUATION: a complete header block (stream,
-    /// END_STREAM, block) or `None` while CONTINUATION is due.
+    /// HEADERS and CONTINUATION: a complete header block or `None` while
+    /// CONTINUATION is due.
     fn assemble<'p>(
         &mut self,
         h: Head,
         payload: &'p [u8],
-    ) -> Result<Option<(u32, bool, Cow<'p, [u8]>)>, u32> {
+    ) -> Result<Option<Block<'p>>, u32> {
         let limit = self.block_limit();
         if h.kind == frame::HEADERS {
             let fragment =
                 frame::headers_fragment(h.flags, payload).ok_or(code::PROTOCOL_ERROR)?;
             let end_stream = h.flags & frame::END_STREAM != 0;
             if h.flags & frame::END_HEADERS != 0 {
-                return Ok(Some((h.stream, end_stream, Cow::Borrowed(fragment))));
+                let bytes = Cow::Borrowed(fragment);
+                return Ok(Some(Block { stream: h.stream, end_stream, bytes }));
             }
             self.pending =
                 Some(Pending { stream: h.stream, end_stream, block: fragment.to_vec() });
@@ -504,7 +515,9 @@ impl Relay<'_> {
             return Err(code::ENHANCE_YOUR_CALM);
         }
         if h.flags & frame::END_HEADERS != 0 {
-            return Ok(Some((p.stream, p.end_stream, Cow::Owned(p.block))));
+            let (stream, end_stream, bytes) =
+                (p.stream, p.end_stream, Cow::Owned(p.block));
+            return Ok(Some(Block { stream, end_stream, bytes }));
         }
         self.pending = Some(p);
         Ok(None)
@@ -531,7 +544,7 @@ impl Relay<'_> {
                     return Err(code::PROTOCOL_ERROR);
                 }
                 match self.assemble(h, payload)? {
-                    Some((id, end, block)) => self.client_headers(id, end, &block, now),
+                    Some(b) => self.client_headers(b.stream, b.end_stream, &b.bytes, now),
                     None => Ok(()),
                 }
             }
@@ -620,7 +633,12 @@ impl Relay<'_> {
         Ok(())
     }
 
-    fn window_update(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
+    fn window_update(
+        &mut self,
+        h: Head,
+        payload: &[u8],
+        now: Instant,
+    ) -> Result<(), u32> {
         if h.len != 4 {
             return Err(code::FRAME_SIZE_ERROR);
         }
@@ -1018,11 +1036,23 @@ impl Relay<'_> {
         if s.queue.is_empty() {
             match s.end.take() {
                 Some(End::Data) => {
-                    frame::write_head(&mut self.cout.buf, 0, frame::DATA, frame::END_STREAM, s.id);
+                    frame::write_head(
+                        &mut self.cout.buf,
+                        0,
+                        frame::DATA,
+                        frame::END_STREAM,
+                        s.id,
+                    );
                     s.upstream_done = true;
                 }
                 Some(End::Trailers(block)) => {
-                    frame::header_block(&mut self.cout.buf, s.id, &block, true, self.client_max_frame);
+                    frame::header_block(
+                        &mut self.cout.buf,
+                        s.id,
+                        &block,
+                        true,
+                        self.client_max_frame,
+                    );
                     s.upstream_done = true;
                 }
                 None => {}
@@ -1087,7 +1117,13 @@ impl Relay<'_> {
                 c.as_str().as_bytes(),
             );
         }
-        frame::header_block(&mut self.cout.buf, id, &self.scratch, true, self.client_max_frame);
+        frame::header_block(
+            &mut self.cout.buf,
+            id,
+            &self.scratch,
+            true,
+            self.client_max_frame,
+        );
         if !client_done {
             // §8.1: the response is complete; the request body is not needed.
             frame::rst_stream(&mut self.cout.buf, id, code::NO_ERROR);

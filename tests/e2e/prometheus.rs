@@ -670,7 +670,9 @@ async fn run_promql_experiment(
         if !lost_port || attempt == 3 {
             return (out, max_active);
         }
-        eprintln!("the metrics port was taken by a parallel test; retrying ({attempt}/3)");
+        eprintln!(
+            "the metrics port was taken by a parallel test; retrying ({attempt}/3)"
+        );
     }
     unreachable!("the last attempt returns")
 }

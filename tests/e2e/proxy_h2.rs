@@ -145,7 +145,10 @@ pub(crate) struct Seen {
     pub(crate) trailers: Vec<String>,
 }
 
-pub(crate) async fn exchange(sender: &mut Sender, req: http::Request<Full<Bytes>>) -> Seen {
+pub(crate) async fn exchange(
+    sender: &mut Sender,
+    req: http::Request<Full<Bytes>>,
+) -> Seen {
     sender.ready().await.expect("ready");
     let resp =
         timeout(T, sender.send_request(req)).await.expect("in time").expect("response");

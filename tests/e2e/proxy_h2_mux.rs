@@ -62,7 +62,8 @@ async fn counting_upstream(
                         .await
                         .map(|b| b.to_bytes().len())
                         .unwrap_or(0);
-                    if goaway_after.is_some_and(|n| served.fetch_add(1, Ordering::SeqCst) + 1 == n)
+                    if goaway_after
+                        .is_some_and(|n| served.fetch_add(1, Ordering::SeqCst) + 1 == n)
                     {
                         done.notify_one();
                     }
@@ -118,7 +119,8 @@ async fn client_connections_share_one_upstream_connection() {
             futures_util::future::join_all(calls).await
         });
     }
-    let all: Vec<_> = futures_util::future::join_all(clients).await.into_iter().flatten().collect();
+    let all: Vec<_> =
+        futures_util::future::join_all(clients).await.into_iter().flatten().collect();
     assert_eq!(all.len(), 40);
     for (path, seen) in &all {
         assert_eq!(seen.status, 200, "{path}");
@@ -192,7 +194,11 @@ async fn large_bodies_cross_both_hops_whole() {
         .body(Full::new(Bytes::from(vec![b'u'; 3 * 1024 * 1024 + 7])))
         .expect("request");
     let seen = exchange(&mut c, upload).await;
-    assert!(seen.body.contains(&format!("body: {}", 3 * 1024 * 1024 + 7)), "{}", seen.body);
+    assert!(
+        seen.body.contains(&format!("body: {}", 3 * 1024 * 1024 + 7)),
+        "{}",
+        seen.body
+    );
     c.ready().await.expect("ready");
     let resp = timeout(T, c.send_request(get(addr, "/big")))
         .await
@@ -224,7 +230,9 @@ async fn upstream_goaway_rotates_connections_without_errors() {
         clients.push(async move {
             let mut statuses = Vec::new();
             for i in 0..15 {
-                statuses.push(exchange(&mut sender, get(addr, &format!("/{c}/{i}"))).await.status);
+                statuses.push(
+                    exchange(&mut sender, get(addr, &format!("/{c}/{i}"))).await.status,
+                );
             }
             statuses
         });
@@ -301,7 +309,11 @@ async fn raw_upstream(
                             .find(|(n, _)| n == b":path")
                             .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
                             .unwrap_or_default();
-                        log.lock().expect("log").requests.push((conn, stream, path.clone()));
+                        log.lock().expect("log").requests.push((
+                            conn,
+                            stream,
+                            path.clone(),
+                        ));
                         match script(conn, nth, &path) {
                             Action::Respond => {
                                 let block = r.block(&[(":status", "200")]);
@@ -320,7 +332,11 @@ async fn raw_upstream(
                         }
                         nth += 1;
                     }
-                    3 => log.lock().expect("log").resets.push((conn, stream, code(&payload, 0))),
+                    3 => log.lock().expect("log").resets.push((
+                        conn,
+                        stream,
+                        code(&payload, 0),
+                    )),
                     4 if flags & 1 == 0 => r.send(&frame(4, 1, 0, &[])).await,
                     _ => {}
                 }
@@ -422,11 +438,13 @@ async fn stream_ids_are_remapped_and_resets_reach_the_upstream() {
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let log = log.lock().expect("log");
-    let ids: Vec<(usize, u32, &str)> =
-        log.requests.iter().map(|(c, s, p)| (*c, *s, p.as_str())).collect();
-    assert_eq!(ids, vec![(0, 1, "/a"), (0, 3, "/b")]);
-    assert_eq!(log.resets, vec![(0, 1, 8)], "CANCEL on the upstream's stream 1");
-    drop(log);
+    let (ids, resets) = {
+        let log = log.lock().expect("log");
+        let ids: Vec<(usize, u32, String)> = log.requests.clone();
+        (ids, log.resets.clone())
+    };
+    let want = [(0, 1, "/a"), (0, 3, "/b")].map(|(c, s, p)| (c, s, p.to_string()));
+    assert_eq!(ids, want);
+    assert_eq!(resets, vec![(0, 1, 8)], "CANCEL on the upstream's stream 1");
     h.shutdown().await;
 }

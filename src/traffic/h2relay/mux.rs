@@ -34,9 +34,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::fields::{self, Refused};
-use crate::cohort::{Cohort, COHORT_HEADER};
 use super::frame::{self, code, setting, Head, HEADER_LEN};
 use super::{hpack, Out, CLOSE_FLUSH, HIGH_WATER, READ_CHUNK};
+use crate::cohort::{Cohort, COHORT_HEADER};
 use crate::traffic::server::{stopped, Shared, DRAIN_TIMEOUT};
 
 /// Stream window the relay advertises to both peers (INITIAL_WINDOW_SIZE):
@@ -82,32 +82,65 @@ pub(super) struct Open {
 pub(super) enum ToUp {
     Open(Open),
     /// Request body bytes; `end`: the request ends with them.
-    Data { key: u64, data: Bytes, end: bool },
+    Data {
+        key: u64,
+        data: Bytes,
+        end: bool,
+    },
     /// Request trailers (an encoded block); they end the request.
-    Trailers { key: u64, block: Vec<u8> },
+    Trailers {
+        key: u64,
+        block: Vec<u8>,
+    },
     /// The client took this many response bytes of the stream.
-    Credit { key: u64, n: u32 },
+    Credit {
+        key: u64,
+        n: u32,
+    },
     /// The client connection is done with the stream.
-    Cancel { key: u64 },
+    Cancel {
+        key: u64,
+    },
 }
 
 /// From an upstream connection to a client connection.
 pub(super) enum ToClient {
     /// A response head (final or interim), encoded for the client and
     /// shaped like the general path's; `end`: no body follows.
-    Head { stream: u32, status: u16, block: Vec<u8>, end: bool },
-    Data { stream: u32, data: Bytes, end: bool },
+    Head {
+        stream: u32,
+        status: u16,
+        block: Vec<u8>,
+        end: bool,
+    },
+    Data {
+        stream: u32,
+        data: Bytes,
+        end: bool,
+    },
     /// Response trailers, encoded; they end the response.
-    Trailers { stream: u32, block: Vec<u8> },
+    Trailers {
+        stream: u32,
+        block: Vec<u8>,
+    },
     /// This many request bytes of the stream went upstream.
-    Credit { stream: u32, n: u32 },
+    Credit {
+        stream: u32,
+        n: u32,
+    },
     /// The stream ended upstream without a complete response:
     /// REFUSED_STREAM when it was not processed (the client may retry),
     /// INTERNAL_ERROR when the upstream broke it or the connection was
     /// lost, or the upstream's own RST_STREAM code.
-    Reset { stream: u32, code: u32 },
+    Reset {
+        stream: u32,
+        code: u32,
+    },
     /// The stream moved to another upstream connection.
-    Moved { stream: u32, to: UpTx },
+    Moved {
+        stream: u32,
+        to: UpTx,
+    },
 }
 
 /// A new client connection's part of its stream keys (a stream id is the
@@ -134,13 +167,6 @@ impl Pools {
         let pool = Arc::new(Pool::default());
         all.push((me, pool.clone()));
         pool
-    }
-
-    /// Upstream connections open now, over every thread.
-    #[cfg(test)]
-    pub(super) fn connections(&self) -> usize {
-        let all = self.per_thread.lock().unwrap_or_else(|p| p.into_inner());
-        all.iter().map(|(_, p)| p.len()).sum()
     }
 }
 
@@ -170,11 +196,6 @@ struct Load {
 }
 
 impl Pool {
-    #[cfg(test)]
-    fn len(&self) -> usize {
-        self.conns.lock().unwrap_or_else(|p| p.into_inner()).len()
-    }
-
     /// Hands `open` to a connection with room for it, opening a new one
     /// when none has; returns that connection's sender.
     pub(super) fn open(
@@ -212,7 +233,8 @@ impl Pool {
         drop(conns);
         // The receiver is alive until the task below ends.
         let _ = tx.send(ToUp::Open(open));
-        let conn = Conn::new(shared.clone(), self.clone(), id, load, rx, shutdown.clone());
+        let conn =
+            Conn::new(shared.clone(), self.clone(), id, load, rx, shutdown.clone());
         tokio::spawn(conn.run());
         tx
     }
@@ -348,9 +370,9 @@ impl Conn {
     async fn run(mut self) {
         let target = self.shared.pool_for(None).pick();
         let sock = match target {
-            Some(t) => crate::traffic::upstream::tcp(t, self.shared.connect_timeout())
-                .await
-                .ok(),
+            Some(t) => {
+                crate::traffic::upstream::tcp(t, self.shared.connect_timeout()).await.ok()
+            }
             None => None,
         };
         let Some(sock) = sock else {
@@ -367,10 +389,7 @@ impl Conn {
         self.out.buf.extend_from_slice(frame::PREFACE);
         frame::write_settings(
             &mut self.out.buf,
-            &[
-                (setting::ENABLE_PUSH, 0),
-                (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
-            ],
+            &[(setting::ENABLE_PUSH, 0), (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW)],
         );
         frame::window_update(&mut self.out.buf, 0, CONN_WINDOW - 65_535);
         let mut shutdown = self.shutdown.clone();
@@ -608,9 +627,7 @@ impl Conn {
             if n == 0 {
                 break;
             }
-            let last = n == front.len()
-                && only
-                && matches!(s.end, Some(End::Data));
+            let last = n == front.len() && only && matches!(s.end, Some(End::Data));
             let flags = if last { frame::END_STREAM } else { 0 };
             frame::write_head(&mut self.out.buf, n, frame::DATA, flags, id);
             self.out.buf.extend_from_slice(&front[..n]);
@@ -628,11 +645,23 @@ impl Conn {
         if s.queue.is_empty() && !s.request_sent {
             match s.end.take() {
                 Some(End::Data) => {
-                    frame::write_head(&mut self.out.buf, 0, frame::DATA, frame::END_STREAM, id);
+                    frame::write_head(
+                        &mut self.out.buf,
+                        0,
+                        frame::DATA,
+                        frame::END_STREAM,
+                        id,
+                    );
                     s.request_sent = true;
                 }
                 Some(End::Trailers(block)) => {
-                    frame::header_block(&mut self.out.buf, id, &block, true, self.peer_max_frame);
+                    frame::header_block(
+                        &mut self.out.buf,
+                        id,
+                        &block,
+                        true,
+                        self.peer_max_frame,
+                    );
                     s.request_sent = true;
                 }
                 None => {}
@@ -670,7 +699,9 @@ impl Conn {
     fn end_stream(&mut self, id: u32, code: u32, unprocessed: bool) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let again = match s.retry.take() {
-            Some(o) if !s.responded && o.attempts < 2 && (unprocessed || o.idempotent) => {
+            Some(o)
+                if !s.responded && o.attempts < 2 && (unprocessed || o.idempotent) =>
+            {
                 Some(o)
             }
             _ => None,
@@ -700,7 +731,9 @@ impl Conn {
     }
 
     fn lost(&self, o: Open) {
-        let _ = o.client.send(ToClient::Reset { stream: o.stream, code: code::INTERNAL_ERROR });
+        let _ = o
+            .client
+            .send(ToClient::Reset { stream: o.stream, code: code::INTERNAL_ERROR });
     }
 
     /// One read: `false` when the connection ended.
@@ -773,7 +806,8 @@ impl Conn {
                 if h.len != 4 {
                     return Err(code::FRAME_SIZE_ERROR);
                 }
-                let error = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let error =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
                 let Some(s) = self.streams.get(&h.stream) else { return Ok(()) };
                 if s.response_ended {
                     // The response is complete; the rest of the request
@@ -808,8 +842,9 @@ impl Conn {
                 if h.len < 8 {
                     return Err(code::FRAME_SIZE_ERROR);
                 }
-                let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                    & 0x7fff_ffff;
+                let last =
+                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff;
                 let above: Vec<u32> =
                     self.streams.keys().copied().filter(|&id| id > last).collect();
                 for id in above {
@@ -844,7 +879,11 @@ impl Conn {
                 } else if let Some(s) = self.streams.get_mut(&h.stream) {
                     s.send_window += n;
                     if s.send_window > i64::from(frame::MAX_WINDOW) {
-                        frame::rst_stream(&mut self.out.buf, h.stream, code::FLOW_CONTROL_ERROR);
+                        frame::rst_stream(
+                            &mut self.out.buf,
+                            h.stream,
+                            code::FLOW_CONTROL_ERROR,
+                        );
                         self.end_stream(h.stream, code::INTERNAL_ERROR, false);
                     } else {
                         self.pump(h.stream);
@@ -962,8 +1001,11 @@ impl Conn {
                 frame::headers_fragment(h.flags, payload).ok_or(code::PROTOCOL_ERROR)?;
             let end = h.flags & frame::END_STREAM != 0;
             if h.flags & frame::END_HEADERS == 0 {
-                self.pending =
-                    Some(Pending { stream: h.stream, end_stream: end, block: fragment.to_vec() });
+                self.pending = Some(Pending {
+                    stream: h.stream,
+                    end_stream: end,
+                    block: fragment.to_vec(),
+                });
                 return Ok(());
             }
             (stream, end_stream) = (h.stream, end);
