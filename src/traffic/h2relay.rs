@@ -24,13 +24,12 @@
 //! edge mode, whose every pool is the same single `h2c://` target.
 
 mod fields;
+mod flow;
 pub(crate) mod frame;
 mod hpack;
 mod huffman;
 mod mux;
 
-use std::borrow::Cow;
-use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
@@ -46,7 +45,8 @@ use tokio::time::Instant;
 pub(super) use self::mux::Pools;
 
 use self::fields::Refused;
-use self::frame::{code, setting, Head, HEADER_LEN};
+use self::flow::{Body, End, Room};
+use self::frame::{code, setting, Head};
 use self::mux::{
     ClientTx, Open, ToClient, ToUp, UpTx, CONN_WINDOW, CREDIT_STEP, STREAM_WINDOW,
 };
@@ -163,7 +163,7 @@ pub(super) async fn serve(
         dec: new_decoder(),
         streams: Vec::new(),
         last_client: 0,
-        pending: None,
+        blocks: frame::Blocks::default(),
         client_may_send: frame::DEFAULT_MAX_FRAME,
         client_max_frame: frame::DEFAULT_MAX_FRAME,
         settings_seen: false,
@@ -225,26 +225,6 @@ impl Out {
     }
 }
 
-/// A header block still waiting for its CONTINUATION frames.
-struct Pending {
-    stream: u32,
-    end_stream: bool,
-    block: Vec<u8>,
-}
-
-/// A complete header block: its stream, END_STREAM, and the block.
-struct Block<'p> {
-    stream: u32,
-    end_stream: bool,
-    bytes: Cow<'p, [u8]>,
-}
-
-/// What ends a response toward the client after its queued body.
-enum End {
-    Data,
-    Trailers(Vec<u8>),
-}
-
 /// A stream forwarded upstream and not finished on both sides.
 struct Stream {
     id: u32,
@@ -275,9 +255,8 @@ struct Stream {
     send_window: i64,
     /// What the relay still lets the client send on it.
     recv_window: i64,
-    /// Response bytes waiting for the client's windows.
-    queue: VecDeque<Bytes>,
-    end: Option<End>,
+    /// The response body toward the client.
+    body: Body,
     /// Reset toward the client once the queued response is out.
     reset_after: Option<u32>,
     /// Response bytes written to the client and not yet credited upstream.
@@ -303,7 +282,7 @@ struct Relay<'a> {
     streams: Vec<Stream>,
     /// Highest stream id the client opened.
     last_client: u32,
-    pending: Option<Pending>,
+    blocks: frame::Blocks,
     /// Largest frame the client may send (the relay's MAX_FRAME_SIZE).
     client_may_send: usize,
     /// Largest frame the relay may send the client.
@@ -449,78 +428,13 @@ impl Relay<'_> {
     /// Handles every complete frame buffered from the client: `Err` with
     /// a connection error's code (RFC 9113 §5.4.1).
     fn frames(&mut self, now: Instant) -> Result<(), u32> {
-        let buf = std::mem::take(&mut self.cin);
-        let mut at = 0;
-        let result = loop {
-            if buf.len() - at < HEADER_LEN {
-                break Ok(());
-            }
-            let h = frame::parse_head(&buf[at..]);
-            if h.len > self.client_may_send {
-                break Err(code::FRAME_SIZE_ERROR);
-            }
-            let end = at + HEADER_LEN + h.len;
-            if buf.len() < end {
-                break Ok(());
-            }
-            if let Err(c) =
-                self.in_order(h).and_then(|()| self.frame(h, &buf[at..end], now))
-            {
-                break Err(c);
-            }
-            at = end;
-        };
+        let mut buf = std::mem::take(&mut self.cin);
+        let result = frame::each(&mut buf, self.client_may_send, |h, payload| {
+            frame::in_order(self.settings_seen, self.blocks.continuation_due(), h)?;
+            self.frame(h, payload, now)
+        });
         self.cin = buf;
-        self.cin.advance(at);
         result
-    }
-
-    /// SETTINGS first (§3.4: it follows the preface), and nothing between
-    /// a HEADERS frame and the CONTINUATION frames it announced (§6.10).
-    fn in_order(&self, h: Head) -> Result<(), u32> {
-        let first_ok = self.settings_seen
-            || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
-        if !first_ok || (self.pending.is_some() && h.kind != frame::CONTINUATION) {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        Ok(())
-    }
-
-    /// HEADERS and CONTINUATION: a complete header block or `None` while
-    /// CONTINUATION is due.
-    fn assemble<'p>(
-        &mut self,
-        h: Head,
-        payload: &'p [u8],
-    ) -> Result<Option<Block<'p>>, u32> {
-        let limit = self.block_limit();
-        if h.kind == frame::HEADERS {
-            let fragment =
-                frame::headers_fragment(h.flags, payload).ok_or(code::PROTOCOL_ERROR)?;
-            let end_stream = h.flags & frame::END_STREAM != 0;
-            if h.flags & frame::END_HEADERS != 0 {
-                let bytes = Cow::Borrowed(fragment);
-                return Ok(Some(Block { stream: h.stream, end_stream, bytes }));
-            }
-            self.pending =
-                Some(Pending { stream: h.stream, end_stream, block: fragment.to_vec() });
-            return Ok(None);
-        }
-        let mut p = self.pending.take().ok_or(code::PROTOCOL_ERROR)?;
-        if p.stream != h.stream {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        p.block.extend_from_slice(payload);
-        if p.block.len() > limit {
-            return Err(code::ENHANCE_YOUR_CALM);
-        }
-        if h.flags & frame::END_HEADERS != 0 {
-            let (stream, end_stream, bytes) =
-                (p.stream, p.end_stream, Cow::Owned(p.block));
-            return Ok(Some(Block { stream, end_stream, bytes }));
-        }
-        self.pending = Some(p);
-        Ok(None)
     }
 
     fn find(&self, id: u32) -> Option<usize> {
@@ -533,8 +447,7 @@ impl Relay<'_> {
         (self.shared.max_header_bytes() * 4).max(64 * 1024)
     }
 
-    fn frame(&mut self, h: Head, frame: &[u8], now: Instant) -> Result<(), u32> {
-        let payload = &frame[HEADER_LEN..];
+    fn frame(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
         match h.kind {
             frame::DATA => self.client_data(h, payload, now),
             frame::HEADERS | frame::CONTINUATION => {
@@ -543,7 +456,7 @@ impl Relay<'_> {
                 {
                     return Err(code::PROTOCOL_ERROR);
                 }
-                match self.assemble(h, payload)? {
+                match self.blocks.feed(h, payload, self.block_limit())? {
                     Some(b) => self.client_headers(b.stream, b.end_stream, &b.bytes, now),
                     None => Ok(()),
                 }
@@ -567,26 +480,9 @@ impl Relay<'_> {
                 Ok(())
             }
             frame::SETTINGS => self.settings(h, payload, now),
-            frame::PING => {
-                if h.stream != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if h.len != 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                if h.flags & frame::ACK == 0 {
-                    frame::write_head(&mut self.cout.buf, 8, frame::PING, frame::ACK, 0);
-                    self.cout.buf.extend_from_slice(payload);
-                }
-                Ok(())
-            }
+            frame::PING => frame::answer_ping(h, payload, &mut self.cout.buf),
             frame::GOAWAY => {
-                if h.stream != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if h.len < 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
+                frame::read_goaway(h, payload)?;
                 self.draining = true;
                 self.check_drained(now);
                 Ok(())
@@ -601,32 +497,18 @@ impl Relay<'_> {
     /// The client's SETTINGS: acknowledged; its window and frame size
     /// bound what the relay sends it.
     fn settings(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
-        if h.stream != 0 {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        if h.flags & frame::ACK != 0 {
-            return if h.len == 0 { Ok(()) } else { Err(code::FRAME_SIZE_ERROR) };
-        }
-        if !h.len.is_multiple_of(6) {
-            return Err(code::FRAME_SIZE_ERROR);
-        }
+        let Some(set) = frame::read_settings(h, payload)? else { return Ok(()) };
         self.settings_seen = true;
-        for (id, value) in frame::settings(payload) {
-            if let Some(c) = frame::check_setting(id, value) {
-                return Err(c);
+        if let Some(w) = set.initial_window {
+            // §6.9.2: the change applies to every open stream.
+            let delta = i64::from(w) - self.client_initial_window;
+            self.client_initial_window = i64::from(w);
+            for s in &mut self.streams {
+                s.send_window += delta;
             }
-            match id {
-                setting::INITIAL_WINDOW_SIZE => {
-                    // §6.9.2: the change applies to every open stream.
-                    let delta = i64::from(value) - self.client_initial_window;
-                    self.client_initial_window = i64::from(value);
-                    for s in &mut self.streams {
-                        s.send_window += delta;
-                    }
-                }
-                setting::MAX_FRAME_SIZE => self.client_max_frame = value as usize,
-                _ => {}
-            }
+        }
+        if let Some(m) = set.max_frame {
+            self.client_max_frame = m;
         }
         frame::write_head(&mut self.cout.buf, 0, frame::SETTINGS, frame::ACK, 0);
         self.pump_all(now);
@@ -855,8 +737,7 @@ impl Relay<'_> {
             upstream_seen: now,
             send_window: self.client_initial_window,
             recv_window: i64::from(STREAM_WINDOW),
-            queue: VecDeque::new(),
-            end: None,
+            body: Body::default(),
             reset_after: None,
             credit_up: 0,
         });
@@ -881,11 +762,9 @@ impl Relay<'_> {
                     return;
                 }
                 s.upstream_seen = now;
-                if !data.is_empty() {
-                    s.queue.push_back(data);
-                }
+                s.body.push(data);
                 if end {
-                    s.end = Some(End::Data);
+                    s.body.end(End::Data);
                     s.up_ended = true;
                 }
                 self.pump(i, now);
@@ -896,7 +775,7 @@ impl Relay<'_> {
                 if s.up_ended {
                     return;
                 }
-                s.end = Some(End::Trailers(block));
+                s.body.end(End::Trailers(block));
                 s.up_ended = true;
                 self.pump(i, now);
             }
@@ -942,7 +821,7 @@ impl Relay<'_> {
             }
             return;
         }
-        if error == code::NO_ERROR && s.end.is_some() {
+        if error == code::NO_ERROR && s.body.end_waiting() {
             // After a complete response (§8.1): the request body is not
             // wanted; said once the response is out.
             s.reset_after = Some(error);
@@ -1005,58 +884,18 @@ impl Relay<'_> {
     /// response, then its end.
     fn pump(&mut self, i: usize, now: Instant) {
         let s = &mut self.streams[i];
-        while !s.queue.is_empty() {
-            let only = s.queue.len() == 1;
-            let Some(front) = s.queue.front_mut() else { break };
-            if self.cout.len() >= HIGH_WATER {
-                self.starved = true;
-                break;
-            }
-            let room = s.send_window.min(self.send_window).max(0) as usize;
-            let n = front.len().min(room).min(self.client_max_frame);
-            if n == 0 {
-                break;
-            }
-            let last = n == front.len() && only && matches!(s.end, Some(End::Data));
-            let flags = if last { frame::END_STREAM } else { 0 };
-            frame::write_head(&mut self.cout.buf, n, frame::DATA, flags, s.id);
-            self.cout.buf.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                s.queue.pop_front();
-            }
-            s.send_window -= n as i64;
-            self.send_window -= n as i64;
-            s.credit_up += n as u32;
-            if last {
-                s.end = None;
-                s.upstream_done = true;
-            }
+        let room = Room {
+            stream: &mut s.send_window,
+            conn: &mut self.send_window,
+            max_frame: self.client_max_frame,
+            out_limit: HIGH_WATER,
+        };
+        s.credit_up += s.body.write(&mut self.cout.buf, s.id, room);
+        if s.body.waiting() && self.cout.len() >= HIGH_WATER {
+            self.starved = true;
         }
-        if s.queue.is_empty() {
-            match s.end.take() {
-                Some(End::Data) => {
-                    frame::write_head(
-                        &mut self.cout.buf,
-                        0,
-                        frame::DATA,
-                        frame::END_STREAM,
-                        s.id,
-                    );
-                    s.upstream_done = true;
-                }
-                Some(End::Trailers(block)) => {
-                    frame::header_block(
-                        &mut self.cout.buf,
-                        s.id,
-                        &block,
-                        true,
-                        self.client_max_frame,
-                    );
-                    s.upstream_done = true;
-                }
-                None => {}
-            }
+        if s.body.ended {
+            s.upstream_done = true;
         }
         // Credit in steps; the rest of an ended response need not be.
         if s.credit_up >= CREDIT_STEP && !s.up_ended {
@@ -1077,12 +916,8 @@ impl Relay<'_> {
 
     /// [`Self::pump`] for every stream with a queued response.
     fn pump_all(&mut self, now: Instant) {
-        let ids: Vec<u32> = self
-            .streams
-            .iter()
-            .filter(|s| !s.queue.is_empty() || s.end.is_some())
-            .map(|s| s.id)
-            .collect();
+        let ids: Vec<u32> =
+            self.streams.iter().filter(|s| s.body.waiting()).map(|s| s.id).collect();
         for id in ids {
             if let Some(i) = self.find(id) {
                 self.pump(i, now);

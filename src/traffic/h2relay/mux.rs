@@ -28,13 +28,14 @@ use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
 
 use ahash::AHashMap;
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
 use super::fields::{self, Refused};
-use super::frame::{self, code, setting, Head, HEADER_LEN};
+use super::flow::{Body, End, Room};
+use super::frame::{self, code, setting, Head};
 use super::{hpack, Out, CLOSE_FLUSH, HIGH_WATER, READ_CHUNK};
 use crate::cohort::{Cohort, COHORT_HEADER};
 use crate::traffic::server::{stopped, Shared, DRAIN_TIMEOUT};
@@ -257,13 +258,6 @@ impl Pool {
     }
 }
 
-/// What ends the request side of an upstream stream after its queued
-/// body.
-enum End {
-    Data,
-    Trailers(Vec<u8>),
-}
-
 /// A stream on an upstream connection.
 struct UpStream {
     key: u64,
@@ -272,10 +266,8 @@ struct UpStream {
     client_stream: u32,
     /// What the upstream lets the relay send on it.
     send_window: i64,
-    queue: VecDeque<Bytes>,
-    end: Option<End>,
-    /// The request's END_STREAM went upstream.
-    request_sent: bool,
+    /// The request body toward the upstream (`ended`: its end went out).
+    body: Body,
     /// What the relay still lets the upstream send on it.
     recv_window: i64,
     /// Response bytes handed on and not yet credited to the upstream.
@@ -288,13 +280,6 @@ struct UpStream {
     retry: Option<Open>,
 }
 
-/// A header block waiting for its CONTINUATION frames.
-struct Pending {
-    stream: u32,
-    end_stream: bool,
-    block: Vec<u8>,
-}
-
 /// One upstream connection and its streams.
 struct Conn {
     shared: Arc<Shared>,
@@ -305,7 +290,7 @@ struct Conn {
     inb: BytesMut,
     out: Out,
     dec: hpack::Decoder,
-    pending: Option<Pending>,
+    blocks: frame::Blocks,
     streams: AHashMap<u32, UpStream>,
     keys: AHashMap<u64, u32>,
     /// Opens beyond the upstream's MAX_CONCURRENT_STREAMS.
@@ -347,7 +332,7 @@ impl Conn {
             inb: BytesMut::with_capacity(READ_CHUNK),
             out: Out::default(),
             dec: super::new_decoder(),
-            pending: None,
+            blocks: frame::Blocks::default(),
             streams: AHashMap::new(),
             keys: AHashMap::new(),
             waiting: VecDeque::new(),
@@ -535,18 +520,16 @@ impl Conn {
             }
             ToUp::Data { key, data, end } => {
                 let Some(s) = self.stream_of(key) else { return };
-                if !data.is_empty() {
-                    s.queue.push_back(data);
-                }
+                s.body.push(data);
                 if end {
-                    s.end = Some(End::Data);
+                    s.body.end(End::Data);
                 }
                 s.retry = None;
                 self.pump_key(key);
             }
             ToUp::Trailers { key, block } => {
                 let Some(s) = self.stream_of(key) else { return };
-                s.end = Some(End::Trailers(block));
+                s.body.end(End::Trailers(block));
                 s.retry = None;
                 self.pump_key(key);
             }
@@ -589,9 +572,7 @@ impl Conn {
             client: o.client.clone(),
             client_stream: o.stream,
             send_window: self.peer_initial_window,
-            queue: VecDeque::new(),
-            end: None,
-            request_sent: o.end,
+            body: if o.end { Body::ended() } else { Body::default() },
             recv_window: i64::from(STREAM_WINDOW),
             responded: false,
             response_ended: false,
@@ -616,63 +597,22 @@ impl Conn {
 
     fn pump(&mut self, id: u32) {
         let Some(s) = self.streams.get_mut(&id) else { return };
-        if s.request_sent {
+        if s.body.ended {
             return;
         }
-        while !s.queue.is_empty() {
-            let only = s.queue.len() == 1;
-            let Some(front) = s.queue.front_mut() else { break };
-            let room = s.send_window.min(self.send_window).max(0) as usize;
-            let n = front.len().min(room).min(self.peer_max_frame);
-            if n == 0 {
-                break;
-            }
-            let last = n == front.len() && only && matches!(s.end, Some(End::Data));
-            let flags = if last { frame::END_STREAM } else { 0 };
-            frame::write_head(&mut self.out.buf, n, frame::DATA, flags, id);
-            self.out.buf.extend_from_slice(&front[..n]);
-            front.advance(n);
-            if front.is_empty() {
-                s.queue.pop_front();
-            }
-            s.send_window -= n as i64;
-            self.send_window -= n as i64;
-            s.client_credit += n as u32;
-            if last {
-                s.request_sent = true;
-            }
-        }
-        if s.queue.is_empty() && !s.request_sent {
-            match s.end.take() {
-                Some(End::Data) => {
-                    frame::write_head(
-                        &mut self.out.buf,
-                        0,
-                        frame::DATA,
-                        frame::END_STREAM,
-                        id,
-                    );
-                    s.request_sent = true;
-                }
-                Some(End::Trailers(block)) => {
-                    frame::header_block(
-                        &mut self.out.buf,
-                        id,
-                        &block,
-                        true,
-                        self.peer_max_frame,
-                    );
-                    s.request_sent = true;
-                }
-                None => {}
-            }
-        }
+        let room = Room {
+            stream: &mut s.send_window,
+            conn: &mut self.send_window,
+            max_frame: self.peer_max_frame,
+            out_limit: usize::MAX,
+        };
+        s.client_credit += s.body.write(&mut self.out.buf, id, room);
         // Credit in steps; what is left of a finished body need not be.
-        if s.client_credit >= CREDIT_STEP && !s.request_sent {
+        if s.client_credit >= CREDIT_STEP && !s.body.ended {
             let n = std::mem::take(&mut s.client_credit);
             let _ = s.client.send(ToClient::Credit { stream: s.client_stream, n });
         }
-        if s.request_sent && s.response_ended {
+        if s.body.ended && s.response_ended {
             self.remove(id);
         }
     }
@@ -764,37 +704,17 @@ impl Conn {
 
     /// Every complete frame read: `Err` with a connection error's code.
     fn frames(&mut self) -> Result<(), u32> {
-        let buf = std::mem::take(&mut self.inb);
-        let mut at = 0;
-        let result = loop {
-            if buf.len() - at < HEADER_LEN {
-                break Ok(());
-            }
-            let h = frame::parse_head(&buf[at..]);
-            // The relay never raises MAX_FRAME_SIZE from its default.
-            if h.len > frame::DEFAULT_MAX_FRAME {
-                break Err(code::FRAME_SIZE_ERROR);
-            }
-            let end = at + HEADER_LEN + h.len;
-            if buf.len() < end {
-                break Ok(());
-            }
-            if let Err(c) = self.frame(h, &buf[at + HEADER_LEN..end]) {
-                break Err(c);
-            }
-            at = end;
-        };
+        let mut buf = std::mem::take(&mut self.inb);
+        // The relay never raises MAX_FRAME_SIZE from its default.
+        let result = frame::each(&mut buf, frame::DEFAULT_MAX_FRAME, |h, payload| {
+            self.frame(h, payload)
+        });
         self.inb = buf;
-        self.inb.advance(at);
         result
     }
 
     fn frame(&mut self, h: Head, payload: &[u8]) -> Result<(), u32> {
-        let first_ok = self.settings_seen
-            || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
-        if !first_ok || (self.pending.is_some() && h.kind != frame::CONTINUATION) {
-            return Err(code::PROTOCOL_ERROR);
-        }
+        frame::in_order(self.settings_seen, self.blocks.continuation_due(), h)?;
         match h.kind {
             frame::DATA => self.data(h, payload),
             frame::HEADERS | frame::CONTINUATION => self.headers(h, payload),
@@ -822,29 +742,9 @@ impl Conn {
                 Ok(())
             }
             frame::SETTINGS => self.settings(h, payload),
-            frame::PING => {
-                if h.stream != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if h.len != 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                if h.flags & frame::ACK == 0 {
-                    frame::write_head(&mut self.out.buf, 8, frame::PING, frame::ACK, 0);
-                    self.out.buf.extend_from_slice(payload);
-                }
-                Ok(())
-            }
+            frame::PING => frame::answer_ping(h, payload, &mut self.out.buf),
             frame::GOAWAY => {
-                if h.stream != 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if h.len < 8 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                let last =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff;
+                let last = frame::read_goaway(h, payload)?;
                 let above: Vec<u32> =
                     self.streams.keys().copied().filter(|&id| id > last).collect();
                 for id in above {
@@ -870,7 +770,7 @@ impl Conn {
                     let ids: Vec<u32> = self
                         .streams
                         .iter()
-                        .filter(|(_, s)| !s.queue.is_empty() || s.end.is_some())
+                        .filter(|(_, s)| s.body.waiting())
                         .map(|(id, _)| *id)
                         .collect();
                     for id in ids {
@@ -898,37 +798,23 @@ impl Conn {
     }
 
     fn settings(&mut self, h: Head, payload: &[u8]) -> Result<(), u32> {
-        if h.stream != 0 {
-            return Err(code::PROTOCOL_ERROR);
-        }
-        if h.flags & frame::ACK != 0 {
-            return if h.len == 0 { Ok(()) } else { Err(code::FRAME_SIZE_ERROR) };
-        }
-        if !h.len.is_multiple_of(6) {
-            return Err(code::FRAME_SIZE_ERROR);
-        }
+        let Some(set) = frame::read_settings(h, payload)? else { return Ok(()) };
         self.settings_seen = true;
-        for (id, value) in frame::settings(payload) {
-            if let Some(c) = frame::check_setting(id, value) {
-                return Err(c);
+        if let Some(m) = set.max_streams {
+            self.peer_max_streams = m.clamp(1, MAX_STREAMS_CAP);
+            self.load.max.store(self.peer_max_streams, Ordering::Relaxed);
+            self.pool.known_max.store(self.peer_max_streams, Ordering::Relaxed);
+        }
+        if let Some(w) = set.initial_window {
+            // §6.9.2: the change applies to every open stream.
+            let delta = i64::from(w) - self.peer_initial_window;
+            self.peer_initial_window = i64::from(w);
+            for s in self.streams.values_mut() {
+                s.send_window += delta;
             }
-            match id {
-                setting::MAX_CONCURRENT_STREAMS => {
-                    self.peer_max_streams = value.clamp(1, MAX_STREAMS_CAP);
-                    self.load.max.store(self.peer_max_streams, Ordering::Relaxed);
-                    self.pool.known_max.store(self.peer_max_streams, Ordering::Relaxed);
-                }
-                setting::INITIAL_WINDOW_SIZE => {
-                    // §6.9.2: the change applies to every open stream.
-                    let delta = i64::from(value) - self.peer_initial_window;
-                    self.peer_initial_window = i64::from(value);
-                    for s in self.streams.values_mut() {
-                        s.send_window += delta;
-                    }
-                }
-                setting::MAX_FRAME_SIZE => self.peer_max_frame = value as usize,
-                _ => {}
-            }
+        }
+        if let Some(m) = set.max_frame {
+            self.peer_max_frame = m;
         }
         frame::write_head(&mut self.out.buf, 0, frame::SETTINGS, frame::ACK, 0);
         let ids: Vec<u32> = self.streams.keys().copied().collect();
@@ -983,7 +869,7 @@ impl Conn {
         }
         if end {
             s.response_ended = true;
-            if s.request_sent {
+            if s.body.ended {
                 self.remove(h.stream);
             }
         }
@@ -991,43 +877,14 @@ impl Conn {
     }
 
     fn headers(&mut self, h: Head, payload: &[u8]) -> Result<(), u32> {
+        if h.kind == frame::HEADERS && h.stream == 0 {
+            return Err(code::PROTOCOL_ERROR);
+        }
         let limit = (self.shared.max_header_bytes() * 4).max(64 * 1024);
-        let (stream, end_stream, owned);
-        let block: &[u8] = if h.kind == frame::HEADERS {
-            if h.stream == 0 {
-                return Err(code::PROTOCOL_ERROR);
-            }
-            let fragment =
-                frame::headers_fragment(h.flags, payload).ok_or(code::PROTOCOL_ERROR)?;
-            let end = h.flags & frame::END_STREAM != 0;
-            if h.flags & frame::END_HEADERS == 0 {
-                self.pending = Some(Pending {
-                    stream: h.stream,
-                    end_stream: end,
-                    block: fragment.to_vec(),
-                });
-                return Ok(());
-            }
-            (stream, end_stream) = (h.stream, end);
-            fragment
-        } else {
-            let mut p = self.pending.take().ok_or(code::PROTOCOL_ERROR)?;
-            if p.stream != h.stream {
-                return Err(code::PROTOCOL_ERROR);
-            }
-            p.block.extend_from_slice(payload);
-            if p.block.len() > limit {
-                return Err(code::ENHANCE_YOUR_CALM);
-            }
-            if h.flags & frame::END_HEADERS == 0 {
-                self.pending = Some(p);
-                return Ok(());
-            }
-            (stream, end_stream) = (p.stream, p.end_stream);
-            owned = p.block;
-            &owned
-        };
-        self.header_block(stream, end_stream, block)
+        match self.blocks.feed(h, payload, limit)? {
+            Some(b) => self.header_block(b.stream, b.end_stream, &b.bytes),
+            None => Ok(()),
+        }
     }
 
     fn header_block(&mut self, id: u32, end: bool, block: &[u8]) -> Result<(), u32> {
@@ -1079,7 +936,7 @@ impl Conn {
         }
         if end {
             s.response_ended = true;
-            if s.request_sent {
+            if s.body.ended {
                 self.remove(id);
             }
         }
