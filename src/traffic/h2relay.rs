@@ -1,22 +1,21 @@
 //! The HTTP/2 relay: an HTTP/2 client connection (prior knowledge) in
-//! front of an `h2c://` upstream is served by one loop that relays frames
-//! between the client and its own upstream connection, instead of hyper's
-//! HTTP/2 server and client (a task, a channel and a header map round trip
-//! per stream, about twice HAProxy's CPU per request; docs/proxy.md).
+//! front of an `h2c://` upstream is served by one loop that relays its
+//! streams onto HTTP/2 connections to the upstream shared by every client
+//! connection of the worker thread ([`mux`]), instead of hyper's HTTP/2
+//! server and client (a task, a channel and a header map round trip per
+//! stream, about twice HAProxy's CPU per request; docs/proxy.md).
 //!
-//! The two connections are one-to-one and stream ids are the same on both,
-//! so flow control passes through end to end: DATA, WINDOW_UPDATE, PING,
-//! RST_STREAM and GOAWAY frames are forwarded as they are, and SETTINGS
-//! with what concerns only one hop removed (header table size, push,
-//! extended CONNECT). Header sections are decoded (a per-side HPACK
-//! decoder), checked against RFC 9113 §8.2–8.3, shaped by the general
-//! path's own functions (hop-by-hop headers, forwarding headers, cohort
-//! header and baggage, `:authority`) and re-encoded without the dynamic
-//! table ([`fields`]). Timeouts are the general path's: upstream head,
-//! request and response body idle, idle connection. A DATA frame the relay
-//! does not forward is credited back to its sender's connection window,
-//! and every answer the relay makes itself (400, 431, 502, 504, 408) is a
-//! header-only response, so the windows of the two hops stay equal.
+//! Flow control is per hop: the relay advertises its own windows to the
+//! client, returns connection credit as DATA arrives and stream credit as
+//! the upstream connection sends the bytes on; response bytes go to the
+//! client within the client's windows and are credited upstream as they
+//! are written. PING and SETTINGS are answered by the relay. Header
+//! sections are decoded, checked against RFC 9113 §8.2–8.3, shaped by the
+//! general path's own functions (hop-by-hop headers, forwarding headers,
+//! cohort header and baggage, `:authority`) and re-encoded without the
+//! dynamic table ([`fields`]). Timeouts are the general path's: upstream
+//! head, request and response body idle, idle connection. Every answer
+//! the relay makes itself (400, 431, 502, 504, 408) is header-only.
 //!
 //! It serves only while no HTTP fault is enabled. A stream that arrives
 //! while one is gets REFUSED_STREAM after a GOAWAY: nothing was processed,
@@ -25,25 +24,32 @@
 //! edge mode, whose every pool is the same single `h2c://` target.
 
 mod fields;
+mod flow;
 pub(crate) mod frame;
 mod hpack;
 mod huffman;
+mod mux;
 
-use std::borrow::Cow;
 use std::net::SocketAddr;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
-use bytes::{Buf, BytesMut};
-use http::header::{HeaderValue, HOST};
+use bytes::{Buf, Bytes, BytesMut};
+use http::header::HOST;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::time::Instant;
 
+pub(super) use self::mux::Pools;
+
 use self::fields::Refused;
-use self::frame::{code, setting, Head, HEADER_LEN};
+use self::flow::{Body, End, Room};
+use self::frame::{code, setting, Head};
+use self::mux::{
+    ClientTx, Open, ToClient, ToUp, UpTx, CONN_WINDOW, CREDIT_STEP, STREAM_WINDOW,
+};
 use super::fast::FaultMode;
 use super::forwarded::PeerForwarding;
 use super::headers::{check_host, strip_hop_by_hop};
@@ -61,6 +67,37 @@ const HIGH_WATER: usize = 1 << 20;
 const READ_CHUNK: usize = 64 * 1024;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_FLUSH: std::time::Duration = std::time::Duration::from_secs(1);
+/// Streams a client may have open at once (MAX_CONCURRENT_STREAMS).
+const MAX_CLIENT_STREAMS: u32 = 128;
+/// Messages from upstream connections handled before the next write.
+const MESSAGE_BATCH: usize = 1024;
+/// Connection credit is returned in steps of at least this much (DATA
+/// is credited as it arrives; a WINDOW_UPDATE per read would cost a write
+/// of its own).
+const CONN_CREDIT_STEP: u32 = CONN_WINDOW / 4;
+
+/// One read into `buf`: how many bytes (0 at the end of the stream).
+/// A read that leaves room in `buf` emptied the socket, so its readiness
+/// is cleared at once; without this, every read that returns data is
+/// followed by one that returns `WouldBlock` (tokio clears readiness only
+/// then). An event that arrives meanwhile is not lost: tokio clears only
+/// the readiness it saw.
+fn read_drained(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> {
+    let room = buf.capacity() - buf.len();
+    let mut got = 0;
+    let r = sock.try_io(tokio::io::Interest::READABLE, || {
+        let n = sock.try_read_buf(buf)?;
+        got = n;
+        if n > 0 && n < room {
+            return Err(std::io::ErrorKind::WouldBlock.into());
+        }
+        Ok(n)
+    });
+    match r {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
+        other => other,
+    }
+}
 
 /// Whether a proxy with these pools can relay: every target is the same
 /// plain `h2c://` upstream.
@@ -72,8 +109,8 @@ pub(super) fn eligible(default: &Pool, control: &Pool, experiment: &Pool) -> boo
 }
 
 /// Serves one plain-TCP client connection: relayed when it opens with the
-/// HTTP/2 preface and the upstream answers, on the general path otherwise
-/// (HTTP/1.1 clients, an unreachable upstream: it answers 502 per request).
+/// HTTP/2 preface while no HTTP fault is enabled, on the general path
+/// otherwise (HTTP/1.1 clients).
 pub(super) async fn serve(
     shared: Arc<Shared>,
     mut client: TcpStream,
@@ -93,42 +130,48 @@ pub(super) async fn serve(
     }
     let target = shared.pool_for(None).pick();
     let relay = cin.starts_with(frame::PREFACE) && shared.fault_mode() == FaultMode::None;
-    let upstream = match target {
-        Some(t) if relay => super::upstream::tcp(t, shared.connect_timeout()).await.ok(),
-        _ => None,
-    };
-    let (Some(target), Some(upstream)) = (target, upstream) else {
+    let Some(target) = target.filter(|_| relay) else {
         let io = TokioIo::new(Rewind::new(cin.freeze(), client));
         serve_connection(shared, io, peer, fd, "http", shutdown, None).await;
         return;
     };
-    let _ = upstream.set_nodelay(true);
     cin.advance(frame::PREFACE.len());
-    let mut uout = Out::default();
-    uout.buf.extend_from_slice(frame::PREFACE);
+    let mut cout = Out::default();
+    frame::write_settings(
+        &mut cout.buf,
+        &[
+            (setting::MAX_CONCURRENT_STREAMS, MAX_CLIENT_STREAMS),
+            (setting::INITIAL_WINDOW_SIZE, STREAM_WINDOW),
+        ],
+    );
+    frame::window_update(&mut cout.buf, 0, CONN_WINDOW - 65_535);
     let now = Instant::now();
+    let (tx, rx) = mpsc::unbounded_channel();
     let mut relay = Relay {
         shared: &shared,
+        pool: shared.h2_pools().here(),
+        key_base: mux::connection_key(),
+        tx,
+        rx,
+        shutdown: shutdown.clone(),
         forwarding: PeerForwarding::new(peer, "http", shared.trusted_proxies()),
         peer,
         target,
         client,
-        upstream,
         cin,
-        uin: BytesMut::with_capacity(READ_CHUNK),
-        cout: Out::default(),
-        uout,
-        cdec: new_decoder(),
-        udec: new_decoder(),
+        cout,
+        dec: new_decoder(),
         streams: Vec::new(),
         last_client: 0,
-        last_forwarded: 0,
-        cpending: None,
-        upending: None,
+        blocks: frame::Blocks::default(),
         client_may_send: frame::DEFAULT_MAX_FRAME,
-        upstream_may_send: frame::DEFAULT_MAX_FRAME,
-        client_settings_seen: false,
-        upstream_settings_seen: false,
+        client_max_frame: frame::DEFAULT_MAX_FRAME,
+        settings_seen: false,
+        send_window: 65_535,
+        client_initial_window: 65_535,
+        recv_window: i64::from(CONN_WINDOW),
+        conn_credit: 0,
+        starved: false,
         draining: false,
         closing: None,
         shutdown_at: None,
@@ -141,8 +184,8 @@ pub(super) async fn serve(
 }
 
 fn new_decoder() -> hpack::Decoder {
-    // Both peers see the default 4,096-byte table: the relay removes
-    // SETTINGS_HEADER_TABLE_SIZE from what it forwards.
+    // Both peers see the default 4,096-byte table: the relay never
+    // announces another SETTINGS_HEADER_TABLE_SIZE.
     hpack::Decoder::new(4096)
 }
 
@@ -182,84 +225,79 @@ impl Out {
     }
 }
 
-/// A complete header block: its stream, END_STREAM, and the block.
-struct Block<'p> {
-    stream: u32,
-    end_stream: bool,
-    bytes: Cow<'p, [u8]>,
-}
-
-/// A header block still waiting for its CONTINUATION frames.
-struct Pending {
-    stream: u32,
-    end_stream: bool,
-    block: Vec<u8>,
-}
-
 /// A stream forwarded upstream and not finished on both sides.
 struct Stream {
     id: u32,
+    /// Names the stream to its upstream connection.
+    key: u64,
+    /// Its upstream connection.
+    up: UpTx,
     cohort: Option<Cohort>,
     /// Until the request is recorded.
     assignment: Option<Assignment>,
     arrived: Instant,
+    /// The request ended (and its end went upstream).
     client_done: bool,
+    /// The response ended toward the client.
     upstream_done: bool,
+    /// The upstream connection is done with the stream (its response
+    /// ended or it was reset there).
+    up_ended: bool,
+    /// The upstream connection forgot the stream.
+    up_reset: bool,
     /// The final response head went to the client.
     responded: bool,
     /// A HEAD request: its response ends with the head.
     head_request: bool,
     client_seen: Instant,
     upstream_seen: Instant,
-}
-
-/// A connection error (RFC 9113 §5.4.1) caused by one side.
-enum Fatal {
-    Client(u32),
-    Upstream(u32),
-}
-
-#[derive(Clone, Copy)]
-enum Side {
-    Client,
-    Upstream,
-}
-
-impl Side {
-    /// A connection error this side caused.
-    fn fatal(self, code: u32) -> Fatal {
-        match self {
-            Side::Client => Fatal::Client(code),
-            Side::Upstream => Fatal::Upstream(code),
-        }
-    }
+    /// What the client lets the relay send on it.
+    send_window: i64,
+    /// What the relay still lets the client send on it.
+    recv_window: i64,
+    /// The response body toward the client.
+    body: Body,
+    /// Reset toward the client once the queued response is out.
+    reset_after: Option<u32>,
+    /// Response bytes written to the client and not yet credited upstream.
+    credit_up: u32,
 }
 
 struct Relay<'a> {
-    shared: &'a Shared,
+    shared: &'a Arc<Shared>,
+    pool: Arc<mux::Pool>,
+    /// This connection's part of every stream key.
+    key_base: u64,
+    /// Given to the upstream connections with each stream.
+    tx: ClientTx,
+    rx: mpsc::UnboundedReceiver<ToClient>,
+    shutdown: watch::Receiver<bool>,
     forwarding: PeerForwarding,
     peer: SocketAddr,
     target: &'a Target,
     client: TcpStream,
-    upstream: TcpStream,
     cin: BytesMut,
-    uin: BytesMut,
     cout: Out,
-    uout: Out,
-    cdec: hpack::Decoder,
-    udec: hpack::Decoder,
+    dec: hpack::Decoder,
     streams: Vec<Stream>,
     /// Highest stream id the client opened.
     last_client: u32,
-    /// Highest stream id sent upstream.
-    last_forwarded: u32,
-    cpending: Option<Pending>,
-    upending: Option<Pending>,
-    /// Largest frame each side may send (the other side's MAX_FRAME_SIZE).
+    blocks: frame::Blocks,
+    /// Largest frame the client may send (the relay's MAX_FRAME_SIZE).
     client_may_send: usize,
-    upstream_may_send: usize,
-    client_settings_seen: bool,
-    upstream_settings_seen: bool,
+    /// Largest frame the relay may send the client.
+    client_max_frame: usize,
+    settings_seen: bool,
+    /// What the client lets the relay send on the connection.
+    send_window: i64,
+    /// The client's INITIAL_WINDOW_SIZE.
+    client_initial_window: i64,
+    /// What the relay still lets the client send on the connection.
+    recv_window: i64,
+    /// Connection credit owed to the client.
+    conn_credit: u32,
+    /// A stream's response waits because too much is queued for the client.
+    starved: bool,
     /// No new streams: a GOAWAY went out or came in.
     draining: bool,
     /// Flushing the last frames until then, then closing.
@@ -278,13 +316,18 @@ struct Relay<'a> {
 impl Relay<'_> {
     async fn run(&mut self, mut shutdown: watch::Receiver<bool>) {
         // Frames that came in the same read as the preface.
-        if let Err(fatal) = self.frames(Side::Client, Instant::now()) {
-            self.fail(fatal);
+        if let Err(c) = self.frames(Instant::now()) {
+            self.fail(c);
         }
         let sleep = tokio::time::sleep_until(self.wake);
         tokio::pin!(sleep);
         let mut armed = self.wake;
         loop {
+            if self.conn_credit >= CONN_CREDIT_STEP {
+                frame::window_update(&mut self.cout.buf, 0, self.conn_credit);
+                self.recv_window += i64::from(self.conn_credit);
+                self.conn_credit = 0;
+            }
             let written = match self.cout.flush(&self.client) {
                 Ok(n) => n,
                 Err(_) => {
@@ -292,12 +335,10 @@ impl Relay<'_> {
                     return;
                 }
             };
-            if self.uout.flush(&self.upstream).is_err() {
-                if self.closing.is_none() {
-                    self.upstream_gone();
-                }
-                // Nothing more can reach it; do not wait to write it.
-                self.uout = Out::default();
+            if self.starved && self.cout.len() < HIGH_WATER && self.closing.is_none() {
+                self.starved = false;
+                self.pump_all(Instant::now());
+                continue;
             }
             match (self.cout.len(), self.client_blocked_since) {
                 (0, _) => self.client_blocked_since = None,
@@ -310,189 +351,90 @@ impl Relay<'_> {
                 }
                 _ => {}
             }
-            if self.closing.is_some() && self.cout.len() == 0 && self.uout.len() == 0 {
+            if self.closing.is_some() && self.cout.len() == 0 {
                 return;
             }
             if self.wake != armed {
                 armed = self.wake;
                 sleep.as_mut().reset(armed);
             }
-            let reading = self.closing.is_none()
-                && self.cout.len() < HIGH_WATER
-                && self.uout.len() < HIGH_WATER;
+            let reading = self.closing.is_none() && self.cout.len() < HIGH_WATER;
             let stopping = self.shutdown_at.is_none() && self.closing.is_none();
-            let side = tokio::select! {
+            let result = tokio::select! {
                 biased;
-                r = self.client.readable(), if reading => r.map(|_| Some(Side::Client)),
-                r = self.upstream.readable(), if reading => r.map(|_| Some(Side::Upstream)),
-                r = self.client.writable(), if self.cout.len() > 0 => r.map(|_| None),
-                r = self.upstream.writable(), if self.uout.len() > 0 => r.map(|_| None),
+                msg = self.rx.recv() => {
+                    let now = Instant::now();
+                    if let Some(m) = msg {
+                        self.message(m, now);
+                    }
+                    for _ in 0..MESSAGE_BATCH {
+                        match self.rx.try_recv() {
+                            Ok(m) => self.message(m, now),
+                            Err(_) => break,
+                        }
+                    }
+                    Ok(())
+                }
+                r = self.client.readable(), if reading => match r {
+                    Ok(()) => self.read(),
+                    Err(_) => {
+                        self.client_gone();
+                        return;
+                    }
+                },
+                r = self.client.writable(), if self.cout.len() > 0 => match r {
+                    Ok(()) => Ok(()),
+                    Err(_) => {
+                        self.client_gone();
+                        return;
+                    }
+                },
                 _ = &mut sleep => {
                     self.sweep(Instant::now());
-                    Ok(None)
+                    Ok(())
                 }
                 _ = stopped(&mut shutdown), if stopping => {
                     self.begin_shutdown();
-                    Ok(None)
+                    Ok(())
                 }
             };
-            let result = match side {
-                Ok(Some(side)) => self.read(side),
-                Ok(None) => Ok(()),
-                Err(_) => {
-                    self.client_gone();
-                    return;
-                }
-            };
-            if let Err(fatal) = result {
-                self.fail(fatal);
+            if let Err(c) = result {
+                self.fail(c);
             }
         }
     }
 
-    /// One read from `side`, and the frames it completed.
-    fn read(&mut self, side: Side) -> Result<(), Fatal> {
-        let (stream, buf) = match side {
-            Side::Client => (&self.client, &mut self.cin),
-            Side::Upstream => (&self.upstream, &mut self.uin),
-        };
-        if buf.capacity() - buf.len() < READ_CHUNK / 4 {
-            buf.reserve(READ_CHUNK);
+    /// One read from the client, and the frames it completed.
+    fn read(&mut self) -> Result<(), u32> {
+        if self.cin.capacity() - self.cin.len() < READ_CHUNK / 4 {
+            self.cin.reserve(READ_CHUNK);
         }
-        let read = stream.try_read_buf(buf);
-        match (read, side) {
-            (Ok(n), _) if n > 0 => self.frames(side, Instant::now()),
-            (Err(e), _) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
-            (Ok(_), Side::Client) => {
+        match read_drained(&self.client, &mut self.cin) {
+            Ok(n) if n > 0 => self.frames(Instant::now()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(()),
+            Ok(_) => {
                 self.client_gone();
                 self.closing = Some(Instant::now() + CLOSE_FLUSH);
                 Ok(())
             }
-            (Err(_), Side::Client) => {
+            Err(_) => {
                 self.client_gone();
                 self.closing = Some(Instant::now());
                 Ok(())
             }
-            (_, Side::Upstream) => {
-                self.upstream_gone();
-                Ok(())
-            }
         }
     }
 
-    /// Handles every complete frame buffered from `side`.
-    fn frames(&mut self, side: Side, now: Instant) -> Result<(), Fatal> {
-        let (buf, limit) = match side {
-            Side::Client => (std::mem::take(&mut self.cin), self.client_may_send),
-            Side::Upstream => (std::mem::take(&mut self.uin), self.upstream_may_send),
-        };
-        let mut at = 0;
-        let result = loop {
-            if buf.len() - at < HEADER_LEN {
-                break Ok(());
-            }
-            let h = frame::parse_head(&buf[at..]);
-            if h.len > limit {
-                break Err(side.fatal(code::FRAME_SIZE_ERROR));
-            }
-            let end = at + HEADER_LEN + h.len;
-            if buf.len() < end {
-                break Ok(());
-            }
-            let handled = self.in_order(side, h).and_then(|()| match side {
-                Side::Client => self.client_frame(h, &buf[at..end], now),
-                Side::Upstream => self.upstream_frame(h, &buf[at..end], now),
-            });
-            if let Err(f) = handled {
-                break Err(f);
-            }
-            at = end;
-        };
-        let rest = match side {
-            Side::Client => &mut self.cin,
-            Side::Upstream => &mut self.uin,
-        };
-        *rest = buf;
-        rest.advance(at);
+    /// Handles every complete frame buffered from the client: `Err` with
+    /// a connection error's code (RFC 9113 §5.4.1).
+    fn frames(&mut self, now: Instant) -> Result<(), u32> {
+        let mut buf = std::mem::take(&mut self.cin);
+        let result = frame::each(&mut buf, self.client_may_send, |h, payload| {
+            frame::in_order(self.settings_seen, self.blocks.continuation_due(), h)?;
+            self.frame(h, payload, now)
+        });
+        self.cin = buf;
         result
-    }
-
-    /// Frame order rules both sides share: SETTINGS first (§3.4: it
-    /// follows the preface), and nothing between a HEADERS frame and the
-    /// CONTINUATION frames it announced (§6.10).
-    fn in_order(&self, side: Side, h: Head) -> Result<(), Fatal> {
-        let (settings_seen, pending) = match side {
-            Side::Client => (self.client_settings_seen, self.cpending.is_some()),
-            Side::Upstream => (self.upstream_settings_seen, self.upending.is_some()),
-        };
-        let first_ok =
-            settings_seen || (h.kind == frame::SETTINGS && h.flags & frame::ACK == 0);
-        if !first_ok || (pending && h.kind != frame::CONTINUATION) {
-            return Err(side.fatal(code::PROTOCOL_ERROR));
-        }
-        Ok(())
-    }
-
-    /// HEADERS and CONTINUATION from `side`: a complete header block
-    /// or `None` while CONTINUATION is due.
-    fn assemble<'p>(
-        &mut self,
-        side: Side,
-        h: Head,
-        payload: &'p [u8],
-    ) -> Result<Option<Block<'p>>, Fatal> {
-        let limit = self.block_limit();
-        let pending = match side {
-            Side::Client => &mut self.cpending,
-            Side::Upstream => &mut self.upending,
-        };
-        if h.kind == frame::HEADERS {
-            let fragment = frame::headers_fragment(h.flags, payload)
-                .ok_or(side.fatal(code::PROTOCOL_ERROR))?;
-            let end_stream = h.flags & frame::END_STREAM != 0;
-            if h.flags & frame::END_HEADERS != 0 {
-                return Ok(Some(Block {
-                    stream: h.stream,
-                    end_stream,
-                    bytes: Cow::Borrowed(fragment),
-                }));
-            }
-            *pending =
-                Some(Pending { stream: h.stream, end_stream, block: fragment.to_vec() });
-            return Ok(None);
-        }
-        let mut p = pending.take().ok_or(side.fatal(code::PROTOCOL_ERROR))?;
-        if p.stream != h.stream {
-            return Err(side.fatal(code::PROTOCOL_ERROR));
-        }
-        p.block.extend_from_slice(payload);
-        if p.block.len() > limit {
-            return Err(side.fatal(code::ENHANCE_YOUR_CALM));
-        }
-        if h.flags & frame::END_HEADERS != 0 {
-            return Ok(Some(Block {
-                stream: p.stream,
-                end_stream: p.end_stream,
-                bytes: Cow::Owned(p.block),
-            }));
-        }
-        *pending = Some(p);
-        Ok(None)
-    }
-
-    /// WINDOW_UPDATE from `from`: forwarded for the connection and for
-    /// streams both sides know, dropped for the rest.
-    fn window_update(&mut self, h: Head, frame: &[u8], from: Side) -> Result<(), Fatal> {
-        if h.len != 4 {
-            return Err(from.fatal(code::FRAME_SIZE_ERROR));
-        }
-        if h.stream == 0 || self.find(h.stream).is_some() {
-            match from {
-                Side::Client => self.uout.buf.extend_from_slice(frame),
-                Side::Upstream => self.cout.buf.extend_from_slice(frame),
-            }
-        }
-        Ok(())
     }
 
     fn find(&self, id: u32) -> Option<usize> {
@@ -505,181 +447,157 @@ impl Relay<'_> {
         (self.shared.max_header_bytes() * 4).max(64 * 1024)
     }
 
-    fn client_frame(&mut self, h: Head, frame: &[u8], now: Instant) -> Result<(), Fatal> {
-        let err = |c| Err(Fatal::Client(c));
-        let payload = &frame[HEADER_LEN..];
+    fn frame(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
         match h.kind {
-            frame::DATA => self.client_data(h, frame, now),
+            frame::DATA => self.client_data(h, payload, now),
             frame::HEADERS | frame::CONTINUATION => {
                 if h.kind == frame::HEADERS
                     && (h.stream == 0 || h.stream.is_multiple_of(2))
                 {
-                    return err(code::PROTOCOL_ERROR);
+                    return Err(code::PROTOCOL_ERROR);
                 }
-                match self.assemble(Side::Client, h, payload)? {
+                match self.blocks.feed(h, payload, self.block_limit())? {
                     Some(b) => self.client_headers(b.stream, b.end_stream, &b.bytes, now),
                     None => Ok(()),
                 }
             }
             frame::PRIORITY => match (h.stream, h.len) {
-                (0, _) => err(code::PROTOCOL_ERROR),
+                (0, _) => Err(code::PROTOCOL_ERROR),
                 (_, 5) => Ok(()),
-                _ => err(code::FRAME_SIZE_ERROR),
+                _ => Err(code::FRAME_SIZE_ERROR),
             },
             frame::RST_STREAM => {
                 if h.stream == 0 || h.stream > self.last_client {
-                    return err(code::PROTOCOL_ERROR);
+                    return Err(code::PROTOCOL_ERROR);
                 }
                 if h.len != 4 {
-                    return err(code::FRAME_SIZE_ERROR);
+                    return Err(code::FRAME_SIZE_ERROR);
                 }
                 if let Some(i) = self.find(h.stream) {
                     // The client gave up on it.
-                    self.uout.buf.extend_from_slice(frame);
                     self.finish(i, None, now);
                 }
                 Ok(())
             }
-            frame::SETTINGS => self.settings(h, payload, Side::Client),
-            frame::PING => self.forward_connection_frame(h, frame, Side::Client),
+            frame::SETTINGS => self.settings(h, payload, now),
+            frame::PING => frame::answer_ping(h, payload, &mut self.cout.buf),
             frame::GOAWAY => {
-                self.forward_connection_frame(h, frame, Side::Client)?;
+                frame::read_goaway(h, payload)?;
                 self.draining = true;
+                self.check_drained(now);
                 Ok(())
             }
-            frame::WINDOW_UPDATE => self.window_update(h, frame, Side::Client),
-            frame::PUSH_PROMISE => err(code::PROTOCOL_ERROR),
+            frame::WINDOW_UPDATE => self.window_update(h, payload, now),
+            frame::PUSH_PROMISE => Err(code::PROTOCOL_ERROR),
             // §4.1: unknown frame types are ignored.
             _ => Ok(()),
         }
     }
 
-    /// PING (exactly 8 bytes) and GOAWAY (at least 8): forwarded to the
-    /// other side as they are (a PING's ACK comes back the same way).
-    fn forward_connection_frame(
-        &mut self,
-        h: Head,
-        frame: &[u8],
-        from: Side,
-    ) -> Result<(), Fatal> {
-        let fatal = |c| from.fatal(c);
-        if h.stream != 0 {
-            return Err(fatal(code::PROTOCOL_ERROR));
+    /// The client's SETTINGS: acknowledged; its window and frame size
+    /// bound what the relay sends it.
+    fn settings(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
+        let Some(set) = frame::read_settings(h, payload)? else { return Ok(()) };
+        self.settings_seen = true;
+        if let Some(w) = set.initial_window {
+            // §6.9.2: the change applies to every open stream.
+            let delta = i64::from(w) - self.client_initial_window;
+            self.client_initial_window = i64::from(w);
+            for s in &mut self.streams {
+                s.send_window += delta;
+            }
         }
-        let len_ok = if h.kind == frame::PING { h.len == 8 } else { h.len >= 8 };
-        if !len_ok {
-            return Err(fatal(code::FRAME_SIZE_ERROR));
+        if let Some(m) = set.max_frame {
+            self.client_max_frame = m;
         }
-        match from {
-            Side::Client => self.uout.buf.extend_from_slice(frame),
-            Side::Upstream => self.cout.buf.extend_from_slice(frame),
-        }
+        frame::write_head(&mut self.cout.buf, 0, frame::SETTINGS, frame::ACK, 0);
+        self.pump_all(now);
         Ok(())
     }
 
-    /// Checks a SETTINGS frame from `from` and forwards it without what
-    /// concerns only one hop; its MAX_FRAME_SIZE bounds what the other
-    /// side may send.
-    fn settings(&mut self, h: Head, payload: &[u8], from: Side) -> Result<(), Fatal> {
-        let first = match from {
-            Side::Client => !std::mem::replace(&mut self.client_settings_seen, true),
-            Side::Upstream => !std::mem::replace(&mut self.upstream_settings_seen, true),
-        };
-        let max_frame = self.forward_settings(h, payload, from, first)?;
-        match (from, max_frame) {
-            (Side::Client, Some(m)) => self.upstream_may_send = m,
-            (Side::Upstream, Some(m)) => self.client_may_send = m,
-            (_, None) => {}
-        }
-        Ok(())
-    }
-
-    /// [`Self::settings`]' checks and forwarding; returns MAX_FRAME_SIZE if
-    /// the frame has one.
-    fn forward_settings(
+    fn window_update(
         &mut self,
         h: Head,
         payload: &[u8],
-        from: Side,
-        first: bool,
-    ) -> Result<Option<usize>, Fatal> {
-        let fatal = |c| from.fatal(c);
-        if h.stream != 0 {
-            return Err(fatal(code::PROTOCOL_ERROR));
+        now: Instant,
+    ) -> Result<(), u32> {
+        if h.len != 4 {
+            return Err(code::FRAME_SIZE_ERROR);
         }
-        let out = match from {
-            Side::Client => &mut self.uout.buf,
-            Side::Upstream => &mut self.cout.buf,
-        };
-        if h.flags & frame::ACK != 0 {
-            if h.len != 0 {
-                return Err(fatal(code::FRAME_SIZE_ERROR));
+        let n = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+            & 0x7fff_ffff;
+        if h.stream == 0 {
+            if n == 0 {
+                return Err(code::PROTOCOL_ERROR);
             }
-            frame::write_head(out, 0, frame::SETTINGS, frame::ACK, 0);
-            return Ok(None);
-        }
-        if !h.len.is_multiple_of(6) {
-            return Err(fatal(code::FRAME_SIZE_ERROR));
-        }
-        let mut kept: Vec<(u16, u32)> = Vec::with_capacity(h.len / 6 + 1);
-        let mut max_frame = None;
-        for (id, value) in frame::settings(payload) {
-            if let Some(c) = frame::check_setting(id, value) {
-                return Err(fatal(c));
+            self.send_window += i64::from(n);
+            if self.send_window > i64::from(frame::MAX_WINDOW) {
+                return Err(code::FLOW_CONTROL_ERROR);
             }
-            match id {
-                setting::MAX_FRAME_SIZE => {
-                    max_frame = Some(value as usize);
-                    kept.push((id, value));
-                }
-                setting::MAX_CONCURRENT_STREAMS
-                | setting::INITIAL_WINDOW_SIZE
-                | setting::MAX_HEADER_LIST_SIZE => kept.push((id, value)),
-                // Per hop (our decoders, push, extended CONNECT) or unknown.
-                _ => {}
-            }
+            self.pump_all(now);
+            return Ok(());
         }
-        if first && matches!(from, Side::Client) {
-            // The upstream never pushes through the relay.
-            kept.push((setting::ENABLE_PUSH, 0));
+        let Some(i) = self.find(h.stream) else { return Ok(()) };
+        let s = &mut self.streams[i];
+        s.send_window += i64::from(n);
+        if n == 0 || s.send_window > i64::from(frame::MAX_WINDOW) {
+            let c = if n == 0 { code::PROTOCOL_ERROR } else { code::FLOW_CONTROL_ERROR };
+            frame::rst_stream(&mut self.cout.buf, h.stream, c);
+            self.finish(i, None, now);
+            return Ok(());
         }
-        frame::write_settings(out, &kept);
-        Ok(max_frame)
+        self.pump(i, now);
+        Ok(())
     }
 
-    fn client_data(&mut self, h: Head, frame: &[u8], now: Instant) -> Result<(), Fatal> {
-        if h.stream == 0 || !frame::data_padding_ok(h.flags, &frame[HEADER_LEN..]) {
-            return Err(Fatal::Client(code::PROTOCOL_ERROR));
+    fn client_data(&mut self, h: Head, payload: &[u8], now: Instant) -> Result<(), u32> {
+        if h.stream == 0 || !frame::data_padding_ok(h.flags, payload) {
+            return Err(code::PROTOCOL_ERROR);
         }
-        match self.find(h.stream) {
-            Some(i) if !self.streams[i].client_done => {
-                self.uout.buf.extend_from_slice(frame);
-                let s = &mut self.streams[i];
-                s.client_seen = now;
-                if h.flags & frame::END_STREAM != 0 {
-                    s.client_done = true;
-                    self.close_if_done(i, now);
-                }
-                Ok(())
-            }
-            Some(i) => {
-                // DATA after END_STREAM (§5.1: STREAM_CLOSED).
-                credit(&mut self.cout.buf, h.len);
-                frame::rst_stream(&mut self.cout.buf, h.stream, code::STREAM_CLOSED);
-                frame::rst_stream(&mut self.uout.buf, h.stream, code::CANCEL);
-                self.finish(i, None, now);
-                Ok(())
-            }
-            None if h.stream > self.last_client => {
-                Err(Fatal::Client(code::PROTOCOL_ERROR))
-            }
-            None => {
-                // A stream the relay answered or already closed: its bytes
-                // still count against the connection window.
-                credit(&mut self.cout.buf, h.len);
-                Ok(())
-            }
+        // §6.9: every DATA byte counts against the connection window,
+        // whatever its stream; credited at once (stream windows bound what
+        // waits in the relay).
+        self.recv_window -= h.len as i64;
+        if self.recv_window < 0 {
+            return Err(code::FLOW_CONTROL_ERROR);
         }
+        self.conn_credit += h.len as u32;
+        let end = h.flags & frame::END_STREAM != 0;
+        let Some(i) = self.find(h.stream) else {
+            if h.stream > self.last_client {
+                return Err(code::PROTOCOL_ERROR);
+            }
+            // A stream the relay answered or already closed.
+            return Ok(());
+        };
+        let s = &mut self.streams[i];
+        if s.client_done {
+            // DATA after END_STREAM (§5.1: STREAM_CLOSED).
+            frame::rst_stream(&mut self.cout.buf, h.stream, code::STREAM_CLOSED);
+            self.finish(i, None, now);
+            return Ok(());
+        }
+        s.recv_window -= h.len as i64;
+        if s.recv_window < 0 {
+            frame::rst_stream(&mut self.cout.buf, h.stream, code::FLOW_CONTROL_ERROR);
+            self.finish(i, None, now);
+            return Ok(());
+        }
+        let body = frame::data_body(h.flags, payload);
+        let padding = h.len - body.len();
+        if padding > 0 && !end {
+            // Padding never goes upstream: credited now.
+            s.recv_window += padding as i64;
+            frame::window_update(&mut self.cout.buf, h.stream, padding as u32);
+        }
+        s.client_seen = now;
+        let msg = ToUp::Data { key: s.key, data: Bytes::copy_from_slice(body), end };
+        let _ = s.up.send(msg);
+        if end {
+            s.client_done = true;
+            self.close_if_done(i, now);
+        }
+        Ok(())
     }
 
     fn client_headers(
@@ -688,13 +606,11 @@ impl Relay<'_> {
         end_stream: bool,
         block: &[u8],
         now: Instant,
-    ) -> Result<(), Fatal> {
+    ) -> Result<(), u32> {
         if let Some(i) = self.find(id) {
             // Trailers (or a protocol error).
-            let t = match fields::response(&mut self.cdec, block, true) {
-                Err(Refused::Compression) => {
-                    return Err(Fatal::Client(code::COMPRESSION_ERROR))
-                }
+            let t = match fields::response(&mut self.dec, block, true) {
+                Err(Refused::Compression) => return Err(code::COMPRESSION_ERROR),
                 Ok(t) if end_stream && !self.streams[i].client_done => t,
                 _ => {
                     let code = if self.streams[i].client_done {
@@ -703,38 +619,46 @@ impl Relay<'_> {
                         code::PROTOCOL_ERROR
                     };
                     frame::rst_stream(&mut self.cout.buf, id, code);
-                    frame::rst_stream(&mut self.uout.buf, id, code::CANCEL);
                     self.finish(i, None, now);
                     return Ok(());
                 }
             };
-            self.send_trailers(Side::Upstream, id, &t.headers);
-            self.streams[i].client_done = true;
-            self.streams[i].client_seen = now;
+            let mut block = Vec::with_capacity(64);
+            fields::encode_map(&mut block, &t.headers);
+            let s = &mut self.streams[i];
+            let _ = s.up.send(ToUp::Trailers { key: s.key, block });
+            s.client_done = true;
+            s.client_seen = now;
             self.close_if_done(i, now);
             return Ok(());
         }
         if id <= self.last_client {
             // A stream the relay answered or closed (trailers racing its
             // answer): decoded for the HPACK state, then dropped.
-            return match fields::request(&mut self.cdec, block) {
-                Err(Refused::Compression) => Err(Fatal::Client(code::COMPRESSION_ERROR)),
+            return match fields::request(&mut self.dec, block) {
+                Err(Refused::Compression) => Err(code::COMPRESSION_ERROR),
                 _ => Ok(()),
             };
         }
         self.last_client = id;
         // Decoded even when refused: the HPACK state must follow every block.
-        let decoded = fields::request(&mut self.cdec, block);
+        let decoded = fields::request(&mut self.dec, block);
         if let Err(Refused::Compression) = decoded {
-            return Err(Fatal::Client(code::COMPRESSION_ERROR));
+            return Err(code::COMPRESSION_ERROR);
         }
         if self.draining || self.shared.fault_mode() != FaultMode::None {
             if !self.draining {
                 // A fault is on: this connection ends, the client retries
                 // the refused stream on a new one (the general path).
                 self.draining = true;
-                frame::goaway(&mut self.cout.buf, self.last_forwarded, code::NO_ERROR);
+                let last = self.streams.iter().map(|s| s.id).max().unwrap_or(0);
+                frame::goaway(&mut self.cout.buf, last, code::NO_ERROR);
             }
+            frame::rst_stream(&mut self.cout.buf, id, code::REFUSED_STREAM);
+            return Ok(());
+        }
+        if self.streams.len() >= MAX_CLIENT_STREAMS as usize {
+            // §5.1.2: beyond the advertised limit.
             frame::rst_stream(&mut self.cout.buf, id, code::REFUSED_STREAM);
             return Ok(());
         }
@@ -769,30 +693,53 @@ impl Relay<'_> {
             (None, Some(a)) => a,
             (None, None) => self.target.authority.as_str().as_bytes(),
         };
-        self.scratch.clear();
-        fields::encode(&mut self.scratch, b":method", &head.method);
+        let mut request = Vec::with_capacity(256);
+        fields::encode(&mut request, b":method", &head.method);
         if head.method != b"CONNECT" {
-            fields::encode(&mut self.scratch, b":scheme", b"http");
+            fields::encode(&mut request, b":scheme", b"http");
         }
-        fields::encode(&mut self.scratch, b":authority", authority);
+        fields::encode(&mut request, b":authority", authority);
         if let Some(path) = &head.path {
-            fields::encode(&mut self.scratch, b":path", path);
+            fields::encode(&mut request, b":path", path);
         }
-        fields::encode_map(&mut self.scratch, &head.headers);
-        self.send_scratch(Side::Upstream, id, end_stream);
-        self.last_forwarded = id;
+        fields::encode_map(&mut request, &head.headers);
+        let key = self.key_base | u64::from(id);
+        let open = Open {
+            key,
+            stream: id,
+            client: self.tx.clone(),
+            block: request,
+            end: end_stream,
+            cohort: assignment.cohort,
+            idempotent: matches!(
+                head.method.as_slice(),
+                b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+            ),
+            attempts: 0,
+            hops: 0,
+        };
+        let up = self.pool.open(self.shared, &self.shutdown, open);
         self.shared.fast_requests.fetch_add(1, Ordering::Relaxed);
         self.streams.push(Stream {
             id,
+            key,
+            up,
             cohort: assignment.cohort,
             assignment: Some(assignment),
             arrived: now,
             client_done: end_stream,
             upstream_done: false,
+            up_ended: false,
+            up_reset: false,
             responded: false,
             head_request: head.method == b"HEAD",
             client_seen: now,
             upstream_seen: now,
+            send_window: self.client_initial_window,
+            recv_window: i64::from(STREAM_WINDOW),
+            body: Body::default(),
+            reset_after: None,
+            credit_up: 0,
         });
         let t = self.shared.timeouts();
         let first = now + self.shared.upstream_timeout().min(t.request_body);
@@ -800,162 +747,127 @@ impl Relay<'_> {
         Ok(())
     }
 
-    fn upstream_frame(
-        &mut self,
-        h: Head,
-        frame: &[u8],
-        now: Instant,
-    ) -> Result<(), Fatal> {
-        let err = |c| Err(Fatal::Upstream(c));
-        let payload = &frame[HEADER_LEN..];
-        match h.kind {
-            frame::DATA => {
-                if h.stream == 0 || !frame::data_padding_ok(h.flags, payload) {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                match self.find(h.stream) {
-                    Some(i)
-                        if self.streams[i].responded
-                            && !self.streams[i].upstream_done =>
-                    {
-                        self.cout.buf.extend_from_slice(frame);
-                        let s = &mut self.streams[i];
-                        s.upstream_seen = now;
-                        if h.flags & frame::END_STREAM != 0 {
-                            s.upstream_done = true;
-                            self.close_if_done(i, now);
-                        }
-                    }
-                    Some(i) => {
-                        // DATA before the response head, or after its end.
-                        credit(&mut self.uout.buf, h.len);
-                        self.bad_upstream_stream(i, now);
-                    }
-                    None => credit(&mut self.uout.buf, h.len),
-                }
-                Ok(())
-            }
-            frame::HEADERS | frame::CONTINUATION => {
-                if h.kind == frame::HEADERS && h.stream == 0 {
-                    return err(code::PROTOCOL_ERROR);
-                }
-                match self.assemble(Side::Upstream, h, payload)? {
-                    Some(b) => {
-                        self.upstream_headers(b.stream, b.end_stream, &b.bytes, now)
-                    }
-                    None => Ok(()),
+    /// A message from the stream's upstream connection.
+    fn message(&mut self, msg: ToClient, now: Instant) {
+        match msg {
+            ToClient::Head { stream, status, block, end } => {
+                if let Some(i) = self.find(stream) {
+                    self.response_head(i, status, &block, end, now);
                 }
             }
-            frame::PRIORITY => Ok(()),
-            frame::RST_STREAM => {
-                if h.stream == 0 {
-                    return err(code::PROTOCOL_ERROR);
+            ToClient::Data { stream, data, end } => {
+                let Some(i) = self.find(stream) else { return };
+                let s = &mut self.streams[i];
+                if !s.responded || s.up_ended {
+                    return;
                 }
-                if h.len != 4 {
-                    return err(code::FRAME_SIZE_ERROR);
+                s.upstream_seen = now;
+                s.body.push(data);
+                if end {
+                    s.body.end(End::Data);
+                    s.up_ended = true;
                 }
-                let Some(i) = self.find(h.stream) else { return Ok(()) };
-                let error =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
-                if self.streams[i].responded || error == code::REFUSED_STREAM {
-                    // Refused: not processed, the client may retry it, so
-                    // it is not a request of the cohort.
-                    if error == code::REFUSED_STREAM {
-                        self.streams[i].assignment = None;
-                    }
-                    self.cout.buf.extend_from_slice(frame);
-                    self.finish(i, None, now);
-                } else {
-                    // Like the general path: no response is a 502.
-                    self.answer_stream(i, 502, now);
-                }
-                Ok(())
+                self.pump(i, now);
             }
-            frame::SETTINGS => self.settings(h, payload, Side::Upstream),
-            frame::PING => self.forward_connection_frame(h, frame, Side::Upstream),
-            frame::GOAWAY => {
-                self.forward_connection_frame(h, frame, Side::Upstream)?;
-                let last =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff;
-                // Streams above `last` were not processed: the client
-                // retries them after this GOAWAY; not recorded here.
-                self.streams.retain(|s| s.id <= last);
-                self.draining = true;
-                self.check_drained(now);
-                Ok(())
+            ToClient::Trailers { stream, block } => {
+                let Some(i) = self.find(stream) else { return };
+                let s = &mut self.streams[i];
+                if s.up_ended {
+                    return;
+                }
+                s.body.end(End::Trailers(block));
+                s.up_ended = true;
+                self.pump(i, now);
             }
-            frame::WINDOW_UPDATE => self.window_update(h, frame, Side::Upstream),
-            // Push is disabled in the SETTINGS the relay forwards.
-            frame::PUSH_PROMISE => err(code::PROTOCOL_ERROR),
-            _ => Ok(()),
+            ToClient::Credit { stream, n } => {
+                let Some(i) = self.find(stream) else { return };
+                let s = &mut self.streams[i];
+                if !s.client_done {
+                    s.recv_window += i64::from(n);
+                    frame::window_update(&mut self.cout.buf, stream, n);
+                }
+            }
+            ToClient::Reset { stream, code } => {
+                if let Some(i) = self.find(stream) {
+                    self.upstream_reset(i, code, now);
+                }
+            }
+            ToClient::Moved { stream, to } => {
+                if let Some(i) = self.find(stream) {
+                    self.streams[i].up = to;
+                }
+            }
         }
     }
 
-    fn upstream_headers(
-        &mut self,
-        id: u32,
-        end_stream: bool,
-        block: &[u8],
-        now: Instant,
-    ) -> Result<(), Fatal> {
-        let Some(i) = self.find(id) else {
-            // Kept in step with the upstream's encoder, then dropped.
-            return match fields::response(&mut self.udec, block, false) {
-                Err(Refused::Compression) => {
-                    Err(Fatal::Upstream(code::COMPRESSION_ERROR))
-                }
-                _ => Ok(()),
+    /// The upstream connection ended stream `i` with `code`.
+    fn upstream_reset(&mut self, i: usize, error: u32, now: Instant) {
+        let s = &mut self.streams[i];
+        s.up_reset = true;
+        s.up_ended = true;
+        let id = s.id;
+        if !s.responded {
+            if error == code::REFUSED_STREAM {
+                // Not processed: the client may send it again, so it is
+                // not a request of the cohort.
+                s.assignment = None;
+                frame::rst_stream(&mut self.cout.buf, id, code::REFUSED_STREAM);
+                self.finish(i, None, now);
+            } else {
+                // Like the general path: no response is a 502.
+                let (cohort, done) = (s.cohort, s.client_done);
+                self.answer(id, 502, cohort, done);
+                self.finish(i, Some(502), now);
+            }
+            return;
+        }
+        if error == code::NO_ERROR && s.body.end_waiting() {
+            // After a complete response (§8.1): the request body is not
+            // wanted; said once the response is out.
+            s.reset_after = Some(error);
+            self.pump(i, now);
+            return;
+        }
+        if !s.upstream_done || !s.client_done {
+            // A response cut short is not a clean end, whatever the code.
+            let c = if !s.upstream_done && error == code::NO_ERROR {
+                code::INTERNAL_ERROR
+            } else {
+                error
             };
-        };
-        let trailers = self.streams[i].responded;
-        let mut head = match fields::response(&mut self.udec, block, trailers) {
-            Ok(head) => head,
-            Err(Refused::Compression) => {
-                return Err(Fatal::Upstream(code::COMPRESSION_ERROR))
-            }
-            Err(Refused::Malformed(why)) => {
-                tracing::debug!(stream = id, why, "malformed HTTP/2 response");
-                self.bad_upstream_stream(i, now);
-                return Ok(());
-            }
-        };
-        if trailers {
-            if !end_stream {
-                self.bad_upstream_stream(i, now);
-                return Ok(());
-            }
-            self.send_trailers(Side::Client, id, &head.headers);
-            self.streams[i].upstream_done = true;
-            self.close_if_done(i, now);
-            return Ok(());
+            frame::rst_stream(&mut self.cout.buf, id, c);
         }
-        let status = head.status.unwrap_or(502);
+        self.finish(i, None, now);
+    }
+
+    /// A response head from upstream (already shaped like the general
+    /// path's by its upstream connection).
+    fn response_head(
+        &mut self,
+        i: usize,
+        status: u16,
+        block: &[u8],
+        end_stream: bool,
+        now: Instant,
+    ) {
+        let id = self.streams[i].id;
+        if self.streams[i].responded {
+            return;
+        }
         let informational = (100..200).contains(&status);
-        if informational && (end_stream || status == 101) {
-            // §8.1: an interim response never ends a stream; 101 has no
-            // meaning in HTTP/2.
-            self.bad_upstream_stream(i, now);
-            return Ok(());
-        }
-        strip_hop_by_hop(&mut head.headers, false, &COHORT);
-        if let (false, Some(c)) = (informational, self.streams[i].cohort) {
-            head.headers.insert(COHORT_HEADER, HeaderValue::from_static(c.as_str()));
-        }
-        self.scratch.clear();
         // A response to HEAD ends with its head, as the general path
         // sends it; what the upstream adds after it is dropped.
         let end = end_stream || (!informational && self.streams[i].head_request);
-        let mut digits = [0u8; 3];
-        fields::encode(&mut self.scratch, b":status", status_digits(status, &mut digits));
-        fields::encode_map(&mut self.scratch, &head.headers);
-        self.send_scratch(Side::Client, id, end);
+        frame::header_block(&mut self.cout.buf, id, block, end, self.client_max_frame);
         if informational {
-            return Ok(());
+            return;
         }
         let s = &mut self.streams[i];
         s.responded = true;
         s.upstream_seen = now;
+        if end_stream {
+            s.up_ended = true;
+        }
         if let Some(a) = s.assignment.take() {
             record_request(self.shared, s.arrived, a, Some(status));
         }
@@ -966,36 +878,50 @@ impl Relay<'_> {
             let body = now + self.shared.timeouts().response_body;
             self.wake = self.wake.min(body);
         }
-        Ok(())
     }
 
-    /// Sends the header block in `scratch` to `to`, on stream `id`.
-    fn send_scratch(&mut self, to: Side, id: u32, end_stream: bool) {
-        let out = match to {
-            Side::Client => &mut self.cout.buf,
-            Side::Upstream => &mut self.uout.buf,
+    /// Writes what the client's windows allow of stream `i`'s queued
+    /// response, then its end.
+    fn pump(&mut self, i: usize, now: Instant) {
+        let s = &mut self.streams[i];
+        let room = Room {
+            stream: &mut s.send_window,
+            conn: &mut self.send_window,
+            max_frame: self.client_max_frame,
+            out_limit: HIGH_WATER,
         };
-        frame::header_block(out, id, &self.scratch, end_stream, frame::DEFAULT_MAX_FRAME);
+        s.credit_up += s.body.write(&mut self.cout.buf, s.id, room);
+        if s.body.waiting() && self.cout.len() >= HIGH_WATER {
+            self.starved = true;
+        }
+        if s.body.ended {
+            s.upstream_done = true;
+        }
+        // Credit in steps; the rest of an ended response need not be.
+        if s.credit_up >= CREDIT_STEP && !s.up_ended {
+            let n = std::mem::take(&mut s.credit_up);
+            let _ = s.up.send(ToUp::Credit { key: s.key, n });
+        }
+        if s.upstream_done {
+            if let Some(c) = s.reset_after.take() {
+                if !s.client_done {
+                    frame::rst_stream(&mut self.cout.buf, s.id, c);
+                }
+                self.finish(i, None, now);
+                return;
+            }
+            self.close_if_done(i, now);
+        }
     }
 
-    /// A trailer section to `to`, re-encoded; it ends the stream.
-    fn send_trailers(&mut self, to: Side, id: u32, trailers: &http::HeaderMap) {
-        self.scratch.clear();
-        fields::encode_map(&mut self.scratch, trailers);
-        self.send_scratch(to, id, true);
-    }
-
-    /// The upstream broke a stream's rules: a 502 if the client has no
-    /// response yet, a reset otherwise.
-    fn bad_upstream_stream(&mut self, i: usize, now: Instant) {
-        let id = self.streams[i].id;
-        frame::rst_stream(&mut self.uout.buf, id, code::PROTOCOL_ERROR);
-        if self.streams[i].responded {
-            frame::rst_stream(&mut self.cout.buf, id, code::INTERNAL_ERROR);
-            self.finish(i, None, now);
-        } else {
-            self.answer(id, 502, self.streams[i].cohort, self.streams[i].client_done);
-            self.finish(i, Some(502), now);
+    /// [`Self::pump`] for every stream with a queued response.
+    fn pump_all(&mut self, now: Instant) {
+        let ids: Vec<u32> =
+            self.streams.iter().filter(|s| s.body.waiting()).map(|s| s.id).collect();
+        for id in ids {
+            if let Some(i) = self.find(id) {
+                self.pump(i, now);
+            }
         }
     }
 
@@ -1004,13 +930,11 @@ impl Relay<'_> {
     fn answer_stream(&mut self, i: usize, status: u16, now: Instant) {
         let s = &self.streams[i];
         let (id, cohort, client_done) = (s.id, s.cohort, s.client_done);
-        frame::rst_stream(&mut self.uout.buf, id, code::CANCEL);
         self.answer(id, status, cohort, client_done);
         self.finish(i, Some(status), now);
     }
 
-    /// A header-only response from the relay (never DATA: the client's
-    /// connection window is the upstream's to spend).
+    /// A header-only response from the relay.
     fn answer(
         &mut self,
         id: u32,
@@ -1028,7 +952,13 @@ impl Relay<'_> {
                 c.as_str().as_bytes(),
             );
         }
-        self.send_scratch(Side::Client, id, true);
+        frame::header_block(
+            &mut self.cout.buf,
+            id,
+            &self.scratch,
+            true,
+            self.client_max_frame,
+        );
         if !client_done {
             // §8.1: the response is complete; the request body is not needed.
             frame::rst_stream(&mut self.cout.buf, id, code::NO_ERROR);
@@ -1041,9 +971,13 @@ impl Relay<'_> {
         }
     }
 
-    /// Removes stream `i`, recording it with `status` if it was not yet.
+    /// Removes stream `i`, recording it with `status` if it was not yet,
+    /// and cancelling it upstream unless the upstream is done with it.
     fn finish(&mut self, i: usize, status: Option<u16>, now: Instant) {
         let s = self.streams.swap_remove(i);
+        if !(s.up_reset || (s.up_ended && s.client_done)) {
+            let _ = s.up.send(ToUp::Cancel { key: s.key });
+        }
         if let Some(a) = s.assignment {
             record_request(self.shared, s.arrived, a, status);
         }
@@ -1079,7 +1013,6 @@ impl Relay<'_> {
                 if s.responded {
                     let id = s.id;
                     frame::rst_stream(&mut self.cout.buf, id, code::CANCEL);
-                    frame::rst_stream(&mut self.uout.buf, id, code::CANCEL);
                     self.finish(i, None, now);
                 } else {
                     // The client stalled its own body: a client error.
@@ -1088,7 +1021,6 @@ impl Relay<'_> {
             } else if s.responded && !s.upstream_done && now >= body_due {
                 let id = s.id;
                 frame::rst_stream(&mut self.cout.buf, id, code::INTERNAL_ERROR);
-                frame::rst_stream(&mut self.uout.buf, id, code::CANCEL);
                 self.finish(i, None, now);
             } else {
                 if !s.responded {
@@ -1120,7 +1052,7 @@ impl Relay<'_> {
         if self.streams.is_empty() && self.closing.is_none() {
             let due = self.idle_since + t.idle;
             if now >= due {
-                frame::goaway(&mut self.cout.buf, self.last_forwarded, code::NO_ERROR);
+                frame::goaway(&mut self.cout.buf, self.last_client, code::NO_ERROR);
                 self.draining = true;
                 self.closing = Some(now + CLOSE_FLUSH);
             } else {
@@ -1131,7 +1063,6 @@ impl Relay<'_> {
             if now >= at {
                 // Out of time to flush: drop what is left.
                 self.cout = Out::default();
-                self.uout = Out::default();
             }
             next = next.min(at);
         }
@@ -1156,71 +1087,21 @@ impl Relay<'_> {
         while !self.streams.is_empty() {
             self.finish(self.streams.len() - 1, None, now);
         }
-        self.uout = Out::default();
         self.closing.get_or_insert(now);
     }
 
-    /// The upstream connection ended: streams without a response get a
-    /// 502 (the general path's answer), the others a reset, and the client
-    /// a GOAWAY so it reconnects.
-    fn upstream_gone(&mut self) {
+    /// A connection error the client caused: GOAWAY, and the connection
+    /// ends.
+    fn fail(&mut self, c: u32) {
         let now = Instant::now();
-        while let Some(i) = self.streams.len().checked_sub(1) {
-            if self.streams[i].responded {
-                frame::rst_stream(
-                    &mut self.cout.buf,
-                    self.streams[i].id,
-                    code::INTERNAL_ERROR,
-                );
-                self.finish(i, None, now);
-            } else {
-                let s = &self.streams[i];
-                let (id, cohort, done) = (s.id, s.cohort, s.client_done);
-                self.answer(id, 502, cohort, done);
-                self.finish(i, Some(502), now);
-            }
-        }
-        if !self.draining {
-            frame::goaway(&mut self.cout.buf, self.last_client, code::NO_ERROR);
+        tracing::debug!(code = c, "HTTP/2 client connection error");
+        frame::goaway(&mut self.cout.buf, self.last_client, c);
+        while !self.streams.is_empty() {
+            self.finish(self.streams.len() - 1, None, now);
         }
         self.draining = true;
-        self.uout = Out::default();
-        self.closing.get_or_insert(now + CLOSE_FLUSH);
+        self.closing = Some(now + CLOSE_FLUSH);
         self.wake = self.wake.min(now + CLOSE_FLUSH);
-    }
-
-    /// A connection error: GOAWAY to the side that caused it, and the
-    /// connection ends.
-    fn fail(&mut self, fatal: Fatal) {
-        let now = Instant::now();
-        match fatal {
-            Fatal::Client(c) => {
-                tracing::debug!(code = c, "HTTP/2 client connection error");
-                frame::goaway(&mut self.cout.buf, self.last_client, c);
-                while !self.streams.is_empty() {
-                    self.finish(self.streams.len() - 1, None, now);
-                }
-                self.draining = true;
-                self.uout = Out::default();
-                self.closing = Some(now + CLOSE_FLUSH);
-                self.wake = self.wake.min(now + CLOSE_FLUSH);
-            }
-            Fatal::Upstream(c) => {
-                tracing::debug!(code = c, "HTTP/2 upstream connection error");
-                let mut goaway = Vec::new();
-                frame::goaway(&mut goaway, 0, c);
-                let _ = self.upstream.try_write(&goaway);
-                self.upstream_gone();
-            }
-        }
-    }
-}
-
-/// Returns the window a dropped DATA frame used (§6.9: flow-controlled
-/// bytes count whether or not the stream is still open).
-fn credit(out: &mut Vec<u8>, len: usize) {
-    if len > 0 {
-        frame::window_update(out, 0, len as u32);
     }
 }
 

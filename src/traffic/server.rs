@@ -130,6 +130,8 @@ pub(crate) struct Shared {
     h2relay: bool,
     /// Requests the fast paths (HTTP/1.1 and the HTTP/2 relay) answered.
     pub(super) fast_requests: AtomicU64,
+    /// The relay's upstream connections, per worker thread.
+    h2_pools: super::h2relay::Pools,
 }
 
 impl Shared {
@@ -216,6 +218,10 @@ impl Shared {
             1 => FaultMode::Fast,
             _ => FaultMode::General,
         }
+    }
+
+    pub(super) fn h2_pools(&self) -> &super::h2relay::Pools {
+        &self.h2_pools
     }
 
     pub(super) fn max_header_bytes(&self) -> usize {
@@ -972,6 +978,7 @@ impl Proxy {
             fast,
             h2relay,
             fast_requests: AtomicU64::new(0),
+            h2_pools: Default::default(),
         });
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
 

@@ -32,6 +32,7 @@ mod proxy;
 mod proxy_edge;
 mod proxy_fast;
 mod proxy_h2;
+mod proxy_h2_mux;
 mod recovery;
 mod report;
 mod run;

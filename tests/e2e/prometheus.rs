@@ -654,7 +654,30 @@ tolerance = "+50%"
 
 /// Upstream answering 200 at once; Prometheus scraping the runner's
 /// `--metrics-listen` port; then `chaos run` on the experiment.
+///
+/// Prometheus must know the runner's metrics port before the runner
+/// starts, so the port is picked free and handed over; a parallel test can
+/// take it in between. Such a lost race (the runner exits 5 on "Address
+/// already in use") is retried with a new port and a new Prometheus.
 async fn run_promql_experiment(
+    fault: bool,
+    guardrail: bool,
+) -> (std::process::Output, f64) {
+    for attempt in 1..=3 {
+        let (out, max_active) = run_promql_experiment_once(fault, guardrail).await;
+        let lost_port = out.status.code() == Some(5)
+            && String::from_utf8_lossy(&out.stderr).contains("Address already in use");
+        if !lost_port || attempt == 3 {
+            return (out, max_active);
+        }
+        eprintln!(
+            "the metrics port was taken by a parallel test; retrying ({attempt}/3)"
+        );
+    }
+    unreachable!("the last attempt returns")
+}
+
+async fn run_promql_experiment_once(
     fault: bool,
     guardrail: bool,
 ) -> (std::process::Output, f64) {

@@ -22,23 +22,23 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::timeout;
 
-const T: Duration = Duration::from_secs(20);
+pub(crate) const T: Duration = Duration::from_secs(20);
 
-fn config(up: SocketAddr, fast_path: bool) -> ProxyConfig {
+pub(crate) fn config(up: SocketAddr, fast_path: bool) -> ProxyConfig {
     let key = CohortKey::Header("x-user-id".into());
     let mut cfg = crate::support::proxy_config(&format!("h2c://{up}"), key, 0.5, 0.5);
     cfg.fast_path = fast_path;
     cfg
 }
 
-async fn start(cfg: ProxyConfig) -> (ProxyHandle, Arc<Recorder>) {
+pub(crate) async fn start(cfg: ProxyConfig) -> (ProxyHandle, Arc<Recorder>) {
     let rec = Arc::new(Recorder::new(tokio::time::Instant::now(), 10_000));
     let h = Proxy::start(cfg, rec.clone()).await.expect("proxy starts");
     (h, rec)
 }
 
 /// A `x-user-id` value that lands in `cohort` with a 50/50 split, seed 0.
-fn key_for(cohort: Cohort) -> String {
+pub(crate) fn key_for(cohort: Cohort) -> String {
     (0..)
         .map(|i| format!("user-{i}"))
         .find(|k| {
@@ -54,7 +54,7 @@ fn key_for(cohort: Cohort) -> String {
 /// `/big` sends 64 MiB. `/slow`
 /// answers after 3 s; `/stall` sends its head and part of a body, then
 /// stops.
-async fn echo_upstream() -> SocketAddr {
+pub(crate) async fn echo_upstream() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = l.local_addr().expect("addr");
     crate::support::accept_loop(l, |s| async move {
@@ -123,9 +123,9 @@ async fn echo_upstream() -> SocketAddr {
 
 use futures_util::StreamExt;
 
-type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
+pub(crate) type Sender = hyper::client::conn::http2::SendRequest<Full<Bytes>>;
 
-async fn h2_client(addr: SocketAddr) -> Sender {
+pub(crate) async fn h2_client(addr: SocketAddr) -> Sender {
     let stream = TcpStream::connect(addr).await.expect("connect");
     let (sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
@@ -137,15 +137,18 @@ async fn h2_client(addr: SocketAddr) -> Sender {
 
 /// What one exchange looked like from both ends.
 #[derive(Debug, PartialEq)]
-struct Seen {
-    status: u16,
+pub(crate) struct Seen {
+    pub(crate) status: u16,
     /// Response headers without `date`.
-    headers: Vec<String>,
-    body: String,
-    trailers: Vec<String>,
+    pub(crate) headers: Vec<String>,
+    pub(crate) body: String,
+    pub(crate) trailers: Vec<String>,
 }
 
-async fn exchange(sender: &mut Sender, req: http::Request<Full<Bytes>>) -> Seen {
+pub(crate) async fn exchange(
+    sender: &mut Sender,
+    req: http::Request<Full<Bytes>>,
+) -> Seen {
     sender.ready().await.expect("ready");
     let resp =
         timeout(T, sender.send_request(req)).await.expect("in time").expect("response");
@@ -308,9 +311,9 @@ async fn a_fault_sends_new_streams_to_the_general_path() {
 
 // ---- raw frames ----
 
-const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+pub(crate) const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
-fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+pub(crate) fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     let l = payload.len() as u32;
     let mut f = vec![(l >> 16) as u8, (l >> 8) as u8, l as u8, kind, flags];
     f.extend_from_slice(&stream.to_be_bytes());
@@ -318,15 +321,15 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-struct Raw {
-    s: TcpStream,
-    buf: Vec<u8>,
-    enc: loona_hpack::Encoder<'static>,
-    dec: loona_hpack::Decoder<'static>,
+pub(crate) struct Raw {
+    pub(crate) s: TcpStream,
+    pub(crate) buf: Vec<u8>,
+    pub(crate) enc: loona_hpack::Encoder<'static>,
+    pub(crate) dec: loona_hpack::Decoder<'static>,
 }
 
 impl Raw {
-    async fn open(addr: SocketAddr) -> Raw {
+    pub(crate) async fn open(addr: SocketAddr) -> Raw {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(PREFACE).await.expect("write");
         s.write_all(&frame(4, 0, 0, &[])).await.expect("write");
@@ -338,16 +341,16 @@ impl Raw {
         }
     }
 
-    fn block(&mut self, fields: &[(&str, &str)]) -> Vec<u8> {
+    pub(crate) fn block(&mut self, fields: &[(&str, &str)]) -> Vec<u8> {
         self.enc.encode(fields.iter().map(|(n, v)| (n.as_bytes(), v.as_bytes())))
     }
 
-    async fn send(&mut self, bytes: &[u8]) {
+    pub(crate) async fn send(&mut self, bytes: &[u8]) {
         self.s.write_all(bytes).await.expect("write");
     }
 
     /// The next frame (kind, flags, stream, payload); `None` on EOF.
-    async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
+    pub(crate) async fn next(&mut self) -> Option<(u8, u8, u32, Vec<u8>)> {
         loop {
             if self.buf.len() >= 9 {
                 let len = (usize::from(self.buf[0]) << 16)
@@ -370,7 +373,7 @@ impl Raw {
     }
 
     /// Frames until one of `kind` on `stream` (ACKing SETTINGS on the way).
-    async fn until(&mut self, kind: u8, stream: u32) -> Option<(u8, Vec<u8>)> {
+    pub(crate) async fn until(&mut self, kind: u8, stream: u32) -> Option<(u8, Vec<u8>)> {
         while let Some((k, flags, s, payload)) = self.next().await {
             if k == 4 && flags & 1 == 0 {
                 self.send(&frame(4, 1, 0, &[])).await;
@@ -382,22 +385,22 @@ impl Raw {
         None
     }
 
-    async fn status(&mut self, stream: u32) -> String {
+    pub(crate) async fn status(&mut self, stream: u32) -> String {
         let (_, block) = self.until(1, stream).await.expect("a HEADERS frame");
         let fields = self.dec.decode(&block).expect("valid HPACK");
         String::from_utf8_lossy(&fields[0].1).into()
     }
 }
 
-fn get_fields(path: &str) -> Vec<(&str, &str)> {
+pub(crate) fn get_fields(path: &str) -> Vec<(&str, &str)> {
     vec![(":method", "GET"), (":scheme", "http"), (":authority", "svc"), (":path", path)]
 }
 
-const RST_STREAM: u8 = 3;
-const GOAWAY: u8 = 7;
-const WINDOW_UPDATE: u8 = 8;
+pub(crate) const RST_STREAM: u8 = 3;
+pub(crate) const GOAWAY: u8 = 7;
+pub(crate) const WINDOW_UPDATE: u8 = 8;
 
-fn code(payload: &[u8], at: usize) -> u32 {
+pub(crate) fn code(payload: &[u8], at: usize) -> u32 {
     u32::from_be_bytes([payload[at], payload[at + 1], payload[at + 2], payload[at + 3]])
 }
 
@@ -438,9 +441,22 @@ async fn raw_frames_follow_rfc_9113() {
     let block = c.block(&fields);
     c.send(&frame(1, 0x4, 7, &block)).await;
     assert_eq!(c.status(7).await, "431");
-    c.send(&frame(0, 0x1, 7, &[b'd'; 1000])).await;
-    let (_, payload) = c.until(WINDOW_UPDATE, 0).await.expect("connection credit");
-    assert_eq!(code(&payload, 0), 1000);
+    // The relay credits DATA to the connection as it arrives, in steps of
+    // 4 MiB (a quarter of its 16 MiB window): 4 MiB and more on the
+    // answered stream come back as credit.
+    let chunk = [b'd'; 16_384];
+    for _ in 0..256 {
+        c.send(&frame(0, 0, 7, &chunk)).await;
+    }
+    c.send(&frame(0, 0x1, 7, &chunk)).await;
+    // (Not the WINDOW_UPDATE that opened the relay's own window.)
+    let credit = loop {
+        let (_, payload) = c.until(WINDOW_UPDATE, 0).await.expect("connection credit");
+        if code(&payload, 0) != 16 * 1024 * 1024 - 65_535 {
+            break code(&payload, 0);
+        }
+    };
+    assert!(credit >= 4 * 1024 * 1024, "{credit}");
 
     // CONTINUATION flood.
     let block = c.block(&get_fields("/flood"));

@@ -6,7 +6,9 @@
 
 use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::hpack::{Decoder, STATIC};
+use super::hpack::Decoder;
+#[cfg(test)]
+use super::hpack::STATIC;
 
 /// Why a header section is refused.
 #[derive(Debug, PartialEq, Eq)]
@@ -48,12 +50,38 @@ fn connection_specific(name: &[u8]) -> bool {
     )
 }
 
-/// Adds a regular field, checking what §8.2 asks of it.
-fn regular(
-    headers: &mut HeaderMap,
-    name: &[u8],
-    value: &[u8],
-) -> Result<(), &'static str> {
+/// RFC 9110 token characters (what `http` accepts in a header name).
+const TOKEN: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut b = 0;
+    while b < 256 {
+        let c = b as u8;
+        t[b] = c.is_ascii_alphanumeric()
+            || matches!(
+                c,
+                b'!' | b'#'
+                    | b'$'
+                    | b'%'
+                    | b'&'
+                    | b'\''
+                    | b'*'
+                    | b'+'
+                    | b'-'
+                    | b'.'
+                    | b'^'
+                    | b'_'
+                    | b'`'
+                    | b'|'
+                    | b'~'
+            );
+        b += 1;
+    }
+    t
+};
+
+/// What §8.2 asks of a regular field, and what `http`'s header types
+/// accept (a token name, a value of visible characters, spaces and tabs).
+fn check_regular(name: &[u8], value: &[u8]) -> Result<(), &'static str> {
     if name.iter().any(u8::is_ascii_uppercase) {
         return Err("upper-case header name");
     }
@@ -63,6 +91,25 @@ fn regular(
     if name == b"te" && value != b"trailers" {
         return Err("te other than trailers");
     }
+    if name.is_empty()
+        || name.len() > u16::MAX as usize
+        || !name.iter().all(|&b| TOKEN[b as usize])
+    {
+        return Err("invalid header name");
+    }
+    if !value.iter().all(|&b| (b >= 32 && b != 127) || b == b'\t') {
+        return Err("invalid header value");
+    }
+    Ok(())
+}
+
+/// Adds a regular field, checking what §8.2 asks of it.
+fn regular(
+    headers: &mut HeaderMap,
+    name: &[u8],
+    value: &[u8],
+) -> Result<(), &'static str> {
+    check_regular(name, value)?;
     let name = HeaderName::from_bytes(name).map_err(|_| "invalid header name")?;
     let value = HeaderValue::from_bytes(value).map_err(|_| "invalid header value")?;
     headers.append(name, value);
@@ -180,6 +227,82 @@ pub(super) fn response(
     Ok(head)
 }
 
+/// A response head or trailer section, checked like [`response`] and
+/// encoded at once for the next hop (no header map on the way).
+pub(super) struct EncodedResponse {
+    pub(super) status: Option<u16>,
+    pub(super) block: Vec<u8>,
+}
+
+/// Decodes, checks and re-encodes a response head (`trailers: false`) or
+/// trailer section (`trailers: true`). A head is shaped as the general
+/// path shapes it (`strip_hop_by_hop` and the cohort header): `te` is kept
+/// only when it is a single `te: trailers`, and with `cohort` set, the
+/// upstream's cohort header gives way to `cohort_header: cohort`.
+pub(super) fn response_encoded(
+    decoder: &mut Decoder,
+    block: &[u8],
+    trailers: bool,
+    cohort: Option<(&[u8], &[u8])>,
+) -> Result<EncodedResponse, Refused> {
+    let mut out = Vec::with_capacity(block.len() * 2 + 64);
+    let mut status = None;
+    let mut problem: Option<&'static str> = None;
+    let mut regular_seen = false;
+    let mut te = 0usize;
+    decoder
+        .decode(block, |name, value| {
+            if problem.is_some() {
+                return;
+            }
+            if name.first() == Some(&b':') {
+                if trailers || regular_seen || status.is_some() {
+                    problem = Some("misplaced pseudo-header");
+                } else if name != b":status" {
+                    problem = Some("unknown pseudo-header");
+                } else {
+                    match std::str::from_utf8(value).ok().and_then(|v| v.parse().ok()) {
+                        Some(s @ 100..=999) if value.len() == 3 => {
+                            status = Some(s);
+                            encode(&mut out, name, value);
+                        }
+                        _ => problem = Some("invalid :status"),
+                    }
+                }
+                return;
+            }
+            regular_seen = true;
+            if let Err(p) = check_regular(name, value) {
+                problem = Some(p);
+                return;
+            }
+            if trailers {
+                encode(&mut out, name, value);
+                return;
+            }
+            match cohort {
+                _ if name == b"te" => te += 1,
+                Some((cohort_name, _)) if name == cohort_name => {}
+                _ => encode(&mut out, name, value),
+            }
+        })
+        .map_err(|_| Refused::Compression)?;
+    if let Some(p) = problem {
+        return Err(Refused::Malformed(p));
+    }
+    if trailers {
+        return Ok(EncodedResponse { status: None, block: out });
+    }
+    let Some(code) = status else { return Err(Refused::Malformed("no :status")) };
+    if te == 1 {
+        encode(&mut out, b"te", b"trailers");
+    }
+    if let (Some((n, v)), false) = (cohort, (100..200).contains(&code)) {
+        encode(&mut out, n, v);
+    }
+    Ok(EncodedResponse { status, block: out })
+}
+
 /// HPACK static table entries the encoder indexes (RFC 7541 Appendix A):
 /// full matches first, then names.
 fn static_full(name: &[u8], value: &[u8]) -> Option<u8> {
@@ -202,10 +325,65 @@ fn static_full(name: &[u8], value: &[u8]) -> Option<u8> {
     })
 }
 
+/// The first static table entry of `name` (Appendix A lists a name's
+/// entries together). A match, not a scan: it runs for every field the
+/// relay writes.
 fn static_name(name: &[u8]) -> Option<u8> {
-    // The first entry of each name (Appendix A lists a name's entries
-    // together).
-    STATIC.iter().position(|(n, _)| *n == name).map(|i| i as u8 + 1)
+    Some(match name {
+        b":authority" => 1,
+        b":method" => 2,
+        b":path" => 4,
+        b":scheme" => 6,
+        b":status" => 8,
+        b"accept-charset" => 15,
+        b"accept-encoding" => 16,
+        b"accept-language" => 17,
+        b"accept-ranges" => 18,
+        b"accept" => 19,
+        b"access-control-allow-origin" => 20,
+        b"age" => 21,
+        b"allow" => 22,
+        b"authorization" => 23,
+        b"cache-control" => 24,
+        b"content-disposition" => 25,
+        b"content-encoding" => 26,
+        b"content-language" => 27,
+        b"content-length" => 28,
+        b"content-location" => 29,
+        b"content-range" => 30,
+        b"content-type" => 31,
+        b"cookie" => 32,
+        b"date" => 33,
+        b"etag" => 34,
+        b"expect" => 35,
+        b"expires" => 36,
+        b"from" => 37,
+        b"host" => 38,
+        b"if-match" => 39,
+        b"if-modified-since" => 40,
+        b"if-none-match" => 41,
+        b"if-range" => 42,
+        b"if-unmodified-since" => 43,
+        b"last-modified" => 44,
+        b"link" => 45,
+        b"location" => 46,
+        b"max-forwards" => 47,
+        b"proxy-authenticate" => 48,
+        b"proxy-authorization" => 49,
+        b"range" => 50,
+        b"referer" => 51,
+        b"refresh" => 52,
+        b"retry-after" => 53,
+        b"server" => 54,
+        b"set-cookie" => 55,
+        b"strict-transport-security" => 56,
+        b"transfer-encoding" => 57,
+        b"user-agent" => 58,
+        b"vary" => 59,
+        b"via" => 60,
+        b"www-authenticate" => 61,
+        _ => return None,
+    })
 }
 
 /// RFC 7541 §5.1 integer with an `n`-bit prefix; `first` holds the
@@ -269,6 +447,98 @@ mod tests {
 
     fn decode_all(b: &[u8]) -> Vec<(Vec<u8>, Vec<u8>)> {
         loona_hpack::Decoder::new().decode(b).expect("decodes")
+    }
+
+    #[test]
+    fn static_names_are_the_first_entry_of_each_name_in_the_table() {
+        for (i, (name, _)) in STATIC.iter().enumerate() {
+            let first = STATIC.iter().position(|(n, _)| n == name).expect("listed");
+            assert_eq!(static_name(name), Some(first as u8 + 1), "{i}");
+        }
+        assert_eq!(static_name(b"x-custom"), None);
+        assert_eq!(static_name(b""), None);
+    }
+
+    #[test]
+    fn encoded_responses_are_shaped_like_the_general_path() {
+        let upstream = block(&[
+            (":status", "200"),
+            ("content-type", "text/plain"),
+            ("x-chaos-cohort", "spoofed"),
+            ("te", "trailers"),
+            ("te", "trailers"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+        ]);
+        let cohort = Some((&b"x-chaos-cohort"[..], &b"control"[..]));
+        let r = response_encoded(&mut Decoder::new(4096), &upstream, false, cohort)
+            .expect("valid");
+        assert_eq!(r.status, Some(200));
+        let got = decode_all(&r.block);
+        let want: Vec<(Vec<u8>, Vec<u8>)> = [
+            (":status", "200"),
+            ("content-type", "text/plain"),
+            ("set-cookie", "a=1"),
+            ("set-cookie", "b=2"),
+            ("x-chaos-cohort", "control"),
+        ]
+        .iter()
+        .map(|(n, v)| (n.as_bytes().to_vec(), v.as_bytes().to_vec()))
+        .collect();
+        assert_eq!(got, want);
+        // Without a cohort the upstream's header passes; one te survives.
+        let single =
+            block(&[(":status", "204"), ("te", "trailers"), ("x-chaos-cohort", "u")]);
+        let r = response_encoded(&mut Decoder::new(4096), &single, false, None)
+            .expect("valid");
+        let names: Vec<Vec<u8>> =
+            decode_all(&r.block).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(
+            names,
+            vec![b":status".to_vec(), b"x-chaos-cohort".to_vec(), b"te".to_vec()]
+        );
+        // Interim responses get no cohort header; trailers are not shaped.
+        let interim = block(&[(":status", "103"), ("link", "</a>")]);
+        let r = response_encoded(&mut Decoder::new(4096), &interim, false, cohort)
+            .expect("ok");
+        assert_eq!(decode_all(&r.block).len(), 2);
+        let t = block(&[("grpc-status", "0"), ("x-chaos-cohort", "x")]);
+        let r = response_encoded(&mut Decoder::new(4096), &t, true, cohort).expect("ok");
+        assert_eq!((r.status, decode_all(&r.block).len()), (None, 2));
+    }
+
+    proptest! {
+        /// The direct encoder accepts and refuses exactly what
+        /// [`response`] does.
+        #[test]
+        fn encoded_responses_refuse_what_response_refuses(
+            fields in proptest::collection::vec(
+                (prop_oneof![
+                    Just(":status".to_string()),
+                    Just(":path".to_string()),
+                    Just("te".to_string()),
+                    Just("connection".to_string()),
+                    "[a-zA-Z0-9 _:-]{0,6}",
+                ], prop_oneof![Just("200".to_string()), Just("trailers".to_string()), "[ -~\t\x00\x7f]{0,4}"]),
+                0..6,
+            ),
+            trailers in any::<bool>(),
+        ) {
+            let b: Vec<u8> = {
+                let mut out = Vec::new();
+                for (n, v) in &fields {
+                    encode(&mut out, n.as_bytes(), v.as_bytes());
+                }
+                out
+            };
+            let via_map = response(&mut Decoder::new(4096), &b, trailers);
+            let direct = response_encoded(&mut Decoder::new(4096), &b, trailers, None);
+            match (via_map, direct) {
+                (Ok(m), Ok(d)) => prop_assert_eq!(m.status, d.status),
+                (Err(a), Err(b)) => prop_assert_eq!(a, b),
+                (a, b) => prop_assert!(false, "{:?} vs {:?}", a.map(|h| h.status), b.map(|h| h.status)),
+            }
+        }
     }
 
     #[test]

@@ -2,12 +2,16 @@
 //! nine-byte frame header, the settings it reads and filters, and the few
 //! frames it writes itself. Payloads it forwards are never rebuilt.
 
+use std::borrow::Cow;
+
+use bytes::{Buf, BytesMut};
+
 pub(crate) const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub(super) const HEADER_LEN: usize = 9;
 /// The smallest `SETTINGS_MAX_FRAME_SIZE`, and the default.
 pub(super) const DEFAULT_MAX_FRAME: usize = 16_384;
 const MAX_FRAME_LIMIT: u32 = (1 << 24) - 1;
-const MAX_WINDOW: u32 = (1 << 31) - 1;
+pub(super) const MAX_WINDOW: u32 = (1 << 31) - 1;
 
 pub(super) const DATA: u8 = 0x0;
 pub(super) const HEADERS: u8 = 0x1;
@@ -46,7 +50,6 @@ pub(super) mod setting {
     pub(crate) const MAX_CONCURRENT_STREAMS: u16 = 0x3;
     pub(crate) const INITIAL_WINDOW_SIZE: u16 = 0x4;
     pub(crate) const MAX_FRAME_SIZE: u16 = 0x5;
-    pub(crate) const MAX_HEADER_LIST_SIZE: u16 = 0x6;
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,6 +147,15 @@ pub(super) fn data_padding_ok(flags: u8, payload: &[u8]) -> bool {
         || payload.first().is_some_and(|&pad| usize::from(pad) < payload.len())
 }
 
+/// A DATA payload without its padding (checked by [`data_padding_ok`]).
+pub(super) fn data_body(flags: u8, payload: &[u8]) -> &[u8] {
+    if flags & PADDED == 0 {
+        return payload;
+    }
+    let pad = payload.first().map_or(0, |&p| usize::from(p));
+    payload.get(1..payload.len().saturating_sub(pad)).unwrap_or_default()
+}
+
 /// One setting of a SETTINGS payload (a multiple of six bytes).
 pub(super) fn settings(payload: &[u8]) -> impl Iterator<Item = (u16, u32)> + '_ {
     payload.chunks_exact(6).map(|c| {
@@ -165,6 +177,178 @@ pub(super) fn check_setting(id: u16, value: u32) -> Option<u32> {
         }
         _ => None,
     }
+}
+
+/// Hands every complete frame at the start of `buf` to `handle` (its
+/// head and payload), then drops them from `buf`; stops at the first
+/// error, or with `FRAME_SIZE_ERROR` at a frame longer than `max_len`.
+pub(super) fn each(
+    buf: &mut BytesMut,
+    max_len: usize,
+    mut handle: impl FnMut(Head, &[u8]) -> Result<(), u32>,
+) -> Result<(), u32> {
+    let mut at = 0;
+    let result = loop {
+        if buf.len() - at < HEADER_LEN {
+            break Ok(());
+        }
+        let h = parse_head(&buf[at..]);
+        if h.len > max_len {
+            break Err(code::FRAME_SIZE_ERROR);
+        }
+        let end = at + HEADER_LEN + h.len;
+        if buf.len() < end {
+            break Ok(());
+        }
+        if let Err(c) = handle(h, &buf[at + HEADER_LEN..end]) {
+            break Err(c);
+        }
+        at = end;
+    };
+    buf.advance(at);
+    result
+}
+
+/// The frame order rules of both peers: SETTINGS first (§3.4: it
+/// follows the preface), and nothing between a HEADERS frame and the
+/// CONTINUATION frames it announced (§6.10).
+pub(super) fn in_order(
+    settings_seen: bool,
+    continuation_due: bool,
+    h: Head,
+) -> Result<(), u32> {
+    let first_ok = settings_seen || (h.kind == SETTINGS && h.flags & ACK == 0);
+    if !first_ok || (continuation_due && h.kind != CONTINUATION) {
+        return Err(code::PROTOCOL_ERROR);
+    }
+    Ok(())
+}
+
+/// A complete header block: its stream, END_STREAM, and the block.
+pub(super) struct Block<'p> {
+    pub(super) stream: u32,
+    pub(super) end_stream: bool,
+    pub(super) bytes: Cow<'p, [u8]>,
+}
+
+/// A header block still waiting for its CONTINUATION frames.
+struct Pending {
+    stream: u32,
+    end_stream: bool,
+    block: Vec<u8>,
+}
+
+/// Assembles header blocks from HEADERS and CONTINUATION frames.
+#[derive(Default)]
+pub(super) struct Blocks {
+    pending: Option<Pending>,
+}
+
+impl Blocks {
+    /// A HEADERS frame announced CONTINUATION that has not ended yet.
+    pub(super) fn continuation_due(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// A HEADERS or CONTINUATION frame: the complete block, or `None`
+    /// while CONTINUATION is due. A block beyond `limit` bytes is a
+    /// CONTINUATION flood (`ENHANCE_YOUR_CALM`).
+    pub(super) fn feed<'p>(
+        &mut self,
+        h: Head,
+        payload: &'p [u8],
+        limit: usize,
+    ) -> Result<Option<Block<'p>>, u32> {
+        if h.kind == HEADERS {
+            let fragment =
+                headers_fragment(h.flags, payload).ok_or(code::PROTOCOL_ERROR)?;
+            let end_stream = h.flags & END_STREAM != 0;
+            if h.flags & END_HEADERS != 0 {
+                let bytes = Cow::Borrowed(fragment);
+                return Ok(Some(Block { stream: h.stream, end_stream, bytes }));
+            }
+            self.pending =
+                Some(Pending { stream: h.stream, end_stream, block: fragment.to_vec() });
+            return Ok(None);
+        }
+        let mut p = self.pending.take().ok_or(code::PROTOCOL_ERROR)?;
+        if p.stream != h.stream {
+            return Err(code::PROTOCOL_ERROR);
+        }
+        p.block.extend_from_slice(payload);
+        if p.block.len() > limit {
+            return Err(code::ENHANCE_YOUR_CALM);
+        }
+        if h.flags & END_HEADERS != 0 {
+            let (stream, end_stream, bytes) =
+                (p.stream, p.end_stream, Cow::Owned(p.block));
+            return Ok(Some(Block { stream, end_stream, bytes }));
+        }
+        self.pending = Some(p);
+        Ok(None)
+    }
+}
+
+/// Checks a PING frame and writes its acknowledgement to `out` (a PING
+/// that is itself one needs none).
+pub(super) fn answer_ping(h: Head, payload: &[u8], out: &mut Vec<u8>) -> Result<(), u32> {
+    if h.stream != 0 {
+        return Err(code::PROTOCOL_ERROR);
+    }
+    if h.len != 8 {
+        return Err(code::FRAME_SIZE_ERROR);
+    }
+    if h.flags & ACK == 0 {
+        write_head(out, 8, PING, ACK, 0);
+        out.extend_from_slice(payload);
+    }
+    Ok(())
+}
+
+/// Checks a GOAWAY frame: its last stream id.
+pub(super) fn read_goaway(h: Head, payload: &[u8]) -> Result<u32, u32> {
+    if h.stream != 0 {
+        return Err(code::PROTOCOL_ERROR);
+    }
+    if h.len < 8 {
+        return Err(code::FRAME_SIZE_ERROR);
+    }
+    Ok(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff)
+}
+
+/// What a SETTINGS frame says that matters to the relay as a sender.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub(super) struct Settings {
+    pub(super) max_streams: Option<u32>,
+    pub(super) initial_window: Option<u32>,
+    pub(super) max_frame: Option<usize>,
+}
+
+/// Checks a SETTINGS frame: `Ok(None)` for an acknowledgement, what it
+/// sets otherwise, `Err` with a connection error's code.
+pub(super) fn read_settings(h: Head, payload: &[u8]) -> Result<Option<Settings>, u32> {
+    if h.stream != 0 {
+        return Err(code::PROTOCOL_ERROR);
+    }
+    if h.flags & ACK != 0 {
+        return if h.len == 0 { Ok(None) } else { Err(code::FRAME_SIZE_ERROR) };
+    }
+    if !h.len.is_multiple_of(6) {
+        return Err(code::FRAME_SIZE_ERROR);
+    }
+    let mut set = Settings::default();
+    for (id, value) in settings(payload) {
+        if let Some(c) = check_setting(id, value) {
+            return Err(c);
+        }
+        match id {
+            setting::MAX_CONCURRENT_STREAMS => set.max_streams = Some(value),
+            setting::INITIAL_WINDOW_SIZE => set.initial_window = Some(value),
+            setting::MAX_FRAME_SIZE => set.max_frame = Some(value as usize),
+            _ => {}
+        }
+    }
+    Ok(Some(set))
 }
 
 /// Writes a SETTINGS frame of `pairs`.
@@ -222,6 +406,8 @@ mod tests {
         assert!(data_padding_ok(PADDED, &[1, b'x', 0]));
         assert!(!data_padding_ok(PADDED, &[3, b'x', 0]));
         assert!(!data_padding_ok(PADDED, &[]));
+        assert_eq!(data_body(PADDED, &[1, b'x', 0]), b"x");
+        assert_eq!(data_body(0, &[1, b'x', 0]), &[1, b'x', 0]);
     }
 
     #[test]
@@ -241,6 +427,18 @@ mod tests {
         );
         assert_eq!(check_setting(setting::MAX_FRAME_SIZE, 1 << 20), None);
         let mut out = Vec::new();
+        write_settings(&mut out, &[(setting::MAX_FRAME_SIZE, 20_000), (0x99, 7)]);
+        let h = parse_head(&out);
+        let set = read_settings(h, &out[HEADER_LEN..]).expect("valid");
+        assert_eq!(
+            set,
+            Some(Settings { max_frame: Some(20_000), ..Settings::default() })
+        );
+        let ack = Head { len: 0, kind: SETTINGS, flags: ACK, stream: 0 };
+        assert_eq!(read_settings(ack, &[]), Ok(None));
+        let bad = Head { len: 5, kind: SETTINGS, flags: 0, stream: 0 };
+        assert_eq!(read_settings(bad, &[0; 5]), Err(code::FRAME_SIZE_ERROR));
+        out.clear();
         write_settings(&mut out, &[(setting::ENABLE_PUSH, 0), (0x99, 7)]);
         assert_eq!(
             settings(&out[HEADER_LEN..]).collect::<Vec<_>>(),
