@@ -15,14 +15,15 @@
 //! is credited back to the client ([`ToClient::Credit`]).
 //!
 //! A connection takes streams up to the upstream's MAX_CONCURRENT_STREAMS;
-//! beyond it the pool opens another one. A request the upstream did not
+//! beyond it the pool opens another one (a request that reaches a full or
+//! retired connection anyway moves on when it has no body, and is refused
+//! with REFUSED_STREAM when it has). A request the upstream did not
 //! process (REFUSED_STREAM, a stream above a GOAWAY's last id) is sent
 //! again on another connection when it had no body; so is an idempotent
 //! one whose connection was lost before any response. An idle connection
 //! is closed after the idle timeout, a draining one when its last stream
 //! ends.
 
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::ThreadId;
@@ -293,8 +294,6 @@ struct Conn {
     blocks: frame::Blocks,
     streams: AHashMap<u32, UpStream>,
     keys: AHashMap<u64, u32>,
-    /// Opens beyond the upstream's MAX_CONCURRENT_STREAMS.
-    waiting: VecDeque<Open>,
     next_stream: u32,
     peer_max_streams: u32,
     peer_initial_window: i64,
@@ -335,7 +334,6 @@ impl Conn {
             blocks: frame::Blocks::default(),
             streams: AHashMap::new(),
             keys: AHashMap::new(),
-            waiting: VecDeque::new(),
             next_stream: 1,
             peer_max_streams: max_streams,
             peer_initial_window: 65_535,
@@ -445,7 +443,9 @@ impl Conn {
     /// When the timers next need a look.
     fn next_wake(&self) -> Instant {
         let far = Instant::now() + std::time::Duration::from_secs(3600);
-        let idle = (self.streams.is_empty() && self.waiting.is_empty())
+        let idle = self
+            .streams
+            .is_empty()
             .then(|| self.idle_since + self.shared.timeouts().idle);
         [idle, self.shutdown_at.map(|at| at + DRAIN_TIMEOUT), self.closing]
             .into_iter()
@@ -455,7 +455,6 @@ impl Conn {
 
     fn timers(&mut self, now: Instant) {
         if self.streams.is_empty()
-            && self.waiting.is_empty()
             && now >= self.idle_since + self.shared.timeouts().idle
             && self.pool.retire_if_idle(self.id, &self.load)
         {
@@ -485,7 +484,7 @@ impl Conn {
     }
 
     fn close_if_drained(&mut self) {
-        if self.retired && self.streams.is_empty() && self.waiting.is_empty() {
+        if self.retired && self.streams.is_empty() {
             self.close(Instant::now());
         }
     }
@@ -508,12 +507,12 @@ impl Conn {
     fn message(&mut self, msg: ToUp) {
         match msg {
             ToUp::Open(o) => {
-                if self.retired || self.closing.is_some() {
-                    // Chosen just before this connection left the pool.
+                let full = self.streams.len() as u32 >= self.peer_max_streams;
+                if self.retired || self.closing.is_some() || full {
+                    // Chosen just before this connection left the pool or
+                    // lowered its stream limit.
                     self.load.open.fetch_sub(1, Ordering::Relaxed);
-                    self.reroute.push(o);
-                } else if self.streams.len() as u32 >= self.peer_max_streams {
-                    self.waiting.push_back(o);
+                    self.move_unsent(o);
                 } else {
                     self.start(o);
                 }
@@ -543,15 +542,23 @@ impl Conn {
                 }
             }
             ToUp::Cancel { key } => {
-                if let Some(i) = self.waiting.iter().position(|o| o.key == key) {
-                    self.waiting.remove(i);
-                    self.load.open.fetch_sub(1, Ordering::Relaxed);
-                    return;
-                }
                 let Some(&id) = self.keys.get(&key) else { return };
                 frame::rst_stream(&mut self.out.buf, id, code::CANCEL);
                 self.remove(id);
             }
+        }
+    }
+
+    /// A request this connection will not send goes to another one when
+    /// it has no body. One with a body is refused instead (its body may
+    /// already be on its way here, and only this connection would know
+    /// the stream), which tells the client it may send it again.
+    fn move_unsent(&mut self, o: Open) {
+        if o.end {
+            self.reroute.push(o);
+        } else {
+            let msg = ToClient::Reset { stream: o.stream, code: code::REFUSED_STREAM };
+            let _ = o.client.send(msg);
         }
     }
 
@@ -617,15 +624,11 @@ impl Conn {
         }
     }
 
-    /// Forgets stream `id`; a waiting request takes its place.
+    /// Forgets stream `id`.
     fn remove(&mut self, id: u32) {
         if let Some(s) = self.streams.remove(&id) {
             self.keys.remove(&s.key);
             self.load.open.fetch_sub(1, Ordering::Relaxed);
-        }
-        while (self.streams.len() as u32) < self.peer_max_streams && !self.retired {
-            let Some(o) = self.waiting.pop_front() else { break };
-            self.start(o);
         }
         if self.streams.is_empty() {
             self.idle_since = Instant::now();
@@ -656,16 +659,11 @@ impl Conn {
         }
     }
 
-    /// The connection is gone: every stream and waiting request ends.
+    /// The connection is gone: every stream ends.
     fn connection_lost(&mut self) {
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
             self.end_stream(id, code::INTERNAL_ERROR, false);
-        }
-        for o in std::mem::take(&mut self.waiting) {
-            // Never sent: another connection takes it.
-            self.load.open.fetch_sub(1, Ordering::Relaxed);
-            self.reroute.push(o);
         }
         self.send_reroutes();
     }
@@ -820,10 +818,6 @@ impl Conn {
         let ids: Vec<u32> = self.streams.keys().copied().collect();
         for id in ids {
             self.pump(id);
-        }
-        while (self.streams.len() as u32) < self.peer_max_streams && !self.retired {
-            let Some(o) = self.waiting.pop_front() else { break };
-            self.start(o);
         }
         Ok(())
     }
