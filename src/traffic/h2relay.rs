@@ -164,7 +164,6 @@ pub(super) async fn serve(
         streams: Vec::new(),
         last_client: 0,
         blocks: frame::Blocks::default(),
-        client_may_send: frame::DEFAULT_MAX_FRAME,
         client_max_frame: frame::DEFAULT_MAX_FRAME,
         settings_seen: false,
         send_window: 65_535,
@@ -283,8 +282,6 @@ struct Relay<'a> {
     /// Highest stream id the client opened.
     last_client: u32,
     blocks: frame::Blocks,
-    /// Largest frame the client may send (the relay's MAX_FRAME_SIZE).
-    client_may_send: usize,
     /// Largest frame the relay may send the client.
     client_max_frame: usize,
     settings_seen: bool,
@@ -429,7 +426,8 @@ impl Relay<'_> {
     /// a connection error's code (RFC 9113 §5.4.1).
     fn frames(&mut self, now: Instant) -> Result<(), u32> {
         let mut buf = std::mem::take(&mut self.cin);
-        let result = frame::each(&mut buf, self.client_may_send, |h, payload| {
+        // The relay never raises MAX_FRAME_SIZE from its default.
+        let result = frame::each(&mut buf, frame::DEFAULT_MAX_FRAME, |h, payload| {
             frame::in_order(self.settings_seen, self.blocks.continuation_due(), h)?;
             self.frame(h, payload, now)
         });
@@ -467,12 +465,10 @@ impl Relay<'_> {
                 _ => Err(code::FRAME_SIZE_ERROR),
             },
             frame::RST_STREAM => {
-                if h.stream == 0 || h.stream > self.last_client {
+                if h.stream > self.last_client {
                     return Err(code::PROTOCOL_ERROR);
                 }
-                if h.len != 4 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
+                frame::read_rst_stream(h, payload)?;
                 if let Some(i) = self.find(h.stream) {
                     // The client gave up on it.
                     self.finish(i, None, now);
@@ -521,11 +517,7 @@ impl Relay<'_> {
         payload: &[u8],
         now: Instant,
     ) -> Result<(), u32> {
-        if h.len != 4 {
-            return Err(code::FRAME_SIZE_ERROR);
-        }
-        let n = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-            & 0x7fff_ffff;
+        let n = frame::read_window_update(h, payload)?;
         if h.stream == 0 {
             if n == 0 {
                 return Err(code::PROTOCOL_ERROR);

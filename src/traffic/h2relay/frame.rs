@@ -305,6 +305,31 @@ pub(super) fn answer_ping(h: Head, payload: &[u8], out: &mut Vec<u8>) -> Result<
     Ok(())
 }
 
+/// A payload's first four bytes as a big-endian number.
+fn be32(payload: &[u8]) -> u32 {
+    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+}
+
+/// Checks an RST_STREAM frame: its error code.
+pub(super) fn read_rst_stream(h: Head, payload: &[u8]) -> Result<u32, u32> {
+    if h.stream == 0 {
+        return Err(code::PROTOCOL_ERROR);
+    }
+    if h.len != 4 {
+        return Err(code::FRAME_SIZE_ERROR);
+    }
+    Ok(be32(payload))
+}
+
+/// Checks a WINDOW_UPDATE frame: its increment (0 is the caller's to
+/// refuse: a stream or a connection error depending on the stream).
+pub(super) fn read_window_update(h: Head, payload: &[u8]) -> Result<u32, u32> {
+    if h.len != 4 {
+        return Err(code::FRAME_SIZE_ERROR);
+    }
+    Ok(be32(payload) & 0x7fff_ffff)
+}
+
 /// Checks a GOAWAY frame: its last stream id.
 pub(super) fn read_goaway(h: Head, payload: &[u8]) -> Result<u32, u32> {
     if h.stream != 0 {
@@ -313,7 +338,7 @@ pub(super) fn read_goaway(h: Head, payload: &[u8]) -> Result<u32, u32> {
     if h.len < 8 {
         return Err(code::FRAME_SIZE_ERROR);
     }
-    Ok(u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]) & 0x7fff_ffff)
+    Ok(be32(payload) & 0x7fff_ffff)
 }
 
 /// What a SETTINGS frame says that matters to the relay as a sender.
@@ -433,6 +458,26 @@ mod tests {
         assert_eq!(
             set,
             Some(Settings { max_frame: Some(20_000), ..Settings::default() })
+        );
+        let rst = Head { len: 4, kind: RST_STREAM, flags: 0, stream: 3 };
+        assert_eq!(read_rst_stream(rst, &[0, 0, 0, 8]), Ok(code::CANCEL));
+        assert_eq!(
+            read_rst_stream(Head { stream: 0, ..rst }, &[0; 4]),
+            Err(code::PROTOCOL_ERROR)
+        );
+        assert_eq!(
+            read_rst_stream(Head { len: 5, ..rst }, &[0; 5]),
+            Err(code::FRAME_SIZE_ERROR)
+        );
+        let wu = Head { len: 4, kind: WINDOW_UPDATE, flags: 0, stream: 0 };
+        assert_eq!(
+            read_window_update(wu, &[0x80, 0, 1, 0]),
+            Ok(256),
+            "reserved bit ignored"
+        );
+        assert_eq!(
+            read_window_update(Head { len: 3, ..wu }, &[0; 3]),
+            Err(code::FRAME_SIZE_ERROR)
         );
         let ack = Head { len: 0, kind: SETTINGS, flags: ACK, stream: 0 };
         assert_eq!(read_settings(ack, &[]), Ok(None));

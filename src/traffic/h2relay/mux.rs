@@ -557,8 +557,7 @@ impl Conn {
         if o.end {
             self.reroute.push(o);
         } else {
-            let msg = ToClient::Reset { stream: o.stream, code: code::REFUSED_STREAM };
-            let _ = o.client.send(msg);
+            reset_client(&o.client, o.stream, code::REFUSED_STREAM);
         }
     }
 
@@ -653,9 +652,7 @@ impl Conn {
         self.remove(id);
         match again {
             Some(o) => self.reroute.push(o),
-            None => {
-                let _ = client.send(ToClient::Reset { stream, code });
-            }
+            None => reset_client(&client, stream, code),
         }
     }
 
@@ -669,9 +666,7 @@ impl Conn {
     }
 
     fn lost(&self, o: Open) {
-        let _ = o
-            .client
-            .send(ToClient::Reset { stream: o.stream, code: code::INTERNAL_ERROR });
+        reset_client(&o.client, o.stream, code::INTERNAL_ERROR);
     }
 
     /// One read: `false` when the connection ended.
@@ -718,14 +713,7 @@ impl Conn {
             frame::HEADERS | frame::CONTINUATION => self.headers(h, payload),
             frame::PRIORITY => Ok(()),
             frame::RST_STREAM => {
-                if h.stream == 0 {
-                    return Err(code::PROTOCOL_ERROR);
-                }
-                if h.len != 4 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                let error =
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]]);
+                let error = frame::read_rst_stream(h, payload)?;
                 let Some(s) = self.streams.get(&h.stream) else { return Ok(()) };
                 if s.response_ended {
                     // The response is complete; the rest of the request
@@ -733,7 +721,7 @@ impl Conn {
                     // the response.
                     let (client, stream) = (s.client.clone(), s.client_stream);
                     self.remove(h.stream);
-                    let _ = client.send(ToClient::Reset { stream, code: error });
+                    reset_client(&client, stream, error);
                     return Ok(());
                 }
                 self.end_stream(h.stream, error, error == code::REFUSED_STREAM);
@@ -753,13 +741,7 @@ impl Conn {
                 Ok(())
             }
             frame::WINDOW_UPDATE => {
-                if h.len != 4 {
-                    return Err(code::FRAME_SIZE_ERROR);
-                }
-                let n = i64::from(
-                    u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
-                        & 0x7fff_ffff,
-                );
+                let n = i64::from(frame::read_window_update(h, payload)?);
                 if h.stream == 0 {
                     self.send_window += n;
                     if self.send_window > i64::from(frame::MAX_WINDOW) {
@@ -936,4 +918,10 @@ impl Conn {
         }
         Ok(())
     }
+}
+
+/// Tells a client connection its stream ended upstream with `code` (a
+/// client connection that is gone needs telling nothing).
+fn reset_client(client: &ClientTx, stream: u32, code: u32) {
+    let _ = client.send(ToClient::Reset { stream, code });
 }
