@@ -308,12 +308,13 @@ fn forest(h: &HypothesisResult) -> String {
     let finite: Vec<f64> = vals.iter().copied().filter(|v| v.is_finite()).collect();
     let lo = finite.iter().copied().fold(f64::INFINITY, f64::min);
     let hi = finite.iter().copied().fold(f64::NEG_INFINITY, f64::max);
-    if !(hi - lo).is_finite() {
-        // Absurd magnitudes: the numbers are in the table, skip the plot.
-        return String::new();
-    }
     let pad = ((hi - lo) * 0.08).max(1e-9);
     let (lo, hi) = (lo - pad, hi + pad);
+    if !(hi - lo).is_finite() {
+        // Absurd magnitudes (the padding alone can overflow near f64::MAX):
+        // the numbers are in the table, skip the plot.
+        return String::new();
+    }
     let (w, h_px) = (170.0, 24.0);
     let x = |v: f64| 4.0 + (v - lo) / (hi - lo) * (w - 8.0);
     let color = verdict_color(h.verdict);
@@ -854,6 +855,17 @@ mod tests {
         if let Some(a) = r.abort.as_mut() {
             a.at_s = 1.7e308;
         }
+        let page = render(&r);
+        assert!(!page.contains("NaN") && !page.contains("inf"));
+    }
+
+    #[test]
+    fn a_plot_range_that_overflows_only_once_padded_is_skipped() {
+        // The range 0..1.77e308 is finite; padded by 8 % it is not.
+        let mut r = sample::aborted_run();
+        let h = &mut r.hypotheses[0];
+        (h.estimate, h.ci_low, h.ci_high, h.margin) =
+            (0.0, -0.0, 0.0, 1.771421763120888e308);
         let page = render(&r);
         assert!(!page.contains("NaN") && !page.contains("inf"));
     }
