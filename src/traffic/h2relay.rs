@@ -179,7 +179,41 @@ pub(super) async fn serve(
         wake: now + shared.timeouts().idle,
         scratch: Vec::with_capacity(1024),
     };
-    relay.run(shutdown).await;
+    relay.run(shutdown.clone()).await;
+    linger(&mut relay.client, shutdown).await;
+}
+
+/// How long a closed connection's late input is still read and dropped.
+const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
+/// How much of it, at most.
+const LINGER_BYTES: usize = 4 << 20;
+
+/// Lingering close, as nginx does it. After a GOAWAY the client may still
+/// be sending (a request already on its way, the rest of a flood). Closing
+/// with its bytes unread makes the kernel answer with a reset, which can
+/// destroy the GOAWAY before the client reads it, so the client never
+/// learns why. So the write side is shut first (the client reads the
+/// GOAWAY, then end of stream), and what still arrives is dropped until
+/// the client closes, for at most [`LINGER`] and [`LINGER_BYTES`], or
+/// until the proxy shuts down (its exit closes everything anyway).
+async fn linger(client: &mut TcpStream, mut shutdown: watch::Receiver<bool>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if client.shutdown().await.is_err() {
+        return;
+    }
+    let deadline = Instant::now() + LINGER;
+    let mut sink = vec![0u8; READ_CHUNK];
+    let mut left = LINGER_BYTES;
+    while left > 0 {
+        let read = tokio::select! {
+            r = tokio::time::timeout_at(deadline, client.read(&mut sink)) => r,
+            _ = stopped(&mut shutdown) => return,
+        };
+        match read {
+            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            _ => return,
+        }
+    }
 }
 
 fn new_decoder() -> hpack::Decoder {
@@ -373,7 +407,14 @@ impl Relay<'_> {
                     Ok(())
                 }
                 r = self.client.readable(), if reading => match r {
-                    Ok(()) => self.read(),
+                    Ok(()) => {
+                        // Read after the other ready tasks have run and the
+                        // driver was polled once: the client's next frames
+                        // are more likely in, so one read and one upstream
+                        // write carry more requests (see `mux::Conn::serve`).
+                        tokio::task::yield_now().await;
+                        self.read()
+                    }
                     Err(_) => {
                         self.client_gone();
                         return;

@@ -333,6 +333,11 @@ impl Raw {
         let mut s = TcpStream::connect(addr).await.expect("connect");
         s.write_all(PREFACE).await.expect("write");
         s.write_all(&frame(4, 0, 0, &[])).await.expect("write");
+        Raw::on(s)
+    }
+
+    /// A raw client on a connection the test opened itself.
+    pub(crate) fn on(s: TcpStream) -> Raw {
         Raw {
             s,
             buf: Vec::new(),
@@ -473,14 +478,38 @@ async fn raw_frames_follow_rfc_9113() {
     let mut s = TcpStream::connect(h.local_addr()).await.expect("connect");
     s.write_all(PREFACE).await.expect("write");
     s.write_all(&frame(6, 0, 0, &[0; 8])).await.expect("write");
-    let mut r = Raw {
-        s,
-        buf: Vec::new(),
-        enc: loona_hpack::Encoder::new(),
-        dec: loona_hpack::Decoder::new(),
-    };
+    let mut r = Raw::on(s);
     let (_, payload) = r.until(GOAWAY, 0).await.expect("GOAWAY");
     assert_eq!(code(&payload, 4), 1, "PROTOCOL_ERROR");
+    h.shutdown().await;
+}
+
+/// Lingering close: a client whose bytes are still arriving when the relay
+/// ends its connection (here 2 MiB of DATA behind a PING that came before
+/// SETTINGS) still reads the GOAWAY and then end of stream, and every one
+/// of its writes succeeds. Closing with those bytes unread would make the
+/// kernel send a reset, which fails the writes and can destroy the GOAWAY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_goaway_survives_input_still_in_flight() {
+    let up = echo_upstream().await;
+    let (h, _rec) = start(config(up, true)).await;
+    let mut s = TcpStream::connect(h.local_addr()).await.expect("connect");
+    let mut burst = PREFACE.to_vec();
+    burst.extend_from_slice(&frame(6, 0, 0, &[0; 8]));
+    let chunk = vec![b'x'; 16_384];
+    for _ in 0..128 {
+        burst.extend_from_slice(&frame(0, 0, 1, &chunk));
+    }
+    let writer = tokio::spawn(async move {
+        let r = s.write_all(&burst).await;
+        (s, r)
+    });
+    let (s, written) = writer.await.expect("writer");
+    written.expect("every write succeeds: the relay reads what it will not use");
+    let mut r = Raw::on(s);
+    let (_, payload) = r.until(GOAWAY, 0).await.expect("the GOAWAY arrives");
+    assert_eq!(code(&payload, 4), 1, "PROTOCOL_ERROR");
+    assert!(r.next().await.is_none(), "then end of stream, not a reset");
     h.shutdown().await;
 }
 
