@@ -28,7 +28,7 @@
 # h2c against HAProxy twice: pooling one upstream connection for all
 # clients (its usual `http-reuse always`), and with one upstream connection
 # per client connection as the relay has (`http-reuse never`), with nginx's
-# CPU per request behind each;
+# CPU per request behind each; h2c p99 comes from h2load's per-request log;
 # WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
 # Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
 # cargo. Builds the `perf` profile (release + one codegen unit) and the
@@ -343,7 +343,7 @@ CONF
   for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$HA_H2_OWN_PORT" \
            "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
   secs=${DURATION%s}
-  declare -A WRT WP99 H2R H2CPU H2UP
+  declare -A WRT WP99 H2R H2CPU H2UP H2P99 H2PAIRED_RPS H2PAIRED_P99
   ws_run() {  # name url
     local out
     out=$("$WS_BENCH" load "$2" "$CONNS" "$secs")
@@ -356,13 +356,16 @@ CONF
     local before after up_before up_after out
     h2load -c "$CONNS" -m 10 -D 1 "$2" >/dev/null 2>&1 || true
     before=$(cpu_ticks "$3"); up_before=$(cpu_ticks "$NGINX2_PID")
-    out=$(h2load -c "$CONNS" -m 10 -D "$secs" "$2" 2>&1)
+    rm -f "$W/h2.log"
+    out=$(h2load -c "$CONNS" -m 10 -D "$secs" --log-file="$W/h2.log" "$2" 2>&1)
     after=$(cpu_ticks "$3"); up_after=$(cpu_ticks "$NGINX2_PID")
     echo "$out" | grep -q "0 failed, 0 errored" || { echo "h2load through $1 failed:" >&2; echo "$out" >&2; exit 1; }
     local rps n
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     n=$(echo "$out" | awk '/^requests:/ {print $8}')
     H2R[$1]+=" $rps"
+    # p99 of the request durations (third column, microseconds).
+    H2P99[$1]+=" $(sort -n -k3,3 "$W/h2.log" | awk '{v[NR]=$3} END {printf "%.3f", v[int(NR*0.99)]/1000}')"
     H2CPU[$1]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
     H2UP[$1]+=" $(awk -v d=$((up_after - up_before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
   }
@@ -374,24 +377,34 @@ CONF
     h2_run chaos "http://127.0.0.1:$CH_H2_PORT/index.html" "$CHH2_PID"
   done
   echo
+  WPAIRED="throughput $(paired "${WRT[chaos]}" "${WRT[haproxy]}"), p99 $(paired "${WP99[chaos]}" "${WP99[haproxy]}")"
   for t in haproxy chaos; do
     echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]}"
     WRT[$t]=$(echo "${WRT[$t]}" | median); WP99[$t]=$(echo "${WP99[$t]}" | median)
   done
   for t in haproxy haproxy-1to1 chaos; do
-    echo "rounds $t: h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]} | nginx cpu_us/req${H2UP[$t]}"
+    echo "rounds $t: h2c req/s${H2R[$t]} | h2c p99_ms${H2P99[$t]} | h2c cpu_us/req${H2CPU[$t]} | nginx cpu_us/req${H2UP[$t]}"
+    H2PAIRED_RPS[$t]=$(paired "${H2R[chaos]}" "${H2R[$t]}")
+    H2PAIRED_P99[$t]=$(paired "${H2P99[chaos]}" "${H2P99[$t]}")
+  done
+  for t in haproxy haproxy-1to1 chaos; do
     H2R[$t]=$(echo "${H2R[$t]}" | median); H2CPU[$t]=$(echo "${H2CPU[$t]}" | median)
+    H2P99[$t]=$(echo "${H2P99[$t]}" | median)
     H2UP[$t]=$(echo "${H2UP[$t]}" | median)
   done
   echo "websocket echo (64 B, $CONNS conns, ${DURATION}), median of $ROUNDS rounds:"
   echo "  round trips/s haproxy ${WRT[haproxy]}  chaos ${WRT[chaos]}  chaos/haproxy $(ratio "${WRT[chaos]}" "${WRT[haproxy]}")"
   echo "  p99 ms        haproxy ${WP99[haproxy]}  chaos ${WP99[chaos]}  chaos/haproxy $(ratio "${WP99[chaos]}" "${WP99[haproxy]}")"
+  echo "  paired (median of per-round ratios) chaos/haproxy: $WPAIRED"
   echo "h2c upstream (h2load -c$CONNS -m10, nginx http2 prior knowledge), median of $ROUNDS rounds:"
-  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")"
+  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")  (goal >= 1.05)"
+  echo "  p99 ms        haproxy ${H2P99[haproxy]}  chaos ${H2P99[chaos]}  chaos/haproxy $(ratio "${H2P99[chaos]}" "${H2P99[haproxy]}")  (goal <= 1.00)"
+  echo "  paired (median of per-round ratios) chaos/haproxy: throughput ${H2PAIRED_RPS[haproxy]}, p99 ${H2PAIRED_P99[haproxy]}"
   echo "  cpu_us/req    haproxy ${H2CPU[haproxy]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy]}")"
   echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy]}  behind chaos ${H2UP[chaos]}"
   echo "h2c, one upstream connection per client connection on both (HAProxy http-reuse never):"
   echo "  req/s         haproxy ${H2R[haproxy-1to1]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy-1to1]}")"
+  echo "  p99 ms        haproxy ${H2P99[haproxy-1to1]}  chaos ${H2P99[chaos]}  chaos/haproxy $(ratio "${H2P99[chaos]}" "${H2P99[haproxy-1to1]}")"
   echo "  cpu_us/req    haproxy ${H2CPU[haproxy-1to1]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy-1to1]}")"
   echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy-1to1]}  behind chaos ${H2UP[chaos]}"
 fi

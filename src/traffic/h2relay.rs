@@ -202,15 +202,24 @@ async fn linger(client: &mut TcpStream, mut shutdown: watch::Receiver<bool>) {
         return;
     }
     let deadline = Instant::now() + LINGER;
-    let mut sink = vec![0u8; READ_CHUNK];
+    // Most clients have closed by now, or send little more: a small
+    // buffer reads that, and only a flood gets a large one.
+    let mut small = [0u8; 256];
+    let mut large = Vec::new();
     let mut left = LINGER_BYTES;
     while left > 0 {
+        let sink: &mut [u8] = if large.is_empty() { &mut small } else { &mut large };
         let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, client.read(&mut sink)) => r,
+            r = tokio::time::timeout_at(deadline, client.read(sink)) => r,
             _ = stopped(&mut shutdown) => return,
         };
         match read {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
+            Ok(Ok(n)) if n > 0 => {
+                left = left.saturating_sub(n);
+                if n == small.len() && large.is_empty() {
+                    large = vec![0u8; READ_CHUNK];
+                }
+            }
             _ => return,
         }
     }

@@ -788,6 +788,21 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let (ok, text) = closed_within(s, Duration::from_secs(3)).await;
     assert!(ok && text.starts_with("HTTP/1.1 200"), "{text}");
+    // A connection that is never quiet that long stays open, however long
+    // it lives (the fast path re-arms its idle timer lazily).
+    let mut s = TcpStream::connect(a).await.unwrap();
+    for seq in 0..8 {
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-seq: {seq}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let marker = format!("x-seq: {seq}\n");
+        let got = read_until(&mut s, marker.as_bytes(), Duration::from_secs(3)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains(&marker), "request {seq} of a busy connection: {text}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
 
     // Request body: 3 of 10 bytes, then silence -> 408.
     let mut s = TcpStream::connect(a).await.unwrap();

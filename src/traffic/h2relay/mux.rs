@@ -425,8 +425,8 @@ impl Conn {
                 msg = self.rx.recv(), if self.closing.is_none() => {
                     let Some(msg) = msg else { return };
                     self.message(msg);
+                    // The rest of the queue is taken after the yield.
                     gathered = true;
-                    self.take_queued();
                 }
                 r = sock.readable(), if reading => {
                     if r.is_err() || !self.read(sock) {
