@@ -229,8 +229,16 @@ paired() {  # "a1 a2 ..." "b1 b2 ..." -> median of a_i / b_i
   awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
     for (i = 1; i <= n; i++) printf "%.4f\n", x[i] / y[i] }' | median
 }
+# Rounds in which a_i / b_i meets a goal: "ge 1.05" or "le 1.00".
+rounds_meeting() {  # "a1 a2 ..." "b1 b2 ..." ge|le goal -> "k of n"
+  awk -v a="$1" -v b="$2" -v op="$3" -v g="$4" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) { r = x[i] / y[i]; if ((op == "ge" && r >= g) || (op == "le" && r <= g)) k++ }
+    printf "%d of %d", k, n }'
+}
 PAIRED_RPS=$(paired "${RPS[chaos]}" "${RPS[haproxy]}")
 PAIRED_P99=$(paired "${P99[chaos]}" "${P99[haproxy]}")
+ROUNDS_RPS=$(rounds_meeting "${RPS[chaos]}" "${RPS[haproxy]}" ge 1.05)
+ROUNDS_P99=$(rounds_meeting "${P99[chaos]}" "${P99[haproxy]}" le 1.00)
 for t in "${TARGETS[@]}"; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
@@ -255,6 +263,7 @@ echo "throughput chaos/haproxy: $(ratio "${RPS[chaos]}" "${RPS[haproxy]}")  (goa
 echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goal <= 1.00)"
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
 echo "paired (median of per-round ratios) chaos/haproxy: throughput $PAIRED_RPS, p99 $PAIRED_P99"
+echo "rounds meeting the goal: throughput >= 1.05x in $ROUNDS_RPS, p99 <= 1.00x in $ROUNDS_P99"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
 if [[ -n "${GENERAL_PID:-}" ]]; then
