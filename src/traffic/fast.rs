@@ -47,6 +47,7 @@ use self::response::{ForClient, Framing};
 use super::config::CohortKey;
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
+use super::linger::Lingering;
 use super::rewind::Rewind;
 use super::server::{record_request, reset_on_close, serve_connection, stopped, Shared};
 use super::upstream::{Target, KEEP_ALIVE_MARGIN};
@@ -150,7 +151,8 @@ pub(super) async fn serve(
         Ended::Closed => {}
         Ended::General(assignment) => {
             let prefix = conn.rbuf.split().freeze();
-            let io = TokioIo::new(Rewind::new(prefix, conn.client));
+            let client = Lingering::new(conn.client, shutdown.clone());
+            let io = TokioIo::new(Rewind::new(prefix, client));
             serve_connection(shared, io, peer, fd, "http", shutdown, assignment).await;
         }
     }
