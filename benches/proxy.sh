@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks `chaos proxy` against HAProxy and against nginx directly, in
-# one run on loopback: wrk -t1 -c32 -d10s --latency for each target, then
+# one run on loopback: wrk -t1 -c32 -d5s --latency for each target, then
 # prints req/s, p50 and p99 per target and the ratios the issue sets goals
 # for (chaos >= 1.05x HAProxy throughput, chaos p99 <= HAProxy p99).
 #
 # Usage: benches/proxy.sh [--rss]   (--rss adds 60 s of load on chaos and
 #                                     reports its peak RSS, VmHWM)
-# Env: ROUNDS (default 3): the targets are measured in interleaved
+# Env: ROUNDS (default 10): the targets are measured in interleaved
 # rounds and the median per target is reported, so load drift on a shared
-# machine hits all of them alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
-# flags for chaos proxy, e.g. "--workers 1").
+# machine hits all of them alike (on a 2-core machine single rounds of the
+# same binary differ by up to 1.5x in p99, so fewer rounds decide little;
+# the full run takes about 13 minutes). DURATION (5s), CONNS (32),
+# CHAOS_ARGS (extra flags for chaos proxy, e.g. "--workers 1").
 # GENERAL (default 1): also measure the same chaos binary with
 # --no-fast-path (every request through the general hyper path), as target
 # "general", to show what the HTTP/1.1 fast path buys.
@@ -36,8 +38,8 @@
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-10}
 CONNS=${CONNS:-32}
 RSS_SECONDS=${RSS_SECONDS:-60}
 cd "$(dirname "$0")/.."
