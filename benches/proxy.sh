@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Benchmarks `chaos proxy` against HAProxy and against nginx directly, in
-# one run on loopback: wrk -t1 -c32 -d10s --latency for each target, then
+# one run on loopback: wrk -t1 -c32 -d5s --latency for each target, then
 # prints req/s, p50 and p99 per target and the ratios the issue sets goals
 # for (chaos >= 1.05x HAProxy throughput, chaos p99 <= HAProxy p99).
 #
 # Usage: benches/proxy.sh [--rss]   (--rss adds 60 s of load on chaos and
 #                                     reports its peak RSS, VmHWM)
-# Env: ROUNDS (default 3): the targets are measured in interleaved
+# Env: ROUNDS (default 10): the targets are measured in interleaved
 # rounds and the median per target is reported, so load drift on a shared
-# machine hits all of them alike. DURATION (10s), CONNS (32), CHAOS_ARGS (extra
-# flags for chaos proxy, e.g. "--workers 1").
+# machine hits all of them alike (on a 2-core machine single rounds of the
+# same binary differ by up to 1.5x in p99, so fewer rounds decide little;
+# the full run takes about 13 minutes). DURATION (5s), CONNS (32),
+# CHAOS_ARGS (extra flags for chaos proxy, e.g. "--workers 1").
 # GENERAL (default 1): also measure the same chaos binary with
 # --no-fast-path (every request through the general hyper path), as target
 # "general", to show what the HTTP/1.1 fast path buys.
@@ -28,7 +30,7 @@
 # h2c against HAProxy twice: pooling one upstream connection for all
 # clients (its usual `http-reuse always`), and with one upstream connection
 # per client connection as the relay has (`http-reuse never`), with nginx's
-# CPU per request behind each;
+# CPU per request behind each; h2c p99 comes from h2load's per-request log;
 # WS_BENCH_BIN=/path/to/ws_bench: use that build of the example.
 # Needs: wrk, nginx, haproxy, h2load (nghttp2-client) (Debian packages),
 # cargo. Builds the `perf` profile (release + one codegen unit) and the
@@ -36,8 +38,8 @@
 # Every process it starts is stopped by PID on exit.
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
-ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-10}
 CONNS=${CONNS:-32}
 RSS_SECONDS=${RSS_SECONDS:-60}
 cd "$(dirname "$0")/.."
@@ -229,8 +231,16 @@ paired() {  # "a1 a2 ..." "b1 b2 ..." -> median of a_i / b_i
   awk -v a="$1" -v b="$2" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
     for (i = 1; i <= n; i++) printf "%.4f\n", x[i] / y[i] }' | median
 }
+# Rounds in which a_i / b_i meets a goal: "ge 1.05" or "le 1.00".
+rounds_meeting() {  # "a1 a2 ..." "b1 b2 ..." ge|le goal -> "k of n"
+  awk -v a="$1" -v b="$2" -v op="$3" -v g="$4" 'BEGIN { n = split(a, x, " "); split(b, y, " ");
+    for (i = 1; i <= n; i++) { r = x[i] / y[i]; if ((op == "ge" && r >= g) || (op == "le" && r <= g)) k++ }
+    printf "%d of %d", k, n }'
+}
 PAIRED_RPS=$(paired "${RPS[chaos]}" "${RPS[haproxy]}")
 PAIRED_P99=$(paired "${P99[chaos]}" "${P99[haproxy]}")
+ROUNDS_RPS=$(rounds_meeting "${RPS[chaos]}" "${RPS[haproxy]}" ge 1.05)
+ROUNDS_P99=$(rounds_meeting "${P99[chaos]}" "${P99[haproxy]}" le 1.00)
 for t in "${TARGETS[@]}"; do
   echo "rounds $t: req/s${RPS[$t]} | p99_ms${P99[$t]} | cpu_us/req${CPU[$t]}"
   RPS[$t]=$(echo "${RPS[$t]}" | median)
@@ -255,6 +265,7 @@ echo "throughput chaos/haproxy: $(ratio "${RPS[chaos]}" "${RPS[haproxy]}")  (goa
 echo "p99        chaos/haproxy: $(ratio "${P99[chaos]}" "${P99[haproxy]}")  (goal <= 1.00)"
 echo "cpu/request chaos/haproxy: $(ratio "${CPU[chaos]}" "${CPU[haproxy]}")"
 echo "paired (median of per-round ratios) chaos/haproxy: throughput $PAIRED_RPS, p99 $PAIRED_P99"
+echo "rounds meeting the goal: throughput >= 1.05x in $ROUNDS_RPS, p99 <= 1.00x in $ROUNDS_P99"
 echo "throughput chaos/direct:  $(ratio "${RPS[chaos]}" "${RPS[direct]}")"
 echo "throughput haproxy/direct: $(ratio "${RPS[haproxy]}" "${RPS[direct]}")"
 if [[ -n "${GENERAL_PID:-}" ]]; then
@@ -343,7 +354,7 @@ CONF
   for p in "$WS_PORT" "$NGINX_H2_PORT" "$HA_WS_PORT" "$HA_H2_PORT" "$HA_H2_OWN_PORT" \
            "$CH_WS_PORT" "$CH_H2_PORT"; do wait_port "$p"; done
   secs=${DURATION%s}
-  declare -A WRT WP99 H2R H2CPU H2UP
+  declare -A WRT WP99 H2R H2CPU H2UP H2P99 H2PAIRED_RPS H2PAIRED_P99
   ws_run() {  # name url
     local out
     out=$("$WS_BENCH" load "$2" "$CONNS" "$secs")
@@ -356,13 +367,16 @@ CONF
     local before after up_before up_after out
     h2load -c "$CONNS" -m 10 -D 1 "$2" >/dev/null 2>&1 || true
     before=$(cpu_ticks "$3"); up_before=$(cpu_ticks "$NGINX2_PID")
-    out=$(h2load -c "$CONNS" -m 10 -D "$secs" "$2" 2>&1)
+    rm -f "$W/h2.log"
+    out=$(h2load -c "$CONNS" -m 10 -D "$secs" --log-file="$W/h2.log" "$2" 2>&1)
     after=$(cpu_ticks "$3"); up_after=$(cpu_ticks "$NGINX2_PID")
     echo "$out" | grep -q "0 failed, 0 errored" || { echo "h2load through $1 failed:" >&2; echo "$out" >&2; exit 1; }
     local rps n
     rps=$(echo "$out" | awk '/^finished in/ {print $4}')
     n=$(echo "$out" | awk '/^requests:/ {print $8}')
     H2R[$1]+=" $rps"
+    # p99 of the request durations (third column, microseconds).
+    H2P99[$1]+=" $(sort -n -k3,3 "$W/h2.log" | awk '{v[NR]=$3} END {printf "%.3f", v[int(NR*0.99)]/1000}')"
     H2CPU[$1]+=" $(awk -v d=$((after - before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
     H2UP[$1]+=" $(awk -v d=$((up_after - up_before)) -v n="$n" -v hz="$HZ" 'BEGIN { printf "%.2f", d / hz / n * 1e6 }')"
   }
@@ -374,24 +388,34 @@ CONF
     h2_run chaos "http://127.0.0.1:$CH_H2_PORT/index.html" "$CHH2_PID"
   done
   echo
+  WPAIRED="throughput $(paired "${WRT[chaos]}" "${WRT[haproxy]}"), p99 $(paired "${WP99[chaos]}" "${WP99[haproxy]}")"
   for t in haproxy chaos; do
     echo "rounds $t: ws rt/s${WRT[$t]} | ws p99_ms${WP99[$t]}"
     WRT[$t]=$(echo "${WRT[$t]}" | median); WP99[$t]=$(echo "${WP99[$t]}" | median)
   done
   for t in haproxy haproxy-1to1 chaos; do
-    echo "rounds $t: h2c req/s${H2R[$t]} | h2c cpu_us/req${H2CPU[$t]} | nginx cpu_us/req${H2UP[$t]}"
+    echo "rounds $t: h2c req/s${H2R[$t]} | h2c p99_ms${H2P99[$t]} | h2c cpu_us/req${H2CPU[$t]} | nginx cpu_us/req${H2UP[$t]}"
+    H2PAIRED_RPS[$t]=$(paired "${H2R[chaos]}" "${H2R[$t]}")
+    H2PAIRED_P99[$t]=$(paired "${H2P99[chaos]}" "${H2P99[$t]}")
+  done
+  for t in haproxy haproxy-1to1 chaos; do
     H2R[$t]=$(echo "${H2R[$t]}" | median); H2CPU[$t]=$(echo "${H2CPU[$t]}" | median)
+    H2P99[$t]=$(echo "${H2P99[$t]}" | median)
     H2UP[$t]=$(echo "${H2UP[$t]}" | median)
   done
   echo "websocket echo (64 B, $CONNS conns, ${DURATION}), median of $ROUNDS rounds:"
   echo "  round trips/s haproxy ${WRT[haproxy]}  chaos ${WRT[chaos]}  chaos/haproxy $(ratio "${WRT[chaos]}" "${WRT[haproxy]}")"
   echo "  p99 ms        haproxy ${WP99[haproxy]}  chaos ${WP99[chaos]}  chaos/haproxy $(ratio "${WP99[chaos]}" "${WP99[haproxy]}")"
+  echo "  paired (median of per-round ratios) chaos/haproxy: $WPAIRED"
   echo "h2c upstream (h2load -c$CONNS -m10, nginx http2 prior knowledge), median of $ROUNDS rounds:"
-  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")"
+  echo "  req/s         haproxy ${H2R[haproxy]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy]}")  (goal >= 1.05)"
+  echo "  p99 ms        haproxy ${H2P99[haproxy]}  chaos ${H2P99[chaos]}  chaos/haproxy $(ratio "${H2P99[chaos]}" "${H2P99[haproxy]}")  (goal <= 1.00)"
+  echo "  paired (median of per-round ratios) chaos/haproxy: throughput ${H2PAIRED_RPS[haproxy]}, p99 ${H2PAIRED_P99[haproxy]}"
   echo "  cpu_us/req    haproxy ${H2CPU[haproxy]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy]}")"
   echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy]}  behind chaos ${H2UP[chaos]}"
   echo "h2c, one upstream connection per client connection on both (HAProxy http-reuse never):"
   echo "  req/s         haproxy ${H2R[haproxy-1to1]}  chaos ${H2R[chaos]}  chaos/haproxy $(ratio "${H2R[chaos]}" "${H2R[haproxy-1to1]}")"
+  echo "  p99 ms        haproxy ${H2P99[haproxy-1to1]}  chaos ${H2P99[chaos]}  chaos/haproxy $(ratio "${H2P99[chaos]}" "${H2P99[haproxy-1to1]}")"
   echo "  cpu_us/req    haproxy ${H2CPU[haproxy-1to1]}  chaos ${H2CPU[chaos]}  chaos/haproxy $(ratio "${H2CPU[chaos]}" "${H2CPU[haproxy-1to1]}")"
   echo "  nginx cpu_us/req behind haproxy ${H2UP[haproxy-1to1]}  behind chaos ${H2UP[chaos]}"
 fi

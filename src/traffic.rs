@@ -15,6 +15,7 @@ pub mod fault;
 pub(crate) mod forwarded;
 mod h2relay;
 pub(crate) mod headers;
+mod linger;
 pub mod malformed;
 mod rewind;
 pub mod server;

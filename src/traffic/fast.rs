@@ -1,10 +1,11 @@
 //! The HTTP/1.1 fast path: a plain-TCP client connection is served by one
 //! loop that parses request heads with `httparse`, writes them to its own
 //! upstream connection and copies the response back, with no per-request
-//! task, channel, header map or timer wheel churn beyond one deadline per
-//! read. It exists because the proxy sits on production request paths and
-//! hyper's general client/server pair costs about twice the user-space CPU
-//! per request (see docs/proxy.md, "Benchmark").
+//! task, channel, header map or timer wheel churn: each connection's
+//! timeouts re-arm lazily ([`deadline`]). It exists because the proxy sits
+//! on production request paths and hyper's general client/server pair
+//! costs about twice the user-space CPU per request (see docs/proxy.md,
+//! "Benchmark").
 //!
 //! It takes only plain requests ([`request`] lists the rules) and only on a
 //! proxy without client TLS, in edge mode, with plain `http://` upstreams.
@@ -22,6 +23,7 @@
 //! (every request here is a `GET` or `HEAD`).
 
 mod chunked;
+mod deadline;
 mod request;
 mod response;
 
@@ -35,15 +37,17 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tokio::time::{timeout_at, Instant};
+use tokio::time::Instant;
 
 use self::chunked::ChunkedDecoder;
+use self::deadline::Deadline;
 pub(crate) use self::request::FaultMode;
 use self::request::{Forward, Plan, Rules};
 use self::response::{ForClient, Framing};
 use super::config::CohortKey;
 use super::fault::{HttpFault, HttpFaultKind};
 use super::forwarded::PeerForwarding;
+use super::linger::Lingering;
 use super::rewind::Rewind;
 use super::server::{record_request, reset_on_close, serve_connection, stopped, Shared};
 use super::upstream::{Target, KEEP_ALIVE_MARGIN};
@@ -116,6 +120,10 @@ struct Conn {
     /// What goes to the client next.
     out: Vec<u8>,
     upstreams: Vec<Upstream>,
+    /// The timers of waits on the client (idle, header) and on the
+    /// upstream (response head, body idle).
+    client_wait: Deadline,
+    upstream_wait: Deadline,
 }
 
 /// Serves one plain-TCP client connection, on the fast path while its
@@ -136,12 +144,15 @@ pub(super) async fn serve(
         req: Vec::with_capacity(1024),
         out: Vec::with_capacity(2 * 1024),
         upstreams: Vec::new(),
+        client_wait: Deadline::new(),
+        upstream_wait: Deadline::new(),
     };
     match conn.run(&shared, &forwarding, &mut shutdown).await {
         Ended::Closed => {}
         Ended::General(assignment) => {
             let prefix = conn.rbuf.split().freeze();
-            let io = TokioIo::new(Rewind::new(prefix, conn.client));
+            let client = Lingering::new(conn.client, shutdown.clone());
+            let io = TokioIo::new(Rewind::new(prefix, client));
             serve_connection(shared, io, peer, fd, "http", shutdown, assignment).await;
         }
     }
@@ -218,7 +229,7 @@ impl Conn {
             self.rbuf.reserve(4096);
             let read = tokio::select! {
                 biased;
-                r = timeout_at(deadline, self.client.read_buf(&mut self.rbuf)) => r,
+                r = self.client_wait.run(deadline, self.client.read_buf(&mut self.rbuf)) => r,
                 _ = stopped(shutdown), if was_empty => return Err(Ended::Closed),
             };
             match read {
@@ -282,6 +293,7 @@ impl Conn {
             self.out.clear();
             let exchange = send_and_read_head(
                 &mut upstream.stream,
+                &mut self.upstream_wait,
                 &self.req,
                 &mut self.ubuf,
                 deadline,
@@ -396,7 +408,8 @@ impl Conn {
         while left > 0 {
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
-            let n = read_within(up, &mut self.ubuf, idle).await?;
+            let n =
+                read_within(&mut self.upstream_wait, up, &mut self.ubuf, idle).await?;
             let take = (n as u64).min(left) as usize;
             self.client.write_all(&self.ubuf[..take]).await.map_err(|_| ())?;
             left -= take as u64;
@@ -428,7 +441,7 @@ impl Conn {
             }
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
-            read_within(up, &mut self.ubuf, idle).await?;
+            read_within(&mut self.upstream_wait, up, &mut self.ubuf, idle).await?;
             let used = decoder.decode(&self.ubuf, &mut self.out).map_err(|e| {
                 tracing::debug!(error = %e, "upstream chunked body refused");
             })?;
@@ -444,7 +457,7 @@ impl Conn {
         loop {
             self.ubuf.clear();
             self.ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, up.read_buf(&mut self.ubuf)).await {
+            match self.upstream_wait.within(idle, up.read_buf(&mut self.ubuf)).await {
                 Ok(Ok(0)) => return Ok(()),
                 Ok(Ok(_)) => self.client.write_all(&self.ubuf).await.map_err(|_| ())?,
                 _ => return Err(()),
@@ -598,13 +611,14 @@ enum HeadFailure {
 /// parsed; informational (1xx) heads go into `out` ahead of it.
 async fn send_and_read_head(
     up: &mut TcpStream,
+    timer: &mut Deadline,
     req: &[u8],
     ubuf: &mut BytesMut,
     deadline: Instant,
     for_client: ForClient<'_>,
     out: &mut Vec<u8>,
 ) -> Result<response::Head, HeadFailure> {
-    match timeout_at(deadline, up.write_all(req)).await {
+    match timer.run(deadline, up.write_all(req)).await {
         Ok(Ok(())) => {}
         Ok(Err(e)) => return Err(HeadFailure::Closed(e)),
         Err(_) => return Err(HeadFailure::TimedOut),
@@ -631,7 +645,7 @@ async fn send_and_read_head(
             }
         }
         ubuf.reserve(READ_CHUNK);
-        match timeout_at(deadline, up.read_buf(ubuf)).await {
+        match timer.run(deadline, up.read_buf(ubuf)).await {
             Ok(Ok(0)) => {
                 let e = std::io::Error::new(
                     std::io::ErrorKind::UnexpectedEof,
@@ -677,11 +691,12 @@ async fn until_client_leaves<F: std::future::Future>(
 
 /// One read of at least a byte within `idle`.
 async fn read_within(
+    timer: &mut Deadline,
     up: &mut TcpStream,
     buf: &mut BytesMut,
     idle: Duration,
 ) -> Result<usize, ()> {
-    match tokio::time::timeout(idle, up.read_buf(buf)).await {
+    match timer.within(idle, up.read_buf(buf)).await {
         Ok(Ok(n)) if n > 0 => Ok(n),
         _ => Err(()),
     }

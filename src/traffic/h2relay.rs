@@ -53,6 +53,7 @@ use self::mux::{
 use super::fast::FaultMode;
 use super::forwarded::PeerForwarding;
 use super::headers::{check_host, strip_hop_by_hop};
+use super::linger::{linger, Lingering};
 use super::rewind::Rewind;
 use super::server::{
     mark_cohort, record_request, serve_connection, stopped, Assignment, Pool, Shared,
@@ -131,6 +132,7 @@ pub(super) async fn serve(
     let target = shared.pool_for(None).pick();
     let relay = cin.starts_with(frame::PREFACE) && shared.fault_mode() == FaultMode::None;
     let Some(target) = target.filter(|_| relay) else {
+        let client = Lingering::new(client, shutdown.clone());
         let io = TokioIo::new(Rewind::new(cin.freeze(), client));
         serve_connection(shared, io, peer, fd, "http", shutdown, None).await;
         return;
@@ -180,40 +182,8 @@ pub(super) async fn serve(
         scratch: Vec::with_capacity(1024),
     };
     relay.run(shutdown.clone()).await;
+    // Its input may still be arriving (a flood after the GOAWAY).
     linger(&mut relay.client, shutdown).await;
-}
-
-/// How long a closed connection's late input is still read and dropped.
-const LINGER: std::time::Duration = std::time::Duration::from_millis(500);
-/// How much of it, at most.
-const LINGER_BYTES: usize = 4 << 20;
-
-/// Lingering close, as nginx does it. After a GOAWAY the client may still
-/// be sending (a request already on its way, the rest of a flood). Closing
-/// with its bytes unread makes the kernel answer with a reset, which can
-/// destroy the GOAWAY before the client reads it, so the client never
-/// learns why. So the write side is shut first (the client reads the
-/// GOAWAY, then end of stream), and what still arrives is dropped until
-/// the client closes, for at most [`LINGER`] and [`LINGER_BYTES`], or
-/// until the proxy shuts down (its exit closes everything anyway).
-async fn linger(client: &mut TcpStream, mut shutdown: watch::Receiver<bool>) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    if client.shutdown().await.is_err() {
-        return;
-    }
-    let deadline = Instant::now() + LINGER;
-    let mut sink = vec![0u8; READ_CHUNK];
-    let mut left = LINGER_BYTES;
-    while left > 0 {
-        let read = tokio::select! {
-            r = tokio::time::timeout_at(deadline, client.read(&mut sink)) => r,
-            _ = stopped(&mut shutdown) => return,
-        };
-        match read {
-            Ok(Ok(n)) if n > 0 => left = left.saturating_sub(n),
-            _ => return,
-        }
-    }
 }
 
 fn new_decoder() -> hpack::Decoder {

@@ -40,6 +40,7 @@ use super::forwarded::PeerForwarding;
 use super::headers::{
     check_host, is_upgrade, strip_hop_by_hop, COHORT_HEADER_UNDERSCORE,
 };
+use super::linger::Lingering;
 use super::malformed::damage;
 use super::upstream::{for_h1, is_idempotent, Target, UpBody, UpstreamConns};
 use crate::cohort::{Cohort, COHORT_HEADER, FAULT_HEADER};
@@ -855,8 +856,8 @@ async fn serve_tcp(
         None if shared.fast => super::fast::serve(shared, stream, peer, rx).await,
         None if shared.h2relay => super::h2relay::serve(shared, stream, peer, rx).await,
         None => {
-            serve_connection(shared, TokioIo::new(stream), peer, fd, "http", rx, None)
-                .await
+            let io = TokioIo::new(Lingering::new(stream, rx.clone()));
+            serve_connection(shared, io, peer, fd, "http", rx, None).await
         }
         Some(acceptor) => match super::tls::accept(acceptor, stream).await {
             Ok(tls) => {

@@ -788,6 +788,21 @@ async fn stalled_clients_and_upstreams_hit_their_timeouts() {
     s.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n").await.unwrap();
     let (ok, text) = closed_within(s, Duration::from_secs(3)).await;
     assert!(ok && text.starts_with("HTTP/1.1 200"), "{text}");
+    // A connection that is never quiet that long stays open, however long
+    // it lives (the fast path re-arms its idle timer lazily).
+    let mut s = TcpStream::connect(a).await.unwrap();
+    for seq in 0..8 {
+        s.write_all(
+            format!("GET / HTTP/1.1\r\nhost: x\r\nx-seq: {seq}\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+        let marker = format!("x-seq: {seq}\n");
+        let got = read_until(&mut s, marker.as_bytes(), Duration::from_secs(3)).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.contains(&marker), "request {seq} of a busy connection: {text}");
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
 
     // Request body: 3 of 10 bytes, then silence -> 408.
     let mut s = TcpStream::connect(a).await.unwrap();
@@ -852,4 +867,48 @@ async fn oversized_header_sections_get_431_and_the_underscore_cohort_header_is_s
     let (_, body) = text.split_once("\r\n\r\n").unwrap();
     assert!(!body.contains("chaos_cohort") && !body.contains("chaos-cohort"), "{body}");
     h.shutdown().await;
+}
+
+/// An answer that ends the connection (here a 431) reaches a client that
+/// is still sending, and none of its writes fail: the proxy shuts its
+/// write side and drains the rest (lingering close) instead of closing
+/// with input unread, which the kernel answers with a reset. On both
+/// entries to the general path: a plain connection, and one the fast path
+/// hands over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_that_ends_the_connection_survives_input_still_in_flight() {
+    let up = echo_upstream().await;
+    for fast_path in [false, true] {
+        let mut cfg = config(up, 0.0, 0.0);
+        cfg.max_header_bytes = 16 * 1024;
+        cfg.fast_path = fast_path;
+        let (h, _) = start(cfg).await;
+        // A small send buffer, so the client is still sending when the
+        // proxy answers (2 MiB would otherwise fit in the buffers).
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(16 * 1024).unwrap();
+        let s = socket.connect(h.local_addr()).await.unwrap();
+        let (mut r, mut w) = s.into_split();
+        let head = format!(
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-big: {}\r\n\r\n",
+            2 << 20,
+            "a".repeat(20 * 1024)
+        );
+        let writer = tokio::spawn(async move {
+            w.write_all(head.as_bytes()).await?;
+            let body = vec![b'x'; 64 * 1024];
+            for _ in 0..32 {
+                w.write_all(&body).await?;
+            }
+            Ok::<_, std::io::Error>(w)
+        });
+        let mut got = Vec::new();
+        let read = timeout(T, r.read_to_end(&mut got)).await.expect("in time");
+        let text = String::from_utf8_lossy(&got);
+        assert!(read.is_ok(), "fast path {fast_path}: {read:?} after {text:?}");
+        assert!(text.starts_with("HTTP/1.1 431"), "fast path {fast_path}: {text:?}");
+        let wrote = timeout(T, writer).await.expect("in time").unwrap();
+        assert!(wrote.is_ok(), "fast path {fast_path}: a write failed: {wrote:?}");
+        h.shutdown().await;
+    }
 }

@@ -426,6 +426,10 @@ impl Conn {
                     let Some(msg) = msg else { return };
                     self.message(msg);
                     gathered = true;
+                    // Taken now and again after the yield. Leaving it all
+                    // to the second take looks equivalent, but a build
+                    // without this take was slower in each of 5 h2c A/B
+                    // rounds (7-13 % fewer requests per second).
                     self.take_queued();
                 }
                 r = sock.readable(), if reading => {
