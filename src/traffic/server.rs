@@ -1095,6 +1095,12 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Whether plain-TCP HTTP/2 clients are relayed frame by frame to a
+    /// shared h2c upstream (see `h2relay`), rather than served by hyper.
+    pub fn relays_http2(&self) -> bool {
+        self.shared.h2relay
+    }
+
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
