@@ -10,8 +10,8 @@
 //! between them and nginx pays a wake-up every ~10 requests. Measured
 //! (h2load `-c32 -m10` → relay → nginx `http2`, interleaved 4-s rounds):
 //! with a 20 µs window the relay's sleeps fell from 0.04–0.19 to 0.00 per
-//! request, its CPU per request from 16–30 to 13–14 µs, and the
-//! throughput rose 1.1–1.5×, p99 0.55–0.70× HAProxy's. On the HTTP/1.1
+//! request, its CPU per request from 16–30 to 13–18 µs, and it did
+//! 1.13–1.48× HAProxy's throughput at 0.50–0.70× its p99. On the HTTP/1.1
 //! fast path the same window raised p99 (1.11–1.23× HAProxy's, against
 //! 0.95–1.00× without), so there it is off by default (see `chaos proxy
 //! --idle-poll-us`).
