@@ -15,6 +15,7 @@ pub mod fault;
 pub(crate) mod forwarded;
 mod h2relay;
 pub(crate) mod headers;
+mod idle_poll;
 mod linger;
 pub mod malformed;
 mod rewind;
@@ -30,6 +31,7 @@ pub use config::{
     Upstream, UpstreamPools,
 };
 pub use fault::{HttpFault, HttpFaultKind, LatencyDistribution, MalformedMode};
+pub use idle_poll::IdlePoll;
 pub use server::{Proxy, ProxyError, ProxyHandle};
 pub use srm::{
     key_sample_ratio_mismatch, sample_ratio_mismatch, split_checks, SplitChecks,

@@ -13,8 +13,9 @@ use crate::exit;
 use crate::metrics::Recorder;
 use crate::tls::ServerTlsFiles;
 use crate::traffic::{
-    split_checks, AdminConfig, CohortKey, ForwardedMode, HttpFault, IpNet, Proxy,
-    ProxyConfig, ProxyMode, SplitChecks, Timeouts, Upstream, UpstreamPools, Workers,
+    split_checks, AdminConfig, CohortKey, ForwardedMode, HttpFault, IdlePoll, IpNet,
+    Proxy, ProxyConfig, ProxyMode, SplitChecks, Timeouts, Upstream, UpstreamPools,
+    Workers,
 };
 use crate::units::{parse_duration, parse_percent};
 
@@ -152,6 +153,14 @@ pub struct ProxyArgs {
     /// Worker threads serving client connections (0 = one per core).
     #[arg(long, default_value_t = 0)]
     pub workers: usize,
+    /// Before a worker sleeps, poll its sockets again for this many
+    /// microseconds (yielding the CPU to other runnable threads), which
+    /// saves the peer the cost of waking it. Default: 20 when the proxy
+    /// relays HTTP/2 to an h2c:// upstream (measured: 1.1-1.5x throughput,
+    /// lower p99), 0 otherwise (on the HTTP/1.1 fast path it raised p99).
+    /// An idle proxy polls once for this long after its last request.
+    #[arg(long, value_name = "MICROSECONDS")]
+    pub idle_poll_us: Option<u64>,
     /// Terminate TLS for clients: PEM certificate chain (leaf first).
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     pub tls_cert: Option<std::path::PathBuf>,
@@ -342,7 +351,8 @@ pub fn run(args: ProxyArgs) -> u8 {
     // Client connections run on current-thread workers (one per core by
     // default); this runtime only accepts, serves admin and waits for signals.
     let n = if args.workers == 0 { Workers::default_count() } else { args.workers };
-    let workers = match Workers::start(n) {
+    let idle_poll = IdlePoll::default();
+    let workers = match Workers::start_with(n, idle_poll.clone()) {
         Ok(w) => w,
         Err(e) => {
             eprintln!("error: {e}");
@@ -356,7 +366,8 @@ pub fn run(args: ProxyArgs) -> u8 {
             return exit::ENVIRONMENT;
         }
     };
-    match rt.block_on(serve(cfg, faults, args.reservoir, workers.handles())) {
+    let poll = (idle_poll, args.idle_poll_us);
+    match rt.block_on(serve(cfg, faults, args.reservoir, workers.handles(), poll)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -365,11 +376,26 @@ pub fn run(args: ProxyArgs) -> u8 {
     }
 }
 
+/// The workers' idle polling window: `--idle-poll-us`, or by default
+/// [`RELAY_IDLE_POLL`] when the proxy relays HTTP/2 and none otherwise.
+fn idle_poll_window(flag_us: Option<u64>, relays_http2: bool) -> Duration {
+    match flag_us {
+        Some(us) => Duration::from_micros(us),
+        None if relays_http2 => RELAY_IDLE_POLL,
+        None => Duration::ZERO,
+    }
+}
+
+/// The default idle polling window of an HTTP/2 relay (see
+/// `traffic::idle_poll` for the measurements).
+const RELAY_IDLE_POLL: Duration = Duration::from_micros(20);
+
 async fn serve(
     cfg: ProxyConfig,
     faults: Vec<HttpFault>,
     reservoir: usize,
     workers: Vec<tokio::runtime::Handle>,
+    (idle_poll, idle_poll_us): (IdlePoll, Option<u64>),
 ) -> anyhow::Result<u8> {
     use tokio::signal::unix::{signal, SignalKind};
     let (cf, ef) = (cfg.control_fraction, cfg.experiment_fraction);
@@ -378,6 +404,7 @@ async fn serve(
         .await
         .context("starting the proxy")?;
     handle.set_faults(faults);
+    idle_poll.set(idle_poll_window(idle_poll_us, handle.relays_http2()));
     eprintln!("chaos proxy listening on {}", handle.local_addr());
     if let Some(a) = handle.admin_addr() {
         eprintln!("admin endpoint on http://{a} (/healthz /metrics /cohorts /faults)");
@@ -409,4 +436,17 @@ async fn serve(
         flag(by_requests.mismatch)
     );
     Ok(exit::OK)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn idle_polling_is_on_by_default_only_for_the_http2_relay() {
+        assert_eq!(idle_poll_window(None, true), RELAY_IDLE_POLL);
+        assert_eq!(idle_poll_window(None, false), Duration::ZERO);
+        assert_eq!(idle_poll_window(Some(0), true), Duration::ZERO);
+        assert_eq!(idle_poll_window(Some(50), false), Duration::from_micros(50));
+    }
 }

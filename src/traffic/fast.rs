@@ -234,6 +234,7 @@ impl Conn {
             };
             match read {
                 Ok(Ok(n)) if n > 0 => {
+                    super::idle_poll::note_work();
                     if was_empty {
                         deadline = Instant::now() + timeouts.client_header;
                     }

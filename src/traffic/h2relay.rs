@@ -94,6 +94,9 @@ fn read_drained(sock: &TcpStream, buf: &mut BytesMut) -> std::io::Result<usize> 
         }
         Ok(n)
     });
+    if got > 0 {
+        super::idle_poll::note_work();
+    }
     match r {
         Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && got > 0 => Ok(got),
         other => other,

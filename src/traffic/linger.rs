@@ -12,9 +12,10 @@
 //!
 //! The HTTP/2 relay lingers after every connection ([`linger`]). The
 //! general path hands its socket to hyper, which closes it by dropping it,
-//! so there the socket is wrapped in [`Lingering`], which lingers when it
-//! is dropped with input still unread, and closes at once otherwise (the
-//! usual end: the client closed, or went idle).
+//! so there the socket is wrapped in [`Lingering`] (beneath the TLS layer
+//! when the proxy terminates TLS), which lingers when it is dropped with
+//! input still unread, and closes at once otherwise (the usual end: the
+//! client closed, or went idle).
 
 use std::io;
 use std::os::fd::AsRawFd;

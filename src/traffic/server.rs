@@ -859,13 +859,25 @@ async fn serve_tcp(
             let io = TokioIo::new(Lingering::new(stream, rx.clone()));
             serve_connection(shared, io, peer, fd, "http", rx, None).await
         }
-        Some(acceptor) => match super::tls::accept(acceptor, stream).await {
-            Ok(tls) => {
-                serve_connection(shared, TokioIo::new(tls), peer, fd, "https", rx, None)
+        // Under TLS too: the socket lingers when hyper drops the
+        // connection with the client still sending.
+        Some(acceptor) => {
+            match super::tls::accept(acceptor, Lingering::new(stream, rx.clone())).await {
+                Ok(tls) => {
+                    serve_connection(
+                        shared,
+                        TokioIo::new(tls),
+                        peer,
+                        fd,
+                        "https",
+                        rx,
+                        None,
+                    )
                     .await
+                }
+                Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
             }
-            Err(e) => tracing::debug!(%peer, error = %e, "TLS handshake failed"),
-        },
+        }
     }
 }
 
@@ -1083,6 +1095,12 @@ pub struct ProxyHandle {
 }
 
 impl ProxyHandle {
+    /// Whether plain-TCP HTTP/2 clients are relayed frame by frame to a
+    /// shared h2c upstream (see `h2relay`), rather than served by hyper.
+    pub fn relays_http2(&self) -> bool {
+        self.shared.h2relay
+    }
+
     /// Where clients connect.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr

@@ -32,10 +32,13 @@ pub(crate) fn acceptor(cfg: &ProxyConfig) -> Result<Option<TlsAcceptor>, TlsErro
 }
 
 /// Completes the server side of a client's TLS handshake, bounded in time.
-pub(crate) async fn accept(
+pub(crate) async fn accept<IO>(
     acceptor: &TlsAcceptor,
-    stream: TcpStream,
-) -> std::io::Result<server::TlsStream<TcpStream>> {
+    stream: IO,
+) -> std::io::Result<server::TlsStream<IO>>
+where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
         Ok(r) => r,
         Err(_) => Err(std::io::Error::new(

@@ -9,6 +9,8 @@ use std::thread::JoinHandle;
 use tokio::runtime::Handle;
 use tokio::sync::oneshot;
 
+use super::idle_poll::{self, IdlePoll};
+
 /// Why the workers could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum WorkersError {
@@ -26,12 +28,20 @@ pub struct Workers {
 }
 
 impl Workers {
-    /// Starts `n` worker threads (at least one).
+    /// Starts `n` worker threads (at least one), idle polling off.
     pub fn start(n: usize) -> Result<Workers, WorkersError> {
+        Workers::start_with(n, IdlePoll::default())
+    }
+
+    /// Starts `n` worker threads whose idle polling window is `poll`'s
+    /// (see [`super::idle_poll`]).
+    pub fn start_with(n: usize, poll: IdlePoll) -> Result<Workers, WorkersError> {
         let mut w = Workers { handles: Vec::new(), threads: Vec::new() };
         for index in 0..n.max(1) {
+            let switch = poll.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
+                .on_thread_park(move || idle_poll::before_park(&switch))
                 .build()
                 .map_err(|source| WorkersError::Runtime { index, source })?;
             w.handles.push(rt.handle().clone());
@@ -39,6 +49,7 @@ impl Workers {
             let thread = std::thread::Builder::new()
                 .name(format!("chaos-proxy-{index}"))
                 .spawn(move || {
+                    rt.spawn(idle_poll::poller());
                     // Either a stop message or the sender being dropped.
                     let _ = rt.block_on(stop_rx);
                 })

@@ -3,6 +3,7 @@
 
 mod analyze;
 mod baggage;
+mod bench_verdict;
 mod daemon;
 mod dashboards;
 mod demo;

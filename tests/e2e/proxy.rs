@@ -595,7 +595,7 @@ async fn admin_changes_without_the_token_are_refused() {
 }
 
 /// SIGKILLs a `chaos proxy` child by PID if a test fails before it stops it.
-struct KillOnDrop(u32);
+pub(crate) struct KillOnDrop(pub(crate) u32);
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {

@@ -610,3 +610,68 @@ async fn a_request_in_the_same_write_as_the_preface_is_answered() {
     assert_eq!(h.fast_path_requests(), 1);
     h.shutdown().await;
 }
+
+/// CPU time (user + system) of process `pid` so far.
+fn process_cpu(pid: u32) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which may hold spaces) end with ')'.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    // utime and stime are fields 14 and 15 of the whole line.
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf has no preconditions.
+    let hz = u64::try_from(unsafe { libc::sysconf(libc::_SC_CLK_TCK) }).unwrap();
+    Duration::from_millis(ticks * 1000 / hz)
+}
+
+/// `chaos proxy` relays HTTP/2 with its workers polling briefly before
+/// they sleep (the default for an h2c upstream), and an idle proxy then
+/// sleeps: after a burst of requests it spends almost no CPU.
+#[test]
+fn the_cli_relay_polls_while_busy_and_sleeps_when_idle() {
+    use std::io::{BufRead, BufReader};
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let up = rt.block_on(echo_upstream());
+    let mut child = std::process::Command::new(crate::support::chaos_bin())
+        .args(["proxy", "--listen", "127.0.0.1:0", "--upstream"])
+        .arg(format!("h2c://{up}"))
+        .args(["--experiment-percent", "50", "--control-percent", "50"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let _guard = crate::proxy::KillOnDrop(child.id());
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    stderr.read_line(&mut line).unwrap();
+    let addr: SocketAddr = line.trim().rsplit(' ').next().unwrap().parse().unwrap();
+    rt.block_on(async {
+        let mut senders = Vec::new();
+        for _ in 0..4 {
+            senders.push(h2_client(addr).await);
+        }
+        for round in 0..50 {
+            for (i, s) in senders.iter_mut().enumerate() {
+                let req = http::Request::get(format!("http://{addr}/r{round}-{i}"))
+                    .header("x-user-id", format!("u{i}"))
+                    .body(Full::new(Bytes::new()))
+                    .unwrap();
+                assert_eq!(exchange(s, req).await.status, 200);
+            }
+        }
+        // Open connections, no requests: the workers must sleep.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let before = process_cpu(child.id());
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let idle = process_cpu(child.id()) - before;
+        // Polling without end would be about 2 s per worker.
+        assert!(idle < Duration::from_millis(100), "{idle:?} of CPU in 2 s idle");
+        drop(senders);
+    });
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert_eq!(child.wait().unwrap().code(), Some(0));
+}

@@ -230,6 +230,67 @@ async fn clients_reach_the_proxy_over_tls_with_h2_or_http1_chosen_by_alpn() {
     .expect("test timed out");
 }
 
+/// Over TLS too, an answer that ends the connection (a 431) reaches a
+/// client that is still sending, and none of its writes fail: the proxy
+/// drains the rest (lingering close) instead of closing with input
+/// unread, which the kernel answers with a reset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_answer_that_ends_the_connection_survives_input_still_in_flight() {
+    tokio::time::timeout(T, async {
+        let pki = Pki::new();
+        let up = plain_upstream().await;
+        let mut cfg = proxy_config(&format!("http://{up}"));
+        cfg.tls = Some(pki.server_files());
+        cfg.max_header_bytes = 16 * 1024;
+        let recorder = Arc::new(Recorder::new(tokio::time::Instant::now(), 1000));
+        let proxy = Proxy::start(cfg, recorder).await.unwrap();
+
+        // A small send buffer, so the client is still sending when the
+        // proxy answers (512 KiB would otherwise fit in the buffers). Not
+        // more: encrypting it in a debug build on a busy machine must stay
+        // well inside the proxy's 500 ms of lingering.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_send_buffer_size(16 * 1024).unwrap();
+        let tcp = socket.connect(proxy.local_addr()).await.unwrap();
+        let tls_cfg =
+            chaos::tls::client_config(Some(&pki.path("ca.pem")), &[b"http/1.1"]).unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let tls =
+            tokio_rustls::TlsConnector::from(tls_cfg).connect(name, tcp).await.unwrap();
+        let (mut r, mut w) = tokio::io::split(tls);
+        let head = format!(
+            "POST / HTTP/1.1\r\nhost: x\r\ncontent-length: {}\r\nx-big: {}\r\n\r\n",
+            512 << 10,
+            "a".repeat(20 * 1024)
+        );
+        let writer = tokio::spawn(async move {
+            let started = std::time::Instant::now();
+            w.write_all(head.as_bytes()).await?;
+            let body = vec![b'x'; 64 * 1024];
+            for _ in 0..8 {
+                w.write_all(&body).await?;
+            }
+            w.flush().await?;
+            eprintln!("the client wrote its request in {:?}", started.elapsed());
+            Ok::<_, std::io::Error>(w)
+        });
+        let mut got = Vec::new();
+        let read = r.read_to_end(&mut got).await;
+        let text = String::from_utf8_lossy(&got);
+        assert!(text.starts_with("HTTP/1.1 431"), "{read:?} after {text:?}");
+        // The proxy ends with close_notify, or at least with end of stream:
+        // never with a reset.
+        if let Err(e) = &read {
+            assert_eq!(e.kind(), std::io::ErrorKind::UnexpectedEof, "{e} after {text:?}");
+        }
+        let wrote = writer.await.unwrap();
+        assert!(wrote.is_ok(), "a write failed: {:?}", wrote.err());
+        proxy.shutdown().await;
+    })
+    .await
+    .expect("test timed out");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_proxy_verifies_https_upstreams_against_the_ca_and_sends_sni() {
     tokio::time::timeout(T, async {
