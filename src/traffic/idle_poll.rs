@@ -50,13 +50,11 @@ impl IdlePoll {
 thread_local! {
     /// The worker's [`poller`] task, woken to keep the worker from sleeping.
     static POLLER: RefCell<Option<Waker>> = const { RefCell::new(None) };
-    /// Reads that returned data on this thread ([`note_work`]).
-    static WORK: Cell<u64> = const { Cell::new(0) };
-    /// [`WORK`] at the previous attempt to sleep.
-    static LAST_WORK: Cell<u64> = const { Cell::new(0) };
-    /// When the worker last ran out of work after doing some.
+    /// When the worker first ran out of work after its last read; `None`
+    /// after a read ([`note_work`]), so the window starts again.
     static IDLE_SINCE: Cell<Option<Instant>> = const { Cell::new(None) };
-    /// Polls granted on this thread (for tests).
+    /// Polls granted on this thread.
+    #[cfg(test)]
     static POLLS: Cell<u64> = const { Cell::new(0) };
 }
 
@@ -68,17 +66,11 @@ pub(super) fn before_park(switch: &IdlePoll) {
     if window.is_zero() {
         return;
     }
-    let work = WORK.get();
-    let busy = work != LAST_WORK.get();
-    LAST_WORK.set(work);
     let now = Instant::now();
-    let since = match IDLE_SINCE.get() {
-        Some(t) if !busy => t,
-        _ => {
-            IDLE_SINCE.set(Some(now));
-            now
-        }
-    };
+    let since = IDLE_SINCE.get().unwrap_or_else(|| {
+        IDLE_SINCE.set(Some(now));
+        now
+    });
     if now.duration_since(since) >= window {
         return;
     }
@@ -88,6 +80,7 @@ pub(super) fn before_park(switch: &IdlePoll) {
     // matters here.
     unsafe { libc::sched_yield() };
     if let Some(w) = POLLER.with(|p| p.borrow_mut().take()) {
+        #[cfg(test)]
         POLLS.set(POLLS.get() + 1);
         w.wake();
     }
@@ -96,7 +89,7 @@ pub(super) fn before_park(switch: &IdlePoll) {
 /// Counts a read that returned data on this thread: the worker is busy,
 /// and the polling window starts again when it next runs out of work.
 pub(super) fn note_work() {
-    WORK.set(WORK.get().wrapping_add(1));
+    IDLE_SINCE.set(None);
 }
 
 /// A task that never finishes: it only stores its waker for
@@ -111,7 +104,7 @@ pub(super) async fn poller() {
 
 /// CPU time of the calling thread.
 #[cfg(test)]
-fn thread_cpu_time() -> Duration {
+pub(super) fn cpu_time() -> Duration {
     let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
     // SAFETY: `ts` is a valid timespec for the call to write.
     let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
@@ -128,11 +121,6 @@ fn thread_cpu_time() -> Duration {
 #[cfg(test)]
 pub(super) fn polls() -> u64 {
     POLLS.get()
-}
-
-#[cfg(test)]
-pub(super) fn cpu_time() -> Duration {
-    thread_cpu_time()
 }
 
 #[cfg(test)]
